@@ -1,0 +1,63 @@
+# One place for the project's commands. The README names the two that matter:
+#   make run   -- set up and serve on the embedded SQLite store, seeded with demo users
+#   make test  -- set up and run the whole default test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROTOS := $(shell find protos -name '*.proto' | sort)
+DATA_DIR ?= data
+
+.PHONY: setup run test generate check-generated lint typecheck buf-lint breaking ci clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+run: setup
+	$(BIN)/entitlements seed-demo --storage sqlite:///$(DATA_DIR)/entitlements.db
+	$(BIN)/entitlements serve --storage sqlite:///$(DATA_DIR)/entitlements.db
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# Regenerates generated/ from protos/ (messages, gRPC stubs and their .pyi type stubs).
+generate: setup
+	rm -rf generated/entitlements
+	$(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=generated --mypy_out=generated \
+		--grpc_python_out=generated --mypy_grpc_out=generated $(PROTOS)
+	find generated -type d -exec touch {}/__init__.py \;
+	rm -f generated/__init__.py
+
+# Fails when generated/ differs from what protos/ produce.
+check-generated: setup
+	rm -rf $(VENV)/generated-check && mkdir -p $(VENV)/generated-check
+	$(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=$(VENV)/generated-check --mypy_out=$(VENV)/generated-check \
+		--grpc_python_out=$(VENV)/generated-check --mypy_grpc_out=$(VENV)/generated-check $(PROTOS)
+	find $(VENV)/generated-check -type d -exec touch {}/__init__.py \;
+	rm -f $(VENV)/generated-check/__init__.py
+	diff -r --exclude=__pycache__ $(VENV)/generated-check generated \
+		|| (echo "generated/ is stale: run 'make generate' and commit" && exit 1)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+buf-lint: setup
+	$(BIN)/buf lint
+
+# Compares protos/ with the main branch; run before changing a landed proto.
+breaking: setup
+	$(BIN)/buf breaking --against '.git#branch=main'
+
+ci: lint typecheck buf-lint check-generated test
+
+clean:
+	rm -rf $(VENV) build *.egg-info
