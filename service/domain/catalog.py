@@ -1,0 +1,544 @@
+"""The product catalog: features, plans, markets, experiments and offers.
+
+Configuration as code: one YAML file, validated on load. Every problem is reported with
+the path of the bad entry (e.g. "offers[2] (premium-trial): unknown plan 'premium'"), all
+at once, so a catalog change is fixed in one round. The catalog version is a content hash
+of the parsed document, reported in responses and metrics.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from service.domain.account import HouseholdRole
+from service.domain.rules import (
+    CurrentPlanIn,
+    GroupNotRedeemed,
+    LapsedForDays,
+    MarketIn,
+    NeverHadPremium,
+    NotInHouseholdCooldown,
+    Platform,
+    PlatformIn,
+    Rule,
+    VerifiedStudent,
+)
+
+COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
+CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
+IDENTIFIER = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+E = TypeVar("E", bound=enum.Enum)
+EXAMPLE_CATALOG = Path(__file__).resolve().parent.parent / "catalog" / "example_catalog.yaml"
+
+
+class FeatureKind(enum.Enum):
+    BOOLEAN = "boolean"
+    QUOTA = "quota"
+
+
+class OfferKind(enum.Enum):
+    FREE_TRIAL = "free_trial"
+    INTRO_PRICE = "intro_price"
+    DISCOUNT = "discount"
+    WINBACK = "winback"
+    STUDENT = "student"
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    id: str
+    kind: FeatureKind
+    description: str = ""
+    unit: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanFeature:
+    feature_id: str
+    # For QUOTA features, the amount the plan carries.
+    value: int | None = None
+    # Household roles that get the feature (audiobook hours only go to the plan manager).
+    roles: frozenset[HouseholdRole] = frozenset(HouseholdRole)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    id: str
+    name: str
+    premium: bool
+    household_size: int
+    features: Mapping[str, PlanFeature]
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    country: str
+    currency: str
+    # Monthly price of each plan sold in the market, in minor units.
+    plan_prices: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentArm:
+    name: str
+    weight: int
+    shows_offer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    id: str
+    arms: tuple[ExperimentArm, ...]
+
+    def assign(self, user_id: str) -> ExperimentArm:
+        """The user's arm: a stable hash of experiment and user, so that every process and
+        replica assigns the same arm without storing anything."""
+        digest = hashlib.sha256(f"{self.id}\x00{user_id}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") % sum(arm.weight for arm in self.arms)
+        for arm in self.arms:
+            if point < arm.weight:
+                return arm
+            point -= arm.weight
+        raise AssertionError("unreachable: weights are positive")  # pragma: no cover
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    id: str
+    plan_id: str
+    kind: OfferKind
+    duration_days: int
+    group: str
+    # Offer price per market in minor units; the offer exists only in these markets.
+    prices: Mapping[str, int]
+    rules: tuple[Rule, ...] = ()
+    platforms: frozenset[Platform] = frozenset(Platform)
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    priority: int = 0
+    experiment: Experiment | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    version: str
+    free_plan_id: str
+    features: Mapping[str, Feature]
+    plans: Mapping[str, Plan]
+    markets: Mapping[str, Market]
+    offers: tuple[Offer, ...]
+    premium_plan_ids: frozenset[str] = field(default=frozenset())
+
+
+class CatalogError(ValueError):
+    """The catalog file is invalid; `problems` lists every bad entry with its path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid catalog:\n  " + "\n  ".join(problems))
+
+
+def load_catalog(path: str | Path = EXAMPLE_CATALOG) -> Catalog:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError([f"cannot read {path}: {exc.strerror}"]) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogError([f"{path}: not valid YAML: {exc}"]) from exc
+    return parse_catalog(raw)
+
+
+def catalog_version(raw: Any) -> str:
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def parse_catalog(raw: Any) -> Catalog:
+    """Validates a parsed catalog document and builds the Catalog, or raises CatalogError."""
+    parser = _Parser()
+    catalog = parser.catalog(raw)
+    if parser.problems:
+        raise CatalogError(parser.problems)
+    assert catalog is not None
+    return catalog
+
+
+class _Parser:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+    def mapping(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.problem(where, f"expected a mapping, got {type(value).__name__}")
+            return {}
+        return value
+
+    def entries(self, raw: dict[str, Any], key: str) -> list[tuple[str, dict[str, Any]]]:
+        value = raw.get(key, [])
+        if not isinstance(value, list):
+            self.problem(key, "expected a list")
+            return []
+        out = []
+        for index, item in enumerate(value):
+            where = f"{key}[{index}]"
+            if isinstance(item, dict) and isinstance(item.get("id") or item.get("country"), str):
+                where += f" ({item.get('id') or item.get('country')})"
+            out.append((where, self.mapping(item, where)))
+        return out
+
+    def check_keys(self, entry: dict[str, Any], where: str, allowed: set[str]) -> None:
+        for key in sorted(set(entry) - allowed):
+            self.problem(where, f"unknown key '{key}' (allowed: {', '.join(sorted(allowed))})")
+
+    def identifier(self, entry: dict[str, Any], key: str, where: str) -> str:
+        value = entry.get(key)
+        if not isinstance(value, str) or not IDENTIFIER.match(value):
+            self.problem(where, f"'{key}' must be a lower-case identifier, got {value!r}")
+            return ""
+        return value
+
+    def integer(
+        self, entry: dict[str, Any], key: str, where: str, default: int | None = None, low: int = 0
+    ) -> int:
+        value = entry.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            self.problem(where, f"'{key}' must be an integer >= {low}, got {value!r}")
+            return low
+        return value
+
+    def enum_value(
+        self, enum_type: type[E], value: Any, where: str, key: str
+    ) -> E | None:
+        try:
+            return enum_type(value)
+        except ValueError:
+            allowed = ", ".join(member.value for member in enum_type)
+            self.problem(where, f"'{key}' must be one of {allowed}, got {value!r}")
+            return None
+
+    def timestamp(self, value: Any, where: str, key: str) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            parsed = value
+        else:
+            try:
+                parsed = datetime.fromisoformat(str(value))
+            except ValueError:
+                self.problem(where, f"'{key}' must be an ISO 8601 timestamp, got {value!r}")
+                return None
+        if parsed.tzinfo is None:
+            self.problem(where, f"'{key}' must carry a time zone (e.g. 'Z'), got {value!r}")
+            return None
+        return parsed.astimezone(UTC)
+
+    def catalog(self, raw: Any) -> Catalog | None:
+        doc = self.mapping(raw, "catalog")
+        self.check_keys(
+            doc, "catalog", {"schema_version", "free_plan", "features", "plans", "markets", "offers"}
+        )
+        if doc.get("schema_version") != 1:
+            self.problem("schema_version", f"must be 1, got {doc.get('schema_version')!r}")
+        features = self.features(doc)
+        plans = self.plans(doc, features)
+        free_plan_id = doc.get("free_plan")
+        if free_plan_id not in plans:
+            self.problem("free_plan", f"must name a plan of the catalog, got {free_plan_id!r}")
+        elif plans[free_plan_id].premium:
+            self.problem("free_plan", f"plan '{free_plan_id}' is premium")
+        markets = self.markets(doc, plans)
+        offers = self.offers(doc, plans, markets)
+        if self.problems:
+            return None
+        return Catalog(
+            version=catalog_version(raw),
+            free_plan_id=str(free_plan_id),
+            features=features,
+            plans=plans,
+            markets=markets,
+            offers=offers,
+            premium_plan_ids=frozenset(p.id for p in plans.values() if p.premium),
+        )
+
+    def features(self, doc: dict[str, Any]) -> dict[str, Feature]:
+        features: dict[str, Feature] = {}
+        for where, entry in self.entries(doc, "features"):
+            self.check_keys(entry, where, {"id", "kind", "description", "unit"})
+            feature_id = self.identifier(entry, "id", where)
+            kind = self.enum_value(FeatureKind, entry.get("kind"), where, "kind")
+            if feature_id in features:
+                self.problem(where, f"duplicate feature id '{feature_id}'")
+            if feature_id and kind is not None:
+                if kind is FeatureKind.QUOTA and not entry.get("unit"):
+                    self.problem(where, "a quota feature needs a 'unit'")
+                features[feature_id] = Feature(
+                    feature_id, kind, str(entry.get("description", "")), str(entry.get("unit", ""))
+                )
+        if not features:
+            self.problem("features", "the catalog needs at least one feature")
+        return features
+
+    def plans(self, doc: dict[str, Any], features: Mapping[str, Feature]) -> dict[str, Plan]:
+        plans: dict[str, Plan] = {}
+        for where, entry in self.entries(doc, "plans"):
+            self.check_keys(entry, where, {"id", "name", "premium", "household_size", "features"})
+            plan_id = self.identifier(entry, "id", where)
+            if plan_id in plans:
+                self.problem(where, f"duplicate plan id '{plan_id}'")
+            premium = entry.get("premium")
+            if not isinstance(premium, bool):
+                self.problem(where, f"'premium' must be true or false, got {premium!r}")
+            household_size = self.integer(entry, "household_size", where, default=1, low=1)
+            plan_features: dict[str, PlanFeature] = {}
+            raw_features = entry.get("features") or {}
+            if not isinstance(raw_features, dict):
+                self.problem(where, "'features' must map feature ids to their settings")
+                raw_features = {}
+            for feature_id, settings in raw_features.items():
+                fwhere = f"{where}.features.{feature_id}"
+                feature = features.get(feature_id)
+                if feature is None:
+                    self.problem(fwhere, f"unknown feature '{feature_id}'")
+                    continue
+                settings = self.mapping(settings or {}, fwhere)
+                self.check_keys(settings, fwhere, {"value", "roles"})
+                value: int | None = None
+                if feature.kind is FeatureKind.QUOTA:
+                    value = self.integer(settings, "value", fwhere, low=1)
+                elif "value" in settings:
+                    self.problem(fwhere, "a boolean feature takes no 'value'")
+                roles = frozenset(HouseholdRole)
+                if "roles" in settings:
+                    parsed = [
+                        self.enum_value(HouseholdRole, r, fwhere, "roles")
+                        for r in settings["roles"] or []
+                    ]
+                    roles = frozenset(r for r in parsed if r is not None)
+                    if not roles:
+                        self.problem(fwhere, "'roles' must name at least one role")
+                plan_features[feature_id] = PlanFeature(feature_id, value, roles)
+            if plan_id:
+                plans[plan_id] = Plan(
+                    plan_id,
+                    str(entry.get("name", plan_id)),
+                    bool(premium),
+                    household_size,
+                    plan_features,
+                )
+        if not plans:
+            self.problem("plans", "the catalog needs at least one plan")
+        return plans
+
+    def markets(self, doc: dict[str, Any], plans: Mapping[str, Plan]) -> dict[str, Market]:
+        markets: dict[str, Market] = {}
+        for where, entry in self.entries(doc, "markets"):
+            self.check_keys(entry, where, {"country", "currency", "prices"})
+            country = entry.get("country")
+            if not isinstance(country, str) or not COUNTRY_CODE.match(country):
+                self.problem(where, f"'country' must be ISO 3166-1 alpha-2, got {country!r}")
+                continue
+            if country in markets:
+                self.problem(where, f"duplicate market '{country}'")
+            currency = entry.get("currency")
+            if not isinstance(currency, str) or not CURRENCY_CODE.match(currency):
+                self.problem(where, f"'currency' must be ISO 4217, got {currency!r}")
+            prices = self.prices(entry.get("prices"), f"{where}.prices")
+            for plan_id in prices:
+                if plan_id not in plans:
+                    self.problem(f"{where}.prices", f"unknown plan '{plan_id}'")
+            markets[country] = Market(country, str(currency), prices)
+        if not markets:
+            self.problem("markets", "the catalog needs at least one market")
+        return markets
+
+    def prices(self, raw: Any, where: str) -> dict[str, int]:
+        prices: dict[str, int] = {}
+        for key, amount in self.mapping(raw, where).items():
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+                self.problem(where, f"price of '{key}' must be a whole number of minor units")
+                continue
+            prices[str(key)] = amount
+        return prices
+
+    def offers(
+        self, doc: dict[str, Any], plans: Mapping[str, Plan], markets: Mapping[str, Market]
+    ) -> tuple[Offer, ...]:
+        offers: list[Offer] = []
+        seen: set[str] = set()
+        allowed = {
+            "id", "plan", "kind", "duration_days", "group", "prices", "eligibility",
+            "platforms", "valid_from", "valid_until", "priority", "experiment",
+        }  # fmt: skip
+        for where, entry in self.entries(doc, "offers"):
+            self.check_keys(entry, where, allowed)
+            offer_id = self.identifier(entry, "id", where)
+            if offer_id in seen:
+                self.problem(where, f"duplicate offer id '{offer_id}'")
+            seen.add(offer_id)
+            plan_id = entry.get("plan")
+            if plan_id not in plans:
+                self.problem(where, f"unknown plan {plan_id!r}")
+            elif not plans[plan_id].premium:
+                self.problem(where, f"plan '{plan_id}' is not premium")
+            kind = self.enum_value(OfferKind, entry.get("kind"), where, "kind")
+            duration = self.integer(entry, "duration_days", where, low=1)
+            group = self.identifier(entry, "group", where)
+            prices = self.prices(entry.get("prices"), f"{where}.prices")
+            if not prices:
+                self.problem(where, "'prices' must list at least one market")
+            for country in prices:
+                market = markets.get(country)
+                if market is None:
+                    self.problem(f"{where}.prices", f"unknown market '{country}'")
+                elif plan_id not in market.plan_prices:
+                    self.problem(f"{where}.prices", f"plan {plan_id!r} is not sold in {country}")
+                elif kind is OfferKind.FREE_TRIAL and prices[country] != 0:
+                    self.problem(f"{where}.prices", f"a free trial costs 0 (in {country})")
+            platforms = frozenset(Platform)
+            if "platforms" in entry:
+                parsed = [
+                    self.enum_value(Platform, p, where, "platforms")
+                    for p in entry["platforms"] or []
+                ]
+                platforms = frozenset(p for p in parsed if p is not None)
+            valid_from = self.timestamp(entry.get("valid_from"), where, "valid_from")
+            valid_until = self.timestamp(entry.get("valid_until"), where, "valid_until")
+            if valid_from and valid_until and valid_until <= valid_from:
+                self.problem(where, "'valid_until' must be after 'valid_from'")
+            rules = self.rules(entry.get("eligibility", []), f"{where}.eligibility", plans)
+            experiment = None
+            if "experiment" in entry:
+                experiment = self.experiment(entry["experiment"], f"{where}.experiment")
+            if offer_id and kind is not None and plan_id in plans:
+                offers.append(
+                    Offer(
+                        id=offer_id,
+                        plan_id=str(plan_id),
+                        kind=kind,
+                        duration_days=duration,
+                        group=group,
+                        prices=prices,
+                        rules=rules,
+                        platforms=platforms,
+                        valid_from=valid_from,
+                        valid_until=valid_until,
+                        priority=self.integer(entry, "priority", where, default=0, low=-1000),
+                        experiment=experiment,
+                    )
+                )
+        return tuple(offers)
+
+    def rules(self, raw: Any, where: str, plans: Mapping[str, Plan]) -> tuple[Rule, ...]:
+        if not isinstance(raw, list):
+            self.problem(where, "expected a list of rules")
+            return ()
+        rules: list[Rule] = []
+        for index, item in enumerate(raw):
+            rwhere = f"{where}[{index}]"
+            if isinstance(item, str):
+                name, arg = item, None
+            elif isinstance(item, dict) and len(item) == 1:
+                name, arg = next(iter(item.items()))
+            else:
+                self.problem(rwhere, "a rule is a name or a one-key mapping {name: argument}")
+                continue
+            rule = self.rule(str(name), arg, rwhere, plans)
+            if rule is not None:
+                rules.append(rule)
+        return tuple(rules)
+
+    def rule(self, name: str, arg: Any, where: str, plans: Mapping[str, Plan]) -> Rule | None:
+        def needs_days() -> int | None:
+            if isinstance(arg, bool) or not isinstance(arg, int) or arg < 1:
+                self.problem(where, f"'{name}' takes a number of days >= 1, got {arg!r}")
+                return None
+            return arg
+
+        def needs_list() -> list[Any] | None:
+            if not isinstance(arg, list) or not arg:
+                self.problem(where, f"'{name}' takes a non-empty list, got {arg!r}")
+                return None
+            return arg
+
+        if name in ("never_had_premium", "group_not_redeemed", "verified_student"):
+            if arg not in (None, True, {}):
+                self.problem(where, f"'{name}' takes no argument")
+            return {
+                "never_had_premium": NeverHadPremium,
+                "group_not_redeemed": GroupNotRedeemed,
+                "verified_student": VerifiedStudent,
+            }[name]()
+        if name == "lapsed_for_days":
+            days = needs_days()
+            return None if days is None else LapsedForDays(days)
+        if name == "not_in_household_cooldown":
+            days = needs_days()
+            return None if days is None else NotInHouseholdCooldown(days)
+        if name == "current_plan_in":
+            values = needs_list()
+            if values is None:
+                return None
+            for plan_id in values:
+                if plan_id not in plans:
+                    self.problem(where, f"unknown plan {plan_id!r}")
+            return CurrentPlanIn(frozenset(str(v) for v in values))
+        if name == "market_in":
+            values = needs_list()
+            if values is None:
+                return None
+            for country in values:
+                if not isinstance(country, str) or not COUNTRY_CODE.match(country):
+                    self.problem(where, f"not an ISO 3166-1 alpha-2 code: {country!r}")
+            return MarketIn(frozenset(str(v) for v in values))
+        if name == "platform_in":
+            values = needs_list()
+            if values is None:
+                return None
+            parsed = [self.enum_value(Platform, v, where, "platform_in") for v in values]
+            return PlatformIn(frozenset(p for p in parsed if p is not None))
+        known = (
+            "never_had_premium, group_not_redeemed, lapsed_for_days, current_plan_in, "
+            "market_in, platform_in, verified_student, not_in_household_cooldown"
+        )
+        self.problem(where, f"unknown rule '{name}' (known: {known})")
+        return None
+
+    def experiment(self, raw: Any, where: str) -> Experiment | None:
+        entry = self.mapping(raw, where)
+        self.check_keys(entry, where, {"id", "arms"})
+        experiment_id = self.identifier(entry, "id", where)
+        arms: list[ExperimentArm] = []
+        raw_arms = entry.get("arms")
+        if not isinstance(raw_arms, list) or not raw_arms:
+            self.problem(where, "'arms' must be a non-empty list")
+            return None
+        names: set[str] = set()
+        for index, arm in enumerate(raw_arms):
+            awhere = f"{where}.arms[{index}]"
+            arm = self.mapping(arm, awhere)
+            self.check_keys(arm, awhere, {"name", "weight", "shows_offer"})
+            name = self.identifier(arm, "name", awhere)
+            if name in names:
+                self.problem(awhere, f"duplicate arm '{name}'")
+            names.add(name)
+            weight = self.integer(arm, "weight", awhere, low=1)
+            shows = arm.get("shows_offer", True)
+            if not isinstance(shows, bool):
+                self.problem(awhere, f"'shows_offer' must be true or false, got {shows!r}")
+            arms.append(ExperimentArm(name, weight, bool(shows)))
+        return Experiment(experiment_id, tuple(arms))

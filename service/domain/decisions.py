@@ -1,0 +1,361 @@
+"""Entitlement and offer decisions: pure functions of (catalog, user state, now).
+
+Every decision says why, and until when it holds (`valid_until`): the earliest time at
+which it can change without any new event (a period, grace or grant end, a grant start,
+an offer window opening). Callers and caches may keep a decision until then.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from service.domain.account import (
+    Access,
+    HouseholdRole,
+    Store,
+    Subscription,
+    SubscriptionStatus,
+    UserState,
+    subscription_access,
+)
+from service.domain.catalog import Catalog, Feature, FeatureKind, Offer, Plan
+from service.domain.rules import (
+    IneligibilityReason,
+    Platform,
+    RuleContext,
+    account_facts,
+    first_failure,
+)
+
+
+class SourceType(enum.Enum):
+    SUBSCRIPTION = "subscription"
+    GRANT = "grant"
+    HOUSEHOLD = "household"
+    FREE_TIER = "free_tier"
+
+
+class EntitlementState(enum.Enum):
+    ACTIVE = "active"
+    TRIAL = "trial"
+    GRACE_PERIOD = "grace_period"
+    CANCELED_UNTIL_PERIOD_END = "canceled_until_period_end"
+
+
+class DenialReason(enum.Enum):
+    NO_ENTITLING_SOURCE = "no_entitling_source"
+    PLAN_LACKS_FEATURE = "plan_lacks_feature"
+    HOUSEHOLD_ROLE = "household_role"
+    SUBSCRIPTION_ON_HOLD = "subscription_on_hold"
+    SUBSCRIPTION_PAUSED = "subscription_paused"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+# When several reasons apply, the most specific one is reported (lowest rank first).
+_DENIAL_RANK = {
+    DenialReason.HOUSEHOLD_ROLE: 0,
+    DenialReason.PLAN_LACKS_FEATURE: 1,
+    DenialReason.SUBSCRIPTION_ON_HOLD: 2,
+    DenialReason.SUBSCRIPTION_PAUSED: 3,
+    DenialReason.REVOKED: 4,
+    DenialReason.EXPIRED: 5,
+    DenialReason.NO_ENTITLING_SOURCE: 6,
+}
+
+_ACCESS_DENIAL = {
+    Access.ENDED: DenialReason.EXPIRED,
+    Access.ON_HOLD: DenialReason.SUBSCRIPTION_ON_HOLD,
+    Access.PAUSED: DenialReason.SUBSCRIPTION_PAUSED,
+    Access.REVOKED: DenialReason.REVOKED,
+}
+
+_STATUS_STATE = {
+    SubscriptionStatus.TRIALING: EntitlementState.TRIAL,
+    SubscriptionStatus.ACTIVE: EntitlementState.ACTIVE,
+    SubscriptionStatus.IN_GRACE_PERIOD: EntitlementState.GRACE_PERIOD,
+    SubscriptionStatus.CANCELED: EntitlementState.CANCELED_UNTIL_PERIOD_END,
+}
+
+# Among sources granting the same value for the same time, prefer the user's own
+# subscription, then household, then grants, then the free tier.
+_SOURCE_PREFERENCE = {
+    SourceType.SUBSCRIPTION: 3,
+    SourceType.HOUSEHOLD: 2,
+    SourceType.GRANT: 1,
+    SourceType.FREE_TIER: 0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    type: SourceType
+    id: str = ""
+    store: Store | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EntitlementDecision:
+    user_id: str
+    feature: Feature
+    granted: bool
+    value: int | None = None
+    source: Source | None = None
+    state: EntitlementState | None = None
+    plan_id: str | None = None
+    expires_at: datetime | None = None
+    valid_until: datetime | None = None
+    denial: DenialReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    source: Source
+    state: EntitlementState
+    plan_id: str | None
+    value: int | None
+    until: datetime | None
+
+    def sort_key(self) -> tuple[int, int, float, int]:
+        return (
+            self.value or 0,
+            1 if self.until is None else 0,
+            self.until.timestamp() if self.until is not None else 0.0,
+            _SOURCE_PREFERENCE[self.source.type],
+        )
+
+
+class _Collector:
+    """Gathers, for one feature, the sources granting it, the reasons it is not granted
+    and the future times at which the answer could change."""
+
+    def __init__(self, catalog: Catalog, feature: Feature, now: datetime) -> None:
+        self.catalog = catalog
+        self.feature = feature
+        self.now = now
+        self.candidates: list[_Candidate] = []
+        self.denials: list[DenialReason] = []
+        self.boundaries: list[datetime] = []
+
+    def plan_subscription(
+        self, sub: Subscription, role: HouseholdRole, source: Source
+    ) -> None:
+        plan = self.catalog.plans.get(sub.plan_id)
+        if plan is None or self.feature.id not in plan.features:
+            if plan is not None and plan.premium:
+                self.denials.append(DenialReason.PLAN_LACKS_FEATURE)
+            return
+        access = subscription_access(sub, self.now)
+        if access.access is not Access.ENTITLED:
+            self.denials.append(_ACCESS_DENIAL[access.access])
+            return
+        plan_feature = plan.features[self.feature.id]
+        if role not in plan_feature.roles:
+            self.denials.append(DenialReason.HOUSEHOLD_ROLE)
+            return
+        assert access.entitled_until is not None
+        self.boundaries.append(access.entitled_until)
+        self.candidates.append(
+            _Candidate(
+                source,
+                _STATUS_STATE[sub.status],
+                plan.id,
+                plan_feature.value,
+                access.entitled_until,
+            )
+        )
+
+
+def decide_entitlement(
+    catalog: Catalog, user: UserState, feature_id: str, now: datetime
+) -> EntitlementDecision:
+    """Decides whether the user has the feature at `now`. `feature_id` must exist in the
+    catalog (callers validate input first)."""
+    feature = catalog.features[feature_id]
+    collect = _Collector(catalog, feature, now)
+    account = user.account
+
+    for sub in account.subscriptions:
+        collect.plan_subscription(
+            sub,
+            HouseholdRole.MANAGER,
+            Source(SourceType.SUBSCRIPTION, sub.subscription_id, sub.store),
+        )
+
+    household = user.household
+    if household is not None:
+        for sub in household.manager_subscriptions:
+            plan = catalog.plans.get(sub.plan_id)
+            if plan is not None and plan.household_size > 1:
+                collect.plan_subscription(
+                    sub,
+                    HouseholdRole.MEMBER,
+                    Source(SourceType.HOUSEHOLD, household.household_id, sub.store),
+                )
+
+    for grant in account.grants:
+        grant_plan: Plan | None = None
+        if grant.plan_id is not None:
+            grant_plan = catalog.plans.get(grant.plan_id)
+            if grant_plan is None or feature_id not in grant_plan.features:
+                continue
+            value = grant_plan.features[feature_id].value
+        elif grant.feature_id == feature_id:
+            value = grant.quota_value if feature.kind is FeatureKind.QUOTA else None
+        else:
+            continue
+        if grant.revoked_at is not None and grant.revoked_at <= now:
+            collect.denials.append(DenialReason.REVOKED)
+        elif grant.starts_at > now:
+            collect.boundaries.append(grant.starts_at)
+        elif grant.expires_at is not None and grant.expires_at <= now:
+            collect.denials.append(DenialReason.EXPIRED)
+        else:
+            ends = [t for t in (grant.expires_at, grant.revoked_at) if t is not None]
+            until = min(ends, default=None)
+            if until is not None:
+                collect.boundaries.append(until)
+            collect.candidates.append(
+                _Candidate(
+                    Source(SourceType.GRANT, grant.grant_id),
+                    EntitlementState.ACTIVE,
+                    grant.plan_id,
+                    value,
+                    until,
+                )
+            )
+
+    free_plan = catalog.plans[catalog.free_plan_id]
+    if feature_id in free_plan.features:
+        collect.candidates.append(
+            _Candidate(
+                Source(SourceType.FREE_TIER),
+                EntitlementState.ACTIVE,
+                free_plan.id,
+                free_plan.features[feature_id].value,
+                None,
+            )
+        )
+
+    valid_until = min((t for t in collect.boundaries if t > now), default=None)
+    if not collect.candidates:
+        denial = min(
+            collect.denials or [DenialReason.NO_ENTITLING_SOURCE], key=_DENIAL_RANK.__getitem__
+        )
+        return EntitlementDecision(
+            user_id=account.user_id,
+            feature=feature,
+            granted=False,
+            valid_until=valid_until,
+            denial=denial,
+        )
+    best = max(collect.candidates, key=_Candidate.sort_key)
+    return EntitlementDecision(
+        user_id=account.user_id,
+        feature=feature,
+        granted=True,
+        value=best.value if feature.kind is FeatureKind.QUOTA else None,
+        source=best.source,
+        state=best.state,
+        plan_id=best.plan_id,
+        expires_at=best.until,
+        valid_until=valid_until,
+    )
+
+
+def decide_all_entitlements(
+    catalog: Catalog, user: UserState, now: datetime
+) -> list[EntitlementDecision]:
+    """One decision per feature of the catalog, in catalog order."""
+    return [decide_entitlement(catalog, user, feature_id, now) for feature_id in catalog.features]
+
+
+@dataclass(frozen=True, slots=True)
+class EligibleOffer:
+    offer: Offer
+    price_minor: int
+    regular_price_minor: int
+    currency: str
+    experiment_arm: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IneligibleOffer:
+    offer: Offer
+    reason: IneligibilityReason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class OfferDecisions:
+    eligible: tuple[EligibleOffer, ...]
+    ineligible: tuple[IneligibleOffer, ...]
+    valid_until: datetime | None
+
+
+def decide_offers(
+    catalog: Catalog, user: UserState, market: str, platform: Platform, now: datetime
+) -> OfferDecisions:
+    """Which offers the user may see in `market` on `platform` at `now`, best first, and
+    for every other offer the first check that excluded it.
+
+    Checks run in a fixed order: validity window, market, platform, the offer's own
+    eligibility rules in catalog order, then the experiment arm (last, so that users
+    who could never see the offer are not counted in the experiment).
+    """
+    facts = account_facts(user, catalog.premium_plan_ids, catalog.free_plan_id, now)
+    boundaries: list[datetime] = [] if facts.changes_at is None else [facts.changes_at]
+    eligible: list[EligibleOffer] = []
+    ineligible: list[IneligibleOffer] = []
+    market_info = catalog.markets.get(market)
+    for offer in catalog.offers:
+        reason: IneligibilityReason | None = None
+        detail = ""
+        arm_name: str | None = None
+        if offer.valid_from is not None and now < offer.valid_from:
+            boundaries.append(offer.valid_from)
+            reason, detail = IneligibilityReason.OUTSIDE_VALIDITY_WINDOW, "not started yet"
+        elif offer.valid_until is not None and now >= offer.valid_until:
+            reason, detail = IneligibilityReason.OUTSIDE_VALIDITY_WINDOW, "ended"
+        elif market_info is None or market not in offer.prices:
+            reason, detail = IneligibilityReason.MARKET_NOT_ELIGIBLE, f"not sold in {market}"
+        elif platform not in offer.platforms:
+            reason = IneligibilityReason.PLATFORM_NOT_ELIGIBLE
+            detail = f"not offered on {platform.value}"
+        else:
+            if offer.valid_until is not None:
+                boundaries.append(offer.valid_until)
+            ctx = RuleContext(facts, offer.group, market, platform, now)
+            result, recheck = first_failure(offer.rules, ctx)
+            boundaries.extend(recheck)
+            if not result.eligible:
+                assert result.reason is not None
+                reason, detail = result.reason, result.detail
+            elif offer.experiment is not None:
+                arm = offer.experiment.assign(user.account.user_id)
+                arm_name = arm.name
+                if not arm.shows_offer:
+                    reason = IneligibilityReason.EXPERIMENT_ARM
+                    detail = f"experiment '{offer.experiment.id}' arm '{arm.name}'"
+        if reason is not None:
+            ineligible.append(IneligibleOffer(offer, reason, detail))
+            continue
+        assert market_info is not None
+        eligible.append(
+            EligibleOffer(
+                offer=offer,
+                price_minor=offer.prices[market],
+                regular_price_minor=market_info.plan_prices[offer.plan_id],
+                currency=market_info.currency,
+                experiment_arm=arm_name,
+            )
+        )
+    eligible.sort(key=lambda e: (-e.offer.priority, e.offer.id))
+    return OfferDecisions(
+        eligible=tuple(eligible),
+        ineligible=tuple(ineligible),
+        valid_until=min((t for t in boundaries if t > now), default=None),
+    )
+

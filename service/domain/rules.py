@@ -1,0 +1,328 @@
+"""Declarative offer eligibility rules, evaluated by pure functions.
+
+Each rule answers eligible or not *and why* (a machine-readable reason plus a short
+detail), and when its answer could change by itself (`recheck_at`), so that an offers
+answer can say how long it holds.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import ClassVar, Protocol
+
+from service.domain.account import (
+    Access,
+    HouseholdRole,
+    UserState,
+    subscription_access,
+    subscription_ended_at,
+)
+
+
+class Platform(enum.Enum):
+    WEB = "web"
+    IOS = "ios"
+    ANDROID = "android"
+    DESKTOP = "desktop"
+
+
+class IneligibilityReason(enum.Enum):
+    HAD_PREMIUM_BEFORE = "had_premium_before"
+    GROUP_ALREADY_REDEEMED = "group_already_redeemed"
+    NEVER_SUBSCRIBED = "never_subscribed"
+    CURRENTLY_SUBSCRIBED = "currently_subscribed"
+    NOT_LAPSED_LONG_ENOUGH = "not_lapsed_long_enough"
+    CURRENT_PLAN_NOT_ELIGIBLE = "current_plan_not_eligible"
+    MARKET_NOT_ELIGIBLE = "market_not_eligible"
+    PLATFORM_NOT_ELIGIBLE = "platform_not_eligible"
+    STUDENT_NOT_VERIFIED = "student_not_verified"
+    HOUSEHOLD_COOLDOWN = "household_cooldown"
+    OUTSIDE_VALIDITY_WINDOW = "outside_validity_window"
+    EXPERIMENT_ARM = "experiment_arm"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountFacts:
+    """What the rules need to know about a user, derived once per evaluation."""
+
+    ever_premium: bool
+    redeemed_groups: frozenset[str]
+    # Entitled to a premium plan now, or suspended (on hold, paused): not lapsed.
+    currently_subscribed: bool
+    # When the last premium access ended, for users who had premium and are lapsed.
+    lapsed_since: datetime | None
+    current_plan_id: str
+    student_verified_until: datetime | None
+    # Latest join or leave of any household (for the household-hopping cooldown).
+    last_household_change: datetime | None
+    # Earliest future time at which one of the facts above changes by itself.
+    changes_at: datetime | None
+
+
+def account_facts(
+    user: UserState, premium_plan_ids: frozenset[str], free_plan_id: str, now: datetime
+) -> AccountFacts:
+    account = user.account
+    premium_subs = [s for s in account.subscriptions if s.plan_id in premium_plan_ids]
+    change_times: list[datetime] = []
+    current_plan_id = free_plan_id
+    current_plan_until: datetime | None = None
+    suspended = False
+    ended: list[datetime] = []
+    for sub in premium_subs:
+        access = subscription_access(sub, now)
+        if access.access is Access.ENTITLED:
+            # Several entitling subscriptions are rare (a store switch); the one lasting
+            # longest is the user's current plan.
+            assert access.entitled_until is not None
+            change_times.append(access.entitled_until)
+            if current_plan_until is None or access.entitled_until > current_plan_until:
+                current_plan_id, current_plan_until = sub.plan_id, access.entitled_until
+        elif access.access in (Access.ON_HOLD, Access.PAUSED):
+            suspended = True
+        end = subscription_ended_at(sub, now)
+        if end is not None:
+            ended.append(end)
+    household = user.household
+    if current_plan_until is None and household is not None:
+        for sub in household.manager_subscriptions:
+            access = subscription_access(sub, now)
+            if access.access is Access.ENTITLED and sub.plan_id in premium_plan_ids:
+                assert access.entitled_until is not None
+                change_times.append(access.entitled_until)
+                current_plan_id, current_plan_until = sub.plan_id, access.entitled_until
+    premium_grants = [
+        g
+        for g in account.grants
+        if g.plan_id in premium_plan_ids and g.starts_at <= now and g.revoked_at is None
+    ]
+    for grant in account.grants:
+        if grant.starts_at > now:
+            change_times.append(grant.starts_at)
+        elif grant.expires_at is not None and grant.expires_at > now:
+            change_times.append(grant.expires_at)
+    currently_subscribed = current_plan_until is not None or suspended
+    lapsed_since = None if currently_subscribed or not ended else max(ended)
+    member_roles = [m for m in account.memberships if m.role is HouseholdRole.MEMBER]
+    household_changes = [m.joined_at for m in account.memberships] + [
+        m.left_at for m in account.memberships if m.left_at is not None
+    ]
+    if account.student_verified_until is not None and account.student_verified_until > now:
+        change_times.append(account.student_verified_until)
+    return AccountFacts(
+        ever_premium=bool(premium_subs or premium_grants or member_roles),
+        redeemed_groups=frozenset(r.offer_group for r in account.redemptions),
+        currently_subscribed=currently_subscribed,
+        lapsed_since=lapsed_since,
+        current_plan_id=current_plan_id,
+        student_verified_until=account.student_verified_until,
+        last_household_change=max(household_changes, default=None),
+        changes_at=min(change_times, default=None),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RuleContext:
+    facts: AccountFacts
+    offer_group: str
+    market: str
+    platform: Platform
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    eligible: bool
+    reason: IneligibilityReason | None = None
+    detail: str = ""
+    # When this result can change by itself; None when only a new event can change it.
+    recheck_at: datetime | None = None
+
+
+ELIGIBLE = RuleResult(eligible=True)
+
+
+def _ineligible(
+    reason: IneligibilityReason, detail: str, recheck_at: datetime | None = None
+) -> RuleResult:
+    return RuleResult(eligible=False, reason=reason, detail=detail, recheck_at=recheck_at)
+
+
+class Rule(Protocol):
+    """An eligibility rule. `name` is its key in the catalog file."""
+
+    name: ClassVar[str]
+
+    def evaluate(self, ctx: RuleContext) -> RuleResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NeverHadPremium:
+    """Only for users who never had a premium plan, on any store (trials count)."""
+
+    name: ClassVar[str] = "never_had_premium"
+
+    def evaluate(self, ctx: RuleContext) -> RuleResult:
+        if ctx.facts.ever_premium:
+            return _ineligible(
+                IneligibilityReason.HAD_PREMIUM_BEFORE, "user had a premium plan before"
+            )
+        return ELIGIBLE
+
+
+@dataclass(frozen=True, slots=True)
+class GroupNotRedeemed:
+    """Only for users who never redeemed an offer of the offer's group."""
+
+    name: ClassVar[str] = "group_not_redeemed"
+
+    def evaluate(self, ctx: RuleContext) -> RuleResult:
+        if ctx.offer_group in ctx.facts.redeemed_groups:
+            return _ineligible(
+                IneligibilityReason.GROUP_ALREADY_REDEEMED,
+                f"an offer of group '{ctx.offer_group}' was already redeemed",
+            )
+        return ELIGIBLE
+
+
+@dataclass(frozen=True, slots=True)
+class LapsedForDays:
+    """Only for former premium users whose access ended at least `days` ago."""
+
+    days: int
+    name: ClassVar[str] = "lapsed_for_days"
+
+    def evaluate(self, ctx: RuleContext) -> RuleResult:
+        facts = ctx.facts
+        if facts.currently_subscribed:
+            return _ineligible(
+                IneligibilityReason.CURRENTLY_SUBSCRIBED, "user still has a premium plan"
+            )
+        if facts.lapsed_since is None:
+            return _ineligible(
+                IneligibilityReason.NEVER_SUBSCRIBED, "user never had a premium subscription"
+            )
+        eligible_from = facts.lapsed_since + timedelta(days=self.days)
+        if ctx.now < eligible_from:
+            return _ineligible(
+                IneligibilityReason.NOT_LAPSED_LONG_ENOUGH,
+                f"lapsed less than {self.days} days ago",
+                recheck_at=eligible_from,
+            )
+        return ELIGIBLE
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentPlanIn:
+    """Only for users whose current plan is one of `plan_ids` ("free" for free users)."""
+
+    plan_ids: frozenset[str]
+    name: ClassVar[str] = "current_plan_in"
+
+    def evaluate(self, ctx: RuleContext) -> RuleResult:
+        if ctx.facts.current_plan_id not in self.plan_ids:
+            return _ineligible(
+                IneligibilityReason.CURRENT_PLAN_NOT_ELIGIBLE,
+                f"current plan '{ctx.facts.current_plan_id}' is not one of "
+                f"{sorted(self.plan_ids)}",
+            )
+        return ELIGIBLE
+
+
+@dataclass(frozen=True, slots=True)
+class MarketIn:
+    """Only in the listed markets (ISO 3166-1 alpha-2)."""
+
+    markets: frozenset[str]
+    name: ClassVar[str] = "market_in"
+
+    def evaluate(self, ctx: RuleContext) -> RuleResult:
+        if ctx.market not in self.markets:
+            return _ineligible(
+                IneligibilityReason.MARKET_NOT_ELIGIBLE, f"not offered in market {ctx.market}"
+            )
+        return ELIGIBLE
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformIn:
+    """Only on the listed platforms."""
+
+    platforms: frozenset[Platform]
+    name: ClassVar[str] = "platform_in"
+
+    def evaluate(self, ctx: RuleContext) -> RuleResult:
+        if ctx.platform not in self.platforms:
+            return _ineligible(
+                IneligibilityReason.PLATFORM_NOT_ELIGIBLE,
+                f"not offered on {ctx.platform.value}",
+            )
+        return ELIGIBLE
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedStudent:
+    """Only for users whose student status is verified now."""
+
+    name: ClassVar[str] = "verified_student"
+
+    def evaluate(self, ctx: RuleContext) -> RuleResult:
+        until = ctx.facts.student_verified_until
+        if until is None or until <= ctx.now:
+            return _ineligible(
+                IneligibilityReason.STUDENT_NOT_VERIFIED, "student status not verified"
+            )
+        return RuleResult(eligible=True, recheck_at=until)
+
+
+@dataclass(frozen=True, slots=True)
+class NotInHouseholdCooldown:
+    """Not for users who joined or left a household in the last `days` days, so that
+    household plan offers cannot be farmed by hopping between households."""
+
+    days: int
+    name: ClassVar[str] = "not_in_household_cooldown"
+
+    def evaluate(self, ctx: RuleContext) -> RuleResult:
+        changed = ctx.facts.last_household_change
+        if changed is None:
+            return ELIGIBLE
+        cooldown_end = changed + timedelta(days=self.days)
+        if ctx.now < cooldown_end:
+            return _ineligible(
+                IneligibilityReason.HOUSEHOLD_COOLDOWN,
+                f"joined or left a household less than {self.days} days ago",
+                recheck_at=cooldown_end,
+            )
+        return ELIGIBLE
+
+
+RULE_TYPES: dict[str, type] = {
+    rule.name: rule
+    for rule in (
+        NeverHadPremium,
+        GroupNotRedeemed,
+        LapsedForDays,
+        CurrentPlanIn,
+        MarketIn,
+        PlatformIn,
+        VerifiedStudent,
+        NotInHouseholdCooldown,
+    )
+}
+
+
+def first_failure(rules: Iterable[Rule], ctx: RuleContext) -> tuple[RuleResult, list[datetime]]:
+    """Evaluates rules in order; returns the first failing result (or ELIGIBLE) and the
+    times at which any evaluated rule's answer could change."""
+    recheck: list[datetime] = []
+    for rule in rules:
+        result = rule.evaluate(ctx)
+        if result.recheck_at is not None:
+            recheck.append(result.recheck_at)
+        if not result.eligible:
+            return result, recheck
+    return ELIGIBLE, recheck

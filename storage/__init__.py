@@ -1,0 +1,1 @@
+"""Storage: the account repository interface and its backends (memory, SQLite)."""
