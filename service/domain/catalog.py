@@ -221,9 +221,7 @@ class _Parser:
             return low
         return value
 
-    def enum_value(
-        self, enum_type: type[E], value: Any, where: str, key: str
-    ) -> E | None:
+    def enum_value(self, enum_type: type[E], value: Any, where: str, key: str) -> E | None:
         try:
             return enum_type(value)
         except ValueError:
@@ -250,7 +248,9 @@ class _Parser:
     def catalog(self, raw: Any) -> Catalog | None:
         doc = self.mapping(raw, "catalog")
         self.check_keys(
-            doc, "catalog", {"schema_version", "free_plan", "features", "plans", "markets", "offers"}
+            doc,
+            "catalog",
+            {"schema_version", "free_plan", "features", "plans", "markets", "offers"},
         )
         if doc.get("schema_version") != 1:
             self.problem("schema_version", f"must be 1, got {doc.get('schema_version')!r}")
@@ -390,7 +390,7 @@ class _Parser:
             if offer_id in seen:
                 self.problem(where, f"duplicate offer id '{offer_id}'")
             seen.add(offer_id)
-            plan_id = entry.get("plan")
+            plan_id = str(entry.get("plan"))
             if plan_id not in plans:
                 self.problem(where, f"unknown plan {plan_id!r}")
             elif not plans[plan_id].premium:
@@ -478,11 +478,11 @@ class _Parser:
         if name in ("never_had_premium", "group_not_redeemed", "verified_student"):
             if arg not in (None, True, {}):
                 self.problem(where, f"'{name}' takes no argument")
-            return {
-                "never_had_premium": NeverHadPremium,
-                "group_not_redeemed": GroupNotRedeemed,
-                "verified_student": VerifiedStudent,
-            }[name]()
+            if name == "never_had_premium":
+                return NeverHadPremium()
+            if name == "group_not_redeemed":
+                return GroupNotRedeemed()
+            return VerifiedStudent()
         if name == "lapsed_for_days":
             days = needs_days()
             return None if days is None else LapsedForDays(days)

@@ -139,9 +139,7 @@ class _Collector:
         self.denials: list[DenialReason] = []
         self.boundaries: list[datetime] = []
 
-    def plan_subscription(
-        self, sub: Subscription, role: HouseholdRole, source: Source
-    ) -> None:
+    def plan_subscription(self, sub: Subscription, role: HouseholdRole, source: Source) -> None:
         plan = self.catalog.plans.get(sub.plan_id)
         if plan is None or self.feature.id not in plan.features:
             if plan is not None and plan.premium:
@@ -151,12 +149,13 @@ class _Collector:
         if access.access is not Access.ENTITLED:
             self.denials.append(_ACCESS_DENIAL[access.access])
             return
+        assert access.entitled_until is not None
+        # Whether granted or denied for the role, the answer changes when access ends.
+        self.boundaries.append(access.entitled_until)
         plan_feature = plan.features[self.feature.id]
         if role not in plan_feature.roles:
             self.denials.append(DenialReason.HOUSEHOLD_ROLE)
             return
-        assert access.entitled_until is not None
-        self.boundaries.append(access.entitled_until)
         self.candidates.append(
             _Candidate(
                 source,
@@ -358,4 +357,3 @@ def decide_offers(
         ineligible=tuple(ineligible),
         valid_until=min((t for t in boundaries if t > now), default=None),
     )
-

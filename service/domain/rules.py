@@ -226,8 +226,7 @@ class CurrentPlanIn:
         if ctx.facts.current_plan_id not in self.plan_ids:
             return _ineligible(
                 IneligibilityReason.CURRENT_PLAN_NOT_ELIGIBLE,
-                f"current plan '{ctx.facts.current_plan_id}' is not one of "
-                f"{sorted(self.plan_ids)}",
+                f"current plan '{ctx.facts.current_plan_id}' is not one of {sorted(self.plan_ids)}",
             )
         return ELIGIBLE
 

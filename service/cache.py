@@ -1,0 +1,82 @@
+"""The in-process cache of user state, with memoised entitlement decisions.
+
+A cachetools LRU bounded by entries; each entry carries its own freshness deadline
+(LRUCache lookups cost ~0.3 us against ~2-3 us for TTLCache, see shared/NOTES.md).
+Cached *state* is kept at most `ttl_seconds`: that bounds how long a write made through
+another process can go unseen by a read without a consistency token. Memoised decisions
+are reused only while `now < valid_until`, so a decision is never served past the time
+it could change by itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cachetools import LRUCache
+
+from service.domain.account import UserState
+from service.domain.decisions import EntitlementDecision
+
+
+@dataclass(slots=True)
+class CachedUser:
+    state: UserState
+    fresh_until: float
+    decisions: dict[str, EntitlementDecision] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+class UserStateCache:
+    def __init__(
+        self,
+        max_entries: int,
+        ttl_seconds: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._entries: LRUCache[str, CachedUser] = LRUCache(maxsize=max_entries)
+        self._ttl = ttl_seconds
+        self._monotonic = monotonic
+        # LRUCache reorders on every read, so reads need the lock too.
+        self._lock = threading.Lock()
+        self.stats = CacheStats()
+
+    def get(self, user_id: str, min_version: int = 0) -> CachedUser | None:
+        """The fresh entry for the user holding at least `min_version`, or None."""
+        with self._lock:
+            entry = self._entries.get(user_id)
+            if (
+                entry is None
+                or entry.fresh_until <= self._monotonic()
+                or entry.state.account.version < min_version
+            ):
+                self.stats.misses += 1
+                return None
+            self.stats.hits += 1
+            return entry
+
+    def put(self, state: UserState) -> CachedUser:
+        entry = CachedUser(state, self._monotonic() + self._ttl)
+        if self._ttl <= 0:
+            return entry
+        with self._lock:
+            current = self._entries.get(state.account.user_id)
+            # A slower concurrent load must not replace a newer state.
+            if current is not None and current.state.account.version > state.account.version:
+                return entry
+            self._entries[state.account.user_id] = entry
+        return entry
+
+    def invalidate(self, user_id: str) -> None:
+        with self._lock:
+            self._entries.pop(user_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,260 @@
+"""The `entitlements` command: serve, seed demo users, and call the service by hand."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from entitlements.v1 import (
+    common_pb2,
+    entitlement_service_pb2,
+    entitlement_service_pb2_grpc,
+    offer_service_pb2,
+    offer_service_pb2_grpc,
+)
+from service.config import DEFAULT_STORAGE_URL, Settings
+from service.demo import seed_demo
+from service.domain.catalog import CatalogError
+from storage.urls import UnsupportedStorageUrl, open_repository
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+PLATFORMS = {"web": 1, "ios": 2, "android": 3, "desktop": 4}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        result: int = args.run(args)
+        return result
+    except (CatalogError, UnsupportedStorageUrl, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        _print_rpc_error(exc)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="entitlements", description="Entitlement and offer service."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind, 0 for any (default 50051)")
+    serve.add_argument("--storage", help=f"storage URL (default {DEFAULT_STORAGE_URL})")
+    serve.add_argument("--catalog", help="catalog YAML file (default: the example catalog)")
+    serve.set_defaults(run=_serve)
+
+    seed = commands.add_parser("seed-demo", help="write the demo users to the store")
+    seed.add_argument("--storage", help=f"storage URL (default {DEFAULT_STORAGE_URL})")
+    seed.set_defaults(run=_seed_demo)
+
+    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument(
+            "--target",
+            default=os.environ.get("ENTITLEMENTS_TARGET", DEFAULT_TARGET),
+            help=f"server address (default {DEFAULT_TARGET} or $ENTITLEMENTS_TARGET)",
+        )
+        sub.add_argument("--token", default="", help="consistency token from a write")
+        sub.add_argument("--fresh", action="store_true", help="bypass the server's cache")
+        sub.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
+        sub.add_argument("user_id", metavar="USER")
+        return sub
+
+    get = client("get-entitlement", "may USER use FEATURE now?")
+    get.add_argument("feature_id", metavar="FEATURE")
+    get.set_defaults(run=_get_entitlement)
+
+    listing = client("list-entitlements", "every feature of the catalog for USER")
+    listing.set_defaults(run=_list_entitlements)
+
+    offers = client("get-offers", "offers USER may see")
+    offers.add_argument("--market", required=True, help="ISO 3166-1 alpha-2, e.g. SE")
+    offers.add_argument("--platform", required=True, choices=sorted(PLATFORMS))
+    offers.add_argument(
+        "--include-ineligible", action="store_true", help="also list excluded offers"
+    )
+    offers.set_defaults(run=_get_offers)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.server import start_server
+
+    settings = Settings.load(
+        host=args.host, port=args.port, storage_url=args.storage, catalog_path=args.catalog
+    )
+    running = start_server(settings)
+    print(
+        f"entitlements: serving on {settings.host}:{running.port} "
+        f"(catalog {running.reads.catalog.version}); Ctrl-C or SIGTERM to stop",
+        flush=True,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("entitlements: shutting down", flush=True)
+    running.stop(settings.shutdown_grace_seconds)
+    return 0
+
+
+def _seed_demo(args: argparse.Namespace) -> int:
+    settings = Settings.load(storage_url=args.storage)
+    repository = open_repository(settings.storage_url)
+    try:
+        user_ids = seed_demo(repository, datetime.now(UTC))
+    finally:
+        repository.close()
+    print(f"seeded {len(user_ids)} demo users into {settings.storage_url}:")
+    for user_id in user_ids:
+        print(f"  {user_id}")
+    return 0
+
+
+def _consistency(args: argparse.Namespace) -> common_pb2.ReadConsistency:
+    return common_pb2.ReadConsistency(consistency_token=args.token, full_consistency=args.fresh)
+
+
+def _get_entitlement(args: argparse.Namespace) -> int:
+    with grpc.insecure_channel(args.target) as channel:
+        stub = entitlement_service_pb2_grpc.EntitlementServiceStub(channel)
+        response = stub.GetEntitlement(
+            entitlement_service_pb2.GetEntitlementRequest(
+                user_id=args.user_id, feature_id=args.feature_id, consistency=_consistency(args)
+            ),
+            timeout=args.timeout,
+        )
+    _print_entitlement(response.entitlement)
+    print(f"  catalog: {response.catalog_version}")
+    return 0
+
+
+def _list_entitlements(args: argparse.Namespace) -> int:
+    with grpc.insecure_channel(args.target) as channel:
+        stub = entitlement_service_pb2_grpc.EntitlementServiceStub(channel)
+        response = stub.ListEntitlements(
+            entitlement_service_pb2.ListEntitlementsRequest(
+                user_id=args.user_id, consistency=_consistency(args)
+            ),
+            timeout=args.timeout,
+        )
+    for entitlement in response.entitlements:
+        _print_entitlement(entitlement)
+    print(f"catalog: {response.catalog_version}")
+    return 0
+
+
+def _get_offers(args: argparse.Namespace) -> int:
+    with grpc.insecure_channel(args.target) as channel:
+        stub = offer_service_pb2_grpc.OfferServiceStub(channel)
+        response = stub.GetOffers(
+            offer_service_pb2.GetOffersRequest(
+                user_id=args.user_id,
+                market=args.market,
+                platform=PLATFORMS[args.platform],  # type: ignore[arg-type]
+                include_ineligible=args.include_ineligible,
+                consistency=_consistency(args),
+            ),
+            timeout=args.timeout,
+        )
+    print(f"offers for {args.user_id} in {args.market} on {args.platform}:")
+    if not response.offers:
+        print("  (none)")
+    for offer in response.offers:
+        arm = (
+            f", experiment {offer.experiment_id}/{offer.experiment_arm}"
+            if offer.experiment_id
+            else ""
+        )
+        print(
+            f"  {offer.offer_id}: {_enum(offer_service_pb2.OfferKind, offer.kind, 'OFFER_KIND_')} "
+            f"of {offer.plan_id} for {offer.duration_days} days at "
+            f"{_money(offer.offer_price)} (then {_money(offer.regular_price)}/month){arm}"
+        )
+    if args.include_ineligible:
+        print("not eligible:")
+        for ineligible in response.ineligible_offers:
+            reason = _enum(
+                offer_service_pb2.IneligibilityReason, ineligible.reason, "INELIGIBILITY_REASON_"
+            )
+            print(f"  {ineligible.offer_id}: {reason} ({ineligible.detail})")
+    if response.HasField("valid_until"):
+        print(f"valid until {_time(response.valid_until)}")
+    return 0
+
+
+def _enum(enum_type: Any, value: int, prefix: str) -> str:
+    name: str = enum_type.Name(value)
+    return name.removeprefix(prefix).lower()
+
+
+def _time(ts: Timestamp) -> str:
+    return ts.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds")
+
+
+def _money(money: common_pb2.Money) -> str:
+    return f"{money.amount_minor} {money.currency_code} (minor units)"
+
+
+def _print_entitlement(e: entitlement_service_pb2.Entitlement) -> None:
+    if e.granted:
+        value = (
+            f" = {e.quota_value}"
+            if e.feature_kind == entitlement_service_pb2.FEATURE_KIND_QUOTA
+            else ""
+        )
+        source = _enum(entitlement_service_pb2.SourceType, e.source.type, "SOURCE_TYPE_")
+        if e.source.id:
+            source += f" {e.source.id}"
+        if e.source.store:
+            source += f" via {_enum(common_pb2.Store, e.source.store, 'STORE_')}"
+        state = _enum(entitlement_service_pb2.EntitlementState, e.state, "ENTITLEMENT_STATE_")
+        plan = e.plan_id or "-"
+        line = f"{e.user_id} {e.feature_id}: GRANTED{value} ({state}, plan {plan}, from {source})"
+        if e.HasField("expires_at"):
+            line += f", expires {_time(e.expires_at)}"
+    else:
+        reason = _enum(entitlement_service_pb2.DenialReason, e.denial_reason, "DENIAL_REASON_")
+        line = f"{e.user_id} {e.feature_id}: DENIED ({reason})"
+    if e.HasField("valid_until"):
+        line += f"; valid until {_time(e.valid_until)}"
+    print(line)
+
+
+def _print_rpc_error(error: grpc.RpcError) -> None:
+    code = error.code() if isinstance(error, grpc.Call) else None
+    details = error.details() if isinstance(error, grpc.Call) else str(error)
+    print(f"error: {code.name if code else 'RPC failed'}: {details}", file=sys.stderr)
+    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    if status is None:
+        return
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            for violation in bad_request.field_violations:
+                print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Consistency tokens: opaque to callers, they carry the user's state version after a
+write, so that a later read is never answered from older state in any process.
+
+Format: base64url("1.<user digest>.<version>"). The user digest binds a token to its user
+without putting the user id in it (tokens end up in logs of other systems).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+
+_FORMAT = "1"
+MAX_TOKEN_LENGTH = 128
+
+
+class MalformedToken(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencyToken:
+    user_digest: str
+    version: int
+
+    def applies_to(self, user_id: str) -> bool:
+        return self.user_digest == user_digest(user_id)
+
+
+def user_digest(user_id: str) -> str:
+    return hashlib.sha256(user_id.encode()).hexdigest()[:16]
+
+
+def issue_token(user_id: str, version: int) -> str:
+    raw = f"{_FORMAT}.{user_digest(user_id)}.{version}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def parse_token(token: str) -> ConsistencyToken:
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise MalformedToken("too long")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise MalformedToken("not a consistency token") from exc
+    parts = raw.split(".")
+    if len(parts) != 3 or parts[0] != _FORMAT or len(parts[1]) != 16 or not parts[2].isdigit():
+        raise MalformedToken("not a consistency token")
+    return ConsistencyToken(parts[1], int(parts[2]))
