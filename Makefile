@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto' | sort)
 DATA_DIR ?= data
 
-.PHONY: setup run test generate check-generated lint typecheck buf-lint breaking ci clean
+.PHONY: interop-deps setup run test generate check-generated lint typecheck buf-lint breaking ci clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,16 @@ run: setup
 	$(BIN)/entitlements seed-demo --storage sqlite:///$(DATA_DIR)/entitlements.db
 	$(BIN)/entitlements serve --storage sqlite:///$(DATA_DIR)/entitlements.db
 
-test: setup
+test: setup interop-deps
 	$(BIN)/python -m pytest -q
+
+# The Node.js client of tests/interop proves other languages need only protos/.
+NODE_DEPS := tests/interop/node/node_modules/.package-lock.json
+interop-deps: $(NODE_DEPS)
+$(NODE_DEPS): tests/interop/node/package-lock.json
+	@if command -v npm >/dev/null; then \
+		cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the Node.js interop test will be skipped"; fi
 
 # Regenerates generated/ from protos/ (messages, gRPC stubs and their .pyi type stubs).
 generate: setup

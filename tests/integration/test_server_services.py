@@ -33,15 +33,15 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 )
 def test_health_per_service(harness: Harness, service: str, status: int) -> None:
     stub = health_pb2_grpc.HealthStub(harness.channel)
-    response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)  # type: ignore[attr-defined]  # stubs lack Check
     assert response.status == status
 
 
 def test_health_of_unknown_service_is_not_found(harness: Harness) -> None:
     stub = health_pb2_grpc.HealthStub(harness.channel)
     with pytest.raises(grpc.RpcError) as raised:
-        stub.Check(health_pb2.HealthCheckRequest(service="nope.Service"), timeout=5)
-    assert raised.value.code() is grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+        stub.Check(health_pb2.HealthCheckRequest(service="nope.Service"), timeout=5)  # type: ignore[attr-defined]
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
 
 
 def test_reflection_lists_and_describes_services(harness: Harness) -> None:
@@ -52,7 +52,7 @@ def test_reflection_lists_and_describes_services(harness: Harness) -> None:
             file_containing_symbol="entitlements.v1.OfferService"
         ),
     ]
-    listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=5))
+    listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=5))  # type: ignore[operator]
     names = {s.name for s in listed.list_services_response.service}
     assert {
         "entitlements.v1.EntitlementService",
@@ -78,7 +78,7 @@ def test_write_rpcs_are_unimplemented_for_now(
     stub = subscription_event_service_pb2_grpc.SubscriptionEventServiceStub(harness.channel)
     with pytest.raises(grpc.RpcError) as raised:
         getattr(stub, method)(request_message, timeout=5)
-    assert raised.value.code() is grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+    assert raised.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_token_and_full_consistency_see_a_write_the_cache_has_not(harness: Harness) -> None:
