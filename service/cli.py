@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -103,17 +102,19 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.load(
         host=args.host, port=args.port, storage_url=args.storage, catalog_path=args.catalog
     )
+    # Block the stop signals before gRPC starts its threads (they inherit the mask), then
+    # wait for them synchronously: a handler-based wait can sleep through a signal that
+    # the kernel delivered to one of gRPC's threads.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     running = start_server(settings)
     print(
         f"entitlements: serving on {settings.host}:{running.port} "
         f"(catalog {running.reads.catalog.version}); Ctrl-C or SIGTERM to stop",
         flush=True,
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    print("entitlements: shutting down", flush=True)
+    received = signal.sigwait(stop_signals)
+    print(f"entitlements: {signal.Signals(received).name}, shutting down", flush=True)
     running.stop(settings.shutdown_grace_seconds)
     return 0
 
@@ -212,8 +213,14 @@ def _time(ts: Timestamp) -> str:
     return ts.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds")
 
 
+# ISO 4217 currencies without minor units among those a catalog is likely to use.
+_ZERO_DECIMAL_CURRENCIES = frozenset({"JPY", "KRW", "CLP", "ISK", "VND", "HUF", "TWD"})
+
+
 def _money(money: common_pb2.Money) -> str:
-    return f"{money.amount_minor} {money.currency_code} (minor units)"
+    if money.currency_code in _ZERO_DECIMAL_CURRENCIES:
+        return f"{money.amount_minor} {money.currency_code}"
+    return f"{money.amount_minor / 100:.2f} {money.currency_code}"
 
 
 def _print_entitlement(e: entitlement_service_pb2.Entitlement) -> None:
@@ -242,12 +249,14 @@ def _print_entitlement(e: entitlement_service_pb2.Entitlement) -> None:
 
 
 def _print_rpc_error(error: grpc.RpcError) -> None:
-    code = error.code() if isinstance(error, grpc.Call) else None
-    details = error.details() if isinstance(error, grpc.Call) else str(error)
-    print(f"error: {code.name if code else 'RPC failed'}: {details}", file=sys.stderr)
-    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
-    if status is None:
+    if not isinstance(error, grpc.Call):
+        print(f"error: RPC failed: {error}", file=sys.stderr)
         return
+    status = rpc_status.from_call(error)
+    if status is None or not status.details:
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        return
+    print(f"error: {error.code().name}", file=sys.stderr)
     for detail in status.details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()

@@ -201,8 +201,17 @@ class _Parser:
             out.append((where, self.mapping(item, where)))
         return out
 
+    def listed(self, value: Any, where: str, key: str) -> list[Any]:
+        """A list-valued setting (null counts as empty)."""
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.problem(where, f"'{key}' must be a list, got {value!r}")
+            return []
+        return value
+
     def check_keys(self, entry: dict[str, Any], where: str, allowed: set[str]) -> None:
-        for key in sorted(set(entry) - allowed):
+        for key in sorted(set(entry) - allowed, key=str):
             self.problem(where, f"unknown key '{key}' (allowed: {', '.join(sorted(allowed))})")
 
     def identifier(self, entry: dict[str, Any], key: str, where: str) -> str:
@@ -257,7 +266,7 @@ class _Parser:
         features = self.features(doc)
         plans = self.plans(doc, features)
         free_plan_id = doc.get("free_plan")
-        if free_plan_id not in plans:
+        if not isinstance(free_plan_id, str) or free_plan_id not in plans:
             self.problem("free_plan", f"must name a plan of the catalog, got {free_plan_id!r}")
         elif plans[free_plan_id].premium:
             self.problem("free_plan", f"plan '{free_plan_id}' is premium")
@@ -326,7 +335,7 @@ class _Parser:
                 if "roles" in settings:
                     parsed = [
                         self.enum_value(HouseholdRole, r, fwhere, "roles")
-                        for r in settings["roles"] or []
+                        for r in self.listed(settings["roles"], fwhere, "roles")
                     ]
                     roles = frozenset(r for r in parsed if r is not None)
                     if not roles:
@@ -413,7 +422,7 @@ class _Parser:
             if "platforms" in entry:
                 parsed = [
                     self.enum_value(Platform, p, where, "platforms")
-                    for p in entry["platforms"] or []
+                    for p in self.listed(entry["platforms"], where, "platforms")
                 ]
                 platforms = frozenset(p for p in parsed if p is not None)
             valid_from = self.timestamp(entry.get("valid_from"), where, "valid_from")
@@ -494,7 +503,7 @@ class _Parser:
             if values is None:
                 return None
             for plan_id in values:
-                if plan_id not in plans:
+                if not isinstance(plan_id, str) or plan_id not in plans:
                     self.problem(where, f"unknown plan {plan_id!r}")
             return CurrentPlanIn(frozenset(str(v) for v in values))
         if name == "market_in":

@@ -118,9 +118,12 @@ class _Candidate:
     value: int | None
     until: datetime | None
 
-    def sort_key(self) -> tuple[int, int, float, int]:
+    def sort_key(self) -> tuple[int, bool, int, float, int]:
+        # Highest quota first; the free tier only when nothing else grants the feature
+        # (a Premium user's shuffle play comes from Premium); then the longest lasting.
         return (
             self.value or 0,
+            self.source.type is not SourceType.FREE_TIER,
             1 if self.until is None else 0,
             self.until.timestamp() if self.until is not None else 0.0,
             _SOURCE_PREFERENCE[self.source.type],
@@ -205,6 +208,10 @@ def decide_entitlement(
             value = grant.quota_value if feature.kind is FeatureKind.QUOTA else None
         else:
             continue
+        if grant.revoked_at is not None and grant.revoked_at > now:
+            # A revocation taking effect later changes the answer then, whatever the
+            # grant's state now (not started yet, expired or active).
+            collect.boundaries.append(grant.revoked_at)
         if grant.revoked_at is not None and grant.revoked_at <= now:
             collect.denials.append(DenialReason.REVOKED)
         elif grant.starts_at > now:
@@ -304,7 +311,10 @@ def decide_offers(
     eligibility rules in catalog order, then the experiment arm (last, so that users
     who could never see the offer are not counted in the experiment).
     """
-    facts = account_facts(user, catalog.premium_plan_ids, catalog.free_plan_id, now)
+    household_plan_ids = frozenset(p.id for p in catalog.plans.values() if p.household_size > 1)
+    facts = account_facts(
+        user, catalog.premium_plan_ids, catalog.free_plan_id, now, household_plan_ids
+    )
     boundaries: list[datetime] = [] if facts.changes_at is None else [facts.changes_at]
     eligible: list[EligibleOffer] = []
     ineligible: list[IneligibleOffer] = []
@@ -313,6 +323,9 @@ def decide_offers(
         reason: IneligibilityReason | None = None
         detail = ""
         arm_name: str | None = None
+        if offer.valid_until is not None and now < offer.valid_until:
+            # Whatever excludes or admits the offer now, at its end it is excluded.
+            boundaries.append(offer.valid_until)
         if offer.valid_from is not None and now < offer.valid_from:
             boundaries.append(offer.valid_from)
             reason, detail = IneligibilityReason.OUTSIDE_VALIDITY_WINDOW, "not started yet"
@@ -324,8 +337,6 @@ def decide_offers(
             reason = IneligibilityReason.PLATFORM_NOT_ELIGIBLE
             detail = f"not offered on {platform.value}"
         else:
-            if offer.valid_until is not None:
-                boundaries.append(offer.valid_until)
             ctx = RuleContext(facts, offer.group, market, platform, now)
             result, recheck = first_failure(offer.rules, ctx)
             boundaries.extend(recheck)

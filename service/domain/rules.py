@@ -63,8 +63,17 @@ class AccountFacts:
 
 
 def account_facts(
-    user: UserState, premium_plan_ids: frozenset[str], free_plan_id: str, now: datetime
+    user: UserState,
+    premium_plan_ids: frozenset[str],
+    free_plan_id: str,
+    now: datetime,
+    household_plan_ids: frozenset[str] | None = None,
 ) -> AccountFacts:
+    """`household_plan_ids`: the plans shared with household members (household size > 1);
+    a manager's subscription to any other plan is not the member's plan. None: all premium
+    plans."""
+    if household_plan_ids is None:
+        household_plan_ids = premium_plan_ids
     account = user.account
     premium_subs = [s for s in account.subscriptions if s.plan_id in premium_plan_ids]
     change_times: list[datetime] = []
@@ -90,14 +99,22 @@ def account_facts(
     if current_plan_until is None and household is not None:
         for sub in household.manager_subscriptions:
             access = subscription_access(sub, now)
-            if access.access is Access.ENTITLED and sub.plan_id in premium_plan_ids:
+            if (
+                access.access is Access.ENTITLED
+                and sub.plan_id in premium_plan_ids
+                and sub.plan_id in household_plan_ids
+            ):
                 assert access.entitled_until is not None
                 change_times.append(access.entitled_until)
                 current_plan_id, current_plan_until = sub.plan_id, access.entitled_until
+    # A premium plan grant counts once it has started, unless it was revoked before it
+    # started: a grant revoked later was held (as a refunded subscription was).
     premium_grants = [
         g
         for g in account.grants
-        if g.plan_id in premium_plan_ids and g.starts_at <= now and g.revoked_at is None
+        if g.plan_id in premium_plan_ids
+        and g.starts_at <= now
+        and (g.revoked_at is None or g.revoked_at > g.starts_at)
     ]
     for grant in account.grants:
         if grant.starts_at > now:
