@@ -69,9 +69,7 @@ def repository() -> CountingRepository:
     return CountingRepository()
 
 
-def make_reads(
-    repository: CountingRepository, clocks: Clocks, ttl: float = 3600.0
-) -> ReadService:
+def make_reads(repository: CountingRepository, clocks: Clocks, ttl: float = 3600.0) -> ReadService:
     cache = UserStateCache(1000, ttl, monotonic=lambda: clocks.monotonic)
     return ReadService(CATALOG, repository, cache, clock=lambda: clocks.now)
 
@@ -156,9 +154,7 @@ def test_batch_reads_each_user_once(repository: CountingRepository, clocks: Cloc
     assert repository.loads == 3
 
 
-def test_validation_collects_every_problem(
-    repository: CountingRepository, clocks: Clocks
-) -> None:
+def test_validation_collects_every_problem(repository: CountingRepository, clocks: Clocks) -> None:
     reads = make_reads(repository, clocks)
     with pytest.raises(InvalidRequest) as raised:
         reads.get_offers("", "sweden", None, Consistency(token="%%%"))
