@@ -6,6 +6,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROTOS := $(shell find protos -name '*.proto' | sort)
 DATA_DIR ?= data
+# protoc from grpcio-tools, with the mypy-protobuf plugins of this venv (not of $PATH).
+PROTOC := $(BIN)/python -m grpc_tools.protoc -I protos \
+	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
+	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
 .PHONY: interop-deps setup run test generate check-generated lint typecheck buf-lint breaking ci clean
 
@@ -34,8 +38,7 @@ $(NODE_DEPS): tests/interop/node/package-lock.json
 # Regenerates generated/ from protos/ (messages, gRPC stubs and their .pyi type stubs).
 generate: setup
 	rm -rf generated/entitlements
-	$(BIN)/python -m grpc_tools.protoc -I protos \
-		--python_out=generated --mypy_out=generated \
+	$(PROTOC) --python_out=generated --mypy_out=generated \
 		--grpc_python_out=generated --mypy_grpc_out=generated $(PROTOS)
 	find generated -type d -exec touch {}/__init__.py \;
 	rm -f generated/__init__.py
@@ -43,8 +46,7 @@ generate: setup
 # Fails when generated/ differs from what protos/ produce.
 check-generated: setup
 	rm -rf $(VENV)/generated-check && mkdir -p $(VENV)/generated-check
-	$(BIN)/python -m grpc_tools.protoc -I protos \
-		--python_out=$(VENV)/generated-check --mypy_out=$(VENV)/generated-check \
+	$(PROTOC) --python_out=$(VENV)/generated-check --mypy_out=$(VENV)/generated-check \
 		--grpc_python_out=$(VENV)/generated-check --mypy_grpc_out=$(VENV)/generated-check $(PROTOS)
 	find $(VENV)/generated-check -type d -exec touch {}/__init__.py \;
 	rm -f $(VENV)/generated-check/__init__.py

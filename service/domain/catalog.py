@@ -138,6 +138,8 @@ class Catalog:
     markets: Mapping[str, Market]
     offers: tuple[Offer, ...]
     premium_plan_ids: frozenset[str] = field(default=frozenset())
+    # Plans whose features household members share (household size > 1).
+    household_plan_ids: frozenset[str] = field(default=frozenset())
 
 
 class CatalogError(ValueError):
@@ -221,6 +223,13 @@ class _Parser:
             return ""
         return value
 
+    def text(self, entry: dict[str, Any], key: str, where: str) -> str:
+        value = entry.get(key, "")
+        if not isinstance(value, str):
+            self.problem(where, f"'{key}' must be text, got {type(value).__name__}")
+            return ""
+        return value
+
     def integer(
         self, entry: dict[str, Any], key: str, where: str, default: int | None = None, low: int = 0
     ) -> int:
@@ -261,7 +270,7 @@ class _Parser:
             "catalog",
             {"schema_version", "free_plan", "features", "plans", "markets", "offers"},
         )
-        if doc.get("schema_version") != 1:
+        if type(doc.get("schema_version")) is not int or doc.get("schema_version") != 1:
             self.problem("schema_version", f"must be 1, got {doc.get('schema_version')!r}")
         features = self.features(doc)
         plans = self.plans(doc, features)
@@ -282,6 +291,7 @@ class _Parser:
             markets=markets,
             offers=offers,
             premium_plan_ids=frozenset(p.id for p in plans.values() if p.premium),
+            household_plan_ids=frozenset(p.id for p in plans.values() if p.household_size > 1),
         )
 
     def features(self, doc: dict[str, Any]) -> dict[str, Feature]:
@@ -292,12 +302,12 @@ class _Parser:
             kind = self.enum_value(FeatureKind, entry.get("kind"), where, "kind")
             if feature_id in features:
                 self.problem(where, f"duplicate feature id '{feature_id}'")
+            description = self.text(entry, "description", where)
+            unit = self.text(entry, "unit", where)
             if feature_id and kind is not None:
-                if kind is FeatureKind.QUOTA and not entry.get("unit"):
+                if kind is FeatureKind.QUOTA and not unit:
                     self.problem(where, "a quota feature needs a 'unit'")
-                features[feature_id] = Feature(
-                    feature_id, kind, str(entry.get("description", "")), str(entry.get("unit", ""))
-                )
+                features[feature_id] = Feature(feature_id, kind, description, unit)
         if not features:
             self.problem("features", "the catalog needs at least one feature")
         return features
@@ -309,6 +319,7 @@ class _Parser:
             plan_id = self.identifier(entry, "id", where)
             if plan_id in plans:
                 self.problem(where, f"duplicate plan id '{plan_id}'")
+            name = self.text(entry, "name", where) or plan_id
             premium = entry.get("premium")
             if not isinstance(premium, bool):
                 self.problem(where, f"'premium' must be true or false, got {premium!r}")
@@ -344,7 +355,7 @@ class _Parser:
             if plan_id:
                 plans[plan_id] = Plan(
                     plan_id,
-                    str(entry.get("name", plan_id)),
+                    name,
                     bool(premium),
                     household_size,
                     plan_features,
@@ -425,11 +436,13 @@ class _Parser:
                     for p in self.listed(entry["platforms"], where, "platforms")
                 ]
                 platforms = frozenset(p for p in parsed if p is not None)
+                if not platforms:
+                    self.problem(where, "'platforms' must name at least one platform")
             valid_from = self.timestamp(entry.get("valid_from"), where, "valid_from")
             valid_until = self.timestamp(entry.get("valid_until"), where, "valid_until")
             if valid_from and valid_until and valid_until <= valid_from:
                 self.problem(where, "'valid_until' must be after 'valid_from'")
-            rules = self.rules(entry.get("eligibility", []), f"{where}.eligibility", plans)
+            rules = self.rules(entry.get("eligibility", []), f"{where}.eligibility", plans, markets)
             experiment = None
             if "experiment" in entry:
                 experiment = self.experiment(entry["experiment"], f"{where}.experiment")
@@ -452,7 +465,9 @@ class _Parser:
                 )
         return tuple(offers)
 
-    def rules(self, raw: Any, where: str, plans: Mapping[str, Plan]) -> tuple[Rule, ...]:
+    def rules(
+        self, raw: Any, where: str, plans: Mapping[str, Plan], markets: Mapping[str, Market]
+    ) -> tuple[Rule, ...]:
         if not isinstance(raw, list):
             self.problem(where, "expected a list of rules")
             return ()
@@ -466,12 +481,19 @@ class _Parser:
             else:
                 self.problem(rwhere, "a rule is a name or a one-key mapping {name: argument}")
                 continue
-            rule = self.rule(str(name), arg, rwhere, plans)
+            rule = self.rule(str(name), arg, rwhere, plans, markets)
             if rule is not None:
                 rules.append(rule)
         return tuple(rules)
 
-    def rule(self, name: str, arg: Any, where: str, plans: Mapping[str, Plan]) -> Rule | None:
+    def rule(
+        self,
+        name: str,
+        arg: Any,
+        where: str,
+        plans: Mapping[str, Plan],
+        markets: Mapping[str, Market],
+    ) -> Rule | None:
         def needs_days() -> int | None:
             if isinstance(arg, bool) or not isinstance(arg, int) or arg < 1:
                 self.problem(where, f"'{name}' takes a number of days >= 1, got {arg!r}")
@@ -513,6 +535,8 @@ class _Parser:
             for country in values:
                 if not isinstance(country, str) or not COUNTRY_CODE.match(country):
                     self.problem(where, f"not an ISO 3166-1 alpha-2 code: {country!r}")
+                elif country not in markets:
+                    self.problem(where, f"unknown market '{country}'")
             return MarketIn(frozenset(str(v) for v in values))
         if name == "platform_in":
             values = needs_list()

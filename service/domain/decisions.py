@@ -311,9 +311,8 @@ def decide_offers(
     eligibility rules in catalog order, then the experiment arm (last, so that users
     who could never see the offer are not counted in the experiment).
     """
-    household_plan_ids = frozenset(p.id for p in catalog.plans.values() if p.household_size > 1)
     facts = account_facts(
-        user, catalog.premium_plan_ids, catalog.free_plan_id, now, household_plan_ids
+        user, catalog.premium_plan_ids, catalog.free_plan_id, now, catalog.household_plan_ids
     )
     boundaries: list[datetime] = [] if facts.changes_at is None else [facts.changes_at]
     eligible: list[EligibleOffer] = []

@@ -67,13 +67,10 @@ def account_facts(
     premium_plan_ids: frozenset[str],
     free_plan_id: str,
     now: datetime,
-    household_plan_ids: frozenset[str] | None = None,
+    household_plan_ids: frozenset[str],
 ) -> AccountFacts:
     """`household_plan_ids`: the plans shared with household members (household size > 1);
-    a manager's subscription to any other plan is not the member's plan. None: all premium
-    plans."""
-    if household_plan_ids is None:
-        household_plan_ids = premium_plan_ids
+    a manager's subscription to any other plan is not the member's plan."""
     account = user.account
     premium_subs = [s for s in account.subscriptions if s.plan_id in premium_plan_ids]
     change_times: list[datetime] = []

@@ -627,3 +627,30 @@ def test_mangled_documents_raise_catalog_error_only(
         parse_catalog(doc)
     except CatalogError as exc:
         assert exc.problems
+
+
+def test_schema_version_must_be_the_integer_1() -> None:
+    doc = raw_copy()
+    doc["schema_version"] = True
+    assert_problem(problems_of(doc), "schema_version", "must be 1")
+
+
+def test_empty_platform_list_is_rejected() -> None:
+    doc = raw_copy()
+    doc["offers"][0]["platforms"] = []
+    assert_problem(problems_of(doc), offer_where(doc, doc["offers"][0]["id"]), "at least one")
+
+
+def test_market_in_names_a_catalog_market() -> None:
+    doc = raw_copy()
+    doc["offers"][0]["eligibility"].append({"market_in": ["XX"]})
+    assert any("unknown market 'XX'" in p for p in problems_of(doc))
+
+
+def test_text_fields_must_be_text() -> None:
+    doc = raw_copy()
+    doc["features"][0]["description"] = {1: 2, "a": 3}
+    doc["plans"][0]["name"] = ["Free"]
+    problems = problems_of(doc)
+    assert any("'description' must be text" in p for p in problems)
+    assert any("'name' must be text" in p for p in problems)
