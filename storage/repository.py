@@ -7,8 +7,10 @@ suite (tests/contract) runs unchanged against every backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
 
 from service.domain.account import AccountState, UserState
 
@@ -25,6 +27,68 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached or did not answer in time; the caller may retry."""
 
 
+class IdempotencyConflict(StoreError):
+    """An idempotency key was used before with a different request (ALREADY_EXISTS)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """Identifies one write request of a user: `kind` is the RPC family ("event", "grant",
+    "revoke", "redeem"), `id` the client-supplied event or request id, `fingerprint` a
+    digest of the request's content, so that a reused id with other content is caught."""
+
+    kind: str
+    id: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryDraft:
+    """A history entry as a write produces it; the store adds version and recorded_at."""
+
+    kind: str  # what happened: "subscription_event", "grant", "revoke", "redemption"
+    reference: str  # the event id, grant id or offer id it is about
+    effective_at: datetime  # when it took effect (event occurrence time, grant start...)
+    summary: str  # one human-readable line for support, without personal data
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    kind: str
+    reference: str
+    effective_at: datetime
+    recorded_at: datetime
+    version: int  # the user's version after the write that appended it
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """What a write function returns: the new state, the response to keep for replays of
+    the same idempotency key (JSON-serialisable), and the history entries to append."""
+
+    state: AccountState
+    response: Mapping[str, Any]
+    history: tuple[HistoryDraft, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of `apply`. For a replay, `state` is the current state, `version` and
+    `response` those of the original write."""
+
+    state: AccountState
+    version: int
+    response: Mapping[str, Any]
+    replayed: bool
+
+
+# A pure function from the current state to a Mutation. Backends may call it more than
+# once (a retried transaction), so it must have no side effects. Domain errors it raises
+# abort the transaction and propagate unchanged.
+AccountMutation = Callable[[AccountState], Mutation]
+
+
 class AccountRepository(Protocol):
     def load(self, user_id: str) -> UserState:
         """The user's state and, if they are an active household member, the household
@@ -37,6 +101,26 @@ class AccountRepository(Protocol):
         result with version = previous version + 1 and returns it. The `user_id` and
         `version` of the state returned by `change` are ignored. Exceptions raised by
         `change` abort the transaction and propagate unchanged."""
+        ...
+
+    def apply(
+        self,
+        user_id: str,
+        key: IdempotencyKey,
+        mutate: AccountMutation,
+        recorded_at: datetime,
+    ) -> Applied:
+        """An idempotent write, in one transaction:
+        - if the user already has a write with (key.kind, key.id): raise
+          IdempotencyConflict when its fingerprint differs, else return the stored response
+          and version with `replayed=True`, writing nothing;
+        - else call `mutate(current)`, store its state with version = previous + 1, keep
+          the key with the response and new version, append its history entries (with that
+          version and `recorded_at`), and return `replayed=False`."""
+        ...
+
+    def history(self, user_id: str) -> list[HistoryEntry]:
+        """The user's history entries, oldest first (append-only)."""
         ...
 
     def check(self) -> None:
