@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -12,7 +13,8 @@ from entitlements.v1 import (
     entitlement_service_pb2,
     offer_service_pb2,
 )
-from service.domain.account import Store
+from entitlements.v1 import subscription_event_service_pb2 as events_pb2
+from service.domain.account import Grant, GrantKind, Store, Subscription, SubscriptionStatus
 from service.domain.catalog import FeatureKind, OfferKind
 from service.domain.decisions import (
     DenialReason,
@@ -21,8 +23,11 @@ from service.domain.decisions import (
     OfferDecisions,
     SourceType,
 )
+from service.domain.events import EventType, SubscriptionEvent
+from service.domain.grants import GrantRequest
 from service.domain.rules import IneligibilityReason, Platform
 from service.reads import Consistency
+from service.writes import EventAnswer
 
 _PLATFORM_FROM_PROTO: dict[int, Platform] = {
     common_pb2.PLATFORM_WEB: Platform.WEB,
@@ -30,12 +35,13 @@ _PLATFORM_FROM_PROTO: dict[int, Platform] = {
     common_pb2.PLATFORM_ANDROID: Platform.ANDROID,
     common_pb2.PLATFORM_DESKTOP: Platform.DESKTOP,
 }
-_STORE_TO_PROTO = {
+_STORE_TO_PROTO: dict[Store, common_pb2.Store.ValueType] = {
     Store.WEB: common_pb2.STORE_WEB,
     Store.APP_STORE: common_pb2.STORE_APP_STORE,
     Store.GOOGLE_PLAY: common_pb2.STORE_GOOGLE_PLAY,
     Store.PARTNER: common_pb2.STORE_PARTNER,
 }
+_STORE_FROM_PROTO = {value: store for store, value in _STORE_TO_PROTO.items()}
 _FEATURE_KIND_TO_PROTO = {
     FeatureKind.BOOLEAN: entitlement_service_pb2.FEATURE_KIND_BOOLEAN,
     FeatureKind.QUOTA: entitlement_service_pb2.FEATURE_KIND_QUOTA,
@@ -159,3 +165,105 @@ def offers_to_proto(
     if decisions.valid_until is not None:
         response.valid_until.FromDatetime(decisions.valid_until)
     return response
+
+
+# Proto enum names are <PREFIX>_<DOMAIN NAME>: mapping by name keeps the two in step and
+# fails at import when a domain value has no proto counterpart.
+_EVENT_TYPE_FROM_PROTO = {
+    events_pb2.SubscriptionEventType.Value(f"SUBSCRIPTION_EVENT_TYPE_{t.name}"): t
+    for t in EventType
+}
+_STATUS_TO_PROTO = {
+    status: events_pb2.SubscriptionStatus.Value(f"SUBSCRIPTION_STATUS_{status.name}")
+    for status in SubscriptionStatus
+}
+_GRANT_KIND_TO_PROTO = {
+    kind: events_pb2.GrantKind.Value(f"GRANT_KIND_{kind.name}") for kind in GrantKind
+}
+_GRANT_KIND_FROM_PROTO = {value: kind for kind, value in _GRANT_KIND_TO_PROTO.items()}
+_OUTCOME_TO_PROTO = {
+    "applied": events_pb2.EVENT_OUTCOME_APPLIED,
+    "stale": events_pb2.EVENT_OUTCOME_STALE,
+    "duplicate": events_pb2.EVENT_OUTCOME_DUPLICATE,
+}
+
+
+def store_from_proto(value: int) -> Store | None:
+    """The domain store, or None for STORE_UNSPECIFIED and unknown values."""
+    return _STORE_FROM_PROTO.get(value)  # type: ignore[call-overload, no-any-return]
+
+
+def _optional_time(message: Any, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    value: datetime = getattr(message, field).ToDatetime(tzinfo=UTC)
+    return value
+
+
+def event_from_proto(request: events_pb2.RecordSubscriptionEventRequest) -> SubscriptionEvent:
+    return SubscriptionEvent(
+        event_id=request.event_id,
+        subscription_id=request.subscription_id,
+        store=store_from_proto(request.store),
+        type=_EVENT_TYPE_FROM_PROTO.get(request.event_type),
+        occurred_at=_optional_time(request, "occurred_at"),
+        plan_id=request.plan_id or None,
+        current_period_end=_optional_time(request, "current_period_end"),
+        grace_period_end=_optional_time(request, "grace_period_end"),
+        offer_id=request.offer_id or None,
+        market=request.market or None,
+    )
+
+
+def grant_request_from_proto(grant: events_pb2.Grant, now: datetime) -> GrantRequest:
+    target = grant.WhichOneof("target")
+    return GrantRequest(
+        kind=_GRANT_KIND_FROM_PROTO.get(grant.kind),
+        feature_id=grant.feature_id if target == "feature_id" else None,
+        plan_id=grant.plan_id if target == "plan_id" else None,
+        quota_value=grant.quota_value,
+        starts_at=_optional_time(grant, "starts_at") or now,
+        expires_at=_optional_time(grant, "expires_at"),
+    )
+
+
+def subscription_to_proto(sub: Subscription) -> events_pb2.Subscription:
+    message = events_pb2.Subscription(
+        subscription_id=sub.subscription_id,
+        plan_id=sub.plan_id,
+        status=_STATUS_TO_PROTO[sub.status],
+        store=_STORE_TO_PROTO[sub.store],
+        auto_renew=sub.auto_renew,
+    )
+    message.current_period_end.FromDatetime(sub.current_period_end)
+    if sub.grace_period_end is not None:
+        message.grace_period_end.FromDatetime(sub.grace_period_end)
+    if sub.last_event_at is not None:
+        message.last_event_at.FromDatetime(sub.last_event_at)
+    return message
+
+
+def grant_to_proto(grant: Grant) -> events_pb2.Grant:
+    message = events_pb2.Grant(
+        grant_id=grant.grant_id,
+        kind=_GRANT_KIND_TO_PROTO[grant.kind],
+        quota_value=grant.quota_value or 0,
+    )
+    if grant.feature_id is not None:
+        message.feature_id = grant.feature_id
+    elif grant.plan_id is not None:
+        message.plan_id = grant.plan_id
+    message.starts_at.FromDatetime(grant.starts_at)
+    if grant.expires_at is not None:
+        message.expires_at.FromDatetime(grant.expires_at)
+    if grant.revoked_at is not None:
+        message.revoked_at.FromDatetime(grant.revoked_at)
+    return message
+
+
+def event_answer_to_proto(answer: EventAnswer) -> events_pb2.RecordSubscriptionEventResponse:
+    return events_pb2.RecordSubscriptionEventResponse(
+        outcome=_OUTCOME_TO_PROTO[answer.outcome],
+        subscription=subscription_to_proto(answer.subscription),
+        consistency_token=answer.consistency_token,
+    )

@@ -14,8 +14,8 @@ from service.domain.decisions import (
     decide_entitlement,
     decide_offers,
 )
+from service.domain.errors import FieldViolation, InvalidRequest
 from service.domain.rules import Platform
-from service.errors import FieldViolation, InvalidRequest
 from service.tokens import ConsistencyToken
 from service.validation import (
     MAX_BATCH_QUERIES,

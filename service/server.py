@@ -23,6 +23,7 @@ from service.config import Settings
 from service.domain.catalog import Catalog, load_catalog
 from service.reads import Clock, ReadService, utc_now
 from service.servicers import EntitlementServicer, OfferServicer, SubscriptionEventServicer
+from service.writes import WriteService
 from storage.repository import AccountRepository
 from storage.urls import open_repository
 
@@ -35,9 +36,8 @@ OFFER_SERVICE = offer_service_pb2.DESCRIPTOR.services_by_name["OfferService"].fu
 EVENT_SERVICE = subscription_event_service_pb2.DESCRIPTOR.services_by_name[
     "SubscriptionEventService"
 ].full_name
-# Services whose health is reported. The write service answers UNIMPLEMENTED for now, so
-# it reports NOT_SERVING rather than inviting traffic.
-SERVING_SERVICES = ("", ENTITLEMENT_SERVICE, OFFER_SERVICE)
+# Services whose health is reported ("" is the server as a whole).
+SERVING_SERVICES = ("", ENTITLEMENT_SERVICE, OFFER_SERVICE, EVENT_SERVICE)
 
 
 @dataclass
@@ -46,6 +46,7 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     reads: ReadService
+    writes: WriteService
     repository: AccountRepository
 
     def stop(self, grace_seconds: float) -> None:
@@ -69,6 +70,7 @@ def start_server(
     repository = repository or open_repository(settings.storage_url)
     cache = UserStateCache(settings.cache_max_entries, settings.cache_ttl_seconds)
     reads = ReadService(catalog, repository, cache, clock)
+    writes = WriteService(catalog, repository, cache, clock)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.threads))
     entitlement_service_pb2_grpc.add_EntitlementServiceServicer_to_server(
@@ -76,7 +78,7 @@ def start_server(
     )
     offer_service_pb2_grpc.add_OfferServiceServicer_to_server(OfferServicer(reads), server)
     subscription_event_service_pb2_grpc.add_SubscriptionEventServiceServicer_to_server(
-        SubscriptionEventServicer(), server
+        SubscriptionEventServicer(writes, clock), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -92,7 +94,6 @@ def start_server(
     server.start()
     for name in SERVING_SERVICES:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(EVENT_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
     log.info(
         "serving on %s:%d (catalog %s, storage %s)",
         settings.host,
@@ -100,4 +101,4 @@ def start_server(
         catalog.version,
         settings.storage_url.split("://")[0],
     )
-    return RunningServer(server, port, health_servicer, reads, repository)
+    return RunningServer(server, port, health_servicer, reads, writes, repository)

@@ -9,6 +9,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -21,38 +22,71 @@ from entitlements.v1 import (
     subscription_event_service_pb2_grpc,
 )
 from service import convert
-from service.errors import InvalidRequest
-from service.reads import ReadService
-from storage.repository import StoreUnavailable
+from service.domain.errors import InvalidRequest, NotFound, PreconditionFailed
+from service.reads import Clock, ReadService
+from service.writes import WriteService
+from storage.repository import IdempotencyConflict, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
-def _abort_invalid(context: grpc.ServicerContext, error: InvalidRequest) -> NoReturn:
-    bad_request = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in error.violations
-        ]
-    )
-    detail = any_pb2.Any()
-    detail.Pack(bad_request)
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(error), details=[detail])
+ERROR_DOMAIN = "entitlements.v1"
+
+
+def _abort_with_details(
+    context: grpc.ServicerContext, code: int, message: str, *details: Message
+) -> NoReturn:
+    packed = []
+    for detail in details:
+        any_detail = any_pb2.Any()
+        any_detail.Pack(detail)
+        packed.append(any_detail)
+    status = status_pb2.Status(code=code, message=message, details=packed)
     context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("unreachable")  # abort_with_status raises
 
 
 def handle_errors(handler: Handler) -> Handler:
-    """Maps use-case errors to gRPC statuses; internals never reach the caller."""
+    """Maps use-case errors to gRPC statuses with google.rpc details; internals never
+    reach the caller."""
 
     @functools.wraps(handler)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return handler(self, request, context)
         except InvalidRequest as error:
-            _abort_invalid(context, error)
+            bad_request = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in error.violations
+                ]
+            )
+            _abort_with_details(context, code_pb2.INVALID_ARGUMENT, str(error), bad_request)
+        except PreconditionFailed as error:
+            _abort_with_details(
+                context,
+                code_pb2.FAILED_PRECONDITION,
+                str(error),
+                error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN),
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type=error.reason, subject=error.subject, description=error.description
+                        )
+                    ]
+                ),
+            )
+        except NotFound as error:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        except IdempotencyConflict:
+            context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                "this id was already used for a different request",
+            )
         except StoreUnavailable:
             log.warning("store unavailable in %s", handler.__name__, exc_info=True)
             context.abort(grpc.StatusCode.UNAVAILABLE, "the account store is unavailable")
@@ -132,39 +166,63 @@ class OfferServicer(offer_service_pb2_grpc.OfferServiceServicer):
 class SubscriptionEventServicer(
     subscription_event_service_pb2_grpc.SubscriptionEventServiceServicer
 ):
-    """The write side's contract is published; its implementation is a later milestone, so
-    every RPC answers UNIMPLEMENTED (the generated base class's behaviour, kept explicit)."""
+    def __init__(self, writes: WriteService, clock: Clock) -> None:
+        self._writes = writes
+        self._clock = clock
 
-    def _unimplemented(self, context: grpc.ServicerContext, method: str) -> NoReturn:
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet (write path)"
-        )
-        raise AssertionError("unreachable")
-
+    @handle_errors
     def RecordSubscriptionEvent(
         self,
         request: subscription_event_service_pb2.RecordSubscriptionEventRequest,
         context: grpc.ServicerContext,
     ) -> subscription_event_service_pb2.RecordSubscriptionEventResponse:
-        self._unimplemented(context, "RecordSubscriptionEvent")
+        answer = self._writes.record_event(request.user_id, convert.event_from_proto(request))
+        return convert.event_answer_to_proto(answer)
 
+    @handle_errors
     def GrantEntitlement(
         self,
         request: subscription_event_service_pb2.GrantEntitlementRequest,
         context: grpc.ServicerContext,
     ) -> subscription_event_service_pb2.GrantEntitlementResponse:
-        self._unimplemented(context, "GrantEntitlement")
+        answer = self._writes.grant(
+            request.request_id,
+            request.user_id,
+            convert.grant_request_from_proto(request.grant, self._clock()),
+        )
+        return subscription_event_service_pb2.GrantEntitlementResponse(
+            grant=convert.grant_to_proto(answer.grant),
+            consistency_token=answer.consistency_token,
+        )
 
+    @handle_errors
     def RevokeEntitlement(
         self,
         request: subscription_event_service_pb2.RevokeEntitlementRequest,
         context: grpc.ServicerContext,
     ) -> subscription_event_service_pb2.RevokeEntitlementResponse:
-        self._unimplemented(context, "RevokeEntitlement")
+        answer = self._writes.revoke(request.request_id, request.user_id, request.grant_id)
+        return subscription_event_service_pb2.RevokeEntitlementResponse(
+            grant=convert.grant_to_proto(answer.grant),
+            consistency_token=answer.consistency_token,
+        )
 
+    @handle_errors
     def RedeemOffer(
         self,
         request: subscription_event_service_pb2.RedeemOfferRequest,
         context: grpc.ServicerContext,
     ) -> subscription_event_service_pb2.RedeemOfferResponse:
-        self._unimplemented(context, "RedeemOffer")
+        answer = self._writes.redeem(
+            request.request_id,
+            request.user_id,
+            request.offer_id,
+            request.market,
+            convert.platform_from_proto(request.platform),
+            convert.store_from_proto(request.store),
+            request.subscription_id,
+        )
+        return subscription_event_service_pb2.RedeemOfferResponse(
+            subscription=convert.subscription_to_proto(answer.subscription),
+            consistency_token=answer.consistency_token,
+        )

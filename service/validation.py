@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from service.domain.catalog import Catalog
-from service.errors import FieldViolation
+from service.domain.errors import FieldViolation
 from service.tokens import ConsistencyToken, MalformedToken, parse_token
 
 MAX_USER_ID_LENGTH = 128

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from collections.abc import Mapping
 from datetime import datetime
@@ -67,19 +68,21 @@ class MemoryRepository:
                     raise IdempotencyConflict(f"{key.kind} id reused with another request")
                 return Applied(current, version, response, replayed=True)
             mutation = mutate(current)
+            # Stored as JSON, like the durable backends, so replays answer identically.
+            response = json.loads(json.dumps(mutation.response, sort_keys=True))
             version = current.version + 1
             stored = dataclasses.replace(mutation.state, user_id=user_id, version=version)
             self._accounts[user_id] = stored
             self._requests[(user_id, key.kind, key.id)] = (
                 key.fingerprint,
-                mutation.response,
+                response,
                 version,
             )
             self._history.setdefault(user_id, []).extend(
                 HistoryEntry(d.kind, d.reference, d.effective_at, recorded_at, version, d.summary)
                 for d in mutation.history
             )
-            return Applied(stored, version, mutation.response, replayed=False)
+            return Applied(stored, version, response, replayed=False)
 
     def history(self, user_id: str) -> list[HistoryEntry]:
         with self._lock:

@@ -6,6 +6,12 @@ connection, since the gRPC server calls the repository from a thread pool; WAL l
 readers run alongside the single writer. Writes take the write lock up front
 (BEGIN IMMEDIATE), so concurrent updates of one user serialize instead of failing.
 
+`apply` keeps each processed request (user, kind, id) with its fingerprint, its response
+as JSON text and the version it wrote, in the same transaction as the state, so a replay
+is answered from there and a crash can never keep the state without the key or the other
+way round. History entries are appended in that transaction too. Neither is part of
+AccountState, so writing a state never deletes them.
+
 The schema is created and migrated by the backend itself when it is constructed: the
 files in migrations/ (NNNN_name.sql) are applied in filename order, each recorded in
 `schema_migrations`, all under one write lock so concurrent openers apply each once.
@@ -17,12 +23,14 @@ import contextlib
 import dataclasses
 import functools
 import importlib.resources
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from service.domain.account import (
     AccountState,
@@ -37,7 +45,16 @@ from service.domain.account import (
     SubscriptionStatus,
     UserState,
 )
-from storage.repository import AccountChange, StoreError, StoreUnavailable
+from storage.repository import (
+    AccountChange,
+    AccountMutation,
+    Applied,
+    HistoryEntry,
+    IdempotencyConflict,
+    IdempotencyKey,
+    StoreError,
+    StoreUnavailable,
+)
 
 __all__ = ["SqliteRepository"]
 
@@ -55,6 +72,8 @@ _UNAVAILABLE_CODES = frozenset(
     }
 )
 
+# The tables holding the tuples of AccountState, rewritten on every write of the state.
+# processed_requests and history are deliberately not among them.
 _CHILD_TABLES = ("subscriptions", "grants", "redemptions", "household_memberships")
 
 _SUBSCRIPTION_COLUMNS = (
@@ -66,6 +85,7 @@ _GRANT_COLUMNS = (
 )
 _REDEMPTION_COLUMNS = "offer_id, offer_group, redeemed_at, store"
 _MEMBERSHIP_COLUMNS = "household_id, role, manager_user_id, joined_at, left_at"
+_HISTORY_COLUMNS = "kind, reference, effective_at, recorded_at, version, summary"
 
 
 class SqliteRepository:
@@ -122,6 +142,78 @@ class SqliteRepository:
             _rollback(connection)
             raise
         return stored
+
+    def apply(
+        self,
+        user_id: str,
+        key: IdempotencyKey,
+        mutate: AccountMutation,
+        recorded_at: datetime,
+    ) -> Applied:
+        recorded = _ts(recorded_at)  # a naive time fails before any transaction
+        connection = self._connection()
+        with _translate_errors():
+            connection.execute("BEGIN IMMEDIATE")
+        try:
+            with _translate_errors():
+                seen = connection.execute(
+                    "SELECT fingerprint, response, version FROM processed_requests"
+                    " WHERE user_id = ? AND kind = ? AND request_id = ?",
+                    (user_id, key.kind, key.id),
+                ).fetchone()
+                current = _read_account(connection, user_id)
+            if seen is not None:
+                fingerprint, response, version = seen
+                if fingerprint != key.fingerprint:
+                    raise IdempotencyConflict(f"{key.kind} id reused with another request")
+                replay = Applied(current, _int(version), _load_response(response), replayed=True)
+                with _translate_errors():
+                    connection.execute("COMMIT")  # wrote nothing
+                return replay
+            # Outside _translate_errors: whatever `mutate` raises propagates unchanged.
+            mutation = mutate(current)
+            version = current.version + 1
+            stored = dataclasses.replace(mutation.state, user_id=user_id, version=version)
+            response = _dump_response(mutation.response)
+            history = [
+                (
+                    user_id,
+                    draft.kind,
+                    draft.reference,
+                    _ts(draft.effective_at),
+                    recorded,
+                    version,
+                    draft.summary,
+                )
+                for draft in mutation.history
+            ]
+            with _translate_errors():
+                _write_account(connection, stored)
+                connection.execute(
+                    "INSERT INTO processed_requests (user_id, kind, request_id, fingerprint,"
+                    " response, version, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (user_id, key.kind, key.id, key.fingerprint, response, version, recorded),
+                )
+                connection.executemany(
+                    f"INSERT INTO history (user_id, {_HISTORY_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    history,
+                )
+                connection.execute("COMMIT")
+        except BaseException:
+            _rollback(connection)
+            raise
+        # Through JSON, like a replay, so the first answer and its replays are equal.
+        return Applied(stored, version, _load_response(response), replayed=False)
+
+    def history(self, user_id: str) -> list[HistoryEntry]:
+        connection = self._connection()
+        with _translate_errors():
+            rows = connection.execute(
+                f"SELECT {_HISTORY_COLUMNS} FROM history WHERE user_id = ? ORDER BY seq",
+                (user_id,),
+            ).fetchall()
+        return [_history_entry(row) for row in rows]
 
     def check(self) -> None:
         connection = self._connection()
@@ -427,7 +519,32 @@ def _membership(row: Sequence[object]) -> HouseholdMembership:
     )
 
 
+def _history_entry(row: Sequence[object]) -> HistoryEntry:
+    kind, reference, effective_at, recorded_at, version, summary = row
+    return HistoryEntry(
+        kind=_str(kind),
+        reference=_str(reference),
+        effective_at=_parse_ts(effective_at),
+        recorded_at=_parse_ts(recorded_at),
+        version=_int(version),
+        summary=_str(summary),
+    )
+
+
+def _load_response(text: object) -> Mapping[str, Any]:
+    response = json.loads(_str(text))
+    if not isinstance(response, dict):
+        raise TypeError(f"expected a JSON object as stored response, got {type(response).__name__}")
+    return response
+
+
 # -- writing -----------------------------------------------------------------------------
+
+
+def _dump_response(response: Mapping[str, Any]) -> str:
+    """The response as canonical JSON text (keys sorted; NaN and infinities refused, as
+    they are not JSON). Anything not JSON-serialisable raises TypeError or ValueError."""
+    return json.dumps(dict(response), sort_keys=True, allow_nan=False, separators=(",", ":"))
 
 
 def _write_account(connection: sqlite3.Connection, account: AccountState) -> None:

@@ -7,11 +7,13 @@ reopening, migrations, several repositories on one file, kill -9, lock errors.
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -32,7 +34,18 @@ from service.domain.account import (
     SubscriptionStatus,
     UserState,
 )
-from storage.repository import AccountChange, AccountRepository, StoreUnavailable
+from storage.repository import (
+    AccountChange,
+    AccountMutation,
+    AccountRepository,
+    Applied,
+    HistoryDraft,
+    HistoryEntry,
+    IdempotencyConflict,
+    IdempotencyKey,
+    Mutation,
+    StoreUnavailable,
+)
 from storage.sqlite import SqliteRepository
 
 T0 = datetime(2024, 1, 15, 9, 30, tzinfo=UTC)
@@ -445,6 +458,296 @@ def test_concurrent_updates_lose_nothing(repository: AccountRepository) -> None:
         assert mine == [f"t{t}-{i}" for i in range(per_thread)]
 
 
+# -- idempotent writes (apply) and history --------------------------------------------------
+
+RECORDED = at(1) + timedelta(microseconds=42)
+
+
+def key(request_id: str, fingerprint: str = "fp-1", kind: str = "redeem") -> IdempotencyKey:
+    return IdempotencyKey(kind, request_id, fingerprint)
+
+
+def redeem(
+    offer_id: str,
+    calls: list[AccountState] | None = None,
+    effective_at: datetime = T0,
+    drafts: int = 1,
+) -> AccountMutation:
+    """Appends a redemption of `offer_id`, answers with JSON-native values (so the response
+    compares equal after a round trip through JSON) and appends `drafts` history entries.
+    Every call is recorded in `calls`."""
+    redemption = Redemption(offer_id, "idem", effective_at, Store.WEB)
+
+    def mutate(state: AccountState) -> Mutation:
+        if calls is not None:
+            calls.append(state)
+        new = dataclasses.replace(state, redemptions=(*state.redemptions, redemption))
+        return Mutation(
+            new,
+            {"offer_id": offer_id, "count": len(new.redemptions), "tags": ["a", "b"]},
+            tuple(
+                HistoryDraft("redemption", offer_id, effective_at, f"redeemed {offer_id} #{n}")
+                for n in range(drafts)
+            ),
+        )
+
+    return mutate
+
+
+def redeemed(repository: AccountRepository, user_id: str) -> list[str]:
+    return [r.offer_id for r in repository.load(user_id).account.redemptions]
+
+
+def test_apply_writes_bumps_version_and_returns_response(repository: AccountRepository) -> None:
+    calls: list[AccountState] = []
+    applied = repository.apply("u1", key("r1"), redeem("o1", calls), RECORDED)
+    assert calls == [AccountState.new("u1")]
+    assert applied.replayed is False
+    assert applied.version == 1
+    assert applied.response == {"offer_id": "o1", "count": 1, "tags": ["a", "b"]}
+    assert applied.state == repository.load("u1").account
+    assert applied.state.version == 1
+    assert redeemed(repository, "u1") == ["o1"]
+
+    # The next write continues from the stored version, whichever way it is written.
+    repository.update("u1", lambda s: s)
+    second = repository.apply("u1", key("r2"), redeem("o2", calls), RECORDED)
+    assert calls[-1] == dataclasses.replace(applied.state, version=2)
+    assert (second.version, second.state.version, second.replayed) == (3, 3, False)
+    assert redeemed(repository, "u1") == ["o1", "o2"]
+
+
+def test_apply_ignores_version_and_user_id_returned_by_mutate(
+    repository: AccountRepository,
+) -> None:
+    def mutate(state: AccountState) -> Mutation:
+        return Mutation(dataclasses.replace(state, user_id="other", version=99), {"ok": True})
+
+    applied = repository.apply("u1", key("r1"), mutate, RECORDED)
+    assert (applied.state.user_id, applied.state.version, applied.version) == ("u1", 1, 1)
+    assert repository.load("other").account == AccountState.new("other")
+
+
+def test_apply_replay_returns_original_answer_without_writing(
+    repository: AccountRepository,
+) -> None:
+    first = repository.apply("u1", key("r1"), redeem("o1"), RECORDED)
+    history = repository.history("u1")
+    calls: list[AccountState] = []
+    replay = repository.apply("u1", key("r1"), redeem("o1", calls), RECORDED + timedelta(1))
+    assert calls == []
+    assert replay == Applied(first.state, 1, first.response, replayed=True)
+    assert repository.load("u1").account == first.state
+    assert repository.history("u1") == history
+    # Nothing was written, so the next write is version 2.
+    assert repository.update("u1", lambda s: s).version == 2
+
+
+def test_apply_replay_returns_current_state_with_original_version(
+    repository: AccountRepository,
+) -> None:
+    first = repository.apply("u1", key("r1"), redeem("o1"), RECORDED)
+    later = repository.apply("u1", key("r2"), redeem("o2"), RECORDED)
+    replay = repository.apply("u1", key("r1"), redeem("o1"), RECORDED)
+    assert replay.replayed is True
+    assert replay.state == later.state == repository.load("u1").account
+    assert (replay.version, replay.response) == (1, first.response)
+
+
+def test_apply_with_reused_id_and_other_fingerprint_conflicts(
+    repository: AccountRepository,
+) -> None:
+    first = repository.apply("u1", key("r1", "fp-1"), redeem("o1"), RECORDED)
+    history = repository.history("u1")
+    calls: list[AccountState] = []
+    with pytest.raises(IdempotencyConflict):
+        repository.apply("u1", key("r1", "fp-2"), redeem("other", calls), RECORDED)
+    assert calls == []
+    assert repository.load("u1").account == first.state
+    assert repository.history("u1") == history
+    # The original request is still answered, and the conflicting one still conflicts.
+    assert repository.apply("u1", key("r1", "fp-1"), redeem("o1"), RECORDED).replayed is True
+    with pytest.raises(IdempotencyConflict):
+        repository.apply("u1", key("r1", "fp-2"), redeem("other"), RECORDED)
+    assert repository.update("u1", lambda s: s).version == 2
+
+
+def test_same_id_under_another_kind_is_another_request(repository: AccountRepository) -> None:
+    grant = repository.apply("u1", key("id-1", kind="grant"), redeem("o1"), RECORDED)
+    revoke = repository.apply("u1", key("id-1", "fp-9", kind="revoke"), redeem("o2"), RECORDED)
+    assert (grant.replayed, grant.version) == (False, 1)
+    assert (revoke.replayed, revoke.version) == (False, 2)
+    assert repository.apply("u1", key("id-1", kind="grant"), redeem("o1"), RECORDED) == Applied(
+        revoke.state, 1, grant.response, replayed=True
+    )
+    assert repository.apply(
+        "u1", key("id-1", "fp-9", kind="revoke"), redeem("o2"), RECORDED
+    ) == Applied(revoke.state, 2, revoke.response, replayed=True)
+
+
+def test_idempotency_keys_are_per_user(repository: AccountRepository) -> None:
+    a = repository.apply("a", key("r1"), redeem("o1"), RECORDED)
+    b = repository.apply("b", key("r1", "fp-other"), redeem("o2"), RECORDED)
+    assert (a.replayed, a.version, b.replayed, b.version) == (False, 1, False, 1)
+    assert redeemed(repository, "a") == ["o1"]
+    assert redeemed(repository, "b") == ["o2"]
+    assert [e.reference for e in repository.history("a")] == ["o1"]
+    assert [e.reference for e in repository.history("b")] == ["o2"]
+
+
+def test_exception_in_mutate_propagates_and_keeps_no_key_and_no_history(
+    repository: AccountRepository,
+) -> None:
+    before = repository.apply("u1", key("r0"), redeem("o0"), RECORDED)
+    history = repository.history("u1")
+    error = ChangeFailed("nope")
+
+    def failing(state: AccountState) -> Mutation:
+        raise error
+
+    with pytest.raises(ChangeFailed) as raised:
+        repository.apply("u1", key("r1"), failing, RECORDED)
+    assert raised.value is error
+    assert repository.load("u1").account == before.state
+    assert repository.history("u1") == history
+
+    # The key was not kept: the same request runs again and writes this time.
+    calls: list[AccountState] = []
+    retried = repository.apply("u1", key("r1"), redeem("o1", calls), RECORDED)
+    assert calls == [before.state]
+    assert (retried.replayed, retried.version) == (False, 2)
+
+
+def test_exception_in_mutate_for_unknown_user_stores_nothing(
+    repository: AccountRepository,
+) -> None:
+    def failing(state: AccountState) -> Mutation:
+        raise ChangeFailed
+
+    with pytest.raises(ChangeFailed):
+        repository.apply("ghost", key("r1"), failing, RECORDED)
+    assert repository.load("ghost").account == AccountState.new("ghost")
+    assert repository.history("ghost") == []
+    assert repository.apply("ghost", key("r1"), redeem("o1"), RECORDED).version == 1
+
+
+def test_history_is_appended_in_order_with_version_and_recorded_at(
+    repository: AccountRepository,
+) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    effective = datetime(2024, 3, 1, 8, 0, 0, 7, tzinfo=plus_two)
+    # Neither effective nor recording times follow the order of the writes: history is in
+    # the order it was appended.
+    recorded = [RECORDED + timedelta(hours=n) for n in (2, 0, 3, 1)]
+    repository.apply("u1", key("r1"), redeem("o1", effective_at=effective, drafts=2), recorded[0])
+    repository.update("u1", lambda s: s)  # version 2, no history
+    repository.apply("u1", key("r3"), redeem("o3", drafts=0), recorded[1])  # no history
+    repository.apply("u1", key("r4"), redeem("o4", effective_at=at(100)), recorded[2])
+    repository.apply("u1", key("r1"), redeem("o1"), recorded[3])  # a replay: no history
+    repository.apply("u1", key("r5"), redeem("o5", effective_at=at(-100)), recorded[3])
+    repository.apply("other", key("r1"), redeem("o-other"), recorded[3])
+
+    history = repository.history("u1")
+    assert history == [
+        HistoryEntry("redemption", "o1", effective, recorded[0], 1, "redeemed o1 #0"),
+        HistoryEntry("redemption", "o1", effective, recorded[0], 1, "redeemed o1 #1"),
+        HistoryEntry("redemption", "o4", at(100), recorded[2], 4, "redeemed o4 #0"),
+        HistoryEntry("redemption", "o5", at(-100), recorded[3], 5, "redeemed o5 #0"),
+    ]
+    assert history[0].effective_at.utcoffset() is not None
+    assert history[0].recorded_at.utcoffset() is not None
+    assert [e.reference for e in repository.history("other")] == ["o-other"]
+    # A copy: changing the list returned does not change the store.
+    history.clear()
+    assert len(repository.history("u1")) == 4
+
+
+def test_history_of_unknown_user_is_empty(repository: AccountRepository) -> None:
+    assert repository.history("nobody") == []
+    repository.update("updated-only", lambda s: s)
+    assert repository.history("updated-only") == []
+
+
+def test_apply_and_update_interleave_with_consistent_versions(
+    repository: AccountRepository,
+) -> None:
+    assert repository.apply("u1", key("r1"), redeem("o1"), RECORDED).version == 1
+    assert repository.update("u1", append_redemption("u2")).version == 2
+    assert repository.apply("u1", key("r3"), redeem("o3"), RECORDED).version == 3
+    replay = repository.apply("u1", key("r1"), redeem("o1"), RECORDED)
+    assert (replay.replayed, replay.version, replay.state.version) == (True, 1, 3)
+    assert repository.update("u1", append_redemption("u4")).version == 4
+    assert repository.apply("u1", key("r5"), redeem("o5"), RECORDED).version == 5
+    assert redeemed(repository, "u1") == ["o1", "u2", "o3", "u4", "o5"]
+    assert [e.version for e in repository.history("u1")] == [1, 3, 5]
+
+
+def test_keys_and_history_survive_later_updates_of_the_state(
+    repository: AccountRepository,
+) -> None:
+    first = repository.apply(RICH.user_id, key("r1"), redeem("o1"), RECORDED)
+    history = repository.history(RICH.user_id)
+    # Rewriting the whole state, then emptying it, keeps what is not part of the state.
+    repository.update(RICH.user_id, lambda _: RICH)
+    repository.update(RICH.user_id, lambda _: AccountState.new(RICH.user_id))
+    assert repository.history(RICH.user_id) == history
+    calls: list[AccountState] = []
+    replay = repository.apply(RICH.user_id, key("r1"), redeem("o1", calls), RECORDED)
+    assert calls == []
+    assert (replay.replayed, replay.version, replay.response) == (True, 1, first.response)
+    with pytest.raises(IdempotencyConflict):
+        repository.apply(RICH.user_id, key("r1", "fp-2"), redeem("o1"), RECORDED)
+
+
+def run_appliers(count: int, apply_one: Callable[[int], Applied]) -> list[Applied]:
+    barrier = threading.Barrier(count)
+    results: list[Applied] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work(index: int) -> None:
+        try:
+            barrier.wait()
+            applied = apply_one(index)
+            with lock:
+                results.append(applied)
+        except BaseException as exc:
+            errors.append(exc)
+
+    run_threads([threading.Thread(target=work, args=(i,)) for i in range(count)])
+    assert errors == []
+    return results
+
+
+def test_concurrent_applies_with_distinct_keys_all_land(repository: AccountRepository) -> None:
+    count = 16
+    results = run_appliers(
+        count, lambda i: repository.apply("hot", key(f"r{i}"), redeem(f"o{i}"), RECORDED)
+    )
+    assert all(not r.replayed for r in results)
+    assert sorted(r.version for r in results) == list(range(1, count + 1))
+    account = repository.load("hot").account
+    assert account.version == count
+    assert sorted(redeemed(repository, "hot")) == sorted(f"o{i}" for i in range(count))
+    history = repository.history("hot")
+    assert [e.version for e in history] == list(range(1, count + 1))
+    by_version = {r.version: r.response["offer_id"] for r in results}
+    assert [e.reference for e in history] == [by_version[v] for v in range(1, count + 1)]
+
+
+def test_concurrent_applies_of_one_request_write_once(repository: AccountRepository) -> None:
+    count = 16
+    results = run_appliers(
+        count, lambda _: repository.apply("hot", key("same"), redeem("o1"), RECORDED)
+    )
+    assert sorted(r.replayed for r in results) == [False] + [True] * (count - 1)
+    assert {r.version for r in results} == {1}
+    assert all(r.response == results[0].response for r in results)
+    assert repository.load("hot").account.version == 1
+    assert redeemed(repository, "hot") == ["o1"]
+    assert len(repository.history("hot")) == 1
+
+
 # -- sqlite only ---------------------------------------------------------------------------
 
 
@@ -704,3 +1007,189 @@ def test_sqlite_stores_utc_iso_text(sqlite_path: Path) -> None:
     finally:
         connection.close()
     assert row == ("2024-06-01T10:00:00.000000+00:00",)
+
+
+def test_sqlite_keys_and_history_survive_close_and_reopen(sqlite_path: Path) -> None:
+    repo = SqliteRepository(sqlite_path)
+    first = repo.apply("u1", key("r1"), redeem("o1", drafts=2), RECORDED)
+    history = repo.history("u1")
+    assert len(history) == 2
+    repo.close()
+
+    reopened = SqliteRepository(sqlite_path)
+    try:
+        assert reopened.history("u1") == history
+        calls: list[AccountState] = []
+        replay = reopened.apply("u1", key("r1"), redeem("o1", calls), RECORDED)
+        assert calls == []
+        assert replay == Applied(first.state, 1, first.response, replayed=True)
+        with pytest.raises(IdempotencyConflict):
+            reopened.apply("u1", key("r1", "fp-2"), redeem("o1"), RECORDED)
+        reopened.update("u1", lambda _: AccountState.new("u1"))
+        assert reopened.apply("u1", key("r1"), redeem("o1"), RECORDED).replayed is True
+        assert reopened.history("u1") == history
+    finally:
+        reopened.close()
+
+
+def test_sqlite_two_repositories_on_one_file_see_each_others_keys(sqlite_path: Path) -> None:
+    one, two = SqliteRepository(sqlite_path), SqliteRepository(sqlite_path)
+    try:
+        first = one.apply("shared", key("r1"), redeem("o1"), RECORDED)
+        calls: list[AccountState] = []
+        assert two.apply("shared", key("r1"), redeem("o1", calls), RECORDED) == Applied(
+            first.state, 1, first.response, replayed=True
+        )
+        assert calls == []
+        with pytest.raises(IdempotencyConflict):
+            two.apply("shared", key("r1", "fp-2"), redeem("o1"), RECORDED)
+        assert two.apply("shared", key("r2"), redeem("o2"), RECORDED).version == 2
+        assert one.apply("shared", key("r2"), redeem("o2"), RECORDED).replayed is True
+        assert one.history("shared") == two.history("shared")
+        assert [e.version for e in one.history("shared")] == [1, 2]
+    finally:
+        one.close()
+        two.close()
+
+
+_APPLY_SCRIPT = """
+import dataclasses, json, sys
+from datetime import UTC, datetime
+from storage.repository import HistoryDraft, IdempotencyKey, Mutation
+from storage.sqlite import SqliteRepository
+
+def mutate(state):
+    return Mutation(
+        dataclasses.replace(state, home_market="FI"),
+        {"from": "child", "version_seen": state.version},
+        (HistoryDraft("grant", "g-1", datetime(2024, 1, 1, tzinfo=UTC), "granted g-1"),),
+    )
+
+repo = SqliteRepository(sys.argv[1])
+applied = repo.apply("u", IdempotencyKey("grant", "g-1", "fp-1"), mutate, datetime.now(UTC))
+print(json.dumps([applied.version, applied.replayed, applied.response]), flush=True)
+repo.close()
+"""
+
+
+def test_sqlite_replay_is_detected_across_processes(sqlite_path: Path) -> None:
+    repo = SqliteRepository(sqlite_path)  # open before the other process writes
+    try:
+        repo.update("u", lambda s: s)
+        result = subprocess.run(
+            [sys.executable, "-c", _APPLY_SCRIPT, str(sqlite_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        version, replayed, response = json.loads(result.stdout)
+        assert (version, replayed) == (2, False)
+
+        calls: list[AccountState] = []
+        grant_key = IdempotencyKey("grant", "g-1", "fp-1")
+        replay = repo.apply("u", grant_key, redeem("never", calls), RECORDED)
+        assert calls == []
+        assert (replay.replayed, replay.version, replay.response) == (True, 2, response)
+        assert replay.state.home_market == "FI"
+        assert [(e.kind, e.reference, e.version) for e in repo.history("u")] == [
+            ("grant", "g-1", 2)
+        ]
+        with pytest.raises(IdempotencyConflict):
+            repo.apply(
+                "u", dataclasses.replace(grant_key, fingerprint="fp-2"), redeem("x"), RECORDED
+            )
+    finally:
+        repo.close()
+
+
+def test_sqlite_apply_stores_json_response_and_utc_history(sqlite_path: Path) -> None:
+    repo = SqliteRepository(sqlite_path)
+    plus_two = timezone(timedelta(hours=2))
+    effective = datetime(2024, 6, 1, 12, 0, tzinfo=plus_two)
+    recorded = datetime(2024, 6, 2, 12, 0, tzinfo=plus_two)
+
+    def mutate(state: AccountState) -> Mutation:
+        # A tuple and unsorted keys: stored as canonical JSON, answered as the replay is.
+        return Mutation(
+            state,
+            {"z": (1, 2), "a": {"y": None, "b": "ü"}},
+            (HistoryDraft("grant", "g-1", effective, "granted"),),
+        )
+
+    try:
+        first = repo.apply("u", key("r1"), mutate, recorded)
+        replay = repo.apply("u", key("r1"), mutate, recorded)
+        assert first.response == replay.response == {"a": {"b": "ü", "y": None}, "z": [1, 2]}
+    finally:
+        repo.close()
+    connection = sqlite3.connect(sqlite_path)
+    try:
+        request = connection.execute(
+            "SELECT kind, request_id, fingerprint, response, version, recorded_at"
+            " FROM processed_requests"
+        ).fetchall()
+        history = connection.execute(
+            "SELECT user_id, effective_at, recorded_at, version FROM history"
+        ).fetchall()
+    finally:
+        connection.close()
+    assert len(request) == 1
+    kind, request_id, fingerprint, response, version, recorded_text = request[0]
+    assert (kind, request_id, fingerprint, version) == ("redeem", "r1", "fp-1", 1)
+    assert response == json.dumps(json.loads(response), sort_keys=True, separators=(",", ":"))
+    assert recorded_text == "2024-06-02T10:00:00.000000+00:00"
+    assert history == [
+        ("u", "2024-06-01T10:00:00.000000+00:00", "2024-06-02T10:00:00.000000+00:00", 1)
+    ]
+
+
+def test_sqlite_apply_rejects_what_it_cannot_store_and_writes_nothing(
+    sqlite_path: Path,
+) -> None:
+    repo = SqliteRepository(sqlite_path)
+    try:
+        with pytest.raises(ValueError, match="naive"):
+            repo.apply("u", key("r1"), redeem("o1"), datetime(2024, 1, 1))
+        with pytest.raises(ValueError, match="naive"):
+            repo.apply("u", key("r1"), redeem("o1", effective_at=datetime(2024, 1, 1)), RECORDED)
+
+        def not_json(state: AccountState) -> Mutation:
+            return Mutation(state, {"when": T0})
+
+        with pytest.raises(TypeError):
+            repo.apply("u", key("r1"), not_json, RECORDED)
+        assert repo.load("u").account == AccountState.new("u")
+        assert repo.history("u") == []
+        assert repo.apply("u", key("r1"), redeem("o1"), RECORDED) == Applied(
+            repo.load("u").account, 1, {"offer_id": "o1", "count": 1, "tags": ["a", "b"]}, False
+        )
+    finally:
+        repo.close()
+
+
+def test_sqlite_database_from_before_0002_is_migrated_keeping_its_data(
+    sqlite_path: Path,
+) -> None:
+    repo = SqliteRepository(sqlite_path)
+    repo.update(RICH.user_id, lambda _: RICH)
+    repo.close()
+    # Make it look like a database only 0001 was applied to.
+    connection = sqlite3.connect(sqlite_path, isolation_level=None)
+    try:
+        connection.execute("DROP TABLE history")
+        connection.execute("DROP TABLE processed_requests")
+        connection.execute("DELETE FROM schema_migrations WHERE version >= 2")
+    finally:
+        connection.close()
+    assert [name for _, name in migration_rows(sqlite_path)] == ["0001_initial"]
+
+    repo = SqliteRepository(sqlite_path)
+    try:
+        assert [name for _, name in migration_rows(sqlite_path)] == migration_files()
+        assert repo.load(RICH.user_id).account == dataclasses.replace(RICH, version=1)
+        assert repo.history(RICH.user_id) == []
+        assert repo.apply(RICH.user_id, key("r1"), redeem("o1"), RECORDED).version == 2
+    finally:
+        repo.close()

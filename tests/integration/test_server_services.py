@@ -10,16 +10,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from entitlements.v1 import common_pb2, subscription_event_service_pb2_grpc
+from entitlements.v1 import common_pb2
 from entitlements.v1 import entitlement_service_pb2 as es
-from entitlements.v1 import subscription_event_service_pb2 as ses
 from service.domain.account import AccountState, Grant, GrantKind
 from service.tokens import issue_token
 from storage.sqlite import SqliteRepository
 from tests.integration.conftest import NOW, Harness
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.mark.parametrize(
@@ -28,7 +26,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
         ("", SERVING),
         ("entitlements.v1.EntitlementService", SERVING),
         ("entitlements.v1.OfferService", SERVING),
-        ("entitlements.v1.SubscriptionEventService", NOT_SERVING),
+        ("entitlements.v1.SubscriptionEventService", SERVING),
     ],
 )
 def test_health_per_service(harness: Harness, service: str, status: int) -> None:
@@ -61,24 +59,6 @@ def test_reflection_lists_and_describes_services(harness: Harness) -> None:
         "grpc.health.v1.Health",
     } <= names
     assert described.file_descriptor_response.file_descriptor_proto
-
-
-@pytest.mark.parametrize(
-    ("method", "request_message"),
-    [
-        ("RecordSubscriptionEvent", ses.RecordSubscriptionEventRequest(event_id="e1")),
-        ("GrantEntitlement", ses.GrantEntitlementRequest(request_id="r1")),
-        ("RevokeEntitlement", ses.RevokeEntitlementRequest(request_id="r1")),
-        ("RedeemOffer", ses.RedeemOfferRequest(request_id="r1")),
-    ],
-)
-def test_write_rpcs_are_unimplemented_for_now(
-    harness: Harness, method: str, request_message: object
-) -> None:
-    stub = subscription_event_service_pb2_grpc.SubscriptionEventServiceStub(harness.channel)
-    with pytest.raises(grpc.RpcError) as raised:
-        getattr(stub, method)(request_message, timeout=5)
-    assert raised.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_token_and_full_consistency_see_a_write_the_cache_has_not(harness: Harness) -> None:

@@ -18,7 +18,7 @@ from service.domain.account import (
 )
 from service.domain.catalog import load_catalog
 from service.domain.decisions import DenialReason
-from service.errors import InvalidRequest
+from service.domain.errors import InvalidRequest
 from service.reads import Consistency, ReadService
 from service.tokens import MalformedToken, issue_token, parse_token
 from storage.memory import MemoryRepository
@@ -28,25 +28,16 @@ START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 CATALOG = load_catalog()
 
 
-class CountingRepository:
+class CountingRepository(MemoryRepository):
     """The in-memory store, counting loads (a fake, not a mock)."""
 
     def __init__(self) -> None:
-        self.inner = MemoryRepository()
+        super().__init__()
         self.loads = 0
 
     def load(self, user_id: str) -> UserState:
         self.loads += 1
-        return self.inner.load(user_id)
-
-    def update(self, user_id: str, change: AccountChange) -> AccountState:
-        return self.inner.update(user_id, change)
-
-    def check(self) -> None:
-        self.inner.check()
-
-    def close(self) -> None:
-        self.inner.close()
+        return super().load(user_id)
 
 
 class Clocks:

@@ -1,0 +1,44 @@
+"""Errors of the domain and use cases, independent of gRPC; the servicers map them to
+statuses (INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base class of errors that are the caller's to fix, not the service's."""
+
+
+class InvalidRequest(DomainError):
+    """Bad input: answered INVALID_ARGUMENT with a google.rpc.BadRequest detail."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = violations
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations[:5])
+        if len(violations) > 5:
+            summary += f"; and {len(violations) - 5} more"
+        super().__init__(f"invalid request: {summary}")
+
+
+class PreconditionFailed(DomainError):
+    """The request is well formed but the user's state does not allow it: answered
+    FAILED_PRECONDITION with a google.rpc.ErrorInfo (`reason`, machine-readable) and a
+    google.rpc.PreconditionFailure (`subject`, `description`)."""
+
+    def __init__(self, reason: str, subject: str, description: str) -> None:
+        self.reason = reason
+        self.subject = subject
+        self.description = description
+        super().__init__(f"{subject}: {description}")
+
+
+class NotFound(DomainError):
+    """The named resource of this user does not exist: answered NOT_FOUND. Only used
+    for resources of the caller's own request (a grant id), so it leaks nothing."""

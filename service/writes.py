@@ -1,0 +1,266 @@
+"""The write use cases: validate, run one idempotent transaction through the repository,
+drop this process's cache entry, and return a consistency token for later reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from service.cache import UserStateCache
+from service.domain.account import AccountState, Grant, Store, Subscription, UserState
+from service.domain.catalog import Catalog
+from service.domain.errors import FieldViolation, InvalidRequest
+from service.domain.events import (
+    EventOutcome,
+    SubscriptionEvent,
+    apply_event,
+    validate_event,
+)
+from service.domain.grants import GrantRequest, new_grant, revoke_grant, validate_grant, with_grant
+from service.domain.redemption import redeem_offer
+from service.domain.rules import Platform
+from service.reads import Clock, utc_now
+from service.tokens import issue_token
+from service.validation import check_market, check_user_id
+from storage.repository import (
+    AccountMutation,
+    AccountRepository,
+    Applied,
+    HistoryDraft,
+    IdempotencyKey,
+    Mutation,
+)
+
+MAX_REQUEST_ID_LENGTH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class EventAnswer:
+    # "applied", "stale", or "duplicate" for a redelivered event id.
+    outcome: str
+    subscription: Subscription
+    consistency_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantAnswer:
+    grant: Grant
+    consistency_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class RedeemAnswer:
+    subscription: Subscription
+    consistency_token: str
+
+
+def fingerprint(*parts: Any) -> str:
+    """A digest of a request's content, to tell a retry from a reused id."""
+    canonical = json.dumps(parts, sort_keys=True, default=_jsonable)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "value"):  # enums
+        return value.value
+    raise TypeError(f"cannot fingerprint {type(value).__name__}")
+
+
+def _check_id(value: str, field: str, out: list[FieldViolation]) -> None:
+    if not value:
+        out.append(FieldViolation(field, "must not be empty"))
+    elif len(value) > MAX_REQUEST_ID_LENGTH or not value.isprintable():
+        out.append(
+            FieldViolation(field, f"must be 1 to {MAX_REQUEST_ID_LENGTH} printable characters")
+        )
+
+
+def _raise_if(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise InvalidRequest(violations)
+
+
+class WriteService:
+    def __init__(
+        self,
+        catalog: Catalog,
+        repository: AccountRepository,
+        cache: UserStateCache,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.catalog = catalog
+        self._repository = repository
+        self._cache = cache
+        self._clock = clock
+
+    def record_event(self, user_id: str, event: SubscriptionEvent) -> EventAnswer:
+        violations: list[FieldViolation] = []
+        check_user_id(user_id, "user_id", violations)
+        _raise_if(violations)
+        now = self._clock()
+        validate_event(event, self.catalog, now)
+        assert event.type is not None and event.occurred_at is not None
+        event_type, occurred_at = event.type, event.occurred_at
+
+        def mutate(account: AccountState) -> Mutation:
+            result = apply_event(account, event, self.catalog)
+            sub = result.subscription
+            summary = (
+                f"{event_type.name} on {sub.subscription_id} "
+                f"({sub.store.value}): {result.outcome.value}; now {sub.status.value} "
+                f"on {sub.plan_id} until {sub.current_period_end.isoformat()}"
+            )
+            return Mutation(
+                state=result.account,
+                response={"outcome": result.outcome.value},
+                history=(HistoryDraft("subscription_event", event.event_id, occurred_at, summary),),
+            )
+
+        key = IdempotencyKey("event", event.event_id, fingerprint(event))
+        applied = self._apply(user_id, key, mutate, now)
+        outcome = "duplicate" if applied.replayed else str(applied.response["outcome"])
+        assert outcome in ("duplicate", *(o.value for o in EventOutcome))
+        subscription = next(
+            s for s in applied.state.subscriptions if s.subscription_id == event.subscription_id
+        )
+        return EventAnswer(outcome, subscription, issue_token(user_id, applied.version))
+
+    def grant(self, request_id: str, user_id: str, request: GrantRequest) -> GrantAnswer:
+        violations: list[FieldViolation] = []
+        _check_id(request_id, "request_id", violations)
+        check_user_id(user_id, "user_id", violations)
+        _raise_if(violations)
+        validate_grant(request, self.catalog)
+        now = self._clock()
+        # Derived from the request, so that a retried request names the same grant.
+        grant_id = "grant-" + fingerprint(user_id, request_id)[:20]
+        grant = new_grant(grant_id, request)
+        target = request.feature_id or f"plan {request.plan_id}"
+        until = request.expires_at.isoformat() if request.expires_at else "no end"
+        summary = f"{grant.kind.value} grant of {target} from {grant.starts_at.isoformat()}"
+        summary += f" until {until}"
+
+        def mutate(account: AccountState) -> Mutation:
+            return Mutation(
+                state=with_grant(account, grant),
+                response={"grant_id": grant_id},
+                history=(HistoryDraft("grant", grant_id, grant.starts_at, summary),),
+            )
+
+        key = IdempotencyKey("grant", request_id, fingerprint(request))
+        applied = self._apply(user_id, key, mutate, now)
+        return self._grant_answer(user_id, applied)
+
+    def revoke(self, request_id: str, user_id: str, grant_id: str) -> GrantAnswer:
+        violations: list[FieldViolation] = []
+        _check_id(request_id, "request_id", violations)
+        check_user_id(user_id, "user_id", violations)
+        _check_id(grant_id, "grant_id", violations)
+        _raise_if(violations)
+        now = self._clock()
+
+        def mutate(account: AccountState) -> Mutation:
+            account, revoked = revoke_grant(account, grant_id, now)
+            assert revoked.revoked_at is not None
+            return Mutation(
+                state=account,
+                response={"grant_id": grant_id},
+                history=(
+                    HistoryDraft(
+                        "revoke",
+                        grant_id,
+                        revoked.revoked_at,
+                        f"revoked {revoked.kind.value} grant {grant_id}",
+                    ),
+                ),
+            )
+
+        key = IdempotencyKey("revoke", request_id, fingerprint(grant_id))
+        applied = self._apply(user_id, key, mutate, now)
+        return self._grant_answer(user_id, applied)
+
+    def redeem(
+        self,
+        request_id: str,
+        user_id: str,
+        offer_id: str,
+        market: str,
+        platform: Platform | None,
+        store: Store | None,
+        subscription_id: str,
+    ) -> RedeemAnswer:
+        violations: list[FieldViolation] = []
+        _check_id(request_id, "request_id", violations)
+        check_user_id(user_id, "user_id", violations)
+        if all(o.id != offer_id for o in self.catalog.offers):
+            violations.append(FieldViolation("offer_id", f"unknown offer '{offer_id}'"))
+        check_market(market, "market", violations)
+        if platform is None:
+            violations.append(FieldViolation("platform", "must be a known platform"))
+        if store is None:
+            violations.append(FieldViolation("store", "must be a known store"))
+        _check_id(subscription_id, "subscription_id", violations)
+        _raise_if(violations)
+        assert platform is not None and store is not None
+        now = self._clock()
+        # The household (the manager's subscriptions) is read before the transaction: it
+        # only refines the current plan; the once-per-group facts are the user's own rows,
+        # read inside the transaction.
+        household = self._repository.load(user_id).household
+
+        def mutate(account: AccountState) -> Mutation:
+            updated, subscription = redeem_offer(
+                UserState(account, household),
+                self.catalog,
+                offer_id,
+                market,
+                platform,
+                store,
+                subscription_id,
+                now,
+            )
+            summary = (
+                f"redeemed {offer_id} in {market} on {platform.value} via {store.value}: "
+                f"{subscription.subscription_id} {subscription.status.value} until "
+                f"{subscription.current_period_end.isoformat()}"
+            )
+            return Mutation(
+                state=updated,
+                response={"subscription_id": subscription_id},
+                history=(HistoryDraft("redemption", offer_id, now, summary),),
+            )
+
+        key = IdempotencyKey(
+            "redeem", request_id, fingerprint(offer_id, market, platform, store, subscription_id)
+        )
+        applied = self._apply(user_id, key, mutate, now)
+        subscription = next(
+            s for s in applied.state.subscriptions if s.subscription_id == subscription_id
+        )
+        return RedeemAnswer(subscription, issue_token(user_id, applied.version))
+
+    def _apply(
+        self,
+        user_id: str,
+        key: IdempotencyKey,
+        mutate: AccountMutation,
+        now: datetime,
+    ) -> Applied:
+        try:
+            return self._repository.apply(user_id, key, mutate, now)
+        finally:
+            # Before the write returns, this process must not serve the older state.
+            self._cache.invalidate(user_id)
+
+    def _grant_answer(self, user_id: str, applied: Applied) -> GrantAnswer:
+        grant_id = applied.response["grant_id"]
+        grant = next(g for g in applied.state.grants if g.grant_id == grant_id)
+        return GrantAnswer(grant, issue_token(user_id, applied.version))
