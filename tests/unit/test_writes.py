@@ -1,0 +1,205 @@
+"""The write use cases over real stores (memory and SQLite): idempotency, staleness,
+tokens, cache invalidation, grants and redemption."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from service.cache import UserStateCache
+from service.domain.account import GrantKind, Store, SubscriptionStatus
+from service.domain.catalog import load_catalog
+from service.domain.errors import InvalidRequest, NotFound, PreconditionFailed
+from service.domain.events import EventType, SubscriptionEvent
+from service.domain.grants import GrantRequest
+from service.domain.rules import Platform
+from service.reads import Consistency, ReadService
+from service.tokens import parse_token
+from service.writes import WriteService
+from storage.memory import MemoryRepository
+from storage.repository import AccountRepository, IdempotencyConflict
+from storage.sqlite import SqliteRepository
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+CATALOG = load_catalog()
+TRIAL = "premium-individual-trial-1m"
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AccountRepository]:
+    repo: AccountRepository = (
+        MemoryRepository() if request.param == "memory" else SqliteRepository(tmp_path / "w.db")
+    )
+    yield repo
+    repo.close()
+
+
+@pytest.fixture
+def services(repository: AccountRepository) -> tuple[ReadService, WriteService]:
+    cache = UserStateCache(1000, 3600)
+    clock = lambda: NOW  # noqa: E731
+    return (
+        ReadService(CATALOG, repository, cache, clock),
+        WriteService(CATALOG, repository, cache, clock),
+    )
+
+
+def purchase(event_id: str = "evt-1", at: datetime = NOW - DAY) -> SubscriptionEvent:
+    return SubscriptionEvent(
+        event_id=event_id,
+        subscription_id="sub-1",
+        store=Store.GOOGLE_PLAY,
+        type=EventType.PURCHASED,
+        occurred_at=at,
+        plan_id="premium_individual",
+        current_period_end=at + 30 * DAY,
+        market="DE",
+    )
+
+
+def test_purchase_is_visible_at_once_in_the_writing_process(
+    services: tuple[ReadService, WriteService],
+) -> None:
+    reads, writes = services
+    assert not reads.get_entitlement("u1", "offline_downloads").granted  # now cached
+    answer = writes.record_event("u1", purchase())
+    assert answer.outcome == "applied"
+    assert answer.subscription.status is SubscriptionStatus.ACTIVE
+    # The writer dropped its cache entry: even without the token the read is fresh.
+    assert reads.get_entitlement("u1", "offline_downloads").granted
+    token = Consistency(token=answer.consistency_token)
+    assert reads.get_entitlement("u1", "offline_downloads", token).granted
+    assert parse_token(answer.consistency_token).version == 1
+
+
+def test_duplicate_event_changes_nothing(
+    services: tuple[ReadService, WriteService], repository: AccountRepository
+) -> None:
+    _, writes = services
+    first = writes.record_event("u1", purchase())
+    again = writes.record_event("u1", purchase())
+    assert again.outcome == "duplicate"
+    assert again.consistency_token == first.consistency_token
+    assert again.subscription == first.subscription
+    assert repository.load("u1").account.version == 1
+    assert len(repository.history("u1")) == 1
+
+
+def test_event_id_reused_with_other_content_is_a_conflict(
+    services: tuple[ReadService, WriteService],
+) -> None:
+    _, writes = services
+    writes.record_event("u1", purchase())
+    with pytest.raises(IdempotencyConflict):
+        writes.record_event("u1", purchase(at=NOW - 2 * DAY))
+
+
+def test_stale_event_is_recorded_but_does_not_move_state_back(
+    services: tuple[ReadService, WriteService], repository: AccountRepository
+) -> None:
+    reads, writes = services
+    writes.record_event("u1", purchase())
+    renewed = SubscriptionEvent(
+        "evt-3", "sub-1", Store.GOOGLE_PLAY, EventType.RENEWED, NOW - DAY / 2,
+        plan_id="premium_individual", current_period_end=NOW + 40 * DAY,
+    )  # fmt: skip
+    writes.record_event("u1", renewed)
+    late_failure = SubscriptionEvent(
+        "evt-2", "sub-1", Store.GOOGLE_PLAY, EventType.RENEWAL_FAILED, NOW - DAY * 3 / 4,
+        grace_period_end=NOW + DAY,
+    )  # fmt: skip
+    answer = writes.record_event("u1", late_failure)
+    assert answer.outcome == "stale"
+    assert answer.subscription.status is SubscriptionStatus.ACTIVE
+    assert reads.get_entitlement("u1", "offline_downloads").granted
+    kinds = [(h.reference, h.version) for h in repository.history("u1")]
+    assert kinds == [("evt-1", 1), ("evt-3", 2), ("evt-2", 3)]
+
+
+def test_invalid_transition_writes_nothing(
+    services: tuple[ReadService, WriteService], repository: AccountRepository
+) -> None:
+    _, writes = services
+    uncancel = SubscriptionEvent(
+        "evt-9", "sub-1", Store.WEB, EventType.UNCANCELED, NOW - DAY, plan_id="premium_duo"
+    )
+    with pytest.raises(PreconditionFailed):
+        writes.record_event("u1", uncancel)
+    assert repository.load("u1").account.version == 0
+    assert repository.history("u1") == []
+
+
+def test_grant_and_revoke_are_idempotent(
+    services: tuple[ReadService, WriteService], repository: AccountRepository
+) -> None:
+    reads, writes = services
+    request = GrantRequest(GrantKind.SUPPORT, "high_fidelity_audio", None, 0, NOW, NOW + 7 * DAY)
+    granted = writes.grant("req-1", "u1", request)
+    assert writes.grant("req-1", "u1", request).grant == granted.grant
+    assert reads.get_entitlement("u1", "high_fidelity_audio").granted
+    revoked = writes.revoke("req-2", "u1", granted.grant.grant_id)
+    assert revoked.grant.revoked_at == NOW
+    assert not reads.get_entitlement("u1", "high_fidelity_audio").granted
+    # Revoking again (new request id) succeeds and changes nothing but the version.
+    assert writes.revoke("req-3", "u1", granted.grant.grant_id).grant.revoked_at == NOW
+    with pytest.raises(NotFound):
+        writes.revoke("req-4", "u1", "grant-nope")
+    assert [h.kind for h in repository.history("u1")] == ["grant", "revoke", "revoke"]
+
+
+def test_grant_validation(services: tuple[ReadService, WriteService]) -> None:
+    _, writes = services
+    bad = GrantRequest(None, "teleportation", None, -1, NOW, NOW - DAY)
+    with pytest.raises(InvalidRequest) as raised:
+        writes.grant("", "u1", bad)
+    assert [v.field for v in raised.value.violations] == ["request_id"]
+    with pytest.raises(InvalidRequest) as raised:
+        writes.grant("req", "u1", bad)
+    assert [v.field for v in raised.value.violations] == [
+        "grant.kind",
+        "grant.feature_id",
+        "grant.quota_value",
+        "grant.expires_at",
+    ]
+
+
+def test_redeem_trial_once(services: tuple[ReadService, WriteService]) -> None:
+    reads, writes = services
+    answer = writes.redeem("r1", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-t")
+    assert answer.subscription.status is SubscriptionStatus.TRIALING
+    assert answer.subscription.current_period_end == NOW + 30 * DAY
+    assert reads.get_entitlement("u1", "offline_downloads").granted
+    # The same request again is a replay, not a second trial.
+    again = writes.redeem("r1", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-t")
+    assert again.subscription == answer.subscription
+    with pytest.raises(PreconditionFailed) as raised:
+        writes.redeem("r2", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-u")
+    assert raised.value.reason == "HAD_PREMIUM_BEFORE"
+    offers = reads.get_offers("u1", "US", Platform.IOS)
+    assert all(e.offer.group != "trial" for e in offers.eligible)
+
+
+def test_concurrent_trial_redemptions_have_one_winner(
+    services: tuple[ReadService, WriteService],
+) -> None:
+    _, writes = services
+    barrier = threading.Barrier(20)
+
+    def attempt(i: int) -> str:
+        barrier.wait()
+        try:
+            writes.redeem(f"r{i}", "u1", TRIAL, "SE", Platform.WEB, Store.WEB, f"sub-{i}")
+        except PreconditionFailed as error:
+            return error.reason
+        return "OK"
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(attempt, range(20)))
+    assert results.count("OK") == 1
+    assert set(results) - {"OK"} == {"HAD_PREMIUM_BEFORE"}
