@@ -146,7 +146,7 @@ class _EventOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventOut
     EVENT_OUTCOME_APPLIED: _EventOutcome.ValueType  # 1
     """The event moved the subscription to a new state."""
     EVENT_OUTCOME_DUPLICATE: _EventOutcome.ValueType  # 2
-    """The event id was seen before; nothing changed and the first result is returned."""
+    """The event id was seen before; nothing changed."""
     EVENT_OUTCOME_STALE: _EventOutcome.ValueType  # 3
     """The event is older than what the subscription reflects; recorded, nothing changed."""
 
@@ -158,7 +158,7 @@ EVENT_OUTCOME_UNSPECIFIED: EventOutcome.ValueType  # 0
 EVENT_OUTCOME_APPLIED: EventOutcome.ValueType  # 1
 """The event moved the subscription to a new state."""
 EVENT_OUTCOME_DUPLICATE: EventOutcome.ValueType  # 2
-"""The event id was seen before; nothing changed and the first result is returned."""
+"""The event id was seen before; nothing changed."""
 EVENT_OUTCOME_STALE: EventOutcome.ValueType  # 3
 """The event is older than what the subscription reflects; recorded, nothing changed."""
 Global___EventOutcome: _TypeAlias = EventOutcome  # noqa: Y015
@@ -374,7 +374,7 @@ class Grant(_message.Message):
     plan_id: _builtins.str
     """Every feature of a plan of the catalog."""
     quota_value: _builtins.int
-    """For a QUOTA feature grant, the amount; ignored otherwise."""
+    """For a QUOTA feature grant, the amount (required, > 0); ignored otherwise."""
     @_builtins.property
     def starts_at(self) -> _timestamp_pb2.Timestamp:
         """When the grant starts."""

@@ -29,10 +29,8 @@ class SubscriptionEventServiceStub:
     """The write side: store and checkout events, support grants and offer redemptions.
     Every RPC needs an admin credential, is idempotent on a client-supplied id, runs as one
     transaction that increments the user's version, writes an audit record, and returns a
-    consistency token to pass to later reads (see ReadConsistency).
-
-    Status: defined so client teams see the whole contract; until the write path ships,
-    every RPC of this service answers UNIMPLEMENTED.
+    consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
+    with the resources as they are now and the consistency token of the first write.
     """
 
     def __init__(self, channel):
@@ -67,25 +65,27 @@ class SubscriptionEventServiceServicer:
     """The write side: store and checkout events, support grants and offer redemptions.
     Every RPC needs an admin credential, is idempotent on a client-supplied id, runs as one
     transaction that increments the user's version, writes an audit record, and returns a
-    consistency token to pass to later reads (see ReadConsistency).
-
-    Status: defined so client teams see the whole contract; until the write path ships,
-    every RPC of this service answers UNIMPLEMENTED.
+    consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
+    with the resources as they are now and the consistency token of the first write.
     """
 
     def RecordSubscriptionEvent(self, request, context):
         """Records a subscription lifecycle event from a store or the web checkout. Idempotent on
-        event_id: a redelivery returns the first result and changes nothing. An event older
+        event_id: a redelivery changes nothing and answers EVENT_OUTCOME_DUPLICATE. An event older
         than what the subscription already reflects is recorded and answered with
-        OUTCOME_STALE, and does not move the subscription back.
+        EVENT_OUTCOME_STALE, and does not move the subscription back (its offer is still
+        recorded as redeemed).
         Errors:
         - INVALID_ARGUMENT (with google.rpc.BadRequest): missing ids, unknown plan, missing
-        occurrence time, period end before the occurrence time.
-        - FAILED_PRECONDITION (with google.rpc.PreconditionFailure): the event is not a valid
-        transition from the subscription's current status (e.g. RENEWED on a REVOKED one).
+        occurrence time, occurrence time more than an hour ahead of the server's clock,
+        period end before the occurrence time.
+        - FAILED_PRECONDITION (with google.rpc.ErrorInfo reason INVALID_TRANSITION and a
+        google.rpc.PreconditionFailure): the event is not a valid transition from the
+        subscription's current status (e.g. RENEWED on a REVOKED one). Stores redeliver
+        rejected events; by then the event it depended on has usually arrived.
         - ALREADY_EXISTS: the event id was used before with a different payload.
         - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
-        PERMISSION_DENIED, UNIMPLEMENTED (until the write path ships).
+        PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,8 +96,7 @@ class SubscriptionEventServiceServicer:
         partner bundle). Idempotent on request_id.
         Errors: INVALID_ARGUMENT (unknown feature or plan, expiry before start),
         ALREADY_EXISTS (request id reused with a different payload), UNAVAILABLE,
-        DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED,
-        UNIMPLEMENTED (until the write path ships).
+        DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,8 +106,7 @@ class SubscriptionEventServiceServicer:
         """Revokes a grant before its expiry. Idempotent on request_id; revoking a revoked grant
         succeeds and changes nothing.
         Errors: INVALID_ARGUMENT, NOT_FOUND (no such grant for this user), UNAVAILABLE,
-        DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED,
-        UNIMPLEMENTED (until the write path ships).
+        DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,9 +119,12 @@ class SubscriptionEventServiceServicer:
         Errors:
         - INVALID_ARGUMENT: unknown offer, malformed market, unspecified platform or store.
         - FAILED_PRECONDITION: the user is not eligible; the details carry a
-        google.rpc.ErrorInfo whose reason is the IneligibilityReason name.
+        google.rpc.ErrorInfo whose reason is the IneligibilityReason name without its
+        prefix (e.g. GROUP_ALREADY_REDEEMED), or SUBSCRIPTION_EXISTS when the subscription
+        id is taken, and a google.rpc.PreconditionFailure.
+        - ALREADY_EXISTS: the request id was used before with a different request.
         - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
-        PERMISSION_DENIED, UNIMPLEMENTED (until the write path ships).
+        PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,10 +165,8 @@ class SubscriptionEventService:
     """The write side: store and checkout events, support grants and offer redemptions.
     Every RPC needs an admin credential, is idempotent on a client-supplied id, runs as one
     transaction that increments the user's version, writes an audit record, and returns a
-    consistency token to pass to later reads (see ReadConsistency).
-
-    Status: defined so client teams see the whole contract; until the write path ships,
-    every RPC of this service answers UNIMPLEMENTED.
+    consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
+    with the resources as they are now and the consistency token of the first write.
     """
 
     @staticmethod

@@ -30,10 +30,8 @@ class SubscriptionEventServiceStub:
     """The write side: store and checkout events, support grants and offer redemptions.
     Every RPC needs an admin credential, is idempotent on a client-supplied id, runs as one
     transaction that increments the user's version, writes an audit record, and returns a
-    consistency token to pass to later reads (see ReadConsistency).
-
-    Status: defined so client teams see the whole contract; until the write path ships,
-    every RPC of this service answers UNIMPLEMENTED.
+    consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
+    with the resources as they are now and the consistency token of the first write.
     """
 
     @_typing.overload
@@ -42,32 +40,34 @@ class SubscriptionEventServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SubscriptionEventServiceAsyncStub: ...
     RecordSubscriptionEvent: _grpc.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RecordSubscriptionEventRequest, _subscription_event_service_pb2.RecordSubscriptionEventResponse]
     """Records a subscription lifecycle event from a store or the web checkout. Idempotent on
-    event_id: a redelivery returns the first result and changes nothing. An event older
+    event_id: a redelivery changes nothing and answers EVENT_OUTCOME_DUPLICATE. An event older
     than what the subscription already reflects is recorded and answered with
-    OUTCOME_STALE, and does not move the subscription back.
+    EVENT_OUTCOME_STALE, and does not move the subscription back (its offer is still
+    recorded as redeemed).
     Errors:
     - INVALID_ARGUMENT (with google.rpc.BadRequest): missing ids, unknown plan, missing
-      occurrence time, period end before the occurrence time.
-    - FAILED_PRECONDITION (with google.rpc.PreconditionFailure): the event is not a valid
-      transition from the subscription's current status (e.g. RENEWED on a REVOKED one).
+      occurrence time, occurrence time more than an hour ahead of the server's clock,
+      period end before the occurrence time.
+    - FAILED_PRECONDITION (with google.rpc.ErrorInfo reason INVALID_TRANSITION and a
+      google.rpc.PreconditionFailure): the event is not a valid transition from the
+      subscription's current status (e.g. RENEWED on a REVOKED one). Stores redeliver
+      rejected events; by then the event it depended on has usually arrived.
     - ALREADY_EXISTS: the event id was used before with a different payload.
     - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
-      PERMISSION_DENIED, UNIMPLEMENTED (until the write path ships).
+      PERMISSION_DENIED.
     """
     GrantEntitlement: _grpc.UnaryUnaryMultiCallable[_subscription_event_service_pb2.GrantEntitlementRequest, _subscription_event_service_pb2.GrantEntitlementResponse]
     """Grants a feature or a whole plan to a user for a period (promotion, support gesture,
     partner bundle). Idempotent on request_id.
     Errors: INVALID_ARGUMENT (unknown feature or plan, expiry before start),
     ALREADY_EXISTS (request id reused with a different payload), UNAVAILABLE,
-    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED,
-    UNIMPLEMENTED (until the write path ships).
+    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
     """
     RevokeEntitlement: _grpc.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RevokeEntitlementRequest, _subscription_event_service_pb2.RevokeEntitlementResponse]
     """Revokes a grant before its expiry. Idempotent on request_id; revoking a revoked grant
     succeeds and changes nothing.
     Errors: INVALID_ARGUMENT, NOT_FOUND (no such grant for this user), UNAVAILABLE,
-    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED,
-    UNIMPLEMENTED (until the write path ships).
+    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
     """
     RedeemOffer: _grpc.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RedeemOfferRequest, _subscription_event_service_pb2.RedeemOfferResponse]
     """Redeems an offer: re-checks eligibility and starts the trial or offer subscription in
@@ -76,9 +76,12 @@ class SubscriptionEventServiceStub:
     Errors:
     - INVALID_ARGUMENT: unknown offer, malformed market, unspecified platform or store.
     - FAILED_PRECONDITION: the user is not eligible; the details carry a
-      google.rpc.ErrorInfo whose reason is the IneligibilityReason name.
+      google.rpc.ErrorInfo whose reason is the IneligibilityReason name without its
+      prefix (e.g. GROUP_ALREADY_REDEEMED), or SUBSCRIPTION_EXISTS when the subscription
+      id is taken, and a google.rpc.PreconditionFailure.
+    - ALREADY_EXISTS: the request id was used before with a different request.
     - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
-      PERMISSION_DENIED, UNIMPLEMENTED (until the write path ships).
+      PERMISSION_DENIED.
     """
 
 @_typing.type_check_only
@@ -86,41 +89,41 @@ class SubscriptionEventServiceAsyncStub(SubscriptionEventServiceStub):
     """The write side: store and checkout events, support grants and offer redemptions.
     Every RPC needs an admin credential, is idempotent on a client-supplied id, runs as one
     transaction that increments the user's version, writes an audit record, and returns a
-    consistency token to pass to later reads (see ReadConsistency).
-
-    Status: defined so client teams see the whole contract; until the write path ships,
-    every RPC of this service answers UNIMPLEMENTED.
+    consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
+    with the resources as they are now and the consistency token of the first write.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RecordSubscriptionEvent: _aio.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RecordSubscriptionEventRequest, _subscription_event_service_pb2.RecordSubscriptionEventResponse]  # type: ignore[assignment]
     """Records a subscription lifecycle event from a store or the web checkout. Idempotent on
-    event_id: a redelivery returns the first result and changes nothing. An event older
+    event_id: a redelivery changes nothing and answers EVENT_OUTCOME_DUPLICATE. An event older
     than what the subscription already reflects is recorded and answered with
-    OUTCOME_STALE, and does not move the subscription back.
+    EVENT_OUTCOME_STALE, and does not move the subscription back (its offer is still
+    recorded as redeemed).
     Errors:
     - INVALID_ARGUMENT (with google.rpc.BadRequest): missing ids, unknown plan, missing
-      occurrence time, period end before the occurrence time.
-    - FAILED_PRECONDITION (with google.rpc.PreconditionFailure): the event is not a valid
-      transition from the subscription's current status (e.g. RENEWED on a REVOKED one).
+      occurrence time, occurrence time more than an hour ahead of the server's clock,
+      period end before the occurrence time.
+    - FAILED_PRECONDITION (with google.rpc.ErrorInfo reason INVALID_TRANSITION and a
+      google.rpc.PreconditionFailure): the event is not a valid transition from the
+      subscription's current status (e.g. RENEWED on a REVOKED one). Stores redeliver
+      rejected events; by then the event it depended on has usually arrived.
     - ALREADY_EXISTS: the event id was used before with a different payload.
     - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
-      PERMISSION_DENIED, UNIMPLEMENTED (until the write path ships).
+      PERMISSION_DENIED.
     """
     GrantEntitlement: _aio.UnaryUnaryMultiCallable[_subscription_event_service_pb2.GrantEntitlementRequest, _subscription_event_service_pb2.GrantEntitlementResponse]  # type: ignore[assignment]
     """Grants a feature or a whole plan to a user for a period (promotion, support gesture,
     partner bundle). Idempotent on request_id.
     Errors: INVALID_ARGUMENT (unknown feature or plan, expiry before start),
     ALREADY_EXISTS (request id reused with a different payload), UNAVAILABLE,
-    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED,
-    UNIMPLEMENTED (until the write path ships).
+    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
     """
     RevokeEntitlement: _aio.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RevokeEntitlementRequest, _subscription_event_service_pb2.RevokeEntitlementResponse]  # type: ignore[assignment]
     """Revokes a grant before its expiry. Idempotent on request_id; revoking a revoked grant
     succeeds and changes nothing.
     Errors: INVALID_ARGUMENT, NOT_FOUND (no such grant for this user), UNAVAILABLE,
-    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED,
-    UNIMPLEMENTED (until the write path ships).
+    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
     """
     RedeemOffer: _aio.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RedeemOfferRequest, _subscription_event_service_pb2.RedeemOfferResponse]  # type: ignore[assignment]
     """Redeems an offer: re-checks eligibility and starts the trial or offer subscription in
@@ -129,19 +132,20 @@ class SubscriptionEventServiceAsyncStub(SubscriptionEventServiceStub):
     Errors:
     - INVALID_ARGUMENT: unknown offer, malformed market, unspecified platform or store.
     - FAILED_PRECONDITION: the user is not eligible; the details carry a
-      google.rpc.ErrorInfo whose reason is the IneligibilityReason name.
+      google.rpc.ErrorInfo whose reason is the IneligibilityReason name without its
+      prefix (e.g. GROUP_ALREADY_REDEEMED), or SUBSCRIPTION_EXISTS when the subscription
+      id is taken, and a google.rpc.PreconditionFailure.
+    - ALREADY_EXISTS: the request id was used before with a different request.
     - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
-      PERMISSION_DENIED, UNIMPLEMENTED (until the write path ships).
+      PERMISSION_DENIED.
     """
 
 class SubscriptionEventServiceServicer(metaclass=_abc_1.ABCMeta):
     """The write side: store and checkout events, support grants and offer redemptions.
     Every RPC needs an admin credential, is idempotent on a client-supplied id, runs as one
     transaction that increments the user's version, writes an audit record, and returns a
-    consistency token to pass to later reads (see ReadConsistency).
-
-    Status: defined so client teams see the whole contract; until the write path ships,
-    every RPC of this service answers UNIMPLEMENTED.
+    consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
+    with the resources as they are now and the consistency token of the first write.
     """
 
     @_abc_1.abstractmethod
@@ -151,17 +155,21 @@ class SubscriptionEventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_subscription_event_service_pb2.RecordSubscriptionEventResponse, _abc.Awaitable[_subscription_event_service_pb2.RecordSubscriptionEventResponse]]:
         """Records a subscription lifecycle event from a store or the web checkout. Idempotent on
-        event_id: a redelivery returns the first result and changes nothing. An event older
+        event_id: a redelivery changes nothing and answers EVENT_OUTCOME_DUPLICATE. An event older
         than what the subscription already reflects is recorded and answered with
-        OUTCOME_STALE, and does not move the subscription back.
+        EVENT_OUTCOME_STALE, and does not move the subscription back (its offer is still
+        recorded as redeemed).
         Errors:
         - INVALID_ARGUMENT (with google.rpc.BadRequest): missing ids, unknown plan, missing
-          occurrence time, period end before the occurrence time.
-        - FAILED_PRECONDITION (with google.rpc.PreconditionFailure): the event is not a valid
-          transition from the subscription's current status (e.g. RENEWED on a REVOKED one).
+          occurrence time, occurrence time more than an hour ahead of the server's clock,
+          period end before the occurrence time.
+        - FAILED_PRECONDITION (with google.rpc.ErrorInfo reason INVALID_TRANSITION and a
+          google.rpc.PreconditionFailure): the event is not a valid transition from the
+          subscription's current status (e.g. RENEWED on a REVOKED one). Stores redeliver
+          rejected events; by then the event it depended on has usually arrived.
         - ALREADY_EXISTS: the event id was used before with a different payload.
         - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
-          PERMISSION_DENIED, UNIMPLEMENTED (until the write path ships).
+          PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
@@ -174,8 +182,7 @@ class SubscriptionEventServiceServicer(metaclass=_abc_1.ABCMeta):
         partner bundle). Idempotent on request_id.
         Errors: INVALID_ARGUMENT (unknown feature or plan, expiry before start),
         ALREADY_EXISTS (request id reused with a different payload), UNAVAILABLE,
-        DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED,
-        UNIMPLEMENTED (until the write path ships).
+        DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
@@ -187,8 +194,7 @@ class SubscriptionEventServiceServicer(metaclass=_abc_1.ABCMeta):
         """Revokes a grant before its expiry. Idempotent on request_id; revoking a revoked grant
         succeeds and changes nothing.
         Errors: INVALID_ARGUMENT, NOT_FOUND (no such grant for this user), UNAVAILABLE,
-        DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED,
-        UNIMPLEMENTED (until the write path ships).
+        DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
@@ -203,9 +209,12 @@ class SubscriptionEventServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors:
         - INVALID_ARGUMENT: unknown offer, malformed market, unspecified platform or store.
         - FAILED_PRECONDITION: the user is not eligible; the details carry a
-          google.rpc.ErrorInfo whose reason is the IneligibilityReason name.
+          google.rpc.ErrorInfo whose reason is the IneligibilityReason name without its
+          prefix (e.g. GROUP_ALREADY_REDEEMED), or SUBSCRIPTION_EXISTS when the subscription
+          id is taken, and a google.rpc.PreconditionFailure.
+        - ALREADY_EXISTS: the request id was used before with a different request.
         - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
-          PERMISSION_DENIED, UNIMPLEMENTED (until the write path ships).
+          PERMISSION_DENIED.
         """
 
 def add_SubscriptionEventServiceServicer_to_server(servicer: SubscriptionEventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
