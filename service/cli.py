@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,12 +25,21 @@ from entitlements.v1 import (
     offer_service_pb2,
     offer_service_pb2_grpc,
 )
-from service.config import DEFAULT_STORAGE_URL, Settings
+from service.audit import configure_audit_logging
+from service.auth import (
+    Role,
+    channel_credentials,
+    ensure_dev_credentials,
+    read_dev_tokens,
+    with_bearer_token,
+)
+from service.config import DEFAULT_DATA_DIR, DEFAULT_STORAGE_URL, ENV_PREFIX, Settings
 from service.demo import seed_demo
 from service.domain.catalog import CatalogError
 from storage.urls import UnsupportedStorageUrl, open_repository
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+CREDENTIAL_ENV = "ENTITLEMENTS_CREDENTIAL"
 PLATFORMS = {"web": 1, "ios": 2, "android": 3, "desktop": 4}
 
 
@@ -68,11 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument(
-            "--target",
-            default=os.environ.get("ENTITLEMENTS_TARGET", DEFAULT_TARGET),
-            help=f"server address (default {DEFAULT_TARGET} or $ENTITLEMENTS_TARGET)",
-        )
+        add_connection_arguments(sub, Role.SERVICE)
         sub.add_argument("--token", default="", help="consistency token from a write")
         sub.add_argument("--fresh", action="store_true", help="bypass the server's cache")
         sub.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
@@ -96,12 +103,89 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_connection_arguments(sub: argparse.ArgumentParser, role: Role) -> None:
+    """--target, the credential and the TLS flags of a client subcommand. `role` picks the
+    development token used when neither --credential nor $ENTITLEMENTS_CREDENTIAL is given
+    (Role.ADMIN for the write commands)."""
+    sub.add_argument(
+        "--target",
+        default=os.environ.get("ENTITLEMENTS_TARGET", DEFAULT_TARGET),
+        help=f"server address (default {DEFAULT_TARGET} or $ENTITLEMENTS_TARGET)",
+    )
+    sub.add_argument(
+        "--credential",
+        metavar="TOKEN",
+        help=f"bearer token (default ${CREDENTIAL_ENV}, else the {role.value} token of "
+        f"the development credentials in {DEFAULT_DATA_DIR}/dev-tokens.json)",
+    )
+    sub.add_argument("--tls-ca", type=Path, metavar="PEM", help="use TLS, trusting this CA")
+    sub.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (mTLS)")
+    sub.add_argument("--tls-key", type=Path, metavar="PEM", help="client certificate's key")
+    sub.set_defaults(credential_role=role)
+
+
+def _credential(args: argparse.Namespace) -> str | None:
+    if args.credential:
+        return str(args.credential)
+    if os.environ.get(CREDENTIAL_ENV):
+        return os.environ[CREDENTIAL_ENV]
+    data_dir = Path(os.environ.get(f"{ENV_PREFIX}DATA_DIR") or DEFAULT_DATA_DIR)
+    tokens = read_dev_tokens(data_dir)
+    if tokens is None:
+        return None
+    return tokens.get(args.credential_role) or tokens.get(Role.ADMIN)
+
+
+def open_channel(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to --target (TLS with --tls-ca or --tls-cert) sending the credential."""
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        channel = grpc.secure_channel(
+            args.target, channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        )
+    else:
+        channel = grpc.insecure_channel(args.target)
+    token = _credential(args)
+    return with_bearer_token(channel, token) if token else channel
+
+
+def _bootstrap_dev_credentials(settings: Settings) -> Settings:
+    """No credentials_file configured: use (and the first time generate) development
+    credentials in the data folder, so that `make run` and the CLI work out of the box."""
+    dev = ensure_dev_credentials(settings.data_dir)
+    if dev.created:
+        print(
+            "entitlements: no credentials_file configured; generated development credentials "
+            "(shown this once):\n"
+            f"  admin token (write RPCs):  {dev.tokens[Role.ADMIN]}\n"
+            f"  service token (read RPCs): {dev.tokens[Role.SERVICE]}\n"
+            f"  kept in {dev.tokens_file} (mode 0600; the CLI reads them from there), "
+            f"digests in {dev.credentials_file}",
+            flush=True,
+        )
+    else:
+        print(
+            f"entitlements: using the development credentials of {dev.credentials_file} "
+            f"(tokens in {dev.tokens_file})",
+            flush=True,
+        )
+    if settings.host not in {"127.0.0.1", "localhost", "::1"}:
+        print(
+            f"entitlements: warning: development credentials on {settings.host}; set "
+            f"{ENV_PREFIX}CREDENTIALS_FILE for anything but local development",
+            flush=True,
+        )
+    return dataclasses.replace(settings, credentials_file=dev.credentials_file)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from service.server import start_server
 
     settings = Settings.load(
         host=args.host, port=args.port, storage_url=args.storage, catalog_path=args.catalog
     )
+    if settings.credentials_file is None:
+        settings = _bootstrap_dev_credentials(settings)
+    configure_audit_logging(settings.audit_log_file)
     # Block the stop signals before gRPC starts its threads (they inherit the mask), then
     # wait for them synchronously: a handler-based wait can sleep through a signal that
     # the kernel delivered to one of gRPC's threads.
@@ -137,7 +221,7 @@ def _consistency(args: argparse.Namespace) -> common_pb2.ReadConsistency:
 
 
 def _get_entitlement(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         stub = entitlement_service_pb2_grpc.EntitlementServiceStub(channel)
         response = stub.GetEntitlement(
             entitlement_service_pb2.GetEntitlementRequest(
@@ -151,7 +235,7 @@ def _get_entitlement(args: argparse.Namespace) -> int:
 
 
 def _list_entitlements(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         stub = entitlement_service_pb2_grpc.EntitlementServiceStub(channel)
         response = stub.ListEntitlements(
             entitlement_service_pb2.ListEntitlementsRequest(
@@ -166,7 +250,7 @@ def _list_entitlements(args: argparse.Namespace) -> int:
 
 
 def _get_offers(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         stub = offer_service_pb2_grpc.OfferServiceStub(channel)
         response = stub.GetOffers(
             offer_service_pb2.GetOffersRequest(
@@ -255,6 +339,12 @@ def _print_rpc_error(error: grpc.RpcError) -> None:
     status = rpc_status.from_call(error)
     if status is None or not status.details:
         print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        if error.code() is grpc.StatusCode.UNAUTHENTICATED:
+            print(
+                f"  pass --credential TOKEN or set ${CREDENTIAL_ENV} (`entitlements serve` "
+                f"prints development tokens and keeps them in {DEFAULT_DATA_DIR}/dev-tokens.json)",
+                file=sys.stderr,
+            )
         return
     print(f"error: {error.code().name}", file=sys.stderr)
     for detail in status.details:

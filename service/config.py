@@ -12,6 +12,8 @@ from typing import Any
 from service.domain.catalog import EXAMPLE_CATALOG
 
 DEFAULT_STORAGE_URL = "sqlite:///data/entitlements.db"
+# Local files beside the default SQLite database: the generated development credentials.
+DEFAULT_DATA_DIR = Path("data")
 ENV_PREFIX = "ENTITLEMENTS_"
 
 
@@ -30,6 +32,32 @@ class Settings:
     threads: int = 16
     # On SIGTERM, in-flight RPCs get this long to finish.
     shutdown_grace_seconds: float = 5.0
+    # Principals and the SHA-256 digests of their bearer tokens (YAML or JSON; see
+    # service/auth.py). Unset: `entitlements serve` generates development credentials in
+    # data_dir; a server started without any answers UNAUTHENTICATED to every protected RPC.
+    credentials_file: Path | None = None
+    # Where `entitlements serve` keeps generated development credentials.
+    data_dir: Path = DEFAULT_DATA_DIR
+    # The audit log of admin calls (JSON lines); unset: stderr.
+    audit_log_file: Path | None = None
+    # TLS on the server port: certificate chain and private key (PEM). With a client CA as
+    # well, clients must present a certificate signed by it (mutual TLS).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = (
+                ("tls_key_file", "tls_cert_file")
+                if self.tls_cert_file is None
+                else ("tls_cert_file", "tls_key_file")
+            )
+            raise ValueError(f"TLS: {given} is set but {missing} is not; set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "TLS: tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file"
+            )
 
     @classmethod
     def load(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
@@ -41,9 +69,15 @@ class Settings:
             if raw is not None:
                 values[field.name] = _coerce(field.name, field.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "catalog_path" in values:
-            values["catalog_path"] = Path(values["catalog_path"])
+        for name in _PATH_FIELDS:
+            if values.get(name) is not None:
+                values[name] = Path(values[name])
         return cls(**values)
+
+
+_PATH_FIELDS = tuple(
+    field.name for field in dataclasses.fields(Settings) if str(field.type).startswith("Path")
+)
 
 
 def _coerce(name: str, type_name: Any, raw: str) -> Any:
@@ -57,4 +91,6 @@ def _coerce(name: str, type_name: Any, raw: str) -> Any:
         raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected a {kind}, got {raw!r}") from exc
     if kind == "Path":
         return Path(raw)
+    if kind == "Path | None":
+        return Path(raw) if raw else None
     return raw

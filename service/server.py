@@ -18,6 +18,7 @@ from entitlements.v1 import (
     subscription_event_service_pb2,
     subscription_event_service_pb2_grpc,
 )
+from service.auth import Authenticator, AuthInterceptor, load_credentials, server_credentials
 from service.cache import UserStateCache
 from service.config import Settings
 from service.domain.catalog import Catalog, load_catalog
@@ -66,13 +67,23 @@ def start_server(
 ) -> RunningServer:
     """Builds and starts the server on settings.host:settings.port (0 picks a free port)
     and returns it with the port actually bound."""
+    # Credentials and TLS material first: a configuration error leaves nothing open.
+    authenticator = Authenticator(
+        load_credentials(settings.credentials_file) if settings.credentials_file else ()
+    )
+    tls = server_credentials(settings)
     catalog = catalog or load_catalog(settings.catalog_path)
     repository = repository or open_repository(settings.storage_url)
     cache = UserStateCache(settings.cache_max_entries, settings.cache_ttl_seconds)
     reads = ReadService(catalog, repository, cache, clock)
     writes = WriteService(catalog, repository, cache, clock)
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.threads))
+    if not authenticator.principals:
+        log.warning("no credentials_file: every RPC but health and reflection is refused")
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.threads),
+        interceptors=[AuthInterceptor(authenticator)],
+    )
     entitlement_service_pb2_grpc.add_EntitlementServiceServicer_to_server(
         EntitlementServicer(reads), server
     )
@@ -87,7 +98,8 @@ def start_server(
          reflection.SERVICE_NAME),
         server,
     )  # fmt: skip
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
     if port == 0:
         repository.close()
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
@@ -95,10 +107,12 @@ def start_server(
     for name in SERVING_SERVICES:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "serving on %s:%d (catalog %s, storage %s)",
+        "serving on %s:%d (catalog %s, storage %s, %s, %d principals)",
         settings.host,
         port,
         catalog.version,
         settings.storage_url.split("://")[0],
+        ("mutual TLS" if settings.tls_client_ca_file else "TLS") if tls else "plaintext",
+        len(authenticator.principals),
     )
     return RunningServer(server, port, health_servicer, reads, writes, repository)

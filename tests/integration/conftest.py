@@ -1,5 +1,7 @@
 """A real server on a free loopback port, backed by a real SQLite file seeded with the demo
-users, with a fixed clock so every decision is reproducible."""
+users, with a fixed clock so every decision is reproducible. Its credentials file knows an
+admin and a service token; `harness.channel` sends the service token on every call,
+`harness.admin_channel` the admin token."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import grpc
 import pytest
 
 from entitlements.v1 import entitlement_service_pb2_grpc, offer_service_pb2_grpc
+from service.auth import Role, bearer_metadata, credentials_yaml, with_bearer_token
 from service.config import Settings
 from service.demo import seed_demo
 from service.server import RunningServer, start_server
@@ -19,6 +22,24 @@ from storage.sqlite import SqliteRepository
 
 # Inside the example catalog's holiday discount window (2026-11-20 .. 2027-01-06).
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+SERVICE_TOKEN = "test-service-token-0123456789"
+ADMIN_PRINCIPAL = "test-admin"
+SERVICE_PRINCIPAL = "test-service"
+
+
+def write_test_credentials(path: Path) -> Path:
+    """A credentials file knowing ADMIN_TOKEN (role admin) and SERVICE_TOKEN (service)."""
+    path.write_text(
+        credentials_yaml(
+            [
+                (ADMIN_PRINCIPAL, Role.ADMIN, ADMIN_TOKEN),
+                (SERVICE_PRINCIPAL, Role.SERVICE, SERVICE_TOKEN),
+            ]
+        )
+    )
+    return path
 
 
 @dataclass
@@ -28,21 +49,44 @@ class Harness:
     entitlements: entitlement_service_pb2_grpc.EntitlementServiceStub
     offers: offer_service_pb2_grpc.OfferServiceStub
     db_path: Path
+    # Same server; every call carries the admin token (for the write RPCs).
+    admin_channel: grpc.Channel
+    credentials_file: Path
+    admin_token: str = ADMIN_TOKEN
+    service_token: str = SERVICE_TOKEN
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.running.port}"
 
+    @property
+    def admin_metadata(self) -> tuple[tuple[str, str]]:
+        """Per-call metadata with the admin token, for a channel without one."""
+        return bearer_metadata(self.admin_token)
+
+    @property
+    def service_metadata(self) -> tuple[tuple[str, str]]:
+        return bearer_metadata(self.service_token)
+
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    db_path = tmp_path_factory.mktemp("server") / "entitlements.db"
+    folder = tmp_path_factory.mktemp("server")
+    db_path = folder / "entitlements.db"
     seeder = SqliteRepository(db_path)
     seed_demo(seeder, NOW)
     seeder.close()
-    settings = Settings(host="127.0.0.1", port=0, storage_url=f"sqlite:///{db_path}")
+    credentials_file = write_test_credentials(folder / "credentials.yaml")
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        storage_url=f"sqlite:///{db_path}",
+        credentials_file=credentials_file,
+    )
     running = start_server(settings, clock=lambda: NOW)
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    target = f"127.0.0.1:{running.port}"
+    channel = with_bearer_token(grpc.insecure_channel(target), SERVICE_TOKEN)
+    admin_channel = with_bearer_token(grpc.insecure_channel(target), ADMIN_TOKEN)
     try:
         yield Harness(
             running,
@@ -50,7 +94,10 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
             entitlement_service_pb2_grpc.EntitlementServiceStub(channel),
             offer_service_pb2_grpc.OfferServiceStub(channel),
             db_path,
+            admin_channel,
+            credentials_file,
         )
     finally:
         channel.close()
+        admin_channel.close()
         running.stop(grace_seconds=1)

@@ -1,82 +1,265 @@
 """The README's flow through the real console script: seed the demo users into SQLite,
-serve on a free port, ask with the client subcommands, stop with SIGTERM."""
+serve on a free port, ask with the client subcommands, stop with SIGTERM.
+
+The server runs out of the box, as `make run` does: in a fresh working folder without any
+credentials configured, so `entitlements serve` generates development credentials in
+data/ and the client subcommands pick them up from there."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
 
+from entitlements.v1 import subscription_event_service_pb2 as ses
+from entitlements.v1 import subscription_event_service_pb2_grpc
+from service.audit import user_digest
+from service.auth import bearer_metadata
+from tests.integration.conftest import ADMIN_TOKEN, write_test_credentials
+
 ENTITLEMENTS = shutil.which("entitlements") or str(Path(sys.executable).parent / "entitlements")
+# The caller's own ENTITLEMENTS_* settings must not leak into the out-of-the-box runs.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("ENTITLEMENTS_")}
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [ENTITLEMENTS, *args], capture_output=True, text=True, timeout=60, check=check
+        [ENTITLEMENTS, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+        cwd=cwd,
+        env={**CLEAN_ENV, **(env or {})},
     )
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    db = tmp_path_factory.mktemp("cli") / "demo.db"
-    storage = f"sqlite:///{db}"
-    seeded = run_cli("seed-demo", "--storage", storage)
-    assert "demo-family-member" in seeded.stdout
-    server = subprocess.Popen(
-        [ENTITLEMENTS, "serve", "--port", "0", "--storage", storage],
+@dataclass
+class Served:
+    process: subprocess.Popen[str]
+    target: str
+    folder: Path
+    output: list[str] = field(default_factory=list)  # stdout and stderr lines, drained
+
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(timeout=30) == 0
+
+
+def serve(folder: Path, *args: str, env: dict[str, str] | None = None) -> Served:
+    """`entitlements serve --port 0 ARGS` in `folder`, once it reports its port. Its output
+    is drained by a thread (and kept), so the server never blocks on a full pipe."""
+    process = subprocess.Popen(
+        [ENTITLEMENTS, "serve", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=folder,
+        env={**CLEAN_ENV, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
+    assert process.stdout is not None
+    output: list[str] = []
+    target = None
     try:
-        assert server.stdout is not None
-        target = None
-        for line in server.stdout:
+        for line in process.stdout:
+            output.append(line)
             match = re.search(r"serving on (\S+:\d+)", line)
             if match:
                 target = match.group(1)
                 break
-        assert target, "server did not report its port"
-        yield target
+        assert target, "server did not report its port:\n" + "".join(output)
+    except BaseException:
+        process.kill()
+        process.wait(timeout=30)
+        raise
+    stream = process.stdout
+    threading.Thread(target=lambda: output.extend(stream), daemon=True).start()
+    return Served(process, target, folder, output)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp("cli")
+    # The README's `make run`: seed then serve the default data/entitlements.db.
+    seeded = run_cli("seed-demo", cwd=folder)
+    assert "demo-family-member" in seeded.stdout
+    server = serve(folder)
+    try:
+        yield server
     finally:
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
+        server.stop()
 
 
-def test_get_entitlement_prints_the_decision(served: str) -> None:
-    granted = run_cli("get-entitlement", "--target", served, "demo-active", "offline_downloads")
+def test_get_entitlement_prints_the_decision(served: Served) -> None:
+    granted = run_cli(
+        "get-entitlement", "--target", served.target, "demo-active", "offline_downloads",
+        cwd=served.folder,
+    )  # fmt: skip
     assert "GRANTED" in granted.stdout and "sub-active" in granted.stdout
-    denied = run_cli("get-entitlement", "--target", served, "demo-free", "offline_downloads")
+    denied = run_cli(
+        "get-entitlement", "--target", served.target, "demo-free", "offline_downloads",
+        cwd=served.folder,
+    )  # fmt: skip
     assert "DENIED (no_entitling_source)" in denied.stdout
 
 
-def test_list_entitlements(served: str) -> None:
-    out = run_cli("list-entitlements", "--target", served, "demo-family-member").stdout
+def test_list_entitlements(served: Served) -> None:
+    out = run_cli(
+        "list-entitlements", "--target", served.target, "demo-family-member", cwd=served.folder
+    ).stdout
     assert "audiobook_hours: DENIED (household_role)" in out
     assert re.search(r"offline_downloads: GRANTED .*household household-1", out)
 
 
-def test_get_offers(served: str) -> None:
+def test_get_offers(served: Served) -> None:
     out = run_cli(
-        "get-offers", "--target", served, "demo-lapsed", "--market", "US", "--platform", "web",
-        "--include-ineligible",
+        "get-offers", "--target", served.target, "demo-lapsed", "--market", "US",
+        "--platform", "web", "--include-ineligible", cwd=served.folder,
     ).stdout  # fmt: skip
     assert "premium-individual-winback-3m: winback" in out
     assert "premium-individual-trial-1m: had_premium_before" in out
 
 
-def test_bad_input_prints_field_violations(served: str) -> None:
+def test_bad_input_prints_field_violations(served: Served) -> None:
     result = run_cli(
-        "get-entitlement", "--target", served, "demo-free", "teleportation", check=False
-    )
+        "get-entitlement", "--target", served.target, "demo-free", "teleportation",
+        cwd=served.folder, check=False,
+    )  # fmt: skip
     assert result.returncode == 1
     assert "INVALID_ARGUMENT" in result.stderr
     assert "feature_id: unknown feature 'teleportation'" in result.stderr
+
+
+def dev_tokens(folder: Path) -> dict[str, str]:
+    tokens: dict[str, str] = json.loads((folder / "data" / "dev-tokens.json").read_text())
+    return tokens
+
+
+def test_serve_generates_development_credentials_and_prints_them_once(served: Served) -> None:
+    data = served.folder / "data"
+    tokens_file = data / "dev-tokens.json"
+    assert stat.S_IMODE(tokens_file.stat().st_mode) == 0o600
+    tokens = dev_tokens(served.folder)
+    assert set(tokens) == {"admin", "service"}
+    assert all(len(token) >= 40 for token in tokens.values())
+    credentials = (data / "dev-credentials.yaml").read_text()
+    assert "role: admin" in credentials and "role: service" in credentials
+    assert not any(token in credentials for token in tokens.values())  # digests only
+    output = served.text()
+    for token in tokens.values():
+        assert output.count(token) == 1
+
+
+def test_credential_flag_and_environment(served: Served) -> None:
+    args = ("get-entitlement", "--target", served.target, "demo-active", "offline_downloads")
+    wrong = run_cli(*args, "--credential", "not-a-known-token", cwd=served.folder, check=False)
+    assert wrong.returncode == 1
+    assert "UNAUTHENTICATED" in wrong.stderr and "--credential" in wrong.stderr
+    wrong_env = run_cli(
+        *args, cwd=served.folder, check=False, env={"ENTITLEMENTS_CREDENTIAL": "nope"}
+    )
+    assert "UNAUTHENTICATED" in wrong_env.stderr
+    admin = dev_tokens(served.folder)["admin"]  # read commands accept the admin token too
+    assert "GRANTED" in run_cli(*args, "--credential", admin, cwd=served.folder).stdout
+    env = {"ENTITLEMENTS_CREDENTIAL": admin}
+    assert "GRANTED" in run_cli(*args, cwd=served.folder, env=env).stdout
+    # Elsewhere (no data/dev-tokens.json) and without a credential: refused.
+    elsewhere = run_cli(*args, cwd=served.folder / "data", check=False)
+    assert "UNAUTHENTICATED" in elsewhere.stderr
+
+
+def test_admin_calls_are_audited_on_stderr(served: Served) -> None:
+    admin = dev_tokens(served.folder)["admin"]
+    with grpc.insecure_channel(served.target) as channel:
+        stub = subscription_event_service_pb2_grpc.SubscriptionEventServiceStub(channel)
+        request = ses.RevokeEntitlementRequest(
+            request_id="cli-audit-1", user_id="demo-free", grant_id="no-such-grant"
+        )
+        try:
+            stub.RevokeEntitlement(request, metadata=bearer_metadata(admin), timeout=5)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            code = error.code()
+    assert code not in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+    record = wait_for_audit_line(served, "cli-audit-1")
+    assert record["principal"] == "dev-admin"
+    assert record["method"] == "entitlements.v1.SubscriptionEventService/RevokeEntitlement"
+    assert record["outcome"] == code.name
+    assert record["user"] == user_digest("demo-free")
+
+
+def wait_for_audit_line(served: Served, request_id: str) -> dict[str, object]:
+    for _ in range(100):
+        for line in list(served.output):
+            if line.startswith("{") and f'"request_id":"{request_id}"' in line:
+                record: dict[str, object] = json.loads(line)
+                return record
+        threading.Event().wait(0.05)
+    raise AssertionError(f"no audit line for {request_id}:\n{served.text()}")
+
+
+def test_restart_reuses_the_development_credentials(served: Served) -> None:
+    before = dev_tokens(served.folder)
+    again = serve(served.folder)  # a second process on the same data folder
+    try:
+        assert "using the development credentials" in again.text()
+        assert not any(token in again.text() for token in before.values())
+        assert dev_tokens(served.folder) == before
+        out = run_cli(
+            "list-entitlements", "--target", again.target, "demo-active", cwd=served.folder
+        ).stdout
+        assert "offline_downloads: GRANTED" in out
+    finally:
+        again.stop()
+
+
+def test_explicit_credentials_file_and_audit_file(tmp_path: Path) -> None:
+    credentials = write_test_credentials(tmp_path / "credentials.yaml")
+    audit_file = tmp_path / "audit" / "admin.jsonl"
+    server = serve(
+        tmp_path,
+        "--storage",
+        "memory://",
+        env={
+            "ENTITLEMENTS_CREDENTIALS_FILE": str(credentials),
+            "ENTITLEMENTS_AUDIT_LOG_FILE": str(audit_file),
+        },
+    )
+    try:
+        assert not (tmp_path / "data").exists()  # no development credentials generated
+        args = ("get-entitlement", "--target", server.target, "demo-free", "offline_downloads")
+        refused = run_cli(*args, cwd=tmp_path, check=False)
+        assert "UNAUTHENTICATED" in refused.stderr
+        assert "DENIED" in run_cli(*args, "--credential", ADMIN_TOKEN, cwd=tmp_path).stdout
+        with grpc.insecure_channel(server.target) as channel:
+            stub = subscription_event_service_pb2_grpc.SubscriptionEventServiceStub(channel)
+            with pytest.raises(grpc.RpcError):
+                stub.RecordSubscriptionEvent(
+                    ses.RecordSubscriptionEventRequest(event_id="evt-audit", user_id="u-1"),
+                    timeout=5,
+                )  # no credential: refused, and audited as such
+    finally:
+        server.stop()
+    (line,) = audit_file.read_text().splitlines()
+    record = json.loads(line)
+    assert record["principal"] is None
+    assert record["outcome"] == "UNAUTHENTICATED"
+    assert record["request_id"] == "evt-audit"
+    assert "u-1" not in line

@@ -23,7 +23,7 @@ def test_node_client_from_protos_alone(harness: Harness) -> None:
             pytest.fail(reason)
         pytest.skip(reason)
     result = subprocess.run(
-        [node, str(NODE_CLIENT / "client.js"), harness.target],
+        [node, str(NODE_CLIENT / "client.js"), harness.target, harness.service_token],
         capture_output=True,
         text=True,
         timeout=60,
@@ -38,3 +38,4 @@ def test_node_client_from_protos_alone(harness: Harness) -> None:
     assert "premium-individual-trial-1m" in offer_ids
     assert {o["regular_price"]["currency_code"] for o in answer["offers"]["offers"]} == {"SEK"}
     assert answer["invalid"]["code"] == 3  # INVALID_ARGUMENT
+    assert answer["anonymous"]["code"] == 16  # UNAUTHENTICATED

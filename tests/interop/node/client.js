@@ -1,7 +1,8 @@
 // A Node.js client that loads protos/ alone (plus protobuf's well-known types, which
 // proto-loader bundles) and calls the service: proof that client teams in other languages
 // need nothing from this repository but protos/.
-// Usage: node client.js HOST:PORT  -> prints one JSON line with the answers.
+// Usage: node client.js HOST:PORT [TOKEN]  -> prints one JSON line with the answers.
+// TOKEN, a service (read) credential, is sent as `authorization: Bearer TOKEN` metadata.
 "use strict";
 const path = require("path");
 const grpc = require("@grpc/grpc-js");
@@ -14,14 +15,21 @@ const definition = protoLoader.loadSync(
 );
 const v1 = grpc.loadPackageDefinition(definition).entitlements.v1;
 const target = process.argv[2];
+const token = process.argv[3];
 const credentials = grpc.credentials.createInsecure();
 const entitlements = new v1.EntitlementService(target, credentials);
 const offers = new v1.OfferService(target, credentials);
 const deadline = () => new Date(Date.now() + 5000);
 
-function call(client, method, request) {
+function metadata() {
+  const md = new grpc.Metadata();
+  if (token) md.set("authorization", `Bearer ${token}`);
+  return md;
+}
+
+function call(client, method, request, md = metadata()) {
   return new Promise((resolve) => {
-    client[method](request, { deadline: deadline() }, (error, response) =>
+    client[method](request, md, { deadline: deadline() }, (error, response) =>
       resolve(error ? { code: error.code, details: error.details } : response)
     );
   });
@@ -38,7 +46,14 @@ function call(client, method, request) {
     platform: "PLATFORM_WEB",
   });
   const invalid = await call(entitlements, "GetEntitlement", { user_id: "", feature_id: "x" });
-  console.log(JSON.stringify({ entitlement, offers: offerList, invalid }));
+  // Without the token: refused before any handler runs.
+  const anonymous = await call(
+    entitlements,
+    "GetEntitlement",
+    { user_id: "demo-active", feature_id: "offline_downloads" },
+    new grpc.Metadata()
+  );
+  console.log(JSON.stringify({ entitlement, offers: offerList, invalid, anonymous }));
   entitlements.close();
   offers.close();
 })();
