@@ -8,8 +8,9 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from entitlements.v1 import (
     offer_service_pb2,
     offer_service_pb2_grpc,
 )
+from entitlements.v1 import subscription_event_service_pb2 as events_pb2
+from entitlements.v1 import subscription_event_service_pb2_grpc as events_pb2_grpc
 from service.audit import configure_audit_logging
 from service.auth import (
     Role,
@@ -36,6 +39,7 @@ from service.auth import (
 from service.config import DEFAULT_DATA_DIR, DEFAULT_STORAGE_URL, ENV_PREFIX, Settings
 from service.demo import seed_demo
 from service.domain.catalog import CatalogError
+from service.domain.events import EventType
 from storage.urls import UnsupportedStorageUrl, open_repository
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -100,7 +104,65 @@ def _parser() -> argparse.ArgumentParser:
         "--include-ineligible", action="store_true", help="also list excluded offers"
     )
     offers.set_defaults(run=_get_offers)
+    _add_write_commands(commands)
+
+    history = commands.add_parser(
+        "history", help="USER's append-only history (support: why does USER have Premium?)"
+    )
+    history.add_argument("--storage", help=f"storage URL (default {DEFAULT_STORAGE_URL})")
+    history.add_argument("user_id", metavar="USER")
+    history.set_defaults(run=_history)
     return parser
+
+
+EVENT_TYPES = sorted(t.name.lower() for t in EventType)
+STORES = {"web": 1, "app_store": 2, "google_play": 3, "partner": 4}
+GRANT_KINDS = {"promotional": 1, "support": 2, "partner": 3}
+
+
+def _add_write_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def admin(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        add_connection_arguments(sub, Role.ADMIN)
+        sub.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+        sub.add_argument(
+            "--request-id", help="idempotency key (default: a new one, so no retry dedup)"
+        )
+        sub.add_argument("user_id", metavar="USER")
+        return sub
+
+    event = admin("record-event", "record a store or checkout event for USER")
+    event.add_argument("--type", required=True, choices=EVENT_TYPES, dest="event_type")
+    event.add_argument("--subscription", required=True, help="the store's subscription id")
+    event.add_argument("--store", required=True, choices=sorted(STORES))
+    event.add_argument("--occurred-at", help="ISO 8601 time (default: now)")
+    event.add_argument("--plan", help="plan after the event (purchased, trial, plan change)")
+    event.add_argument("--period-days", type=float, help="current period ends in N days")
+    event.add_argument("--grace-days", type=float, help="grace period ends in N days")
+    event.add_argument("--offer", help="the offer the subscription started with")
+    event.add_argument("--market", help="ISO 3166-1 alpha-2 country of the purchase")
+    event.set_defaults(run=_record_event)
+
+    grant = admin("grant", "grant USER a feature or a plan")
+    target = grant.add_mutually_exclusive_group(required=True)
+    target.add_argument("--feature")
+    target.add_argument("--plan")
+    grant.add_argument("--kind", choices=sorted(GRANT_KINDS), default="support")
+    grant.add_argument("--quota", type=int, default=0, help="amount for a quota feature")
+    grant.add_argument("--days", type=float, help="ends in N days (default: no end)")
+    grant.set_defaults(run=_grant)
+
+    revoke = admin("revoke", "revoke one of USER's grants")
+    revoke.add_argument("grant_id", metavar="GRANT")
+    revoke.set_defaults(run=_revoke)
+
+    redeem = admin("redeem-offer", "redeem OFFER for USER (starts the trial or offer)")
+    redeem.add_argument("offer_id", metavar="OFFER")
+    redeem.add_argument("--market", required=True)
+    redeem.add_argument("--platform", required=True, choices=sorted(PLATFORMS))
+    redeem.add_argument("--store", required=True, choices=sorted(STORES))
+    redeem.add_argument("--subscription", help="subscription id (default: a new one)")
+    redeem.set_defaults(run=_redeem_offer)
 
 
 def add_connection_arguments(sub: argparse.ArgumentParser, role: Role) -> None:
@@ -213,6 +275,153 @@ def _seed_demo(args: argparse.Namespace) -> int:
     print(f"seeded {len(user_ids)} demo users into {settings.storage_url}:")
     for user_id in user_ids:
         print(f"  {user_id}")
+    return 0
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _request_id(args: argparse.Namespace) -> str:
+    return str(args.request_id or uuid.uuid4())
+
+
+def _print_written(kind: str, token: str) -> None:
+    print(f"{kind}; consistency token: {token}")
+    print("  (pass it to reads with --token to see this write from any server process)")
+
+
+def _print_subscription(sub: events_pb2.Subscription) -> None:
+    status = _enum(events_pb2.SubscriptionStatus, sub.status, "SUBSCRIPTION_STATUS_")
+    store = _enum(common_pb2.Store, sub.store, "STORE_")
+    line = f"  subscription {sub.subscription_id}: {status} on {sub.plan_id} via {store}"
+    line += f", period ends {_time(sub.current_period_end)}"
+    if sub.HasField("grace_period_end"):
+        line += f", grace ends {_time(sub.grace_period_end)}"
+    print(line + ("" if sub.auto_renew else ", not renewing"))
+
+
+def _print_grant(grant: events_pb2.Grant) -> None:
+    target = grant.feature_id or f"plan {grant.plan_id}"
+    kind = _enum(events_pb2.GrantKind, grant.kind, "GRANT_KIND_")
+    line = f"  grant {grant.grant_id}: {kind} grant of {target} from {_time(grant.starts_at)}"
+    if grant.HasField("expires_at"):
+        line += f" until {_time(grant.expires_at)}"
+    if grant.HasField("revoked_at"):
+        line += f", revoked {_time(grant.revoked_at)}"
+    print(line)
+
+
+def _record_event(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    occurred = datetime.fromisoformat(args.occurred_at) if args.occurred_at else now
+    if occurred.tzinfo is None:
+        raise ValueError("--occurred-at needs a time zone, e.g. 2026-11-26T10:00:00Z")
+    request = events_pb2.RecordSubscriptionEventRequest(
+        event_id=_request_id(args),
+        user_id=args.user_id,
+        subscription_id=args.subscription,
+        store=STORES[args.store],  # type: ignore[arg-type]
+        event_type=events_pb2.SubscriptionEventType.Value(
+            f"SUBSCRIPTION_EVENT_TYPE_{args.event_type.upper()}"
+        ),
+        occurred_at=_timestamp(occurred),
+        plan_id=args.plan or "",
+        offer_id=args.offer or "",
+        market=args.market or "",
+    )
+    if args.period_days is not None:
+        request.current_period_end.CopyFrom(_timestamp(occurred + timedelta(days=args.period_days)))
+    if args.grace_days is not None:
+        request.grace_period_end.CopyFrom(_timestamp(occurred + timedelta(days=args.grace_days)))
+    with open_channel(args) as channel:
+        stub = events_pb2_grpc.SubscriptionEventServiceStub(channel)
+        response = stub.RecordSubscriptionEvent(request, timeout=args.timeout)
+    outcome = _enum(events_pb2.EventOutcome, response.outcome, "EVENT_OUTCOME_")
+    _print_written(f"event {request.event_id}: {outcome}", response.consistency_token)
+    _print_subscription(response.subscription)
+    return 0
+
+
+def _grant(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    grant = events_pb2.Grant(
+        kind=GRANT_KINDS[args.kind],  # type: ignore[arg-type]
+        quota_value=args.quota,
+        starts_at=_timestamp(now),
+    )
+    if args.feature:
+        grant.feature_id = args.feature
+    else:
+        grant.plan_id = args.plan
+    if args.days is not None:
+        grant.expires_at.CopyFrom(_timestamp(now + timedelta(days=args.days)))
+    with open_channel(args) as channel:
+        stub = events_pb2_grpc.SubscriptionEventServiceStub(channel)
+        response = stub.GrantEntitlement(
+            events_pb2.GrantEntitlementRequest(
+                request_id=_request_id(args), user_id=args.user_id, grant=grant
+            ),
+            timeout=args.timeout,
+        )
+    _print_written("granted", response.consistency_token)
+    _print_grant(response.grant)
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    with open_channel(args) as channel:
+        stub = events_pb2_grpc.SubscriptionEventServiceStub(channel)
+        response = stub.RevokeEntitlement(
+            events_pb2.RevokeEntitlementRequest(
+                request_id=_request_id(args), user_id=args.user_id, grant_id=args.grant_id
+            ),
+            timeout=args.timeout,
+        )
+    _print_written("revoked", response.consistency_token)
+    _print_grant(response.grant)
+    return 0
+
+
+def _redeem_offer(args: argparse.Namespace) -> int:
+    with open_channel(args) as channel:
+        stub = events_pb2_grpc.SubscriptionEventServiceStub(channel)
+        response = stub.RedeemOffer(
+            events_pb2.RedeemOfferRequest(
+                request_id=_request_id(args),
+                user_id=args.user_id,
+                offer_id=args.offer_id,
+                market=args.market,
+                platform=PLATFORMS[args.platform],  # type: ignore[arg-type]
+                store=STORES[args.store],  # type: ignore[arg-type]
+                subscription_id=args.subscription or f"sub-{uuid.uuid4()}",
+            ),
+            timeout=args.timeout,
+        )
+    _print_written(f"redeemed {args.offer_id}", response.consistency_token)
+    _print_subscription(response.subscription)
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    settings = Settings.load(storage_url=args.storage)
+    repository = open_repository(settings.storage_url)
+    try:
+        state = repository.load(args.user_id).account
+        entries = repository.history(args.user_id)
+    finally:
+        repository.close()
+    print(f"history of {args.user_id} (version {state.version}), oldest first:")
+    if not entries:
+        print("  (nothing recorded)")
+    for entry in entries:
+        print(
+            f"  v{entry.version} {entry.recorded_at.isoformat(timespec='seconds')} "
+            f"{entry.kind} {entry.reference} (effective "
+            f"{entry.effective_at.isoformat(timespec='seconds')}): {entry.summary}"
+        )
     return 0
 
 
@@ -346,13 +555,20 @@ def _print_rpc_error(error: grpc.RpcError) -> None:
                 file=sys.stderr,
             )
         return
-    print(f"error: {error.code().name}", file=sys.stderr)
+    lines = []
     for detail in status.details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()
             detail.Unpack(bad_request)
-            for violation in bad_request.field_violations:
-                print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+            lines += [f"  {v.field}: {v.description}" for v in bad_request.field_violations]
+        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            lines += [f"  {v.type} ({v.subject}): {v.description}" for v in failure.violations]
+    # The field violations repeat the message; other details complete it.
+    print(f"error: {error.code().name}", file=sys.stderr)
+    for line in lines or [f"  {error.details()}"]:
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

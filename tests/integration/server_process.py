@@ -1,0 +1,70 @@
+"""Runs `entitlements serve` as a real child process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENTITLEMENTS = shutil.which("entitlements") or str(Path(sys.executable).parent / "entitlements")
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[str]
+    target: str
+    output: list[str] = field(default_factory=list)
+
+    def kill_hard(self) -> None:
+        """kill -9: no shutdown code runs."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+@contextmanager
+def server_process(db: Path, credentials: Path, *extra_args: str) -> Iterator[ServerProcess]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ENTITLEMENTS_")},
+        "ENTITLEMENTS_CREDENTIALS_FILE": str(credentials),
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = subprocess.Popen(
+        [ENTITLEMENTS, "serve", "--port", "0", "--storage", f"sqlite:///{db}", *extra_args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    output: list[str] = []
+    target = None
+    for line in process.stdout:
+        output.append(line)
+        match = re.search(r"serving on (\S+:\d+)", line)
+        if match:
+            target = match.group(1)
+            break
+    assert target, "server did not start:\n" + "".join(output)
+    # Keep draining (audit lines) so the child never blocks on a full pipe.
+    drain = threading.Thread(target=lambda: output.extend(process.stdout or ()), daemon=True)
+    drain.start()
+    server = ServerProcess(process, target, output)
+    try:
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+        drain.join(timeout=5)

@@ -1,0 +1,261 @@
+"""The write RPCs through a real server: idempotency, out-of-order events, atomic offer
+redemption, error statuses, and reads that see a write through its consistency token."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from entitlements.v1 import common_pb2, entitlement_service_pb2
+from entitlements.v1 import subscription_event_service_pb2 as ev
+from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
+from tests.integration.conftest import NOW, Harness
+
+DAY = timedelta(days=1)
+T0 = NOW - 100 * DAY
+
+
+def ts(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+@pytest.fixture(scope="module")
+def writes(harness: Harness) -> Iterator[ev_grpc.SubscriptionEventServiceStub]:
+    yield ev_grpc.SubscriptionEventServiceStub(harness.admin_channel)
+
+
+def entitled(harness: Harness, user_id: str, feature: str, token: str = "") -> bool:
+    response = harness.entitlements.GetEntitlement(
+        entitlement_service_pb2.GetEntitlementRequest(
+            user_id=user_id,
+            feature_id=feature,
+            consistency=common_pb2.ReadConsistency(consistency_token=token),
+        ),
+        timeout=5,
+    )
+    return response.entitlement.granted
+
+
+def event(
+    user_id: str,
+    event_id: str,
+    type_: int,
+    at: datetime,
+    period_end: datetime,
+    plan: str = "premium_individual",
+    **extra: object,
+) -> ev.RecordSubscriptionEventRequest:
+    request = ev.RecordSubscriptionEventRequest(
+        event_id=event_id,
+        user_id=user_id,
+        subscription_id=f"{user_id}-sub",
+        store=common_pb2.STORE_GOOGLE_PLAY,
+        event_type=type_,  # type: ignore[arg-type]
+        occurred_at=ts(at),
+        plan_id=plan,
+        current_period_end=ts(period_end),
+        **extra,  # type: ignore[arg-type]
+    )
+    return request
+
+
+def life(user_id: str) -> list[ev.RecordSubscriptionEventRequest]:
+    """A realistic life: trial, conversion, failed renewal, recovery, cancellation."""
+    return [
+        event(user_id, f"{user_id}-1", ev.SUBSCRIPTION_EVENT_TYPE_TRIAL_STARTED, T0, T0 + 30 * DAY,
+              offer_id="premium-individual-trial-1m", market="BR"),
+        event(user_id, f"{user_id}-2", ev.SUBSCRIPTION_EVENT_TYPE_RENEWED, T0 + 30 * DAY,
+              T0 + 60 * DAY),
+        event(user_id, f"{user_id}-3", ev.SUBSCRIPTION_EVENT_TYPE_RENEWAL_FAILED, T0 + 60 * DAY,
+              T0 + 60 * DAY, grace_period_end=ts(T0 + 67 * DAY)),
+        event(user_id, f"{user_id}-4", ev.SUBSCRIPTION_EVENT_TYPE_RENEWED, T0 + 62 * DAY,
+              T0 + 122 * DAY),
+        event(user_id, f"{user_id}-5", ev.SUBSCRIPTION_EVENT_TYPE_CANCELED, T0 + 80 * DAY,
+              T0 + 122 * DAY),
+    ]  # fmt: skip
+
+
+def deliver(
+    writes: ev_grpc.SubscriptionEventServiceStub, events: list[ev.RecordSubscriptionEventRequest]
+) -> ev.Subscription:
+    """Delivers like a store: FAILED_PRECONDITION answers are redelivered later."""
+    pending = list(events)
+    last: ev.Subscription | None = None
+    while pending:
+        rejected = []
+        for request in pending:
+            try:
+                last = writes.RecordSubscriptionEvent(request, timeout=5).subscription
+            except grpc.RpcError as error:
+                assert error.code() is grpc.StatusCode.FAILED_PRECONDITION, error
+                rejected.append(request)
+        assert len(rejected) < len(pending), "no progress"
+        pending = rejected
+    assert last is not None
+    return last
+
+
+def without_ids(sub: ev.Subscription) -> ev.Subscription:
+    copy = ev.Subscription()
+    copy.CopyFrom(sub)
+    copy.subscription_id = ""
+    return copy
+
+
+def test_purchase_flips_entitlement_with_its_token(
+    harness: Harness, writes: ev_grpc.SubscriptionEventServiceStub
+) -> None:
+    assert not entitled(harness, "buyer", "offline_downloads")
+    request = event(
+        "buyer", "buyer-1", ev.SUBSCRIPTION_EVENT_TYPE_PURCHASED, NOW - DAY, NOW + 29 * DAY
+    )
+    response = writes.RecordSubscriptionEvent(request, timeout=5)
+    assert response.outcome == ev.EVENT_OUTCOME_APPLIED
+    assert response.subscription.status == ev.SUBSCRIPTION_STATUS_ACTIVE
+    assert entitled(harness, "buyer", "offline_downloads", response.consistency_token)
+
+    again = writes.RecordSubscriptionEvent(request, timeout=5)
+    assert again.outcome == ev.EVENT_OUTCOME_DUPLICATE
+    assert again.consistency_token == response.consistency_token
+    assert again.subscription == response.subscription
+
+    reused = event(
+        "buyer", "buyer-1", ev.SUBSCRIPTION_EVENT_TYPE_PURCHASED, NOW - 2 * DAY, NOW + DAY
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        writes.RecordSubscriptionEvent(reused, timeout=5)
+    assert raised.value.code() is grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_every_order_of_a_life_ends_in_the_same_state(
+    harness: Harness, writes: ev_grpc.SubscriptionEventServiceStub
+) -> None:
+    expected = without_ids(deliver(writes, life("perm-reference")))
+    assert expected.status == ev.SUBSCRIPTION_STATUS_CANCELED
+    assert not expected.auto_renew
+    for index, order in enumerate(itertools.permutations(range(5))):
+        user = f"perm-{index}"
+        events = life(user)
+        final = deliver(writes, [events[i] for i in order])
+        assert without_ids(final) == expected, order
+        # Late redeliveries of any event are duplicates and change nothing.
+        again = writes.RecordSubscriptionEvent(events[order[0]], timeout=5)
+        assert again.outcome == ev.EVENT_OUTCOME_DUPLICATE
+        assert without_ids(again.subscription) == expected
+    # A canceled subscription still entitles until its period end (NOW + 22 days).
+    assert entitled(harness, "perm-0", "offline_downloads")
+
+
+def test_late_renewal_failure_is_stale(
+    harness: Harness, writes: ev_grpc.SubscriptionEventServiceStub
+) -> None:
+    events = life("late")
+    deliver(writes, [events[0], events[1], events[3]])
+    response = writes.RecordSubscriptionEvent(events[2], timeout=5)
+    assert response.outcome == ev.EVENT_OUTCOME_STALE
+    assert response.subscription.status == ev.SUBSCRIPTION_STATUS_ACTIVE
+    assert entitled(harness, "late", "ad_free_playback", response.consistency_token)
+
+
+def details_of(error: grpc.RpcError) -> list[object]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    out: list[object] = []
+    for detail in status.details:
+        for kind in (
+            error_details_pb2.BadRequest,
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.PreconditionFailure,
+        ):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                out.append(message)
+    return out
+
+
+def test_bad_events_get_statuses_with_details(
+    writes: ev_grpc.SubscriptionEventServiceStub,
+) -> None:
+    unknown_plan = event(
+        "bad", "bad-1", ev.SUBSCRIPTION_EVENT_TYPE_PURCHASED, NOW, NOW + DAY, plan="gold"
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        writes.RecordSubscriptionEvent(unknown_plan, timeout=5)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    (bad_request,) = details_of(raised.value)
+    assert isinstance(bad_request, error_details_pb2.BadRequest)
+    assert [v.field for v in bad_request.field_violations] == ["plan_id"]
+
+    uncancel = event("bad", "bad-2", ev.SUBSCRIPTION_EVENT_TYPE_UNCANCELED, NOW, NOW + DAY)
+    with pytest.raises(grpc.RpcError) as raised:
+        writes.RecordSubscriptionEvent(uncancel, timeout=5)
+    assert raised.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    info, failure = details_of(raised.value)
+    assert isinstance(info, error_details_pb2.ErrorInfo) and info.reason == "INVALID_TRANSITION"
+    assert isinstance(failure, error_details_pb2.PreconditionFailure)
+    assert failure.violations[0].subject == "subscriptions/bad-sub"
+
+
+def test_grant_and_revoke(harness: Harness, writes: ev_grpc.SubscriptionEventServiceStub) -> None:
+    grant = ev.Grant(kind=ev.GRANT_KIND_PROMOTIONAL, feature_id="high_fidelity_audio")
+    granted = writes.GrantEntitlement(
+        ev.GrantEntitlementRequest(request_id="g-1", user_id="promo-user", grant=grant), timeout=5
+    )
+    assert granted.grant.grant_id and granted.grant.HasField("starts_at")
+    assert entitled(harness, "promo-user", "high_fidelity_audio", granted.consistency_token)
+    revoke = ev.RevokeEntitlementRequest(
+        request_id="r-1", user_id="promo-user", grant_id=granted.grant.grant_id
+    )
+    revoked = writes.RevokeEntitlement(revoke, timeout=5)
+    assert revoked.grant.HasField("revoked_at")
+    assert not entitled(harness, "promo-user", "high_fidelity_audio", revoked.consistency_token)
+    with pytest.raises(grpc.RpcError) as raised:
+        writes.RevokeEntitlement(
+            ev.RevokeEntitlementRequest(request_id="r-2", user_id="promo-user", grant_id="nope"),
+            timeout=5,
+        )
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_fifty_concurrent_trial_redemptions_have_exactly_one_winner(
+    writes: ev_grpc.SubscriptionEventServiceStub,
+) -> None:
+    attempts = 50
+    barrier = threading.Barrier(attempts)
+
+    def redeem(i: int) -> str:
+        request = ev.RedeemOfferRequest(
+            request_id=f"redeem-{i}",
+            user_id="trial-racer",
+            offer_id="premium-individual-trial-1m",
+            market="US",
+            platform=common_pb2.PLATFORM_IOS,
+            store=common_pb2.STORE_APP_STORE,
+            subscription_id=f"racer-sub-{i}",
+        )
+        barrier.wait()
+        try:
+            writes.RedeemOffer(request, timeout=30)
+        except grpc.RpcError as error:
+            assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+            info = details_of(error)[0]
+            assert isinstance(info, error_details_pb2.ErrorInfo)
+            return str(info.reason)
+        return "OK"
+
+    with ThreadPoolExecutor(attempts) as pool:
+        results = list(pool.map(redeem, range(attempts)))
+    assert results.count("OK") == 1
+    assert set(results) - {"OK"} <= {"HAD_PREMIUM_BEFORE", "GROUP_ALREADY_REDEEMED"}
