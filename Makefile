@@ -20,9 +20,11 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 
+# The development credentials go beside the database (ENTITLEMENTS_DATA_DIR).
 run: setup
 	$(BIN)/entitlements seed-demo --storage sqlite:///$(DATA_DIR)/entitlements.db
-	$(BIN)/entitlements serve --storage sqlite:///$(DATA_DIR)/entitlements.db
+	ENTITLEMENTS_DATA_DIR=$(DATA_DIR) \
+		$(BIN)/entitlements serve --storage sqlite:///$(DATA_DIR)/entitlements.db
 
 test: setup interop-deps
 	$(BIN)/python -m pytest -q
