@@ -26,12 +26,15 @@ class CachedUser:
     state: UserState
     fresh_until: float
     decisions: dict[str, EntitlementDecision] = field(default_factory=dict)
+    # True when served past its freshness because the store failed (stale-if-error).
+    stale: bool = False
 
 
 @dataclass(slots=True)
 class CacheStats:
     hits: int = 0
     misses: int = 0
+    stale_served: int = 0
 
 
 class UserStateCache:
@@ -61,6 +64,21 @@ class UserStateCache:
                 return None
             self.stats.hits += 1
             return entry
+
+    def get_stale(self, user_id: str, min_version: int, max_staleness: float) -> CachedUser | None:
+        """For stale-if-error: the entry even past its freshness, if it is no more than
+        `max_staleness` seconds past it and holds at least `min_version`. The returned
+        copy is marked stale and shares the memoised decisions."""
+        with self._lock:
+            entry = self._entries.get(user_id)
+            if (
+                entry is None
+                or entry.fresh_until + max_staleness <= self._monotonic()
+                or entry.state.account.version < min_version
+            ):
+                return None
+            self.stats.stale_served += 1
+            return CachedUser(entry.state, entry.fresh_until, entry.decisions, stale=True)
 
     def put(self, state: UserState) -> CachedUser:
         entry = CachedUser(state, self._monotonic() + self._ttl)

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import signal
 import sys
 import uuid
 from collections.abc import Sequence
@@ -75,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind, 0 for any (default 50051)")
     serve.add_argument("--storage", help=f"storage URL (default {DEFAULT_STORAGE_URL})")
     serve.add_argument("--catalog", help="catalog YAML file (default: the example catalog)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes sharing the port (default: one per core)"
+    )
     serve.set_defaults(run=_serve)
 
     seed = commands.add_parser("seed-demo", help="write the demo users to the store")
@@ -240,29 +242,23 @@ def _bootstrap_dev_credentials(settings: Settings) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.server import start_server
+    from service import workers
 
     settings = Settings.load(
-        host=args.host, port=args.port, storage_url=args.storage, catalog_path=args.catalog
+        host=args.host,
+        port=args.port,
+        storage_url=args.storage,
+        catalog_path=args.catalog,
+        workers=args.workers,
     )
     if settings.credentials_file is None:
         settings = _bootstrap_dev_credentials(settings)
     configure_audit_logging(settings.audit_log_file)
-    # Block the stop signals before gRPC starts its threads (they inherit the mask), then
-    # wait for them synchronously: a handler-based wait can sleep through a signal that
-    # the kernel delivered to one of gRPC's threads.
-    stop_signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    running = start_server(settings)
-    print(
-        f"entitlements: serving on {settings.host}:{running.port} "
-        f"(catalog {running.reads.catalog.version}); Ctrl-C or SIGTERM to stop",
-        flush=True,
-    )
-    received = signal.sigwait(stop_signals)
-    print(f"entitlements: {signal.Signals(received).name}, shutting down", flush=True)
-    running.stop(settings.shutdown_grace_seconds)
-    return 0
+
+    def announce(message: str) -> None:
+        print(f"entitlements: {message}", flush=True)
+
+    return workers.serve(settings, announce)
 
 
 def _seed_demo(args: argparse.Namespace) -> int:

@@ -28,10 +28,39 @@ class Settings:
     # How long cached state may be served without a consistency token after a write made
     # through another process. 0 disables the cache.
     cache_ttl_seconds: float = 30.0
-    # gRPC handler threads per process.
+    # Worker processes sharing the port (SO_REUSEPORT), each with its own cache.
+    # 0: one per core. `entitlements serve` only; start_server always runs one.
+    workers: int = 0
+    # gRPC handler threads per worker.
     threads: int = 16
+    # Concurrent RPCs a worker admits; beyond it callers get RESOURCE_EXHAUSTED at once
+    # instead of queueing. 0: as many as there are handler threads, so that no admitted
+    # RPC waits for a thread.
+    max_concurrent_rpcs: int = 0
+    # Deadline given to RPCs that arrive without one, and the cap on any RPC's budget.
+    max_rpc_seconds: float = 5.0
+    # The most one store call may take (within the RPC's remaining budget), so that a slow
+    # store leaves time to answer from stale cache or fail fast with UNAVAILABLE.
+    store_timeout_seconds: float = 0.5
+    # How long past its freshness cached state may still be served, marked stale, when the
+    # store fails or is too slow (stale-if-error). 0 disables it.
+    max_staleness_seconds: float = 300.0
+    # How often readiness probes the store (health NOT_SERVING while it is unreachable).
+    readiness_interval_seconds: float = 2.0
     # On SIGTERM, in-flight RPCs get this long to finish.
     shutdown_grace_seconds: float = 5.0
+    # Connections are closed after this age (plus a grace for in-flight RPCs), so clients
+    # reconnect and rebalance across replicas and workers.
+    max_connection_age_seconds: float = 300.0
+    max_connection_age_grace_seconds: float = 30.0
+    # Server-initiated keepalive pings on idle connections.
+    keepalive_seconds: float = 60.0
+    # Largest request accepted (bytes) and largest metadata (bytes); larger requests are
+    # RESOURCE_EXHAUSTED. A full batch of 100 queries with 128-character ids is ~30 KB.
+    max_request_bytes: int = 256 * 1024
+    max_metadata_bytes: int = 16 * 1024
+    # Fault injection for drills and tests only: every store call waits this long first.
+    fault_store_delay_ms: int = 0
     # Principals and the SHA-256 digests of their bearer tokens (YAML or JSON; see
     # service/auth.py). Unset: `entitlements serve` generates development credentials in
     # data_dir; a server started without any answers UNAUTHENTICATED to every protected RPC.

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 from service.cache import CachedUser, UserStateCache
+from service.deadlines import rpc_expired, store_budget
+from service.domain.account import UserState
 from service.domain.catalog import Catalog
 from service.domain.decisions import (
     EntitlementDecision,
@@ -16,6 +20,7 @@ from service.domain.decisions import (
 )
 from service.domain.errors import FieldViolation, InvalidRequest
 from service.domain.rules import Platform
+from service.single_flight import SingleFlight
 from service.tokens import ConsistencyToken
 from service.validation import (
     MAX_BATCH_QUERIES,
@@ -24,7 +29,11 @@ from service.validation import (
     check_token,
     check_user_id,
 )
-from storage.repository import AccountRepository
+from storage.deadline import DeadlineExceeded
+from storage.repository import AccountRepository, StoreUnavailable
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
@@ -41,6 +50,22 @@ class Consistency:
     full: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Answer(Generic[T]):
+    value: T
+    # Computed from cached state past its freshness because the store failed or was too
+    # slow (stale-if-error); see Settings.max_staleness_seconds.
+    stale: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    # The most one store call may take within the RPC's budget.
+    store_timeout_seconds: float = 0.5
+    # How long past freshness cached state may be served when the store fails; 0: never.
+    max_staleness_seconds: float = 300.0
+
+
 class ReadService:
     def __init__(
         self,
@@ -48,15 +73,18 @@ class ReadService:
         repository: AccountRepository,
         cache: UserStateCache,
         clock: Clock = utc_now,
+        policy: CachePolicy = CachePolicy(),
     ) -> None:
         self.catalog = catalog
         self._repository = repository
         self._cache = cache
         self._clock = clock
+        self._policy = policy
+        self._loads = SingleFlight[UserState]()
 
     def get_entitlement(
         self, user_id: str, feature_id: str, consistency: Consistency = Consistency()
-    ) -> EntitlementDecision:
+    ) -> Answer[EntitlementDecision]:
         violations: list[FieldViolation] = []
         check_user_id(user_id, "user_id", violations)
         check_feature_id(self.catalog, feature_id, "feature_id", violations)
@@ -64,11 +92,11 @@ class ReadService:
         if violations:
             raise InvalidRequest(violations)
         entry = self._user(user_id, token, consistency.full)
-        return self._decide(entry, feature_id, self._clock())
+        return Answer(self._decide(entry, feature_id, self._clock()), entry.stale)
 
     def list_entitlements(
         self, user_id: str, consistency: Consistency = Consistency()
-    ) -> list[EntitlementDecision]:
+    ) -> Answer[list[EntitlementDecision]]:
         violations: list[FieldViolation] = []
         check_user_id(user_id, "user_id", violations)
         token = check_token(consistency.token, "consistency.consistency_token", violations)
@@ -76,11 +104,12 @@ class ReadService:
             raise InvalidRequest(violations)
         entry = self._user(user_id, token, consistency.full)
         now = self._clock()
-        return [self._decide(entry, feature_id, now) for feature_id in self.catalog.features]
+        decisions = [self._decide(entry, feature_id, now) for feature_id in self.catalog.features]
+        return Answer(decisions, entry.stale)
 
     def batch_get_entitlements(
         self, queries: Sequence[tuple[str, str]], consistency: Consistency = Consistency()
-    ) -> list[EntitlementDecision]:
+    ) -> Answer[list[EntitlementDecision]]:
         """Decides (user_id, feature_id) pairs in order; each user's state is read once."""
         violations: list[FieldViolation] = []
         if not queries:
@@ -108,7 +137,7 @@ class ReadService:
             if entry is None:
                 entry = entries[user_id] = self._user(user_id, token, consistency.full)
             decisions.append(self._decide(entry, feature_id, now))
-        return decisions
+        return Answer(decisions, any(entry.stale for entry in entries.values()))
 
     def get_offers(
         self,
@@ -116,7 +145,7 @@ class ReadService:
         market: str,
         platform: Platform | None,
         consistency: Consistency = Consistency(),
-    ) -> OfferDecisions:
+    ) -> Answer[OfferDecisions]:
         violations: list[FieldViolation] = []
         check_user_id(user_id, "user_id", violations)
         check_market(market, "market", violations)
@@ -127,15 +156,36 @@ class ReadService:
             raise InvalidRequest(violations)
         assert platform is not None
         entry = self._user(user_id, token, consistency.full)
-        return decide_offers(self.catalog, entry.state, market, platform, self._clock())
+        decisions = decide_offers(self.catalog, entry.state, market, platform, self._clock())
+        return Answer(decisions, entry.stale)
 
     def _user(self, user_id: str, token: ConsistencyToken | None, full: bool) -> CachedUser:
+        """The user's state: from the cache when fresh enough, else from the store (one
+        read for concurrent misses of the same user), else - when the store fails or is too
+        slow - from cache past its freshness within max_staleness, marked stale."""
         min_version = token.version if token is not None and token.applies_to(user_id) else 0
         if not full:
             entry = self._cache.get(user_id, min_version)
             if entry is not None:
                 return entry
-        return self._cache.put(self._repository.load(user_id))
+        try:
+            with store_budget(self._policy.store_timeout_seconds) as budget:
+                state = self._loads.do(user_id, self._repository.load, budget)
+                if state.account.version < min_version:
+                    # A concurrent load began before the write this token names.
+                    state = self._repository.load(user_id)
+        except (StoreUnavailable, DeadlineExceeded) as error:
+            if rpc_expired():
+                raise DeadlineExceeded("the RPC deadline passed") from error
+            if not full and self._policy.max_staleness_seconds > 0:
+                stale = self._cache.get_stale(
+                    user_id, min_version, self._policy.max_staleness_seconds
+                )
+                if stale is not None:
+                    log.warning("store failed (%s); serving stale cached state", error)
+                    return stale
+            raise StoreUnavailable("the store failed and no cached state can serve") from error
+        return self._cache.put(state)
 
     def _decide(self, entry: CachedUser, feature_id: str, now: datetime) -> EntitlementDecision:
         decision = entry.decisions.get(feature_id)

@@ -25,6 +25,7 @@ from service import convert
 from service.domain.errors import InvalidRequest, NotFound, PreconditionFailed
 from service.reads import Clock, ReadService
 from service.writes import WriteService
+from storage.deadline import DeadlineExceeded
 from storage.repository import IdempotencyConflict, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ def handle_errors(handler: Handler) -> Handler:
                 grpc.StatusCode.ALREADY_EXISTS,
                 "this id was already used for a different request",
             )
+        except DeadlineExceeded:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before an answer")
         except StoreUnavailable:
             log.warning("store unavailable in %s", handler.__name__, exc_info=True)
             context.abort(grpc.StatusCode.UNAVAILABLE, "the account store is unavailable")
@@ -104,14 +107,15 @@ class EntitlementServicer(entitlement_service_pb2_grpc.EntitlementServiceService
         request: entitlement_service_pb2.GetEntitlementRequest,
         context: grpc.ServicerContext,
     ) -> entitlement_service_pb2.GetEntitlementResponse:
-        decision = self._reads.get_entitlement(
+        answer = self._reads.get_entitlement(
             request.user_id,
             request.feature_id,
             convert.consistency_from_proto(request.consistency),
         )
         return entitlement_service_pb2.GetEntitlementResponse(
-            entitlement=convert.entitlement_to_proto(decision),
+            entitlement=convert.entitlement_to_proto(answer.value),
             catalog_version=self._reads.catalog.version,
+            stale=answer.stale,
         )
 
     @handle_errors
@@ -120,12 +124,13 @@ class EntitlementServicer(entitlement_service_pb2_grpc.EntitlementServiceService
         request: entitlement_service_pb2.ListEntitlementsRequest,
         context: grpc.ServicerContext,
     ) -> entitlement_service_pb2.ListEntitlementsResponse:
-        decisions = self._reads.list_entitlements(
+        answer = self._reads.list_entitlements(
             request.user_id, convert.consistency_from_proto(request.consistency)
         )
         return entitlement_service_pb2.ListEntitlementsResponse(
-            entitlements=convert.entitlements_to_proto(decisions),
+            entitlements=convert.entitlements_to_proto(answer.value),
             catalog_version=self._reads.catalog.version,
+            stale=answer.stale,
         )
 
     @handle_errors
@@ -134,13 +139,14 @@ class EntitlementServicer(entitlement_service_pb2_grpc.EntitlementServiceService
         request: entitlement_service_pb2.BatchGetEntitlementsRequest,
         context: grpc.ServicerContext,
     ) -> entitlement_service_pb2.BatchGetEntitlementsResponse:
-        decisions = self._reads.batch_get_entitlements(
+        answer = self._reads.batch_get_entitlements(
             [(q.user_id, q.feature_id) for q in request.queries],
             convert.consistency_from_proto(request.consistency),
         )
         return entitlement_service_pb2.BatchGetEntitlementsResponse(
-            entitlements=convert.entitlements_to_proto(decisions),
+            entitlements=convert.entitlements_to_proto(answer.value),
             catalog_version=self._reads.catalog.version,
+            stale=answer.stale,
         )
 
 
@@ -152,15 +158,17 @@ class OfferServicer(offer_service_pb2_grpc.OfferServiceServicer):
     def GetOffers(
         self, request: offer_service_pb2.GetOffersRequest, context: grpc.ServicerContext
     ) -> offer_service_pb2.GetOffersResponse:
-        decisions = self._reads.get_offers(
+        answer = self._reads.get_offers(
             request.user_id,
             request.market,
             convert.platform_from_proto(request.platform),
             convert.consistency_from_proto(request.consistency),
         )
-        return convert.offers_to_proto(
-            decisions, request.include_ineligible, self._reads.catalog.version
+        response = convert.offers_to_proto(
+            answer.value, request.include_ineligible, self._reads.catalog.version
         )
+        response.stale = answer.stale
+        return response
 
 
 class SubscriptionEventServicer(

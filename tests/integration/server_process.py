@@ -30,14 +30,26 @@ class ServerProcess:
 
 
 @contextmanager
-def server_process(db: Path, credentials: Path, *extra_args: str) -> Iterator[ServerProcess]:
+def server_process(
+    db: Path, credentials: Path, *extra_args: str, workers: int = 1
+) -> Iterator[ServerProcess]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ENTITLEMENTS_")},
         "ENTITLEMENTS_CREDENTIALS_FILE": str(credentials),
         "PYTHONUNBUFFERED": "1",
     }
     process = subprocess.Popen(
-        [ENTITLEMENTS, "serve", "--port", "0", "--storage", f"sqlite:///{db}", *extra_args],
+        [
+            ENTITLEMENTS,
+            "serve",
+            "--port",
+            "0",
+            "--storage",
+            f"sqlite:///{db}",
+            "--workers",
+            str(workers),
+            *extra_args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

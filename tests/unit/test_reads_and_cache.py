@@ -91,12 +91,12 @@ def test_memoised_decision_is_not_served_past_valid_until(
     period_end = START + timedelta(hours=1)
     repository.update("u1", trial(period_end))
     reads = make_reads(repository, clocks, ttl=24 * 3600)
-    first = reads.get_entitlement("u1", "offline_downloads")
+    first = reads.get_entitlement("u1", "offline_downloads").value
     assert first.granted and first.valid_until == period_end
     clocks.advance(timedelta(minutes=59))
-    assert reads.get_entitlement("u1", "offline_downloads").granted
+    assert reads.get_entitlement("u1", "offline_downloads").value.granted
     clocks.advance(timedelta(minutes=1))
-    after = reads.get_entitlement("u1", "offline_downloads")
+    after = reads.get_entitlement("u1", "offline_downloads").value
     assert not after.granted
     assert after.denial is DenialReason.EXPIRED
     assert repository.loads == 1  # the state is still fresh; only the decision changed
@@ -104,12 +104,12 @@ def test_memoised_decision_is_not_served_past_valid_until(
 
 def test_state_older_than_ttl_is_reloaded(repository: CountingRepository, clocks: Clocks) -> None:
     reads = make_reads(repository, clocks, ttl=30)
-    assert not reads.get_entitlement("u1", "offline_downloads").granted
+    assert not reads.get_entitlement("u1", "offline_downloads").value.granted
     repository.update("u1", trial(START + timedelta(days=30)))
     clocks.advance(timedelta(seconds=29))
-    assert not reads.get_entitlement("u1", "offline_downloads").granted
+    assert not reads.get_entitlement("u1", "offline_downloads").value.granted
     clocks.advance(timedelta(seconds=1))
-    assert reads.get_entitlement("u1", "offline_downloads").granted
+    assert reads.get_entitlement("u1", "offline_downloads").value.granted
     assert repository.loads == 2
 
 
@@ -117,10 +117,10 @@ def test_token_forces_a_newer_state(repository: CountingRepository, clocks: Cloc
     reads = make_reads(repository, clocks)
     reads.get_entitlement("u1", "offline_downloads")
     written = repository.update("u1", trial(START + timedelta(days=30)))
-    stale = reads.get_entitlement("u1", "offline_downloads")
+    stale = reads.get_entitlement("u1", "offline_downloads").value
     assert not stale.granted
     token = issue_token("u1", written.version)
-    assert reads.get_entitlement("u1", "offline_downloads", Consistency(token=token)).granted
+    assert reads.get_entitlement("u1", "offline_downloads", Consistency(token=token)).value.granted
     # Other users' tokens do not apply, and a satisfied token costs no further store read.
     loads = repository.loads
     reads.get_entitlement("u1", "offline_downloads", Consistency(token=token))
@@ -140,7 +140,7 @@ def test_full_consistency_always_reads_the_store(
 def test_batch_reads_each_user_once(repository: CountingRepository, clocks: Clocks) -> None:
     reads = make_reads(repository, clocks)
     queries = [(f"u{i % 3}", feature) for i, feature in enumerate(CATALOG.features)]
-    decisions = reads.batch_get_entitlements(queries)
+    decisions = reads.batch_get_entitlements(queries).value
     assert [(d.user_id, d.feature.id) for d in decisions] == queries
     assert repository.loads == 3
 

@@ -67,14 +67,14 @@ def test_purchase_is_visible_at_once_in_the_writing_process(
     services: tuple[ReadService, WriteService],
 ) -> None:
     reads, writes = services
-    assert not reads.get_entitlement("u1", "offline_downloads").granted  # now cached
+    assert not reads.get_entitlement("u1", "offline_downloads").value.granted  # now cached
     answer = writes.record_event("u1", purchase())
     assert answer.outcome == "applied"
     assert answer.subscription.status is SubscriptionStatus.ACTIVE
     # The writer dropped its cache entry: even without the token the read is fresh.
-    assert reads.get_entitlement("u1", "offline_downloads").granted
+    assert reads.get_entitlement("u1", "offline_downloads").value.granted
     token = Consistency(token=answer.consistency_token)
-    assert reads.get_entitlement("u1", "offline_downloads", token).granted
+    assert reads.get_entitlement("u1", "offline_downloads", token).value.granted
     assert parse_token(answer.consistency_token).version == 1
 
 
@@ -117,7 +117,7 @@ def test_stale_event_is_recorded_but_does_not_move_state_back(
     answer = writes.record_event("u1", late_failure)
     assert answer.outcome == "stale"
     assert answer.subscription.status is SubscriptionStatus.ACTIVE
-    assert reads.get_entitlement("u1", "offline_downloads").granted
+    assert reads.get_entitlement("u1", "offline_downloads").value.granted
     kinds = [(h.reference, h.version) for h in repository.history("u1")]
     assert kinds == [("evt-1", 1), ("evt-3", 2), ("evt-2", 3)]
 
@@ -142,10 +142,10 @@ def test_grant_and_revoke_are_idempotent(
     request = GrantRequest(GrantKind.SUPPORT, "high_fidelity_audio", None, 0, NOW, NOW + 7 * DAY)
     granted = writes.grant("req-1", "u1", request)
     assert writes.grant("req-1", "u1", request).grant == granted.grant
-    assert reads.get_entitlement("u1", "high_fidelity_audio").granted
+    assert reads.get_entitlement("u1", "high_fidelity_audio").value.granted
     revoked = writes.revoke("req-2", "u1", granted.grant.grant_id)
     assert revoked.grant.revoked_at == NOW
-    assert not reads.get_entitlement("u1", "high_fidelity_audio").granted
+    assert not reads.get_entitlement("u1", "high_fidelity_audio").value.granted
     # Revoking again (new request id) succeeds and changes nothing but the version.
     assert writes.revoke("req-3", "u1", granted.grant.grant_id).grant.revoked_at == NOW
     with pytest.raises(NotFound):
@@ -174,14 +174,14 @@ def test_redeem_trial_once(services: tuple[ReadService, WriteService]) -> None:
     answer = writes.redeem("r1", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-t")
     assert answer.subscription.status is SubscriptionStatus.TRIALING
     assert answer.subscription.current_period_end == NOW + 30 * DAY
-    assert reads.get_entitlement("u1", "offline_downloads").granted
+    assert reads.get_entitlement("u1", "offline_downloads").value.granted
     # The same request again is a replay, not a second trial.
     again = writes.redeem("r1", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-t")
     assert again.subscription == answer.subscription
     with pytest.raises(PreconditionFailed) as raised:
         writes.redeem("r2", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-u")
     assert raised.value.reason == "HAD_PREMIUM_BEFORE"
-    offers = reads.get_offers("u1", "US", Platform.IOS)
+    offers = reads.get_offers("u1", "US", Platform.IOS).value
     assert all(e.offer.group != "trial" for e in offers.eligible)
 
 

@@ -26,7 +26,7 @@ from entitlements.v1 import common_pb2 as entitlements_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)entitlements/v1/entitlement_service.proto\x12\x0f\x65ntitlements.v1\x1a\x1c\x65ntitlements/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n\x15GetEntitlementRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nfeature_id\x18\x02 \x01(\t\x12\x35\n\x0b\x63onsistency\x18\x03 \x01(\x0b\x32 .entitlements.v1.ReadConsistency\"d\n\x16GetEntitlementResponse\x12\x31\n\x0b\x65ntitlement\x18\x01 \x01(\x0b\x32\x1c.entitlements.v1.Entitlement\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\"a\n\x17ListEntitlementsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x35\n\x0b\x63onsistency\x18\x02 \x01(\x0b\x32 .entitlements.v1.ReadConsistency\"g\n\x18ListEntitlementsResponse\x12\x32\n\x0c\x65ntitlements\x18\x01 \x03(\x0b\x32\x1c.entitlements.v1.Entitlement\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\"7\n\x10\x45ntitlementQuery\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nfeature_id\x18\x02 \x01(\t\"\x88\x01\n\x1b\x42\x61tchGetEntitlementsRequest\x12\x32\n\x07queries\x18\x01 \x03(\x0b\x32!.entitlements.v1.EntitlementQuery\x12\x35\n\x0b\x63onsistency\x18\x02 \x01(\x0b\x32 .entitlements.v1.ReadConsistency\"k\n\x1c\x42\x61tchGetEntitlementsResponse\x12\x32\n\x0c\x65ntitlements\x18\x01 \x03(\x0b\x32\x1c.entitlements.v1.Entitlement\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\"\x9a\x03\n\x0b\x45ntitlement\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nfeature_id\x18\x02 \x01(\t\x12\x0f\n\x07granted\x18\x03 \x01(\x08\x12\x13\n\x0bquota_value\x18\x04 \x01(\x03\x12\x32\n\x0c\x66\x65\x61ture_kind\x18\x05 \x01(\x0e\x32\x1c.entitlements.v1.FeatureKind\x12\x32\n\x06source\x18\x06 \x01(\x0b\x32\".entitlements.v1.EntitlementSource\x12\x30\n\x05state\x18\x07 \x01(\x0e\x32!.entitlements.v1.EntitlementState\x12\x0f\n\x07plan_id\x18\x08 \x01(\t\x12.\n\nexpires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\rdenial_reason\x18\x0b \x01(\x0e\x32\x1d.entitlements.v1.DenialReason\"q\n\x11\x45ntitlementSource\x12)\n\x04type\x18\x01 \x01(\x0e\x32\x1b.entitlements.v1.SourceType\x12\n\n\x02id\x18\x02 \x01(\t\x12%\n\x05store\x18\x03 \x01(\x0e\x32\x16.entitlements.v1.Store*]\n\x0b\x46\x65\x61tureKind\x12\x1c\n\x18\x46\x45\x41TURE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x45\x41TURE_KIND_BOOLEAN\x10\x01\x12\x16\n\x12\x46\x45\x41TURE_KIND_QUOTA\x10\x02*\x94\x01\n\nSourceType\x12\x1b\n\x17SOURCE_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SOURCE_TYPE_SUBSCRIPTION\x10\x01\x12\x15\n\x11SOURCE_TYPE_GRANT\x10\x02\x12\x19\n\x15SOURCE_TYPE_HOUSEHOLD\x10\x03\x12\x19\n\x15SOURCE_TYPE_FREE_TIER\x10\x04*\xc5\x01\n\x10\x45ntitlementState\x12!\n\x1d\x45NTITLEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NTITLEMENT_STATE_ACTIVE\x10\x01\x12\x1b\n\x17\x45NTITLEMENT_STATE_TRIAL\x10\x02\x12\"\n\x1e\x45NTITLEMENT_STATE_GRACE_PERIOD\x10\x03\x12/\n+ENTITLEMENT_STATE_CANCELED_UNTIL_PERIOD_END\x10\x04*\xa1\x02\n\x0c\x44\x65nialReason\x12\x1d\n\x19\x44\x45NIAL_REASON_UNSPECIFIED\x10\x00\x12%\n!DENIAL_REASON_NO_ENTITLING_SOURCE\x10\x01\x12$\n DENIAL_REASON_PLAN_LACKS_FEATURE\x10\x02\x12 \n\x1c\x44\x45NIAL_REASON_HOUSEHOLD_ROLE\x10\x03\x12&\n\"DENIAL_REASON_SUBSCRIPTION_ON_HOLD\x10\x04\x12%\n!DENIAL_REASON_SUBSCRIPTION_PAUSED\x10\x05\x12\x19\n\x15\x44\x45NIAL_REASON_EXPIRED\x10\x06\x12\x19\n\x15\x44\x45NIAL_REASON_REVOKED\x10\x07\x32\xd5\x02\n\x12\x45ntitlementService\x12\x61\n\x0eGetEntitlement\x12&.entitlements.v1.GetEntitlementRequest\x1a\'.entitlements.v1.GetEntitlementResponse\x12g\n\x10ListEntitlements\x12(.entitlements.v1.ListEntitlementsRequest\x1a).entitlements.v1.ListEntitlementsResponse\x12s\n\x14\x42\x61tchGetEntitlements\x12,.entitlements.v1.BatchGetEntitlementsRequest\x1a-.entitlements.v1.BatchGetEntitlementsResponseBG\n\x13\x63om.entitlements.v1P\x01Z.example.invalid/entitlements/v1;entitlementsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)entitlements/v1/entitlement_service.proto\x12\x0f\x65ntitlements.v1\x1a\x1c\x65ntitlements/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n\x15GetEntitlementRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nfeature_id\x18\x02 \x01(\t\x12\x35\n\x0b\x63onsistency\x18\x03 \x01(\x0b\x32 .entitlements.v1.ReadConsistency\"s\n\x16GetEntitlementResponse\x12\x31\n\x0b\x65ntitlement\x18\x01 \x01(\x0b\x32\x1c.entitlements.v1.Entitlement\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\x12\r\n\x05stale\x18\x03 \x01(\x08\"a\n\x17ListEntitlementsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x35\n\x0b\x63onsistency\x18\x02 \x01(\x0b\x32 .entitlements.v1.ReadConsistency\"v\n\x18ListEntitlementsResponse\x12\x32\n\x0c\x65ntitlements\x18\x01 \x03(\x0b\x32\x1c.entitlements.v1.Entitlement\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\x12\r\n\x05stale\x18\x03 \x01(\x08\"7\n\x10\x45ntitlementQuery\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nfeature_id\x18\x02 \x01(\t\"\x88\x01\n\x1b\x42\x61tchGetEntitlementsRequest\x12\x32\n\x07queries\x18\x01 \x03(\x0b\x32!.entitlements.v1.EntitlementQuery\x12\x35\n\x0b\x63onsistency\x18\x02 \x01(\x0b\x32 .entitlements.v1.ReadConsistency\"z\n\x1c\x42\x61tchGetEntitlementsResponse\x12\x32\n\x0c\x65ntitlements\x18\x01 \x03(\x0b\x32\x1c.entitlements.v1.Entitlement\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\x12\r\n\x05stale\x18\x03 \x01(\x08\"\x9a\x03\n\x0b\x45ntitlement\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nfeature_id\x18\x02 \x01(\t\x12\x0f\n\x07granted\x18\x03 \x01(\x08\x12\x13\n\x0bquota_value\x18\x04 \x01(\x03\x12\x32\n\x0c\x66\x65\x61ture_kind\x18\x05 \x01(\x0e\x32\x1c.entitlements.v1.FeatureKind\x12\x32\n\x06source\x18\x06 \x01(\x0b\x32\".entitlements.v1.EntitlementSource\x12\x30\n\x05state\x18\x07 \x01(\x0e\x32!.entitlements.v1.EntitlementState\x12\x0f\n\x07plan_id\x18\x08 \x01(\t\x12.\n\nexpires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\rdenial_reason\x18\x0b \x01(\x0e\x32\x1d.entitlements.v1.DenialReason\"q\n\x11\x45ntitlementSource\x12)\n\x04type\x18\x01 \x01(\x0e\x32\x1b.entitlements.v1.SourceType\x12\n\n\x02id\x18\x02 \x01(\t\x12%\n\x05store\x18\x03 \x01(\x0e\x32\x16.entitlements.v1.Store*]\n\x0b\x46\x65\x61tureKind\x12\x1c\n\x18\x46\x45\x41TURE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x45\x41TURE_KIND_BOOLEAN\x10\x01\x12\x16\n\x12\x46\x45\x41TURE_KIND_QUOTA\x10\x02*\x94\x01\n\nSourceType\x12\x1b\n\x17SOURCE_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SOURCE_TYPE_SUBSCRIPTION\x10\x01\x12\x15\n\x11SOURCE_TYPE_GRANT\x10\x02\x12\x19\n\x15SOURCE_TYPE_HOUSEHOLD\x10\x03\x12\x19\n\x15SOURCE_TYPE_FREE_TIER\x10\x04*\xc5\x01\n\x10\x45ntitlementState\x12!\n\x1d\x45NTITLEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45NTITLEMENT_STATE_ACTIVE\x10\x01\x12\x1b\n\x17\x45NTITLEMENT_STATE_TRIAL\x10\x02\x12\"\n\x1e\x45NTITLEMENT_STATE_GRACE_PERIOD\x10\x03\x12/\n+ENTITLEMENT_STATE_CANCELED_UNTIL_PERIOD_END\x10\x04*\xa1\x02\n\x0c\x44\x65nialReason\x12\x1d\n\x19\x44\x45NIAL_REASON_UNSPECIFIED\x10\x00\x12%\n!DENIAL_REASON_NO_ENTITLING_SOURCE\x10\x01\x12$\n DENIAL_REASON_PLAN_LACKS_FEATURE\x10\x02\x12 \n\x1c\x44\x45NIAL_REASON_HOUSEHOLD_ROLE\x10\x03\x12&\n\"DENIAL_REASON_SUBSCRIPTION_ON_HOLD\x10\x04\x12%\n!DENIAL_REASON_SUBSCRIPTION_PAUSED\x10\x05\x12\x19\n\x15\x44\x45NIAL_REASON_EXPIRED\x10\x06\x12\x19\n\x15\x44\x45NIAL_REASON_REVOKED\x10\x07\x32\xd5\x02\n\x12\x45ntitlementService\x12\x61\n\x0eGetEntitlement\x12&.entitlements.v1.GetEntitlementRequest\x1a\'.entitlements.v1.GetEntitlementResponse\x12g\n\x10ListEntitlements\x12(.entitlements.v1.ListEntitlementsRequest\x1a).entitlements.v1.ListEntitlementsResponse\x12s\n\x14\x42\x61tchGetEntitlements\x12,.entitlements.v1.BatchGetEntitlementsRequest\x1a-.entitlements.v1.BatchGetEntitlementsResponseBG\n\x13\x63om.entitlements.v1P\x01Z.example.invalid/entitlements/v1;entitlementsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,32 +34,32 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'entitlements.v1.entitlement
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\023com.entitlements.v1P\001Z.example.invalid/entitlements/v1;entitlementsv1'
-  _globals['_FEATUREKIND']._serialized_start=1381
-  _globals['_FEATUREKIND']._serialized_end=1474
-  _globals['_SOURCETYPE']._serialized_start=1477
-  _globals['_SOURCETYPE']._serialized_end=1625
-  _globals['_ENTITLEMENTSTATE']._serialized_start=1628
-  _globals['_ENTITLEMENTSTATE']._serialized_end=1825
-  _globals['_DENIALREASON']._serialized_start=1828
-  _globals['_DENIALREASON']._serialized_end=2117
+  _globals['_FEATUREKIND']._serialized_start=1426
+  _globals['_FEATUREKIND']._serialized_end=1519
+  _globals['_SOURCETYPE']._serialized_start=1522
+  _globals['_SOURCETYPE']._serialized_end=1670
+  _globals['_ENTITLEMENTSTATE']._serialized_start=1673
+  _globals['_ENTITLEMENTSTATE']._serialized_end=1870
+  _globals['_DENIALREASON']._serialized_start=1873
+  _globals['_DENIALREASON']._serialized_end=2162
   _globals['_GETENTITLEMENTREQUEST']._serialized_start=125
   _globals['_GETENTITLEMENTREQUEST']._serialized_end=240
   _globals['_GETENTITLEMENTRESPONSE']._serialized_start=242
-  _globals['_GETENTITLEMENTRESPONSE']._serialized_end=342
-  _globals['_LISTENTITLEMENTSREQUEST']._serialized_start=344
-  _globals['_LISTENTITLEMENTSREQUEST']._serialized_end=441
-  _globals['_LISTENTITLEMENTSRESPONSE']._serialized_start=443
-  _globals['_LISTENTITLEMENTSRESPONSE']._serialized_end=546
-  _globals['_ENTITLEMENTQUERY']._serialized_start=548
-  _globals['_ENTITLEMENTQUERY']._serialized_end=603
-  _globals['_BATCHGETENTITLEMENTSREQUEST']._serialized_start=606
-  _globals['_BATCHGETENTITLEMENTSREQUEST']._serialized_end=742
-  _globals['_BATCHGETENTITLEMENTSRESPONSE']._serialized_start=744
-  _globals['_BATCHGETENTITLEMENTSRESPONSE']._serialized_end=851
-  _globals['_ENTITLEMENT']._serialized_start=854
-  _globals['_ENTITLEMENT']._serialized_end=1264
-  _globals['_ENTITLEMENTSOURCE']._serialized_start=1266
-  _globals['_ENTITLEMENTSOURCE']._serialized_end=1379
-  _globals['_ENTITLEMENTSERVICE']._serialized_start=2120
-  _globals['_ENTITLEMENTSERVICE']._serialized_end=2461
+  _globals['_GETENTITLEMENTRESPONSE']._serialized_end=357
+  _globals['_LISTENTITLEMENTSREQUEST']._serialized_start=359
+  _globals['_LISTENTITLEMENTSREQUEST']._serialized_end=456
+  _globals['_LISTENTITLEMENTSRESPONSE']._serialized_start=458
+  _globals['_LISTENTITLEMENTSRESPONSE']._serialized_end=576
+  _globals['_ENTITLEMENTQUERY']._serialized_start=578
+  _globals['_ENTITLEMENTQUERY']._serialized_end=633
+  _globals['_BATCHGETENTITLEMENTSREQUEST']._serialized_start=636
+  _globals['_BATCHGETENTITLEMENTSREQUEST']._serialized_end=772
+  _globals['_BATCHGETENTITLEMENTSRESPONSE']._serialized_start=774
+  _globals['_BATCHGETENTITLEMENTSRESPONSE']._serialized_end=896
+  _globals['_ENTITLEMENT']._serialized_start=899
+  _globals['_ENTITLEMENT']._serialized_end=1309
+  _globals['_ENTITLEMENTSOURCE']._serialized_start=1311
+  _globals['_ENTITLEMENTSOURCE']._serialized_end=1424
+  _globals['_ENTITLEMENTSERVICE']._serialized_start=2165
+  _globals['_ENTITLEMENTSERVICE']._serialized_end=2506
 # @@protoc_insertion_point(module_scope)

@@ -197,8 +197,14 @@ class GetEntitlementResponse(_message.Message):
 
     ENTITLEMENT_FIELD_NUMBER: _builtins.int
     CATALOG_VERSION_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     catalog_version: _builtins.str
     """Content hash of the catalog the decision was made with."""
+    stale: _builtins.bool
+    """True when the store could not be reached in time and the answer was computed from
+    cached state older than the cache's normal freshness (but within the server's maximum
+    staleness). Callers that cannot accept that may retry later.
+    """
     @_builtins.property
     def entitlement(self) -> Global___Entitlement:
         """The decision."""
@@ -208,10 +214,11 @@ class GetEntitlementResponse(_message.Message):
         *,
         entitlement: Global___Entitlement | None = ...,
         catalog_version: _builtins.str = ...,
+        stale: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["entitlement", b"entitlement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "entitlement", b"entitlement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "entitlement", b"entitlement", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -253,8 +260,14 @@ class ListEntitlementsResponse(_message.Message):
 
     ENTITLEMENTS_FIELD_NUMBER: _builtins.int
     CATALOG_VERSION_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     catalog_version: _builtins.str
     """Content hash of the catalog the decisions were made with."""
+    stale: _builtins.bool
+    """True when the store could not be reached in time and the answer was computed from
+    cached state older than the cache's normal freshness (but within the server's maximum
+    staleness). Callers that cannot accept that may retry later.
+    """
     @_builtins.property
     def entitlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entitlement]:
         """One decision per feature of the catalog, granted or not, in catalog order."""
@@ -264,10 +277,11 @@ class ListEntitlementsResponse(_message.Message):
         *,
         entitlements: _abc.Iterable[Global___Entitlement] | None = ...,
         catalog_version: _builtins.str = ...,
+        stale: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "entitlements", b"entitlements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "entitlements", b"entitlements", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -339,8 +353,14 @@ class BatchGetEntitlementsResponse(_message.Message):
 
     ENTITLEMENTS_FIELD_NUMBER: _builtins.int
     CATALOG_VERSION_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     catalog_version: _builtins.str
     """Content hash of the catalog the decisions were made with."""
+    stale: _builtins.bool
+    """True when the store could not be reached in time and the answer was computed from
+    cached state older than the cache's normal freshness (but within the server's maximum
+    staleness). Callers that cannot accept that may retry later.
+    """
     @_builtins.property
     def entitlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entitlement]:
         """One decision per query, in request order."""
@@ -350,10 +370,11 @@ class BatchGetEntitlementsResponse(_message.Message):
         *,
         entitlements: _abc.Iterable[Global___Entitlement] | None = ...,
         catalog_version: _builtins.str = ...,
+        stale: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "entitlements", b"entitlements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "entitlements", b"entitlements", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

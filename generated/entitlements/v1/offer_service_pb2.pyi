@@ -171,8 +171,14 @@ class GetOffersResponse(_message.Message):
     INELIGIBLE_OFFERS_FIELD_NUMBER: _builtins.int
     CATALOG_VERSION_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     catalog_version: _builtins.str
     """Content hash of the catalog the answer was computed from."""
+    stale: _builtins.bool
+    """True when the store could not be reached in time and the answer was computed from
+    cached state older than the cache's normal freshness (but within the server's maximum
+    staleness). Callers that cannot accept that may retry later.
+    """
     @_builtins.property
     def offers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Offer]:
         """The eligible offers, best first."""
@@ -194,10 +200,11 @@ class GetOffersResponse(_message.Message):
         ineligible_offers: _abc.Iterable[Global___IneligibleOffer] | None = ...,
         catalog_version: _builtins.str = ...,
         valid_until: _timestamp_pb2.Timestamp | None = ...,
+        stale: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "ineligible_offers", b"ineligible_offers", "offers", b"offers", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "ineligible_offers", b"ineligible_offers", "offers", b"offers", "stale", b"stale", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,54 @@
+"""The budget of the RPC being served, and the share of it a store call may use.
+
+The request guard sets the RPC's deadline (the caller's, capped by the server's
+max_rpc_seconds, or that cap when the caller set none). A store call gets
+min(store_timeout, what is left minus a reserve), so that when the store is slow there is
+still time to answer from stale cache or to fail fast with UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from storage.deadline import DeadlineExceeded, deadline_in
+
+# Time kept back from the store for building the answer (or the fallback).
+ANSWER_RESERVE_SECONDS = 0.02
+
+_rpc_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "rpc_deadline", default=None
+)
+
+
+@contextmanager
+def rpc_deadline_in(seconds: float | None) -> Iterator[None]:
+    token = _rpc_deadline.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _rpc_deadline.reset(token)
+
+
+def rpc_remaining() -> float | None:
+    deadline = _rpc_deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+@contextmanager
+def store_budget(store_timeout: float) -> Iterator[float]:
+    """Store calls inside get the store's share of the RPC budget; raises
+    DeadlineExceeded when the RPC has no time left for a store call at all."""
+    left = rpc_remaining()
+    budget = store_timeout if left is None else min(store_timeout, left - ANSWER_RESERVE_SECONDS)
+    if budget <= 0:
+        raise DeadlineExceeded("no time left in the RPC for a store call")
+    with deadline_in(budget):
+        yield budget
+
+
+def rpc_expired() -> bool:
+    left = rpc_remaining()
+    return left is not None and left <= 0

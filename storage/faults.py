@@ -1,0 +1,72 @@
+"""Fault injection around a real repository, for drills, tests and benchmarks: the store
+becomes slow (every call waits first) or fails (every call raises StoreUnavailable) while
+the flags say so. The waits honour the RPC's store budget, as a real client's timeouts do:
+a call that would outlive it waits out the budget and raises DeadlineExceeded."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+
+from service.domain.account import AccountState, UserState
+from storage.deadline import DeadlineExceeded, remaining
+from storage.repository import (
+    AccountChange,
+    AccountMutation,
+    AccountRepository,
+    Applied,
+    HistoryEntry,
+    IdempotencyKey,
+    StoreUnavailable,
+)
+
+
+class FaultInjectingRepository:
+    def __init__(self, inner: AccountRepository, delay_seconds: float = 0.0) -> None:
+        self.inner = inner
+        self.delay_seconds = delay_seconds
+        self.failing = False
+        self.calls = 0
+        self._lock = threading.Lock()
+        # Set to wake sleeping calls when the test or drill changes its mind.
+        self._wake = threading.Event()
+
+    def _before(self) -> None:
+        with self._lock:
+            self.calls += 1
+        if self.failing:
+            raise StoreUnavailable("injected store failure")
+        delay = self.delay_seconds
+        if delay <= 0:
+            return
+        budget = remaining()
+        if budget is not None and budget < delay:
+            self._wake.wait(budget)
+            raise DeadlineExceeded("injected store delay outlived the call's budget")
+        self._wake.wait(delay)
+
+    def load(self, user_id: str) -> UserState:
+        self._before()
+        return self.inner.load(user_id)
+
+    def update(self, user_id: str, change: AccountChange) -> AccountState:
+        self._before()
+        return self.inner.update(user_id, change)
+
+    def apply(
+        self, user_id: str, key: IdempotencyKey, mutate: AccountMutation, recorded_at: datetime
+    ) -> Applied:
+        self._before()
+        return self.inner.apply(user_id, key, mutate, recorded_at)
+
+    def history(self, user_id: str) -> list[HistoryEntry]:
+        self._before()
+        return self.inner.history(user_id)
+
+    def check(self) -> None:
+        if self.failing:
+            raise StoreUnavailable("injected store failure")
+        self.inner.check()
+
+    def close(self) -> None:
+        self.inner.close()
