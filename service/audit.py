@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -78,6 +79,8 @@ class AuditLog:
             "user": _user(request),
             "outcome": outcome.name,
             "duration_ms": round((time.monotonic() - started) * 1000, 3),
+            # Which worker process served it (serve --workers N).
+            "pid": os.getpid(),
         }
         self._logger.info(json.dumps(entry, separators=(",", ":")))
 

@@ -12,6 +12,7 @@ import contextvars
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from storage.deadline import DeadlineExceeded, deadline_in
 
@@ -37,18 +38,24 @@ def rpc_remaining() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
+@dataclass(frozen=True, slots=True)
+class StoreBudget:
+    seconds: float
+    # True when the RPC's deadline, not the store timeout, bounds the store call: if the
+    # call runs out of time, so does the RPC (DEADLINE_EXCEEDED, not UNAVAILABLE).
+    bound_by_rpc: bool
+
+
 @contextmanager
-def store_budget(store_timeout: float) -> Iterator[float]:
+def store_budget(store_timeout: float) -> Iterator[StoreBudget]:
     """Store calls inside get the store's share of the RPC budget; raises
     DeadlineExceeded when the RPC has no time left for a store call at all."""
     left = rpc_remaining()
-    budget = store_timeout if left is None else min(store_timeout, left - ANSWER_RESERVE_SECONDS)
-    if budget <= 0:
+    if left is None or left - ANSWER_RESERVE_SECONDS >= store_timeout:
+        budget = StoreBudget(store_timeout, bound_by_rpc=False)
+    else:
+        budget = StoreBudget(left - ANSWER_RESERVE_SECONDS, bound_by_rpc=True)
+    if budget.seconds <= 0:
         raise DeadlineExceeded("no time left in the RPC for a store call")
-    with deadline_in(budget):
+    with deadline_in(budget.seconds):
         yield budget
-
-
-def rpc_expired() -> bool:
-    left = rpc_remaining()
-    return left is not None and left <= 0

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from service.cache import CachedUser, UserStateCache
-from service.deadlines import rpc_expired, store_budget
+from service.deadlines import StoreBudget, store_budget
 from service.domain.account import UserState
 from service.domain.catalog import Catalog
 from service.domain.decisions import (
@@ -168,15 +168,14 @@ class ReadService:
             entry = self._cache.get(user_id, min_version)
             if entry is not None:
                 return entry
+        budget: StoreBudget | None = None
         try:
             with store_budget(self._policy.store_timeout_seconds) as budget:
-                state = self._loads.do(user_id, self._repository.load, budget)
+                state = self._loads.do(user_id, self._repository.load, budget.seconds)
                 if state.account.version < min_version:
                     # A concurrent load began before the write this token names.
                     state = self._repository.load(user_id)
         except (StoreUnavailable, DeadlineExceeded) as error:
-            if rpc_expired():
-                raise DeadlineExceeded("the RPC deadline passed") from error
             if not full and self._policy.max_staleness_seconds > 0:
                 stale = self._cache.get_stale(
                     user_id, min_version, self._policy.max_staleness_seconds
@@ -184,6 +183,8 @@ class ReadService:
                 if stale is not None:
                     log.warning("store failed (%s); serving stale cached state", error)
                     return stale
+            if isinstance(error, DeadlineExceeded) and (budget is None or budget.bound_by_rpc):
+                raise
             raise StoreUnavailable("the store failed and no cached state can serve") from error
         return self._cache.put(state)
 

@@ -27,6 +27,8 @@ class FaultInjectingRepository:
         self.delay_seconds = delay_seconds
         self.failing = False
         self.calls = 0
+        # Store calls running now (to show that none outlives its RPC).
+        self.in_flight = 0
         self._lock = threading.Lock()
         # Set to wake sleeping calls when the test or drill changes its mind.
         self._wake = threading.Event()
@@ -34,6 +36,14 @@ class FaultInjectingRepository:
     def _before(self) -> None:
         with self._lock:
             self.calls += 1
+            self.in_flight += 1
+        try:
+            self._inject()
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _inject(self) -> None:
         if self.failing:
             raise StoreUnavailable("injected store failure")
         delay = self.delay_seconds

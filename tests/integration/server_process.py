@@ -31,12 +31,19 @@ class ServerProcess:
 
 @contextmanager
 def server_process(
-    db: Path, credentials: Path, *extra_args: str, workers: int = 1
+    db: Path,
+    credentials: Path,
+    *extra_args: str,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
+    """`env` adds ENTITLEMENTS_* settings; those of the test process's own environment
+    are passed on too (tests set them with monkeypatch)."""
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ENTITLEMENTS_")},
+        **os.environ,
         "ENTITLEMENTS_CREDENTIALS_FILE": str(credentials),
         "PYTHONUNBUFFERED": "1",
+        **(env or {}),
     }
     process = subprocess.Popen(
         [
@@ -60,7 +67,7 @@ def server_process(
     target = None
     for line in process.stdout:
         output.append(line)
-        match = re.search(r"serving on (\S+:\d+)", line)
+        match = re.search(r"entitlements: serving on (\S+:\d+)", line)
         if match:
             target = match.group(1)
             break

@@ -80,7 +80,7 @@ def serve(folder: Path, *args: str, env: dict[str, str] | None = None) -> Served
     try:
         for line in process.stdout:
             output.append(line)
-            match = re.search(r"serving on (\S+:\d+)", line)
+            match = re.search(r"entitlements: serving on (\S+:\d+)", line)
             if match:
                 target = match.group(1)
                 break
