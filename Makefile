@@ -11,7 +11,7 @@ PROTOC := $(BIN)/python -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: interop-deps setup run test generate check-generated lint typecheck buf-lint breaking ci clean
+.PHONY: fuzz interop-deps setup run test generate check-generated lint typecheck buf-lint breaking ci clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ run: setup
 
 test: setup interop-deps
 	$(BIN)/python -m pytest -q
+
+# A long, bounded fuzz run of every RPC through a real server (the default suite runs a
+# short one). FUZZ_EXAMPLES per RPC; pytest-timeout bounds the whole run.
+FUZZ_EXAMPLES ?= 2000
+fuzz: setup
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/fuzz --timeout 900
 
 # The Node.js client of tests/interop proves other languages need only protos/.
 NODE_DEPS := tests/interop/node/node_modules/.package-lock.json

@@ -23,6 +23,7 @@ from service.domain.decisions import (
     OfferDecisions,
     SourceType,
 )
+from service.domain.errors import FieldViolation, InvalidRequest
 from service.domain.events import EventType, SubscriptionEvent
 from service.domain.grants import GrantRequest
 from service.domain.rules import IneligibilityReason, Platform
@@ -193,10 +194,17 @@ def store_from_proto(value: int) -> Store | None:
     return _STORE_FROM_PROTO.get(value)  # type: ignore[call-overload, no-any-return]
 
 
-def _optional_time(message: Any, field: str) -> datetime | None:
+def _optional_time(message: Any, field: str, path: str = "") -> datetime | None:
+    """The timestamp field as an aware datetime, None when unset; INVALID_ARGUMENT when it
+    is outside Timestamp's range (years 1 to 9999, nanos 0 to 999,999,999)."""
     if not message.HasField(field):
         return None
-    value: datetime = getattr(message, field).ToDatetime(tzinfo=UTC)
+    try:
+        value: datetime = getattr(message, field).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as error:
+        raise InvalidRequest(
+            [FieldViolation(path + field, "not a valid google.protobuf.Timestamp")]
+        ) from error
     return value
 
 
@@ -222,8 +230,8 @@ def grant_request_from_proto(grant: events_pb2.Grant, now: datetime) -> GrantReq
         feature_id=grant.feature_id if target == "feature_id" else None,
         plan_id=grant.plan_id if target == "plan_id" else None,
         quota_value=grant.quota_value,
-        starts_at=_optional_time(grant, "starts_at") or now,
-        expires_at=_optional_time(grant, "expires_at"),
+        starts_at=_optional_time(grant, "starts_at", "grant.") or now,
+        expires_at=_optional_time(grant, "expires_at", "grant."),
     )
 
 
