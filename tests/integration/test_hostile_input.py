@@ -34,7 +34,7 @@ def raw_call(
     try:
         rpc(payload, timeout=10, metadata=metadata)
     except grpc.RpcError as error:
-        code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+        code: grpc.StatusCode = error.code()
         return code
     return grpc.StatusCode.OK
 
