@@ -34,7 +34,7 @@ BAD_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 
 # Any text protobuf can carry (no lone surrogates), biased towards the interesting.
 texts = st.one_of(
-    st.text(st.characters(blacklist_categories=("Cs",)), max_size=200),
+    st.text(st.characters(exclude_categories=["Cs"]), max_size=200),
     st.sampled_from(["", "demo-active", "shuffle_play", "premium_individual", "US", "SE"]),
     st.text("\x00\n\r\t\x1b\u202e\u200b ", max_size=5),
 )
@@ -76,7 +76,7 @@ def call(channel: grpc.Channel, method: str, payload: bytes) -> grpc.StatusCode:
     try:
         rpc(payload, timeout=10)
     except grpc.RpcError as error:
-        code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+        code: grpc.StatusCode = error.code()
         return code
     return grpc.StatusCode.OK
 
@@ -132,8 +132,8 @@ def test_get_offers(
     request = offer_service_pb2.GetOffersRequest(
         user_id=user,
         market=market,
-        platform=platform,
-        include_ineligible=ineligible,  # type: ignore[arg-type]
+        platform=platform,  # type: ignore[arg-type]
+        include_ineligible=ineligible,
     )
     assert_deliberate(channel, OFFERS + "GetOffers", request)
 
