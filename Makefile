@@ -11,7 +11,7 @@ PROTOC := $(BIN)/python -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: fuzz interop-deps setup run test generate check-generated lint typecheck buf-lint breaking ci clean
+.PHONY: fuzz interop-deps setup run run-spanner-emulator test generate check-generated lint typecheck buf-lint breaking ci clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ run: setup
 	$(BIN)/entitlements seed-demo --storage sqlite:///$(DATA_DIR)/entitlements.db
 	ENTITLEMENTS_DATA_DIR=$(DATA_DIR) \
 		$(BIN)/entitlements serve --storage sqlite:///$(DATA_DIR)/entitlements.db
+
+# The same on the Cloud Spanner emulator (deploy/run-spanner-emulator.sh: starts it, migrates,
+# seeds, serves; Ctrl-C stops both).
+run-spanner-emulator: setup
+	BIN=$(BIN) DATA_DIR=$(DATA_DIR) deploy/run-spanner-emulator.sh
 
 test: setup interop-deps
 	$(BIN)/python -m pytest -q

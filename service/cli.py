@@ -39,7 +39,9 @@ from service.config import DEFAULT_DATA_DIR, DEFAULT_STORAGE_URL, ENV_PREFIX, Se
 from service.demo import seed_demo
 from service.domain.catalog import CatalogError
 from service.domain.events import EventType
+from storage.repository import StoreError
 from storage.urls import UnsupportedStorageUrl, open_repository
+from storage.urls import migrate as migrate_storage
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 CREDENTIAL_ENV = "ENTITLEMENTS_CREDENTIAL"
@@ -58,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CatalogError, UnsupportedStorageUrl, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except grpc.RpcError as exc:
         _print_rpc_error(exc)
         return 1
@@ -82,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     seed = commands.add_parser("seed-demo", help="write the demo users to the store")
     seed.add_argument("--storage", help=f"storage URL (default {DEFAULT_STORAGE_URL})")
     seed.set_defaults(run=_seed_demo)
+
+    migrate = commands.add_parser(
+        "migrate", help="apply the store's pending schema migrations (needed for spanner://)"
+    )
+    migrate.add_argument("--storage", help=f"storage URL (default {DEFAULT_STORAGE_URL})")
+    migrate.set_defaults(run=_migrate)
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
@@ -259,6 +270,18 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"entitlements: {message}", flush=True)
 
     return workers.serve(settings, announce)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    settings = Settings.load(storage_url=args.storage)
+    applied = migrate_storage(settings.storage_url)
+    if applied is None:
+        print(f"{settings.storage_url}: schema up to date (this store migrates itself on open)")
+    elif applied:
+        print(f"{settings.storage_url}: applied {', '.join(applied)}")
+    else:
+        print(f"{settings.storage_url}: schema up to date, nothing to apply")
+    return 0
 
 
 def _seed_demo(args: argparse.Namespace) -> int:

@@ -42,6 +42,9 @@ class Settings:
     # The most one store call may take (within the RPC's remaining budget), so that a slow
     # store leaves time to answer from stale cache or fail fast with UNAVAILABLE.
     store_timeout_seconds: float = 0.5
+    # The most the store calls of one write may take (within the RPC's budget); a write
+    # that runs out is UNAVAILABLE (it did not happen; retry with the same id).
+    write_timeout_seconds: float = 2.0
     # How long past its freshness cached state may still be served, marked stale, when the
     # store fails or is too slow (stale-if-error). 0 disables it.
     max_staleness_seconds: float = 300.0

@@ -171,10 +171,12 @@ class ReadService:
         budget: StoreBudget | None = None
         try:
             with store_budget(self._policy.store_timeout_seconds) as budget:
-                state = self._loads.do(user_id, self._repository.load, budget.seconds)
-                if state.account.version < min_version:
-                    # A concurrent load began before the write this token names.
-                    state = self._repository.load(user_id)
+                if min_version > 0:
+                    # The store may answer from a cheaper bounded-staleness snapshot that
+                    # satisfies the token; not shared, as others may need newer state.
+                    state = self._repository.load(user_id, min_version=min_version)
+                else:
+                    state = self._loads.do(user_id, self._repository.load, budget.seconds)
         except (StoreUnavailable, DeadlineExceeded) as error:
             if not full and self._policy.max_staleness_seconds > 0:
                 stale = self._cache.get_stale(

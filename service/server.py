@@ -167,7 +167,7 @@ def start_server(
     cache = UserStateCache(settings.cache_max_entries, settings.cache_ttl_seconds)
     policy = CachePolicy(settings.store_timeout_seconds, settings.max_staleness_seconds)
     reads = ReadService(catalog, repository, cache, clock, policy)
-    writes = WriteService(catalog, repository, cache, clock)
+    writes = WriteService(catalog, repository, cache, clock, settings.write_timeout_seconds)
 
     if not authenticator.principals:
         log.warning("no credentials_file: every RPC but health and reflection is refused")

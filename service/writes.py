@@ -6,11 +6,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from service.cache import UserStateCache
+from service.deadlines import StoreBudget, store_budget
 from service.domain.account import AccountState, Grant, Store, Subscription, UserState
 from service.domain.catalog import Catalog
 from service.domain.errors import FieldViolation, InvalidRequest
@@ -26,6 +29,7 @@ from service.domain.rules import Platform
 from service.reads import Clock, utc_now
 from service.tokens import issue_token
 from service.validation import check_market, check_user_id
+from storage.deadline import DeadlineExceeded
 from storage.repository import (
     AccountMutation,
     AccountRepository,
@@ -33,6 +37,7 @@ from storage.repository import (
     HistoryDraft,
     IdempotencyKey,
     Mutation,
+    StoreUnavailable,
 )
 
 MAX_REQUEST_ID_LENGTH = 128
@@ -95,11 +100,13 @@ class WriteService:
         repository: AccountRepository,
         cache: UserStateCache,
         clock: Clock = utc_now,
+        write_timeout_seconds: float = 2.0,
     ) -> None:
         self.catalog = catalog
         self._repository = repository
         self._cache = cache
         self._clock = clock
+        self._write_timeout = write_timeout_seconds
 
     def record_event(self, user_id: str, event: SubscriptionEvent) -> EventAnswer:
         violations: list[FieldViolation] = []
@@ -214,7 +221,8 @@ class WriteService:
         # The household (the manager's subscriptions) is read before the transaction: it
         # only refines the current plan; the once-per-group facts are the user's own rows,
         # read inside the transaction.
-        household = self._repository.load(user_id).household
+        with self._budget():
+            household = self._repository.load(user_id).household
 
         def mutate(account: AccountState) -> Mutation:
             updated, subscription = redeem_offer(
@@ -255,10 +263,24 @@ class WriteService:
         now: datetime,
     ) -> Applied:
         try:
-            return self._repository.apply(user_id, key, mutate, now)
+            with self._budget():
+                return self._repository.apply(user_id, key, mutate, now)
         finally:
             # Before the write returns, this process must not serve the older state.
             self._cache.invalidate(user_id)
+
+    @contextmanager
+    def _budget(self) -> Iterator[None]:
+        """A store call of a write gets min(write timeout, what the RPC has left). When
+        the write timeout (not the RPC's deadline) ran out, the store is unavailable."""
+        budget: StoreBudget | None = None
+        try:
+            with store_budget(self._write_timeout) as budget:
+                yield
+        except DeadlineExceeded as error:
+            if budget is not None and not budget.bound_by_rpc:
+                raise StoreUnavailable("the store did not answer in time") from error
+            raise
 
     def _grant_answer(self, user_id: str, applied: Applied) -> GrantAnswer:
         grant_id = applied.response["grant_id"]

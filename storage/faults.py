@@ -55,9 +55,9 @@ class FaultInjectingRepository:
             raise DeadlineExceeded("injected store delay outlived the call's budget")
         self._wake.wait(delay)
 
-    def load(self, user_id: str) -> UserState:
+    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
         self._before()
-        return self.inner.load(user_id)
+        return self.inner.load(user_id, min_version=min_version)
 
     def update(self, user_id: str, change: AccountChange) -> AccountState:
         self._before()

@@ -90,10 +90,15 @@ AccountMutation = Callable[[AccountState], Mutation]
 
 
 class AccountRepository(Protocol):
-    def load(self, user_id: str) -> UserState:
+    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
         """The user's state and, if they are an active household member, the household
         with the manager's subscriptions, read consistently in one call. A user the store
-        has never seen is `AccountState.new(user_id)` (version 0)."""
+        has never seen is `AccountState.new(user_id)` (version 0).
+
+        `min_version` > 0 says the caller (holding a consistency token) accepts any state
+        at least that new: a backend with cheaper stale reads (Spanner) may serve one that
+        satisfies it; others read the latest state anyway. The default, 0, asks for the
+        latest state (a strong read)."""
         ...
 
     def update(self, user_id: str, change: AccountChange) -> AccountState:

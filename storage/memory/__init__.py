@@ -28,7 +28,7 @@ class MemoryRepository:
         self._history: dict[str, list[HistoryEntry]] = {}
         self._lock = threading.Lock()
 
-    def load(self, user_id: str) -> UserState:
+    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
         with self._lock:
             account = self._accounts.get(user_id) or AccountState.new(user_id)
             return UserState(account, self._household(account))

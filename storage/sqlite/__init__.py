@@ -112,7 +112,7 @@ class SqliteRepository:
 
     # -- AccountRepository -------------------------------------------------------------
 
-    def load(self, user_id: str) -> UserState:
+    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
         connection = self._connection()
         with _translate_errors():
             connection.execute("BEGIN")

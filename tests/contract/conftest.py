@@ -13,7 +13,9 @@ import pytest
 
 from storage.memory import MemoryRepository
 from storage.repository import AccountRepository
+from storage.spanner import SpannerRepository
 from storage.sqlite import SqliteRepository
+from tests.spanner_emulator import SpannerEmulator
 
 BackendFactory = Callable[[pytest.FixtureRequest], AccountRepository]
 
@@ -27,9 +29,19 @@ def _sqlite(request: pytest.FixtureRequest) -> AccountRepository:
     return SqliteRepository(tmp_path / "db" / "accounts.sqlite3")
 
 
+def _spanner(request: pytest.FixtureRequest) -> AccountRepository:
+    # One database for the suite, emptied before each test (creating one per test would
+    # work too, but costs a schema migration each).
+    emulator: SpannerEmulator = request.getfixturevalue("spanner_emulator")
+    path = emulator.shared_database("contract")
+    emulator.clear(path)
+    return SpannerRepository(path, endpoint=emulator.host)
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "spanner": _spanner,
 }
 
 

@@ -1,11 +1,16 @@
 """A real server on a free loopback port, backed by a real SQLite file seeded with the demo
 users, with a fixed clock so every decision is reproducible. Its credentials file knows an
 admin and a service token; `harness.channel` sends the service token on every call,
-`harness.admin_channel` the admin token."""
+`harness.admin_channel` the admin token.
+
+The store is SQLite unless a module parametrizes the fixture indirectly, e.g.
+`pytestmark = pytest.mark.parametrize("harness", HARNESS_BACKENDS, indirect=True)` to run
+on SQLite and on a fresh database of the Cloud Spanner emulator. `harness.open_store()`
+opens a second repository on the same store, as another process would."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +23,10 @@ from service.auth import Role, bearer_metadata, credentials_yaml, with_bearer_to
 from service.config import Settings
 from service.demo import seed_demo
 from service.server import RunningServer, start_server
+from storage.repository import AccountRepository
+from storage.spanner import SpannerRepository
 from storage.sqlite import SqliteRepository
+from tests.spanner_emulator import SpannerEmulator
 
 # Inside the example catalog's holiday discount window (2026-11-20 .. 2027-01-06).
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -27,6 +35,7 @@ ADMIN_TOKEN = "test-admin-token-0123456789"
 SERVICE_TOKEN = "test-service-token-0123456789"
 ADMIN_PRINCIPAL = "test-admin"
 SERVICE_PRINCIPAL = "test-service"
+HARNESS_BACKENDS = ("sqlite", "spanner")
 
 
 def write_test_credentials(path: Path) -> Path:
@@ -48,10 +57,13 @@ class Harness:
     channel: grpc.Channel
     entitlements: entitlement_service_pb2_grpc.EntitlementServiceStub
     offers: offer_service_pb2_grpc.OfferServiceStub
-    db_path: Path
+    db_path: Path | None  # the SQLite file (None on another store)
     # Same server; every call carries the admin token (for the write RPCs).
     admin_channel: grpc.Channel
     credentials_file: Path
+    # A new repository on the server's store (the caller closes it).
+    open_store: Callable[[], AccountRepository]
+    backend: str = "sqlite"
     admin_token: str = ADMIN_TOKEN
     service_token: str = SERVICE_TOKEN
 
@@ -70,22 +82,40 @@ class Harness:
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+def harness(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Harness]:
+    backend = getattr(request, "param", "sqlite")
     folder = tmp_path_factory.mktemp("server")
-    db_path = folder / "entitlements.db"
-    seeder = SqliteRepository(db_path)
+    db_path: Path | None = None
+    open_store: Callable[[], AccountRepository]
+    if backend == "spanner":
+        emulator: SpannerEmulator = request.getfixturevalue("spanner_emulator")
+        database = emulator.create_database("harness")
+        storage_url = database.url
+
+        def open_store() -> AccountRepository:
+            return SpannerRepository(database, endpoint=emulator.host)
+    else:
+        sqlite_path = db_path = folder / "entitlements.db"
+        storage_url = f"sqlite:///{db_path}"
+
+        def open_store() -> AccountRepository:
+            return SqliteRepository(sqlite_path)
+
+    seeder = open_store()
     seed_demo(seeder, NOW)
     seeder.close()
     credentials_file = write_test_credentials(folder / "credentials.yaml")
     settings = Settings(
         host="127.0.0.1",
         port=0,
-        storage_url=f"sqlite:///{db_path}",
+        storage_url=storage_url,
         credentials_file=credentials_file,
         # Admits the 50 concurrent redemptions of the write tests without shedding any.
         threads=64,
     )
-    running = start_server(settings, clock=lambda: NOW)
+    running = start_server(settings, repository=open_store(), clock=lambda: NOW)
     target = f"127.0.0.1:{running.port}"
     channel = with_bearer_token(grpc.insecure_channel(target), SERVICE_TOKEN)
     admin_channel = with_bearer_token(grpc.insecure_channel(target), ADMIN_TOKEN)
@@ -98,6 +128,8 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
             db_path,
             admin_channel,
             credentials_file,
+            open_store,
+            backend,
         )
     finally:
         channel.close()

@@ -11,7 +11,9 @@ from grpc_status import rpc_status
 
 from entitlements.v1 import common_pb2, offer_service_pb2
 from entitlements.v1 import entitlement_service_pb2 as es
-from tests.integration.conftest import NOW, Harness
+from tests.integration.conftest import HARNESS_BACKENDS, NOW, Harness
+
+pytestmark = pytest.mark.parametrize("harness", HARNESS_BACKENDS, indirect=True)
 
 WEB = common_pb2.PLATFORM_WEB
 IOS = common_pb2.PLATFORM_IOS

@@ -14,10 +14,11 @@ from entitlements.v1 import common_pb2
 from entitlements.v1 import entitlement_service_pb2 as es
 from service.domain.account import AccountState, Grant, GrantKind
 from service.tokens import issue_token
-from storage.sqlite import SqliteRepository
-from tests.integration.conftest import NOW, Harness
+from tests.integration.conftest import HARNESS_BACKENDS, NOW, Harness
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+
+pytestmark = pytest.mark.parametrize("harness", HARNESS_BACKENDS, indirect=True)
 
 
 @pytest.mark.parametrize(
@@ -76,7 +77,7 @@ def test_token_and_full_consistency_see_a_write_the_cache_has_not(harness: Harne
     assert read() is False  # now cached as a free user
 
     # A write through another process sharing the store (the write RPCs come later).
-    other_process = SqliteRepository(harness.db_path)
+    other_process = harness.open_store()
     grant = Grant("g-1", GrantKind.SUPPORT, NOW, feature_id="offline_downloads")
 
     def add_grant(state: AccountState) -> AccountState:
@@ -98,7 +99,7 @@ def test_full_consistency_bypasses_the_cache(harness: Harness) -> None:
     user_id = "fresh-user"
     request = es.GetEntitlementRequest(user_id=user_id, feature_id="high_fidelity_audio")
     assert not harness.entitlements.GetEntitlement(request, timeout=5).entitlement.granted
-    other_process = SqliteRepository(harness.db_path)
+    other_process = harness.open_store()
     grant = Grant("g-2", GrantKind.PROMOTIONAL, NOW, feature_id="high_fidelity_audio")
     other_process.update(user_id, lambda s: dataclasses.replace(s, grants=(grant,)))
     other_process.close()

@@ -18,7 +18,9 @@ from grpc_status import rpc_status
 from entitlements.v1 import common_pb2, entitlement_service_pb2
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
-from tests.integration.conftest import NOW, Harness
+from tests.integration.conftest import HARNESS_BACKENDS, NOW, Harness
+
+pytestmark = pytest.mark.parametrize("harness", HARNESS_BACKENDS, indirect=True)
 
 DAY = timedelta(days=1)
 T0 = NOW - 100 * DAY
@@ -144,7 +146,12 @@ def test_every_order_of_a_life_ends_in_the_same_state(
     expected = without_ids(deliver(writes, life("perm-reference")))
     assert expected.status == ev.SUBSCRIPTION_STATUS_CANCELED
     assert not expected.auto_renew
-    for index, order in enumerate(itertools.permutations(range(5))):
+    orders = list(itertools.permutations(range(5)))
+    if harness.backend == "spanner":
+        # The emulator serialises read-write transactions (~10 ms a write RPC here, 10 s
+        # for all 120 orders): every 4th order there, 30 in which each event is first 6 times.
+        orders = orders[::4]
+    for index, order in enumerate(orders):
         user = f"perm-{index}"
         events = life(user)
         final = deliver(writes, [events[i] for i in order])

@@ -35,9 +35,9 @@ class CountingRepository(MemoryRepository):
         super().__init__()
         self.loads = 0
 
-    def load(self, user_id: str) -> UserState:
+    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
         self.loads += 1
-        return super().load(user_id)
+        return super().load(user_id, min_version=min_version)
 
 
 class Clocks:

@@ -1,0 +1,335 @@
+"""Spanner handles and calls: one client and database handle per process, every Spanner
+RPC bounded by the store call's budget, and Spanner errors as the repository's errors.
+
+Handles are created on first use and kept for the life of the process (keyed by process
+id, so a worker forked after the parent opened one builds its own). They are never
+closed: `Database.close()` joins the multiplexed-session maintenance thread, which can
+take minutes (it sleeps in 10-minute steps); that thread is a daemon and the sessions
+expire on the server.
+
+Budget: a store call runs within the RPC's remaining time (storage.deadline), or within
+the repository's default when the RPC set none. Every data-plane Spanner RPC the client
+sends from the calling thread (queries, BeginTransaction, Commit, Rollback, session
+creation, and the client's own retries of them) gets that budget as its gRPC deadline
+through a channel interceptor: the library passes no timeout to Commit (its default is
+an hour of retries) and restarts a streaming query after UNAVAILABLE without limit, so
+an explicit `timeout=` on the calls we make is not enough to keep a store call inside
+its RPC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import google.auth.credentials
+import grpc
+from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import spanner
+from google.cloud.spanner_v1.database import Database
+from google.cloud.spanner_v1.pool import BurstyPool
+from google.cloud.spanner_v1.services.spanner import SpannerClient
+from google.cloud.spanner_v1.services.spanner.transports.grpc import SpannerGrpcTransport
+
+from storage.deadline import DeadlineExceeded, deadline_in, remaining
+from storage.repository import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+URL_PREFIX = "spanner://"
+EMULATOR_HOST_ENV = "SPANNER_EMULATOR_HOST"
+# Emulator 1.5.28 loses read-write transactions on multiplexed sessions ("Transaction not
+# found" under concurrency): against it, set this to "false" (see README).
+MULTIPLEXED_RW_ENV = "GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW"
+SPANNER_DATA_SCOPE = "https://www.googleapis.com/auth/spanner.data"
+
+# The deadline given to a Spanner RPC issued after the budget ran out: it fails at once
+# with DEADLINE_EXCEEDED inside the library, which then stops (and rolls back) cleanly.
+_SPENT = 0.001
+
+_PATH = re.compile(r"projects/([^/]+)/instances/([^/]+)/databases/([^/]+)")
+
+
+class SchemaNotReady(StoreUnavailable):
+    """The database lacks tables this build needs: run `entitlements migrate`."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatabasePath:
+    project: str
+    instance: str
+    database: str
+
+    @classmethod
+    def parse(cls, path: str) -> DatabasePath:
+        """`projects/P/instances/I/databases/D`, with or without the spanner:// prefix."""
+        match = _PATH.fullmatch(path.removeprefix(URL_PREFIX))
+        if match is None:
+            raise ValueError(
+                f"{path!r}: expected {URL_PREFIX}projects/PROJECT/instances/INSTANCE"
+                "/databases/DATABASE"
+            )
+        return cls(*match.groups())
+
+    @property
+    def name(self) -> str:
+        return f"projects/{self.project}/instances/{self.instance}/databases/{self.database}"
+
+    @property
+    def url(self) -> str:
+        return URL_PREFIX + self.name
+
+
+# -- the budget of a store call ------------------------------------------------------------
+
+
+def _rpc_budget() -> float | None:
+    """The seconds a Spanner RPC may take now: what is left of the store call's budget."""
+    try:
+        return remaining()
+    except DeadlineExceeded:
+        return _SPENT
+
+
+def _budget_spent() -> bool:
+    try:
+        remaining()
+    except DeadlineExceeded:
+        return True
+    return False
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    """The details of a call, with another timeout."""
+
+    def __init__(self, details: grpc.ClientCallDetails, timeout: float) -> None:
+        self.method = details.method
+        self.timeout = timeout
+        self.metadata = details.metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = getattr(details, "wait_for_ready", None)
+        self.compression = getattr(details, "compression", None)
+
+
+class _BudgetInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Caps the deadline of every call at the budget left in the calling thread's
+    context (no cap when there is none, as in the client's own background threads)."""
+
+    @staticmethod
+    def _capped(details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        budget = _rpc_budget()
+        if budget is None:
+            return details
+        timeout = budget if details.timeout is None else min(details.timeout, budget)
+        return _CallDetails(details, timeout)
+
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
+        return continuation(self._capped(details), request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
+        return continuation(self._capped(details), request)
+
+
+_INTERCEPTOR = _BudgetInterceptor()
+
+
+def _budgeted_channel(*args: Any, **kwargs: Any) -> grpc.Channel:
+    """SpannerGrpcTransport's own channel (endpoint, credentials, options), intercepted."""
+    channel = SpannerGrpcTransport.create_channel(*args, **kwargs)
+    return grpc.intercept_channel(channel, _INTERCEPTOR)
+
+
+def _budgeted_transport(**kwargs: Any) -> SpannerGrpcTransport:
+    return SpannerGrpcTransport(channel=_budgeted_channel, **kwargs)
+
+
+class _BudgetedDatabase(Database):  # type: ignore[misc]
+    """A Database whose data-plane client sends every RPC through _BudgetInterceptor.
+
+    Database builds its SpannerClient lazily in the `spanner_api` property, with no hook
+    for interceptors; this builds the same client (the emulator's plain channel, or the
+    default transport with the client's scoped credentials and `client_options`) on an
+    intercepted channel.
+    """
+
+    _budgeted_api: SpannerClient | None = None
+    _budgeted_api_lock = threading.Lock()
+
+    def __init__(
+        self,
+        database_id: str,
+        client: spanner.Client,
+        instance_id: str,
+        *,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        # Read-write transactions use the pool when multiplexed sessions are off for them
+        # (against the emulator); a BurstyPool creates sessions on demand.
+        pool = BurstyPool()
+        super().__init__(database_id, client.instance(instance_id), pool=pool)
+        pool.bind(self)  # what Instance.database() does; no RPC for a BurstyPool
+        self._budgeted_credentials = client.credentials
+        self._budgeted_client_options = client_options
+
+    @property
+    def spanner_api(self) -> SpannerClient:
+        api = self._budgeted_api
+        if api is None:
+            with self._budgeted_api_lock:
+                api = self._budgeted_api
+                if api is None:
+                    api = self._budgeted_api = self._build_api()
+        return api
+
+    def _build_api(self) -> SpannerClient:
+        emulator_host = self._instance.emulator_host
+        if emulator_host is not None:
+            channel = grpc.intercept_channel(grpc.insecure_channel(emulator_host), _INTERCEPTOR)
+            return SpannerClient(transport=SpannerGrpcTransport(channel=channel))
+        credentials = self._budgeted_credentials
+        if isinstance(credentials, google.auth.credentials.Scoped):
+            credentials = credentials.with_scopes((SPANNER_DATA_SCOPE,))
+        return SpannerClient(
+            credentials=credentials,
+            client_options=self._budgeted_client_options,
+            transport=_budgeted_transport,
+        )
+
+
+# -- one handle per process ------------------------------------------------------------------
+
+_handles: dict[tuple[int, str, str | None], Database] = {}
+_handles_lock = threading.Lock()
+_warned_multiplexed = False
+
+
+def database_handle(path: DatabasePath, endpoint: str | None = None) -> Database:
+    """This process's handle on the database (created on first use, never closed).
+
+    `endpoint` ("host:port", plain text, no credentials) is for emulators and test
+    servers; without it the client uses $SPANNER_EMULATOR_HOST when set, else Cloud
+    Spanner with the environment's credentials (Application Default Credentials).
+    $SPANNER_EMULATOR_HOST takes precedence over `endpoint` (the client library's rule).
+    """
+    key = (os.getpid(), path.name, endpoint)
+    with _handles_lock:
+        database = _handles.get(key)
+        if database is None:
+            _warn_about_emulator_sessions()
+            client = new_client(path.project, endpoint)
+            database = _BudgetedDatabase(path.database, client, path.instance)
+            _handles[key] = database
+        return database
+
+
+def new_client(project: str, endpoint: str | None = None) -> spanner.Client:
+    """A Spanner client (no RPC yet): see database_handle for `endpoint`."""
+    if endpoint is None:
+        return spanner.Client(project=project)
+    return spanner.Client(
+        project=project,
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": endpoint},
+        disable_builtin_metrics=True,
+    )
+
+
+def create_on_emulator(path: DatabasePath, endpoint: str | None, timeout: float) -> bool:
+    """When the client talks to an emulator ($SPANNER_EMULATOR_HOST or `endpoint`),
+    creates the instance and the database if they are missing, so that one `migrate`
+    prepares a fresh emulator. Does nothing against Cloud Spanner (creating an instance
+    or a database there is an operator's decision). Returns whether it created one."""
+    if endpoint is None and not os.environ.get(EMULATOR_HOST_ENV):
+        return False
+    client = new_client(path.project, endpoint)
+    created = False
+    instance = client.instance(
+        path.instance,
+        configuration_name=f"projects/{path.project}/instanceConfigs/emulator-config",
+        node_count=1,
+    )
+    if not instance.exists():
+        with contextlib.suppress(api_exceptions.AlreadyExists):
+            instance.create().result(timeout)
+            created = True
+    database = instance.database(path.database)
+    if not database.exists():
+        with contextlib.suppress(api_exceptions.AlreadyExists):
+            database.create().result(timeout)
+            created = True
+    return created
+
+
+def _warn_about_emulator_sessions() -> None:
+    global _warned_multiplexed
+    if _warned_multiplexed or not os.environ.get(EMULATOR_HOST_ENV):
+        return
+    _warned_multiplexed = True
+    if os.environ.get(MULTIPLEXED_RW_ENV, "true").strip().lower() != "false":
+        log.warning(
+            "%s is set but %s is not 'false': emulator 1.5.28 loses concurrent read-write "
+            "transactions on multiplexed sessions ('Transaction not found')",
+            EMULATOR_HOST_ENV,
+            MULTIPLEXED_RW_ENV,
+        )
+
+
+# -- store calls -----------------------------------------------------------------------------
+
+# Failures meaning "the store cannot serve this now": the caller may retry later.
+_UNAVAILABLE = (
+    api_exceptions.ServiceUnavailable,
+    api_exceptions.DeadlineExceeded,
+    api_exceptions.Aborted,  # still contended when the retry budget ran out
+    api_exceptions.ResourceExhausted,
+    api_exceptions.InternalServerError,
+    api_exceptions.Unknown,
+    api_exceptions.Cancelled,
+    api_exceptions.NotFound,  # database, instance or session
+    api_exceptions.PermissionDenied,
+    api_exceptions.Unauthenticated,
+    api_exceptions.RetryError,
+    auth_exceptions.GoogleAuthError,
+)
+
+
+@contextlib.contextmanager
+def store_call(path: DatabasePath, what: str, default_timeout: float) -> Iterator[None]:
+    """Runs one repository call: within the RPC's budget (raising DeadlineExceeded at once
+    if none is left) or, when the RPC set none, within `default_timeout`; and turns the
+    Spanner failures that mean "unavailable" into StoreUnavailable, or into
+    DeadlineExceeded when the RPC's budget ran out. Other errors (a query the schema
+    does not support, a constraint) propagate as they are."""
+    rpc_budget = remaining() is not None
+    with contextlib.nullcontext() if rpc_budget else deadline_in(default_timeout):
+        try:
+            yield
+        except _UNAVAILABLE as exc:
+            if rpc_budget and _budget_spent():
+                raise DeadlineExceeded(
+                    f"the RPC deadline passed during the Spanner {what}"
+                ) from exc
+            raise StoreUnavailable(_describe(path, what, exc)) from exc
+
+
+def _describe(path: DatabasePath, what: str, exc: Exception) -> str:
+    if isinstance(exc, api_exceptions.NotFound) and "session" not in str(exc).lower():
+        return (
+            f"spanner database {path.name} not found: create it, then run "
+            f"`entitlements migrate --storage {path.url}` ({exc.message})"
+        )
+    if isinstance(exc, api_exceptions.DeadlineExceeded | api_exceptions.RetryError):
+        return f"spanner {what} did not finish in time: {exc}"
+    return f"spanner {what} failed: {type(exc).__name__}: {exc}"
