@@ -112,8 +112,11 @@ def harness(
         port=0,
         storage_url=storage_url,
         credentials_file=credentials_file,
-        # Admits the 50 concurrent redemptions of the write tests without shedding any.
+        # Admits the 50 concurrent redemptions of the write tests without shedding any,
+        # and gives them time: the emulator runs read-write transactions one at a time.
         threads=64,
+        max_rpc_seconds=30,
+        write_timeout_seconds=30,
     )
     running = start_server(settings, repository=open_store(), clock=lambda: NOW)
     target = f"127.0.0.1:{running.port}"
