@@ -11,7 +11,8 @@ PROTOC := $(BIN)/python -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: fuzz interop-deps setup run run-spanner-emulator test generate check-generated lint typecheck buf-lint breaking ci clean
+.PHONY: fuzz interop-deps setup run run-spanner-emulator test generate check-generated lint typecheck buf-lint breaking ci clean \
+	bench bench-setup bench-micro bench-smoke bench-memory
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,30 @@ test: setup interop-deps
 FUZZ_EXAMPLES ?= 2000
 fuzz: setup
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/fuzz --timeout 900
+
+# Benchmarks (README, "Performance"); results go to $(BENCH_RESULTS) (git-ignored).
+#   bench         the end-to-end load run against the empty-handler floor (~7 minutes)
+#   bench-smoke   its CI smoke (~35 s): exits 1 past the bounds of benchmarks/load/scenarios.py
+#   bench-micro   pytest-benchmark of the hot paths (not part of `make test`)
+#   bench-memory  the memory of a warm cache of 1,000,000 users (~1 minute)
+BENCH_RESULTS ?= benchmarks/results
+bench-setup: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+
+bench: bench-setup
+	$(BIN)/python -m benchmarks.load --out $(BENCH_RESULTS)
+
+bench-smoke: setup
+	$(BIN)/python -m benchmarks.load --smoke --out $(BENCH_RESULTS)
+
+bench-micro: setup
+	mkdir -p $(BENCH_RESULTS)
+	$(BIN)/python -m pytest benchmarks/micro -q \
+		--benchmark-json=$(BENCH_RESULTS)/micro-$$(date +%Y%m%d-%H%M%S).json \
+		--benchmark-sort=name --benchmark-columns=min,median,mean,ops,rounds
+
+bench-memory: setup
+	$(BIN)/python -m benchmarks.memory --out $(BENCH_RESULTS)
 
 # The Node.js client of tests/interop proves other languages need only protos/.
 NODE_DEPS := tests/interop/node/node_modules/.package-lock.json
