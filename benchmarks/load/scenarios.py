@@ -116,9 +116,10 @@ TARGET_MISS_RATE = 500.0
 # fails (exit 1) when the median of the two repeats passes these bounds. Measured on these
 # 2-core machines (3 smoke runs, 2026-11): throughput ratio 0.78-0.85, p99 ratio at 25%
 # 0.6-1.3 (single phases: 0.66-1.12 and up to 1.9). The bounds leave room for that noise and
-# still catch a hit path that costs markedly more (say +80 us of server CPU per RPC, more
-# than twice today's overhead over the floor). A failing smoke blocks a landing, so the p99
-# bound is wide: single phases reached 1.9 on a quiet machine. The p99 comparison runs at
+# still catch a hit path that costs markedly more (about twice today's server CPU per
+# RPC). A failing smoke blocks a landing, so both bounds are wide: in the last CI run one
+# repeat's throughput ratio was 0.645 (floor 5,998 rps, the next repeat 4,618), and single
+# p99 phases reached 1.9 on a quiet machine. The p99 comparison runs at
 # 25% rather than 55%: at 55% the machine, shared with the Python load generator, is
 # 80-95% busy and one p99 swings 1.2-5x between runs, so no useful bound fits there; the
 # full run reports 55%.
@@ -126,7 +127,7 @@ SMOKE_COMPARE_FRACTION = 0.25
 SMOKE_SECONDS = 2.5
 SMOKE_WARMUP_SECONDS = 0.5
 SMOKE_REPEAT = 2
-SMOKE_MIN_THROUGHPUT_RATIO = 0.6
+SMOKE_MIN_THROUGHPUT_RATIO = 0.5
 SMOKE_MAX_P99_RATIO = 3.0
 # More than this fraction of calls failing (any status but OK) fails the smoke.
 SMOKE_MAX_ERROR_FRACTION = 0.01
