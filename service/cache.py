@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from cachetools import LRUCache
 
 from service.domain.account import UserState
-from service.domain.decisions import EntitlementDecision
+from service.domain.decisions import EntitlementDecision, OfferDecisions
+from service.domain.rules import Platform
 
 
 @dataclass(slots=True)
@@ -26,6 +27,8 @@ class CachedUser:
     state: UserState
     fresh_until: float
     decisions: dict[str, EntitlementDecision] = field(default_factory=dict)
+    # Memoised offer answers by (market, platform), reused while now < their valid_until.
+    offers: dict[tuple[str, Platform], OfferDecisions] = field(default_factory=dict)
     # True when served past its freshness because the store failed (stale-if-error).
     stale: bool = False
 
@@ -78,7 +81,9 @@ class UserStateCache:
             ):
                 return None
             self.stats.stale_served += 1
-            return CachedUser(entry.state, entry.fresh_until, entry.decisions, stale=True)
+            return CachedUser(
+                entry.state, entry.fresh_until, entry.decisions, entry.offers, stale=True
+            )
 
     def put(self, state: UserState) -> CachedUser:
         entry = CachedUser(state, self._monotonic() + self._ttl)

@@ -156,7 +156,17 @@ class ReadService:
             raise InvalidRequest(violations)
         assert platform is not None
         entry = self._user(user_id, token, consistency.full)
-        decisions = decide_offers(self.catalog, entry.state, market, platform, self._clock())
+        now = self._clock()
+        key = (market, platform)
+        decisions = entry.offers.get(key)
+        if decisions is None or (
+            decisions.valid_until is not None and now >= decisions.valid_until
+        ):
+            decisions = decide_offers(self.catalog, entry.state, market, platform, now)
+            # Only markets of the catalog: any well-formed code is accepted, and the memo
+            # must stay small (at most markets x platforms answers per user).
+            if market in self.catalog.markets:
+                entry.offers[key] = decisions
         return Answer(decisions, entry.stale)
 
     def _user(self, user_id: str, token: ConsistencyToken | None, full: bool) -> CachedUser:

@@ -19,6 +19,7 @@ from service.domain.account import (
 from service.domain.catalog import load_catalog
 from service.domain.decisions import DenialReason
 from service.domain.errors import InvalidRequest
+from service.domain.rules import Platform
 from service.reads import Consistency, ReadService
 from service.tokens import MalformedToken, issue_token, parse_token
 from storage.memory import MemoryRepository
@@ -180,3 +181,28 @@ def test_token_round_trip_and_rejects() -> None:
     for bad in ("", "abc", "MS5hYmMuNA", issue_token("u", 1) + "x" * 200):
         with pytest.raises(MalformedToken):
             parse_token(bad)
+
+
+def test_memoised_offers_are_reused_until_their_valid_until(
+    repository: CountingRepository, clocks: Clocks
+) -> None:
+    lapsed = Subscription(
+        "sub-old",
+        "premium_individual",
+        SubscriptionStatus.EXPIRED,
+        Store.WEB,
+        START - timedelta(days=400),
+        START - timedelta(days=29),
+        last_event_at=START - timedelta(days=29),
+    )
+    repository.update("u1", lambda s: dataclasses.replace(s, subscriptions=(lapsed,)))
+    reads = make_reads(repository, clocks, ttl=7 * 24 * 3600)
+    first = reads.get_offers("u1", "US", Platform.WEB).value
+    assert first is reads.get_offers("u1", "US", Platform.WEB).value  # memoised
+    winback = "premium-individual-winback-3m"
+    assert winback not in {e.offer.id for e in first.eligible}  # lapsed 29 of 30 days
+    assert first.valid_until == START + timedelta(days=1)
+    clocks.advance(timedelta(days=1))
+    later = reads.get_offers("u1", "US", Platform.WEB).value
+    assert winback in {e.offer.id for e in later.eligible}
+    assert repository.loads == 1  # the state was fresh; only the answer expired
