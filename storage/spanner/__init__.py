@@ -34,12 +34,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -50,15 +49,8 @@ from google.cloud.spanner_v1.transaction import Transaction
 
 from service.domain.account import (
     AccountState,
-    Grant,
-    GrantKind,
     Household,
-    HouseholdMembership,
     HouseholdRole,
-    Redemption,
-    Store,
-    Subscription,
-    SubscriptionStatus,
     UserState,
 )
 from storage.deadline import deadline_in, remaining
@@ -71,6 +63,7 @@ from storage.repository import (
     IdempotencyKey,
     StoreUnavailable,
 )
+from storage.rows import RowCodec, dump_response, integer, load_response, opt_text, utc
 from storage.spanner import schema
 from storage.spanner.client import (
     URL_PREFIX,
@@ -287,7 +280,7 @@ class SpannerRepository:
         mutate: AccountMutation,
         recorded_at: datetime,
     ) -> Applied:
-        recorded = _ts(recorded_at)  # a naive time fails before any transaction
+        recorded = utc(recorded_at)  # a naive time fails before any transaction
         tag = _tag(f"apply-{key.kind}")
 
         def work(transaction: Transaction) -> Applied:
@@ -306,12 +299,12 @@ class SpannerRepository:
                 fingerprint, response, version = seen[0]
                 if fingerprint != key.fingerprint:
                     raise IdempotencyConflict(f"{key.kind} id reused with another request")
-                return Applied(current, _int(version), _load_response(response), replayed=True)
+                return Applied(current, integer(version), load_response(response), replayed=True)
             # Whatever `mutate` raises rolls back and propagates unchanged.
             mutation = mutate(current)
             version = current.version + 1
             stored = dataclasses.replace(mutation.state, user_id=user_id, version=version)
-            response = _dump_response(mutation.response)
+            response = dump_response(mutation.response)
             history = [
                 (
                     user_id,
@@ -319,7 +312,7 @@ class SpannerRepository:
                     index,
                     draft.kind,
                     draft.reference,
-                    _ts(draft.effective_at),
+                    utc(draft.effective_at),
                     recorded,
                     draft.summary,
                 )
@@ -338,7 +331,7 @@ class SpannerRepository:
                     values=history,
                 )
             # Through JSON, like a replay, so the first answer and its replays are equal.
-            return Applied(stored, version, _load_response(response), replayed=False)
+            return Applied(stored, version, load_response(response), replayed=False)
 
         with self._call(tag) as database:
             return self._transact(database, work, tag)
@@ -352,7 +345,7 @@ class SpannerRepository:
                 request_options={"request_tag": "history"},
                 timeout=remaining(),
             )
-            return [_history_entry(row) for row in rows]
+            return [_ROWS.history_entry(row) for row in rows]
 
     def check(self) -> None:
         """Raises StoreUnavailable (SchemaNotReady for a missing migration) unless the
@@ -479,13 +472,13 @@ def _account(user_id: str, row: Sequence[Any]) -> AccountState:
     version, home_market, student_verified_until = users[0]
     return AccountState(
         user_id=user_id,
-        version=_int(version),
-        home_market=_opt_str(home_market),
-        subscriptions=tuple(_subscription(s) for s in subscriptions),
-        grants=tuple(_grant(g) for g in grants),
-        redemptions=tuple(_redemption(r) for r in redemptions),
-        memberships=tuple(_membership(m) for m in memberships),
-        student_verified_until=_opt_parse_ts(student_verified_until),
+        version=integer(version),
+        home_market=opt_text(home_market),
+        subscriptions=tuple(_ROWS.subscription(s) for s in subscriptions),
+        grants=tuple(_ROWS.grant(g) for g in grants),
+        redemptions=tuple(_ROWS.redemption(r) for r in redemptions),
+        memberships=tuple(_ROWS.membership(m) for m in memberships),
+        student_verified_until=_ROWS.opt_decode_ts(student_verified_until),
     )
 
 
@@ -495,98 +488,12 @@ def _household(account: AccountState, manager_subscriptions: Sequence[Any]) -> H
             return Household(
                 membership.household_id,
                 membership.manager_user_id,
-                tuple(_subscription(s) for s in manager_subscriptions),
+                tuple(_ROWS.subscription(s) for s in manager_subscriptions),
             )
     return None
 
 
-def _subscription(row: Sequence[Any]) -> Subscription:
-    (
-        subscription_id,
-        plan_id,
-        status,
-        store,
-        started_at,
-        current_period_end,
-        grace_period_end,
-        auto_renew,
-        last_event_at,
-        offer_id,
-    ) = row
-    return Subscription(
-        subscription_id=_str(subscription_id),
-        plan_id=_str(plan_id),
-        status=SubscriptionStatus(status),
-        store=Store(store),
-        started_at=_parse_ts(started_at),
-        current_period_end=_parse_ts(current_period_end),
-        grace_period_end=_opt_parse_ts(grace_period_end),
-        auto_renew=bool(auto_renew),
-        last_event_at=_opt_parse_ts(last_event_at),
-        offer_id=_opt_str(offer_id),
-    )
-
-
-def _grant(row: Sequence[Any]) -> Grant:
-    grant_id, kind, feature_id, plan_id, quota_value, starts_at, expires_at, revoked_at = row
-    return Grant(
-        grant_id=_str(grant_id),
-        kind=GrantKind(kind),
-        starts_at=_parse_ts(starts_at),
-        feature_id=_opt_str(feature_id),
-        plan_id=_opt_str(plan_id),
-        quota_value=None if quota_value is None else _int(quota_value),
-        expires_at=_opt_parse_ts(expires_at),
-        revoked_at=_opt_parse_ts(revoked_at),
-    )
-
-
-def _redemption(row: Sequence[Any]) -> Redemption:
-    offer_id, offer_group, redeemed_at, store = row
-    return Redemption(
-        offer_id=_str(offer_id),
-        offer_group=_str(offer_group),
-        redeemed_at=_parse_ts(redeemed_at),
-        store=Store(store),
-    )
-
-
-def _membership(row: Sequence[Any]) -> HouseholdMembership:
-    household_id, role, manager_user_id, joined_at, left_at = row
-    return HouseholdMembership(
-        household_id=_str(household_id),
-        role=HouseholdRole(role),
-        manager_user_id=_str(manager_user_id),
-        joined_at=_parse_ts(joined_at),
-        left_at=_opt_parse_ts(left_at),
-    )
-
-
-def _history_entry(row: Sequence[Any]) -> HistoryEntry:
-    kind, reference, effective_at, recorded_at, version, summary = row
-    return HistoryEntry(
-        kind=_str(kind),
-        reference=_str(reference),
-        effective_at=_parse_ts(effective_at),
-        recorded_at=_parse_ts(recorded_at),
-        version=_int(version),
-        summary=_str(summary),
-    )
-
-
-def _load_response(text: object) -> Mapping[str, Any]:
-    response = json.loads(_str(text))
-    if not isinstance(response, dict):
-        raise TypeError(f"expected a JSON object as stored response, got {type(response).__name__}")
-    return response
-
-
 # -- writing -------------------------------------------------------------------------------
-
-
-def _dump_response(response: Mapping[str, Any]) -> str:
-    """Canonical JSON text, as the SQLite backend stores it (keys sorted, no NaN)."""
-    return json.dumps(dict(response), sort_keys=True, allow_nan=False, separators=(",", ":"))
 
 
 def _user_rows(user_id: str) -> KeySet:
@@ -603,7 +510,12 @@ def _write_account(transaction: Transaction, current: AccountState, stored: Acco
         "Users",
         columns=("UserId", "Version", "HomeMarket", "StudentVerifiedUntil"),
         values=[
-            (user_id, stored.version, stored.home_market, _opt_ts(stored.student_verified_until))
+            (
+                user_id,
+                stored.version,
+                stored.home_market,
+                _ROWS.opt_ts(stored.student_verified_until),
+            )
         ],
     )
     children: tuple[tuple[str, Columns, bool, list[tuple[Any, ...]]], ...] = (
@@ -612,20 +524,7 @@ def _write_account(transaction: Transaction, current: AccountState, stored: Acco
             SUBSCRIPTION_COLUMNS,
             bool(current.subscriptions),
             [
-                (
-                    user_id,
-                    position,
-                    sub.subscription_id,
-                    sub.plan_id,
-                    sub.status.value,
-                    sub.store.value,
-                    _ts(sub.started_at),
-                    _ts(sub.current_period_end),
-                    _opt_ts(sub.grace_period_end),
-                    sub.auto_renew,
-                    _opt_ts(sub.last_event_at),
-                    sub.offer_id,
-                )
+                (user_id, position, *_ROWS.subscription_row(sub))
                 for position, sub in enumerate(stored.subscriptions)
             ],
         ),
@@ -634,18 +533,7 @@ def _write_account(transaction: Transaction, current: AccountState, stored: Acco
             GRANT_COLUMNS,
             bool(current.grants),
             [
-                (
-                    user_id,
-                    position,
-                    grant.grant_id,
-                    grant.kind.value,
-                    grant.feature_id,
-                    grant.plan_id,
-                    grant.quota_value,
-                    _ts(grant.starts_at),
-                    _opt_ts(grant.expires_at),
-                    _opt_ts(grant.revoked_at),
-                )
+                (user_id, position, *_ROWS.grant_row(grant))
                 for position, grant in enumerate(stored.grants)
             ],
         ),
@@ -654,14 +542,7 @@ def _write_account(transaction: Transaction, current: AccountState, stored: Acco
             REDEMPTION_COLUMNS,
             bool(current.redemptions),
             [
-                (
-                    user_id,
-                    position,
-                    redemption.offer_id,
-                    redemption.offer_group,
-                    _ts(redemption.redeemed_at),
-                    redemption.store.value,
-                )
+                (user_id, position, *_ROWS.redemption_row(redemption))
                 for position, redemption in enumerate(stored.redemptions)
             ],
         ),
@@ -670,15 +551,7 @@ def _write_account(transaction: Transaction, current: AccountState, stored: Acco
             MEMBERSHIP_COLUMNS,
             bool(current.memberships),
             [
-                (
-                    user_id,
-                    position,
-                    membership.household_id,
-                    membership.role.value,
-                    membership.manager_user_id,
-                    _ts(membership.joined_at),
-                    _opt_ts(membership.left_at),
-                )
+                (user_id, position, *_ROWS.membership_row(membership))
                 for position, membership in enumerate(stored.memberships)
             ],
         ),
@@ -701,16 +574,6 @@ def _tag(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:50]
 
 
-def _ts(value: datetime) -> datetime:
-    if value.utcoffset() is None:
-        raise ValueError(f"cannot store a naive datetime ({value!r}): use timezone-aware UTC")
-    return value.astimezone(UTC)
-
-
-def _opt_ts(value: datetime | None) -> datetime | None:
-    return None if value is None else _ts(value)
-
-
 def _parse_ts(value: object) -> datetime:
     """A plain UTC datetime (the client returns its DatetimeWithNanoseconds subclass)."""
     if not isinstance(value, datetime):
@@ -729,21 +592,5 @@ def _parse_ts(value: object) -> datetime:
     )
 
 
-def _opt_parse_ts(value: object) -> datetime | None:
-    return None if value is None else _parse_ts(value)
-
-
-def _str(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected STRING in the database, got {type(value).__name__}")
-    return value
-
-
-def _opt_str(value: object) -> str | None:
-    return None if value is None else _str(value)
-
-
-def _int(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"expected INT64 in the database, got {type(value).__name__}")
-    return value
+# Spanner has TIMESTAMP and BOOL columns: aware datetimes and booleans as they are.
+_ROWS = RowCodec(encode_ts=utc, decode_ts=_parse_ts)

@@ -23,26 +23,18 @@ import contextlib
 import dataclasses
 import functools
 import importlib.resources
-import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from service.domain.account import (
     AccountState,
-    Grant,
-    GrantKind,
     Household,
-    HouseholdMembership,
     HouseholdRole,
-    Redemption,
-    Store,
     Subscription,
-    SubscriptionStatus,
     UserState,
 )
 from storage.repository import (
@@ -55,6 +47,7 @@ from storage.repository import (
     StoreError,
     StoreUnavailable,
 )
+from storage.rows import RowCodec, dump_response, integer, load_response, opt_text, text, utc
 
 __all__ = ["SqliteRepository"]
 
@@ -150,7 +143,7 @@ class SqliteRepository:
         mutate: AccountMutation,
         recorded_at: datetime,
     ) -> Applied:
-        recorded = _ts(recorded_at)  # a naive time fails before any transaction
+        recorded = _encode_ts(recorded_at)  # a naive time fails before any transaction
         connection = self._connection()
         with _translate_errors():
             connection.execute("BEGIN IMMEDIATE")
@@ -166,7 +159,7 @@ class SqliteRepository:
                 fingerprint, response, version = seen
                 if fingerprint != key.fingerprint:
                     raise IdempotencyConflict(f"{key.kind} id reused with another request")
-                replay = Applied(current, _int(version), _load_response(response), replayed=True)
+                replay = Applied(current, integer(version), load_response(response), replayed=True)
                 with _translate_errors():
                     connection.execute("COMMIT")  # wrote nothing
                 return replay
@@ -174,13 +167,13 @@ class SqliteRepository:
             mutation = mutate(current)
             version = current.version + 1
             stored = dataclasses.replace(mutation.state, user_id=user_id, version=version)
-            response = _dump_response(mutation.response)
+            response = dump_response(mutation.response)
             history = [
                 (
                     user_id,
                     draft.kind,
                     draft.reference,
-                    _ts(draft.effective_at),
+                    _encode_ts(draft.effective_at),
                     recorded,
                     version,
                     draft.summary,
@@ -204,7 +197,7 @@ class SqliteRepository:
             _rollback(connection)
             raise
         # Through JSON, like a replay, so the first answer and its replays are equal.
-        return Applied(stored, version, _load_response(response), replayed=False)
+        return Applied(stored, version, load_response(response), replayed=False)
 
     def history(self, user_id: str) -> list[HistoryEntry]:
         connection = self._connection()
@@ -213,7 +206,7 @@ class SqliteRepository:
                 f"SELECT {_HISTORY_COLUMNS} FROM history WHERE user_id = ? ORDER BY seq",
                 (user_id,),
             ).fetchall()
-        return [_history_entry(row) for row in rows]
+        return [_ROWS.history_entry(row) for row in rows]
 
     def check(self) -> None:
         connection = self._connection()
@@ -392,7 +385,7 @@ def _migrate(connection: sqlite3.Connection) -> None:
                 connection.execute(statement)
             connection.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.name, _ts(datetime.now(UTC))),
+                (migration.version, migration.name, _encode_ts(datetime.now(UTC))),
             )
         connection.execute("COMMIT")
     except BaseException:
@@ -426,13 +419,13 @@ def _read_account(connection: sqlite3.Connection, user_id: str) -> AccountState:
     ).fetchall()
     return AccountState(
         user_id=user_id,
-        version=_int(version),
-        home_market=_opt_str(home_market),
+        version=integer(version),
+        home_market=opt_text(home_market),
         subscriptions=_read_subscriptions(connection, user_id),
-        grants=tuple(_grant(row) for row in grants),
-        redemptions=tuple(_redemption(row) for row in redemptions),
-        memberships=tuple(_membership(row) for row in memberships),
-        student_verified_until=_opt_parse_ts(student_verified_until),
+        grants=tuple(_ROWS.grant(row) for row in grants),
+        redemptions=tuple(_ROWS.redemption(row) for row in redemptions),
+        memberships=tuple(_ROWS.membership(row) for row in memberships),
+        student_verified_until=_ROWS.opt_decode_ts(student_verified_until),
     )
 
 
@@ -441,7 +434,7 @@ def _read_subscriptions(connection: sqlite3.Connection, user_id: str) -> tuple[S
         f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE user_id = ? ORDER BY position",
         (user_id,),
     ).fetchall()
-    return tuple(_subscription(row) for row in rows)
+    return tuple(_ROWS.subscription(row) for row in rows)
 
 
 def _read_household(connection: sqlite3.Connection, account: AccountState) -> Household | None:
@@ -457,94 +450,7 @@ def _read_household(connection: sqlite3.Connection, account: AccountState) -> Ho
     return None
 
 
-def _subscription(row: Sequence[object]) -> Subscription:
-    (
-        subscription_id,
-        plan_id,
-        status,
-        store,
-        started_at,
-        current_period_end,
-        grace_period_end,
-        auto_renew,
-        last_event_at,
-        offer_id,
-    ) = row
-    return Subscription(
-        subscription_id=_str(subscription_id),
-        plan_id=_str(plan_id),
-        status=SubscriptionStatus(status),
-        store=Store(store),
-        started_at=_parse_ts(started_at),
-        current_period_end=_parse_ts(current_period_end),
-        grace_period_end=_opt_parse_ts(grace_period_end),
-        auto_renew=bool(_int(auto_renew)),
-        last_event_at=_opt_parse_ts(last_event_at),
-        offer_id=_opt_str(offer_id),
-    )
-
-
-def _grant(row: Sequence[object]) -> Grant:
-    grant_id, kind, feature_id, plan_id, quota_value, starts_at, expires_at, revoked_at = row
-    return Grant(
-        grant_id=_str(grant_id),
-        kind=GrantKind(kind),
-        starts_at=_parse_ts(starts_at),
-        feature_id=_opt_str(feature_id),
-        plan_id=_opt_str(plan_id),
-        quota_value=None if quota_value is None else _int(quota_value),
-        expires_at=_opt_parse_ts(expires_at),
-        revoked_at=_opt_parse_ts(revoked_at),
-    )
-
-
-def _redemption(row: Sequence[object]) -> Redemption:
-    offer_id, offer_group, redeemed_at, store = row
-    return Redemption(
-        offer_id=_str(offer_id),
-        offer_group=_str(offer_group),
-        redeemed_at=_parse_ts(redeemed_at),
-        store=Store(store),
-    )
-
-
-def _membership(row: Sequence[object]) -> HouseholdMembership:
-    household_id, role, manager_user_id, joined_at, left_at = row
-    return HouseholdMembership(
-        household_id=_str(household_id),
-        role=HouseholdRole(role),
-        manager_user_id=_str(manager_user_id),
-        joined_at=_parse_ts(joined_at),
-        left_at=_opt_parse_ts(left_at),
-    )
-
-
-def _history_entry(row: Sequence[object]) -> HistoryEntry:
-    kind, reference, effective_at, recorded_at, version, summary = row
-    return HistoryEntry(
-        kind=_str(kind),
-        reference=_str(reference),
-        effective_at=_parse_ts(effective_at),
-        recorded_at=_parse_ts(recorded_at),
-        version=_int(version),
-        summary=_str(summary),
-    )
-
-
-def _load_response(text: object) -> Mapping[str, Any]:
-    response = json.loads(_str(text))
-    if not isinstance(response, dict):
-        raise TypeError(f"expected a JSON object as stored response, got {type(response).__name__}")
-    return response
-
-
 # -- writing -----------------------------------------------------------------------------
-
-
-def _dump_response(response: Mapping[str, Any]) -> str:
-    """The response as canonical JSON text (keys sorted; NaN and infinities refused, as
-    they are not JSON). Anything not JSON-serialisable raises TypeError or ValueError."""
-    return json.dumps(dict(response), sort_keys=True, allow_nan=False, separators=(",", ":"))
 
 
 def _write_account(connection: sqlite3.Connection, account: AccountState) -> None:
@@ -560,7 +466,7 @@ def _write_account(connection: sqlite3.Connection, account: AccountState) -> Non
             user_id,
             account.version,
             account.home_market,
-            _opt_ts(account.student_verified_until),
+            _ROWS.opt_ts(account.student_verified_until),
         ),
     )
     for table in _CHILD_TABLES:
@@ -569,20 +475,7 @@ def _write_account(connection: sqlite3.Connection, account: AccountState) -> Non
         f"INSERT INTO subscriptions (user_id, position, {_SUBSCRIPTION_COLUMNS})"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (
-                user_id,
-                position,
-                sub.subscription_id,
-                sub.plan_id,
-                sub.status.value,
-                sub.store.value,
-                _ts(sub.started_at),
-                _ts(sub.current_period_end),
-                _opt_ts(sub.grace_period_end),
-                int(sub.auto_renew),
-                _opt_ts(sub.last_event_at),
-                sub.offer_id,
-            )
+            (user_id, position, *_ROWS.subscription_row(sub))
             for position, sub in enumerate(account.subscriptions)
         ],
     )
@@ -590,18 +483,7 @@ def _write_account(connection: sqlite3.Connection, account: AccountState) -> Non
         f"INSERT INTO grants (user_id, position, {_GRANT_COLUMNS})"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (
-                user_id,
-                position,
-                grant.grant_id,
-                grant.kind.value,
-                grant.feature_id,
-                grant.plan_id,
-                grant.quota_value,
-                _ts(grant.starts_at),
-                _opt_ts(grant.expires_at),
-                _opt_ts(grant.revoked_at),
-            )
+            (user_id, position, *_ROWS.grant_row(grant))
             for position, grant in enumerate(account.grants)
         ],
     )
@@ -609,14 +491,7 @@ def _write_account(connection: sqlite3.Connection, account: AccountState) -> Non
         f"INSERT INTO redemptions (user_id, position, {_REDEMPTION_COLUMNS})"
         " VALUES (?, ?, ?, ?, ?, ?)",
         [
-            (
-                user_id,
-                position,
-                redemption.offer_id,
-                redemption.offer_group,
-                _ts(redemption.redeemed_at),
-                redemption.store.value,
-            )
+            (user_id, position, *_ROWS.redemption_row(redemption))
             for position, redemption in enumerate(account.redemptions)
         ],
     )
@@ -624,15 +499,7 @@ def _write_account(connection: sqlite3.Connection, account: AccountState) -> Non
         f"INSERT INTO household_memberships (user_id, position, {_MEMBERSHIP_COLUMNS})"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
-            (
-                user_id,
-                position,
-                membership.household_id,
-                membership.role.value,
-                membership.manager_user_id,
-                _ts(membership.joined_at),
-                _opt_ts(membership.left_at),
-            )
+            (user_id, position, *_ROWS.membership_row(membership))
             for position, membership in enumerate(account.memberships)
         ],
     )
@@ -641,39 +508,22 @@ def _write_account(connection: sqlite3.Connection, account: AccountState) -> Non
 # -- values ------------------------------------------------------------------------------
 
 
-def _ts(value: datetime) -> str:
+def _encode_ts(value: datetime) -> str:
     """ISO 8601 in UTC with a fixed width, so stored timestamps also sort as text."""
-    if value.utcoffset() is None:
-        raise ValueError(f"cannot store a naive datetime ({value!r}): use timezone-aware UTC")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
+    return utc(value).isoformat(timespec="microseconds")
 
 
-def _opt_ts(value: datetime | None) -> str | None:
-    return None if value is None else _ts(value)
-
-
-def _parse_ts(value: object) -> datetime:
-    parsed = datetime.fromisoformat(_str(value))
+def _decode_ts(value: object) -> datetime:
+    parsed = datetime.fromisoformat(text(value))
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
 
 
-def _opt_parse_ts(value: object) -> datetime | None:
-    return None if value is None else _parse_ts(value)
-
-
-def _str(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected TEXT in the database, got {type(value).__name__}")
-    return value
-
-
-def _opt_str(value: object) -> str | None:
-    return None if value is None else _str(value)
-
-
-def _int(value: object) -> int:
-    if not isinstance(value, int):
-        raise TypeError(f"expected INTEGER in the database, got {type(value).__name__}")
-    return value
+# SQLite has no timestamp or boolean type: ISO text, and 0 or 1.
+_ROWS = RowCodec(
+    encode_ts=_encode_ts,
+    decode_ts=_decode_ts,
+    encode_bool=int,
+    decode_bool=lambda value: bool(integer(value)),
+)
