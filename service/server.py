@@ -13,14 +13,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from entitlements.v1 import (
-    entitlement_service_pb2,
     entitlement_service_pb2_grpc,
-    offer_service_pb2,
     offer_service_pb2_grpc,
-    subscription_event_service_pb2,
     subscription_event_service_pb2_grpc,
 )
-from service.auth import Authenticator, AuthInterceptor, load_credentials, server_credentials
+from service.auth import (
+    ENTITLEMENT_SERVICE,
+    EVENT_SERVICE,
+    OFFER_SERVICE,
+    Authenticator,
+    AuthInterceptor,
+    load_credentials,
+    server_credentials,
+)
 from service.cache import UserStateCache
 from service.config import Settings
 from service.domain.catalog import Catalog, load_catalog
@@ -35,13 +40,6 @@ from storage.urls import open_repository
 
 log = logging.getLogger(__name__)
 
-ENTITLEMENT_SERVICE = entitlement_service_pb2.DESCRIPTOR.services_by_name[
-    "EntitlementService"
-].full_name
-OFFER_SERVICE = offer_service_pb2.DESCRIPTOR.services_by_name["OfferService"].full_name
-EVENT_SERVICE = subscription_event_service_pb2.DESCRIPTOR.services_by_name[
-    "SubscriptionEventService"
-].full_name
 # Services whose health is reported ("" is the server as a whole).
 SERVING_SERVICES = ("", ENTITLEMENT_SERVICE, OFFER_SERVICE, EVENT_SERVICE)
 

@@ -29,6 +29,26 @@ class ServerProcess:
         self.process.wait(timeout=30)
 
 
+def await_serving(process: subprocess.Popen[str]) -> tuple[str, list[str], threading.Thread]:
+    """Reads `serve`'s output until it reports HOST:PORT (every worker serving), then keeps
+    draining it (audit lines) into the returned list on a thread, so the child never
+    blocks on a full pipe."""
+    assert process.stdout is not None
+    stream = process.stdout
+    output: list[str] = []
+    target = None
+    for line in stream:
+        output.append(line)
+        match = re.search(r"entitlements: serving on (\S+:\d+)", line)
+        if match:
+            target = match.group(1)
+            break
+    assert target, "server did not report its port:\n" + "".join(output)
+    drain = threading.Thread(target=lambda: output.extend(stream), daemon=True)
+    drain.start()
+    return target, output, drain
+
+
 @contextmanager
 def server_process(
     db: Path,
@@ -62,19 +82,7 @@ def server_process(
         text=True,
         env=env,
     )
-    assert process.stdout is not None
-    output: list[str] = []
-    target = None
-    for line in process.stdout:
-        output.append(line)
-        match = re.search(r"entitlements: serving on (\S+:\d+)", line)
-        if match:
-            target = match.group(1)
-            break
-    assert target, "server did not start:\n" + "".join(output)
-    # Keep draining (audit lines) so the child never blocks on a full pipe.
-    drain = threading.Thread(target=lambda: output.extend(process.stdout or ()), daemon=True)
-    drain.start()
+    target, output, drain = await_serving(process)
     server = ServerProcess(process, target, output)
     try:
         yield server

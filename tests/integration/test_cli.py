@@ -28,6 +28,7 @@ from entitlements.v1 import subscription_event_service_pb2_grpc
 from service.audit import user_digest
 from service.auth import bearer_metadata
 from tests.integration.conftest import ADMIN_TOKEN, write_test_credentials
+from tests.integration.server_process import await_serving
 
 ENTITLEMENTS = shutil.which("entitlements") or str(Path(sys.executable).parent / "entitlements")
 # The caller's own ENTITLEMENTS_* settings must not leak into the out-of-the-box runs.
@@ -74,23 +75,12 @@ def serve(folder: Path, *args: str, env: dict[str, str] | None = None) -> Served
         cwd=folder,
         env={**CLEAN_ENV, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
-    assert process.stdout is not None
-    output: list[str] = []
-    target = None
     try:
-        for line in process.stdout:
-            output.append(line)
-            match = re.search(r"entitlements: serving on (\S+:\d+)", line)
-            if match:
-                target = match.group(1)
-                break
-        assert target, "server did not report its port:\n" + "".join(output)
+        target, output, _ = await_serving(process)
     except BaseException:
         process.kill()
         process.wait(timeout=30)
         raise
-    stream = process.stdout
-    threading.Thread(target=lambda: output.extend(stream), daemon=True).start()
     return Served(process, target, folder, output)
 
 
