@@ -12,6 +12,7 @@ from service.cache import CachedUser, UserStateCache
 from service.deadlines import StoreBudget, store_budget
 from service.domain.account import UserState
 from service.domain.catalog import Catalog
+from service.domain.checks import check_market
 from service.domain.decisions import (
     EntitlementDecision,
     OfferDecisions,
@@ -25,7 +26,6 @@ from service.tokens import ConsistencyToken
 from service.validation import (
     MAX_BATCH_QUERIES,
     check_feature_id,
-    check_market,
     check_token,
     check_user_id,
 )

@@ -3,8 +3,6 @@ so the caller sees them all in one INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
-import re
-
 from service.domain.catalog import Catalog
 from service.domain.errors import FieldViolation
 from service.tokens import ConsistencyToken, MalformedToken, parse_token
@@ -12,7 +10,6 @@ from service.tokens import ConsistencyToken, MalformedToken, parse_token
 MAX_USER_ID_LENGTH = 128
 MAX_FEATURE_ID_LENGTH = 64
 MAX_BATCH_QUERIES = 100
-_COUNTRY_CODE = re.compile(r"[A-Z]{2}")
 
 
 def check_user_id(user_id: str, field: str, out: list[FieldViolation]) -> None:
@@ -35,13 +32,6 @@ def check_feature_id(
         out.append(FieldViolation(field, f"must be at most {MAX_FEATURE_ID_LENGTH} characters"))
     elif feature_id not in catalog.features:
         out.append(FieldViolation(field, f"unknown feature '{feature_id}'"))
-
-
-def check_market(market: str, field: str, out: list[FieldViolation]) -> None:
-    if not _COUNTRY_CODE.fullmatch(market):
-        out.append(
-            FieldViolation(field, "must be an upper-case ISO 3166-1 alpha-2 code, e.g. 'SE'")
-        )
 
 
 def check_token(token: str, field: str, out: list[FieldViolation]) -> ConsistencyToken | None:

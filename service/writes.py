@@ -16,6 +16,7 @@ from service.cache import UserStateCache
 from service.deadlines import StoreBudget, store_budget
 from service.domain.account import AccountState, Grant, Store, Subscription, UserState
 from service.domain.catalog import Catalog
+from service.domain.checks import check_id, check_market
 from service.domain.errors import FieldViolation, InvalidRequest
 from service.domain.events import (
     EventOutcome,
@@ -28,7 +29,7 @@ from service.domain.redemption import redeem_offer
 from service.domain.rules import Platform
 from service.reads import Clock, utc_now
 from service.tokens import issue_token
-from service.validation import check_market, check_user_id
+from service.validation import check_user_id
 from storage.deadline import DeadlineExceeded
 from storage.repository import (
     AccountMutation,
@@ -39,8 +40,6 @@ from storage.repository import (
     Mutation,
     StoreUnavailable,
 )
-
-MAX_REQUEST_ID_LENGTH = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +76,6 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "value"):  # enums
         return value.value
     raise TypeError(f"cannot fingerprint {type(value).__name__}")
-
-
-def _check_id(value: str, field: str, out: list[FieldViolation]) -> None:
-    if not value:
-        out.append(FieldViolation(field, "must not be empty"))
-    elif len(value) > MAX_REQUEST_ID_LENGTH or not value.isprintable():
-        out.append(
-            FieldViolation(field, f"must be 1 to {MAX_REQUEST_ID_LENGTH} printable characters")
-        )
 
 
 def _raise_if(violations: list[FieldViolation]) -> None:
@@ -142,7 +132,7 @@ class WriteService:
 
     def grant(self, request_id: str, user_id: str, request: GrantRequest) -> GrantAnswer:
         violations: list[FieldViolation] = []
-        _check_id(request_id, "request_id", violations)
+        check_id(request_id, "request_id", violations)
         check_user_id(user_id, "user_id", violations)
         _raise_if(violations)
         validate_grant(request, self.catalog)
@@ -168,9 +158,9 @@ class WriteService:
 
     def revoke(self, request_id: str, user_id: str, grant_id: str) -> GrantAnswer:
         violations: list[FieldViolation] = []
-        _check_id(request_id, "request_id", violations)
+        check_id(request_id, "request_id", violations)
         check_user_id(user_id, "user_id", violations)
-        _check_id(grant_id, "grant_id", violations)
+        check_id(grant_id, "grant_id", violations)
         _raise_if(violations)
         now = self._clock()
 
@@ -205,7 +195,7 @@ class WriteService:
         subscription_id: str,
     ) -> RedeemAnswer:
         violations: list[FieldViolation] = []
-        _check_id(request_id, "request_id", violations)
+        check_id(request_id, "request_id", violations)
         check_user_id(user_id, "user_id", violations)
         if all(o.id != offer_id for o in self.catalog.offers):
             violations.append(FieldViolation("offer_id", f"unknown offer '{offer_id}'"))
@@ -214,7 +204,7 @@ class WriteService:
             violations.append(FieldViolation("platform", "must be a known platform"))
         if store is None:
             violations.append(FieldViolation("store", "must be a known store"))
-        _check_id(subscription_id, "subscription_id", violations)
+        check_id(subscription_id, "subscription_id", violations)
         _raise_if(violations)
         assert platform is not None and store is not None
         now = self._clock()

@@ -369,7 +369,7 @@ class _Parser:
         for where, entry in self.entries(doc, "markets"):
             self.check_keys(entry, where, {"country", "currency", "prices"})
             country = entry.get("country")
-            if not isinstance(country, str) or not COUNTRY_CODE.match(country):
+            if not isinstance(country, str) or not COUNTRY_CODE.fullmatch(country):
                 self.problem(where, f"'country' must be ISO 3166-1 alpha-2, got {country!r}")
                 continue
             if country in markets:
@@ -533,7 +533,7 @@ class _Parser:
             if values is None:
                 return None
             for country in values:
-                if not isinstance(country, str) or not COUNTRY_CODE.match(country):
+                if not isinstance(country, str) or not COUNTRY_CODE.fullmatch(country):
                     self.problem(where, f"not an ISO 3166-1 alpha-2 code: {country!r}")
                 elif country not in markets:
                     self.problem(where, f"unknown market '{country}'")

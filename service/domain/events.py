@@ -24,12 +24,12 @@ from datetime import datetime, timedelta
 from service.domain.account import AccountState, Redemption, Store, Subscription
 from service.domain.account import SubscriptionStatus as S
 from service.domain.catalog import Catalog
+from service.domain.checks import check_id, check_market
 from service.domain.errors import FieldViolation, InvalidRequest, PreconditionFailed
 
 # Events stamped further ahead than this of the service's clock are refused: one bogus
 # future event would make every real event of the subscription look stale.
 MAX_CLOCK_SKEW = timedelta(hours=1)
-MAX_ID_LENGTH = 128
 
 
 class EventType(enum.Enum):
@@ -134,11 +134,8 @@ class EventResult:
 def validate_event(event: SubscriptionEvent, catalog: Catalog, now: datetime) -> None:
     """Raises InvalidRequest naming every bad field of the event."""
     out: list[FieldViolation] = []
-    for name, value in (("event_id", event.event_id), ("subscription_id", event.subscription_id)):
-        if not value:
-            out.append(FieldViolation(name, "must not be empty"))
-        elif len(value) > MAX_ID_LENGTH or not value.isprintable():
-            out.append(FieldViolation(name, f"must be 1 to {MAX_ID_LENGTH} printable characters"))
+    check_id(event.event_id, "event_id", out)
+    check_id(event.subscription_id, "subscription_id", out)
     if event.store is None:
         out.append(FieldViolation("store", "must be a known store"))
     if event.type is None:
@@ -154,10 +151,8 @@ def validate_event(event: SubscriptionEvent, catalog: Catalog, now: datetime) ->
             out.append(FieldViolation("plan_id", f"unknown premium plan '{event.plan_id}'"))
     if event.offer_id is not None and all(o.id != event.offer_id for o in catalog.offers):
         out.append(FieldViolation("offer_id", f"unknown offer '{event.offer_id}'"))
-    if event.market is not None and not (
-        len(event.market) == 2 and event.market.isascii() and event.market.isupper()
-    ):
-        out.append(FieldViolation("market", "must be an ISO 3166-1 alpha-2 code, e.g. 'SE'"))
+    if event.market is not None:
+        check_market(event.market, "market", out)
     if event.type is not None:
         label = event.type.name
         if event.type in _NEEDS_PLAN and event.plan_id is None:
