@@ -151,6 +151,7 @@ def test_invalid_transitions_are_rejected_and_change_nothing(
         (event("x", EventType.PURCHASED, T0 + 30 * DAY, period_end=T0 + 60 * DAY),
          ["occurred_at"]),
         (event("x", EventType.PURCHASED, T0, period_end=T0 + DAY, market="se"), ["market"]),
+        (event("x", EventType.PURCHASED, T0, period_end=T0 + DAY, market="A1"), ["market"]),
         (event("x", EventType.PURCHASED, T0, period_end=T0 + DAY, offer_id="nope"),
          ["offer_id"]),
     ],
