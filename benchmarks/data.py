@@ -1,7 +1,7 @@
 """Benchmark users and credentials, shared by the micro benchmarks, the load tool and the
 floor server.
 
-Users are copies of the demo accounts (service.demo: free, trial, active, grace,
+Users are copies of the demo accounts (service.catalog.demo: free, trial, active, grace,
 canceled, lapsed, on hold, family manager and member, student, promotional grant), one
 copy per *block*: block b holds `u<b>-free`, `u<b>-trial`, ... and its family member
 belongs to its own family manager. So any number of distinct, realistic users can be
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from service.auth import Role, credentials_yaml
-from service.demo import demo_accounts
+from service.catalog.demo import demo_accounts
 from service.domain.account import AccountState, UserState
+from service.grpc_api.auth import Role, credentials_yaml
 from storage.repository import AccountRepository
 
 DEMO_PREFIX = "demo-"

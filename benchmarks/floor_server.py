@@ -53,10 +53,10 @@ def constant_responses(now: datetime | None = None) -> ConstantResponses:
     free user in the US on the web (the common paywall case)."""
     from benchmarks.data import bench_user_ids, user_id, user_states
     from entitlements.v1 import entitlement_service_pb2
-    from service import convert
     from service.domain.catalog import load_catalog
     from service.domain.decisions import decide_entitlement, decide_offers
     from service.domain.rules import Platform
+    from service.grpc_api import convert
 
     now = now or datetime.now(UTC)
     catalog = load_catalog()
@@ -98,7 +98,7 @@ def _serve_worker(settings: Settings, slot: int, ready: Any, interceptors: bool 
     import grpc
 
     from entitlements.v1 import entitlement_service_pb2_grpc, offer_service_pb2_grpc
-    from service.server import build_grpc_server
+    from service.grpc_api.server import build_grpc_server
 
     _stop_when_parent_dies()
     responses = constant_responses()
@@ -119,8 +119,8 @@ def _serve_worker(settings: Settings, slot: int, ready: Any, interceptors: bool 
 
     chain: list[grpc.ServerInterceptor] = []
     if interceptors:  # diagnostic: the service's own interceptors around the floor
-        from service.auth import Authenticator, AuthInterceptor, load_credentials
-        from service.guard import RequestGuard
+        from service.grpc_api.auth import Authenticator, AuthInterceptor, load_credentials
+        from service.grpc_api.guard import RequestGuard
 
         assert settings.credentials_file is not None, "--interceptors needs credentials"
         authenticator = Authenticator(load_credentials(settings.credentials_file))
@@ -151,7 +151,7 @@ def _stop_when_parent_dies() -> None:
 
 def serve(settings: Settings, workers: int, interceptors: bool = False) -> int:
     """Forks the workers, announces the port, waits for a stop signal, drains."""
-    from service.workers import reserve_port
+    from service.grpc_api.workers import reserve_port
 
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     reservation = None
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = Settings.load(host=args.host, port=args.port, workers=args.workers)
-    from service.workers import worker_count
+    from service.grpc_api.workers import worker_count
 
     return serve(settings, worker_count(settings), args.interceptors)
 

@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.cache import UserStateCache
 from service.domain.catalog import load_catalog
-from service.reads import ReadService
+from service.usecases.cache import UserStateCache
+from service.usecases.reads import ReadService
 from storage.memory import MemoryRepository
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"

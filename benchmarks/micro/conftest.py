@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 import pytest
 
 from benchmarks.data import SITUATIONS, bench_user_ids, seed, user_id, user_states
-from service.cache import UserStateCache
 from service.domain.account import UserState
 from service.domain.catalog import Catalog, load_catalog
-from service.reads import ReadService
+from service.usecases.cache import UserStateCache
+from service.usecases.reads import ReadService
 from storage.memory import MemoryRepository
 
 # Inside the example catalog's holiday discount window, as in the tests.

@@ -8,10 +8,10 @@ from typing import Any
 
 from benchmarks.data import bench_user_ids, user_id
 from benchmarks.micro.conftest import BLOCKS
-from service.cache import UserStateCache
 from service.domain.account import UserState
 from service.domain.rules import Platform
-from service.reads import ReadService
+from service.usecases.cache import UserStateCache
+from service.usecases.reads import ReadService
 
 
 def test_get_entitlement_cache_hit(benchmark: Any, warm_reads: ReadService) -> None:

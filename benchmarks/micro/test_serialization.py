@@ -1,4 +1,4 @@
-"""Request parsing and response building (service.convert) and the servicer handlers
+"""Request parsing and response building (service.grpc_api.convert) and the servicer handlers
 without a network: what the service adds to the framework per RPC, besides the
 interceptors (whose authentication is measured here too)."""
 
@@ -10,12 +10,12 @@ import pytest
 
 from benchmarks.data import SERVICE_TOKEN, user_id
 from entitlements.v1 import common_pb2, entitlement_service_pb2, offer_service_pb2
-from service import convert
-from service.auth import Authenticator, Credential, Principal, Role, token_digest
 from service.domain.rules import Platform
-from service.reads import ReadService
-from service.servicers import EntitlementServicer, OfferServicer
-from service.tokens import issue_token
+from service.grpc_api import convert
+from service.grpc_api.auth import Authenticator, Credential, Principal, Role, token_digest
+from service.grpc_api.servicers import EntitlementServicer, OfferServicer
+from service.usecases.reads import ReadService
+from service.usecases.tokens import issue_token
 
 GET_REQUEST = entitlement_service_pb2.GetEntitlementRequest(
     user_id=user_id(3, "active"), feature_id="ad_free_playback"

@@ -24,8 +24,8 @@ from datetime import datetime, timedelta
 from service.domain.account import AccountState, Redemption, Store, Subscription
 from service.domain.account import SubscriptionStatus as S
 from service.domain.catalog import Catalog
-from service.domain.checks import check_id, check_market
 from service.domain.errors import FieldViolation, InvalidRequest, PreconditionFailed
+from service.domain.validation import check_id, check_market
 
 # Events stamped further ahead than this of the service's clock are refused: one bogus
 # future event would make every real event of the subscription look stale.

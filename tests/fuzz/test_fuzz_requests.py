@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from entitlements.v1 import common_pb2, entitlement_service_pb2, offer_service_pb2
 from entitlements.v1 import subscription_event_service_pb2 as ev
-from service.auth import with_bearer_token
 from service.config import Settings
-from service.server import RunningServer, start_server
+from service.grpc_api.auth import with_bearer_token
+from service.grpc_api.server import RunningServer, start_server
 from storage.sqlite import SqliteRepository
 from tests.integration.conftest import ADMIN_TOKEN, write_test_credentials
 

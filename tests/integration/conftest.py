@@ -19,10 +19,10 @@ import grpc
 import pytest
 
 from entitlements.v1 import entitlement_service_pb2_grpc, offer_service_pb2_grpc
-from service.auth import Role, bearer_metadata, credentials_yaml, with_bearer_token
+from service.catalog.demo import seed_demo
 from service.config import Settings
-from service.demo import seed_demo
-from service.server import RunningServer, start_server
+from service.grpc_api.auth import Role, bearer_metadata, credentials_yaml, with_bearer_token
+from service.grpc_api.server import RunningServer, start_server
 from storage.repository import AccountRepository
 from storage.spanner import SpannerRepository
 from storage.sqlite import SqliteRepository

@@ -32,8 +32,9 @@ from entitlements.v1 import (
     subscription_event_service_pb2,
 )
 from entitlements.v1 import entitlement_service_pb2 as es
-from service.audit import AUDIT_LOGGER, user_digest
-from service.auth import (
+from service.config import Settings
+from service.grpc_api.audit import AUDIT_LOGGER, user_digest
+from service.grpc_api.auth import (
     DEFAULT_POLICY,
     EVENT_SERVICE,
     READ,
@@ -51,8 +52,7 @@ from service.auth import (
     token_digest,
     with_bearer_token,
 )
-from service.config import Settings
-from service.server import RunningServer, start_server
+from service.grpc_api.server import RunningServer, start_server
 from tests.integration.conftest import (
     ADMIN_PRINCIPAL,
     ADMIN_TOKEN,

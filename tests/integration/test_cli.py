@@ -25,8 +25,8 @@ import pytest
 
 from entitlements.v1 import subscription_event_service_pb2 as ses
 from entitlements.v1 import subscription_event_service_pb2_grpc
-from service.audit import user_digest
-from service.auth import bearer_metadata
+from service.grpc_api.audit import user_digest
+from service.grpc_api.auth import bearer_metadata
 from tests.integration.conftest import ADMIN_TOKEN, write_test_credentials
 from tests.integration.server_process import await_serving
 

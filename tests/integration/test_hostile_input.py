@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from entitlements.v1 import entitlement_service_pb2 as es
-from service.auth import with_bearer_token
+from service.grpc_api.auth import with_bearer_token
 from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
 from tests.integration.server_process import ServerProcess, server_process
 

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from entitlements.v1 import common_pb2
 from entitlements.v1 import entitlement_service_pb2 as es
 from service.domain.account import AccountState, Grant, GrantKind
-from service.tokens import issue_token
+from service.usecases.tokens import issue_token
 from tests.integration.conftest import HARNESS_BACKENDS, NOW, Harness
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -24,9 +24,9 @@ from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import entitlement_service_pb2_grpc
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
-from service.auth import with_bearer_token
 from service.config import Settings
-from service.server import RunningServer, start_server
+from service.grpc_api.auth import with_bearer_token
+from service.grpc_api.server import RunningServer, start_server
 from storage.faults import FaultInjectingRepository
 from storage.sqlite import SqliteRepository
 from tests.integration.conftest import (

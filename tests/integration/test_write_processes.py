@@ -11,7 +11,7 @@ import grpc
 from entitlements.v1 import common_pb2, entitlement_service_pb2, entitlement_service_pb2_grpc
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
-from service.auth import with_bearer_token
+from service.grpc_api.auth import with_bearer_token
 from storage.sqlite import SqliteRepository
 from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.integration.server_process import server_process

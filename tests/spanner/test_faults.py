@@ -24,10 +24,10 @@ from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import entitlement_service_pb2_grpc
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
-from service.auth import with_bearer_token
 from service.config import Settings
 from service.domain.account import AccountState, Redemption, Store
-from service.server import start_server
+from service.grpc_api.auth import with_bearer_token
+from service.grpc_api.server import start_server
 from storage.deadline import DeadlineExceeded, deadline_in
 from storage.repository import HistoryDraft, IdempotencyKey, Mutation, StoreUnavailable
 from storage.spanner import (

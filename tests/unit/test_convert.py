@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.convert import timestamp
+from service.grpc_api.convert import timestamp
 
 aware = st.datetimes(
     min_value=datetime(1, 1, 2),

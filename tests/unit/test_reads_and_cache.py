@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.cache import UserStateCache
 from service.domain.account import (
     AccountState,
     Store,
@@ -20,8 +19,9 @@ from service.domain.catalog import load_catalog
 from service.domain.decisions import DenialReason
 from service.domain.errors import InvalidRequest
 from service.domain.rules import Platform
-from service.reads import Consistency, ReadService
-from service.tokens import MalformedToken, issue_token, parse_token
+from service.usecases.cache import UserStateCache
+from service.usecases.reads import Consistency, ReadService
+from service.usecases.tokens import MalformedToken, issue_token, parse_token
 from storage.memory import MemoryRepository
 from storage.repository import AccountChange
 

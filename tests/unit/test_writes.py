@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from service.cache import UserStateCache
 from service.domain.account import GrantKind, Store, SubscriptionStatus
 from service.domain.catalog import load_catalog
 from service.domain.errors import InvalidRequest, NotFound, PreconditionFailed
 from service.domain.events import EventType, SubscriptionEvent
 from service.domain.grants import GrantRequest
 from service.domain.rules import Platform
-from service.reads import Consistency, ReadService
-from service.tokens import parse_token
-from service.writes import WriteService
+from service.usecases.cache import UserStateCache
+from service.usecases.reads import Consistency, ReadService
+from service.usecases.tokens import parse_token
+from service.usecases.writes import WriteService
 from storage.memory import MemoryRepository
 from storage.repository import AccountRepository, IdempotencyConflict
 from storage.sqlite import SqliteRepository

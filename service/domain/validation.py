@@ -1,15 +1,31 @@
-"""Request validation shared by the read use cases. Collects every problem of a request
-so the caller sees them all in one INVALID_ARGUMENT."""
+"""Field checks of requests, shared by the domain's own validations (events, grants) and
+the use cases. Each appends a FieldViolation naming the field, so a request's problems
+are all reported at once (one INVALID_ARGUMENT listing every bad field)."""
 
 from __future__ import annotations
 
-from service.domain.catalog import Catalog
+from service.domain.catalog import COUNTRY_CODE, Catalog
 from service.domain.errors import FieldViolation
-from service.tokens import ConsistencyToken, MalformedToken, parse_token
 
+MAX_ID_LENGTH = 128
 MAX_USER_ID_LENGTH = 128
 MAX_FEATURE_ID_LENGTH = 64
 MAX_BATCH_QUERIES = 100
+
+
+def check_id(value: str, field: str, out: list[FieldViolation]) -> None:
+    """A client-supplied id (event, request, subscription, grant)."""
+    if not value:
+        out.append(FieldViolation(field, "must not be empty"))
+    elif len(value) > MAX_ID_LENGTH or not value.isprintable():
+        out.append(FieldViolation(field, f"must be 1 to {MAX_ID_LENGTH} printable characters"))
+
+
+def check_market(market: str, field: str, out: list[FieldViolation]) -> None:
+    if not COUNTRY_CODE.fullmatch(market):
+        out.append(
+            FieldViolation(field, "must be an upper-case ISO 3166-1 alpha-2 code, e.g. 'SE'")
+        )
 
 
 def check_user_id(user_id: str, field: str, out: list[FieldViolation]) -> None:
@@ -32,13 +48,3 @@ def check_feature_id(
         out.append(FieldViolation(field, f"must be at most {MAX_FEATURE_ID_LENGTH} characters"))
     elif feature_id not in catalog.features:
         out.append(FieldViolation(field, f"unknown feature '{feature_id}'"))
-
-
-def check_token(token: str, field: str, out: list[FieldViolation]) -> ConsistencyToken | None:
-    if not token:
-        return None
-    try:
-        return parse_token(token)
-    except MalformedToken as exc:
-        out.append(FieldViolation(field, f"malformed consistency token ({exc})"))
-        return None

@@ -56,7 +56,7 @@ def serve(settings: Settings, announce: Announce) -> int:
 
 
 def _serve_in_process(settings: Settings, announce: Announce) -> int:
-    from service.server import start_server
+    from service.grpc_api.server import start_server
 
     running = start_server(settings)
     announce(
@@ -71,7 +71,7 @@ def _serve_in_process(settings: Settings, announce: Announce) -> int:
 
 def _worker_main(settings: Settings, slot: int, ready: Any) -> None:
     """Runs in a forked child, with the stop signals still blocked (inherited)."""
-    from service.server import start_server
+    from service.grpc_api.server import start_server
 
     _stop_when_parent_dies()
 

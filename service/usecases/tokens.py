@@ -12,6 +12,8 @@ import binascii
 import hashlib
 from dataclasses import dataclass
 
+from service.domain.errors import FieldViolation
+
 _FORMAT = "1"
 MAX_TOKEN_LENGTH = 128
 
@@ -49,3 +51,14 @@ def parse_token(token: str) -> ConsistencyToken:
     if len(parts) != 3 or parts[0] != _FORMAT or len(parts[1]) != 16 or not parts[2].isdigit():
         raise MalformedToken("not a consistency token")
     return ConsistencyToken(parts[1], int(parts[2]))
+
+
+def check_token(token: str, field: str, out: list[FieldViolation]) -> ConsistencyToken | None:
+    """The parsed token, None when absent; a malformed one is a violation of `field`."""
+    if not token:
+        return None
+    try:
+        return parse_token(token)
+    except MalformedToken as exc:
+        out.append(FieldViolation(field, f"malformed consistency token ({exc})"))
+        return None

@@ -27,18 +27,18 @@ from entitlements.v1 import (
 )
 from entitlements.v1 import subscription_event_service_pb2 as events_pb2
 from entitlements.v1 import subscription_event_service_pb2_grpc as events_pb2_grpc
-from service.audit import configure_audit_logging
-from service.auth import (
+from service.catalog.demo import seed_demo
+from service.config import DEFAULT_DATA_DIR, DEFAULT_STORAGE_URL, ENV_PREFIX, Settings
+from service.domain.catalog import CatalogError
+from service.domain.events import EventType
+from service.grpc_api.audit import configure_audit_logging
+from service.grpc_api.auth import (
     Role,
     channel_credentials,
     ensure_dev_credentials,
     read_dev_tokens,
     with_bearer_token,
 )
-from service.config import DEFAULT_DATA_DIR, DEFAULT_STORAGE_URL, ENV_PREFIX, Settings
-from service.demo import seed_demo
-from service.domain.catalog import CatalogError
-from service.domain.events import EventType
 from storage.repository import StoreError
 from storage.urls import UnsupportedStorageUrl, open_repository
 from storage.urls import migrate as migrate_storage
@@ -253,7 +253,7 @@ def _bootstrap_dev_credentials(settings: Settings) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service import workers
+    from service.grpc_api import workers
 
     settings = Settings.load(
         host=args.host,

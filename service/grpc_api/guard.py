@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from service.deadlines import rpc_deadline_in
+from service.usecases.deadlines import rpc_deadline_in
 
 GUARDED_PACKAGE = "/entitlements.v1."
 

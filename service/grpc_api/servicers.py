@@ -21,10 +21,11 @@ from entitlements.v1 import (
     subscription_event_service_pb2,
     subscription_event_service_pb2_grpc,
 )
-from service import convert
 from service.domain.errors import InvalidRequest, NotFound, PreconditionFailed
-from service.reads import Clock, ReadService
-from service.writes import WriteService
+from service.grpc_api import convert
+from service.usecases.clock import Clock
+from service.usecases.reads import ReadService
+from service.usecases.writes import WriteService
 from storage.deadline import DeadlineExceeded
 from storage.repository import IdempotencyConflict, StoreUnavailable
 

@@ -27,8 +27,8 @@ from service.domain.errors import FieldViolation, InvalidRequest
 from service.domain.events import EventType, SubscriptionEvent
 from service.domain.grants import GrantRequest
 from service.domain.rules import IneligibilityReason, Platform
-from service.reads import Consistency
-from service.writes import EventAnswer
+from service.usecases.reads import Consistency
+from service.usecases.writes import EventAnswer
 
 _PLATFORM_FROM_PROTO: dict[int, Platform] = {
     common_pb2.PLATFORM_WEB: Platform.WEB,

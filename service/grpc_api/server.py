@@ -17,7 +17,9 @@ from entitlements.v1 import (
     offer_service_pb2_grpc,
     subscription_event_service_pb2_grpc,
 )
-from service.auth import (
+from service.config import Settings
+from service.domain.catalog import Catalog, load_catalog
+from service.grpc_api.auth import (
     ENTITLEMENT_SERVICE,
     EVENT_SERVICE,
     OFFER_SERVICE,
@@ -26,13 +28,12 @@ from service.auth import (
     load_credentials,
     server_credentials,
 )
-from service.cache import UserStateCache
-from service.config import Settings
-from service.domain.catalog import Catalog, load_catalog
-from service.guard import RequestGuard
-from service.reads import CachePolicy, Clock, ReadService, utc_now
-from service.servicers import EntitlementServicer, OfferServicer, SubscriptionEventServicer
-from service.writes import WriteService
+from service.grpc_api.guard import RequestGuard
+from service.grpc_api.servicers import EntitlementServicer, OfferServicer, SubscriptionEventServicer
+from service.usecases.cache import UserStateCache
+from service.usecases.clock import Clock, utc_now
+from service.usecases.reads import CachePolicy, ReadService
+from service.usecases.writes import WriteService
 from storage.deadline import DeadlineExceeded, deadline_in
 from storage.faults import FaultInjectingRepository
 from storage.repository import AccountRepository, StoreError

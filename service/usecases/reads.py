@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Generic, TypeVar
 
-from service.cache import CachedUser, UserStateCache
-from service.deadlines import StoreBudget, store_budget
 from service.domain.account import UserState
 from service.domain.catalog import Catalog
-from service.domain.checks import check_market
 from service.domain.decisions import (
     EntitlementDecision,
     OfferDecisions,
@@ -21,25 +18,22 @@ from service.domain.decisions import (
 )
 from service.domain.errors import FieldViolation, InvalidRequest
 from service.domain.rules import Platform
-from service.single_flight import SingleFlight
-from service.tokens import ConsistencyToken
-from service.validation import (
+from service.domain.validation import (
     MAX_BATCH_QUERIES,
     check_feature_id,
-    check_token,
+    check_market,
     check_user_id,
 )
+from service.usecases.cache import CachedUser, UserStateCache
+from service.usecases.clock import Clock, utc_now
+from service.usecases.deadlines import StoreBudget, store_budget
+from service.usecases.single_flight import SingleFlight
+from service.usecases.tokens import ConsistencyToken, check_token
 from storage.deadline import DeadlineExceeded
 from storage.repository import AccountRepository, StoreUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,8 +41,8 @@ from entitlements.v1 import (
     offer_service_pb2,
     subscription_event_service_pb2,
 )
-from service.audit import AuditLog
 from service.config import Settings
+from service.grpc_api.audit import AuditLog
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from service.cache import UserStateCache
-from service.deadlines import StoreBudget, store_budget
 from service.domain.account import AccountState, Grant, Store, Subscription, UserState
 from service.domain.catalog import Catalog
-from service.domain.checks import check_id, check_market
 from service.domain.errors import FieldViolation, InvalidRequest
 from service.domain.events import (
     EventOutcome,
@@ -27,9 +24,11 @@ from service.domain.events import (
 from service.domain.grants import GrantRequest, new_grant, revoke_grant, validate_grant, with_grant
 from service.domain.redemption import redeem_offer
 from service.domain.rules import Platform
-from service.reads import Clock, utc_now
-from service.tokens import issue_token
-from service.validation import check_user_id
+from service.domain.validation import check_id, check_market, check_user_id
+from service.usecases.cache import UserStateCache
+from service.usecases.clock import Clock, utc_now
+from service.usecases.deadlines import StoreBudget, store_budget
+from service.usecases.tokens import issue_token
 from storage.deadline import DeadlineExceeded
 from storage.repository import (
     AccountMutation,
