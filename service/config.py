@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,10 @@ DEFAULT_STORAGE_URL = "sqlite:///data/entitlements.db"
 # Local files beside the default SQLite database: the generated development credentials.
 DEFAULT_DATA_DIR = Path("data")
 ENV_PREFIX = "ENTITLEMENTS_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with (reported to the operator)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +91,9 @@ class Settings:
                 if self.tls_cert_file is None
                 else ("tls_cert_file", "tls_key_file")
             )
-            raise ValueError(f"TLS: {given} is set but {missing} is not; set both or neither")
+            raise SettingsError(f"TLS: {given} is set but {missing} is not; set both or neither")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
-            raise ValueError(
+            raise SettingsError(
                 "TLS: tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file"
             )
 
@@ -96,33 +102,38 @@ class Settings:
         """Defaults, overridden by ENTITLEMENTS_<FIELD> variables, overridden by flags
         (`overrides` whose value is not None)."""
         values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            raw = environ.get(ENV_PREFIX + field.name.upper())
+        for name, kind in _FIELD_TYPES.items():
+            raw = environ.get(ENV_PREFIX + name.upper())
             if raw is not None:
-                values[field.name] = _coerce(field.name, field.type, raw)
+                values[name] = _from_environment(name, kind, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in _PATH_FIELDS:
-            if values.get(name) is not None:
+        for name, kind in _FIELD_TYPES.items():
+            if Path in _members(kind) and values.get(name) is not None:
                 values[name] = Path(values[name])
         return cls(**values)
 
 
-_PATH_FIELDS = tuple(
-    field.name for field in dataclasses.fields(Settings) if str(field.type).startswith("Path")
-)
+# Each setting's type, resolved from the annotations (they are strings under
+# `from __future__ import annotations`).
+_FIELD_TYPES: dict[str, Any] = {
+    field.name: typing.get_type_hints(Settings)[field.name]
+    for field in dataclasses.fields(Settings)
+}
 
 
-def _coerce(name: str, type_name: Any, raw: str) -> Any:
-    kind = str(type_name)
+def _members(kind: Any) -> tuple[Any, ...]:
+    """The types of a union (`Path | None` -> (Path, NoneType)), or the type itself."""
+    return typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+
+
+def _from_environment(name: str, kind: Any, raw: str) -> Any:
+    members = _members(kind)
+    if type(None) in members and raw == "":
+        return None
+    (converter,) = (member for member in members if member is not type(None))
     try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
+        return converter(raw)
     except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected a {kind}, got {raw!r}") from exc
-    if kind == "Path":
-        return Path(raw)
-    if kind == "Path | None":
-        return Path(raw) if raw else None
-    return raw
+        raise SettingsError(
+            f"{ENV_PREFIX}{name.upper()}: expected a {converter.__name__}, got {raw!r}"
+        ) from exc

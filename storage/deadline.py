@@ -1,9 +1,9 @@
 """The time budget of the RPC a store call serves.
 
-The servicer layer sets the RPC's deadline (from the caller's deadline or the server's
-cap) around the use case; backends read `remaining()` and pass it to the database call
-(Spanner timeouts, SQLite's busy wait), so a store call never outlives its RPC.
-A context variable rather than a parameter: every repository method gets the budget
+The use-case layer sets the store call's deadline (from the RPC's deadline, capped by the
+store timeout) around each store call; backends read `remaining()` and pass it to the
+database call (Spanner timeouts, SQLite's busy wait), so a store call never outlives its
+RPC. A context variable rather than a parameter: every repository method gets the budget
 without each signature carrying it.
 """
 
@@ -14,32 +14,43 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "store_deadline", default=None
-)
-
 
 class DeadlineExceeded(Exception):
     """The RPC's budget ran out before (or while) the store was called."""
 
 
-@contextmanager
-def deadline_in(seconds: float | None) -> Iterator[None]:
-    """Store calls inside get at most `seconds` from now (None: no deadline)."""
-    token = _deadline.set(None if seconds is None else time.monotonic() + seconds)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
+class ContextDeadline:
+    """A deadline held in a context variable: set for a block, read anywhere inside it
+    (in the same thread or task, or a context copied from it)."""
+
+    def __init__(self, name: str) -> None:
+        self._deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+            name, default=None
+        )
+
+    @contextmanager
+    def within(self, seconds: float | None) -> Iterator[None]:
+        """Inside the block the deadline is `seconds` from now (None: no deadline)."""
+        token = self._deadline.set(None if seconds is None else time.monotonic() + seconds)
+        try:
+            yield
+        finally:
+            self._deadline.reset(token)
+
+    def remaining(self) -> float | None:
+        """Seconds left (negative once passed), or None without a deadline."""
+        deadline = self._deadline.get()
+        return None if deadline is None else deadline - time.monotonic()
+
+
+_store_deadline = ContextDeadline("store_deadline")
+deadline_in = _store_deadline.within
 
 
 def remaining() -> float | None:
-    """Seconds left for the current RPC, or None when it has no deadline. Raises
+    """Seconds left for the current store call, or None when it has no deadline. Raises
     DeadlineExceeded when none is left, so no store call starts that cannot finish."""
-    deadline = _deadline.get()
-    if deadline is None:
-        return None
-    left = deadline - time.monotonic()
-    if left <= 0:
+    left = _store_deadline.remaining()
+    if left is not None and left <= 0:
         raise DeadlineExceeded("the RPC deadline passed before the store call")
     return left

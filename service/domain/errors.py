@@ -3,6 +3,7 @@ statuses (INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND)."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 
@@ -27,12 +28,23 @@ class InvalidRequest(DomainError):
         super().__init__(f"invalid request: {summary}")
 
 
+class PreconditionReason(enum.Enum):
+    """Why a write's precondition failed, besides an offer's IneligibilityReason. The
+    member's name is the google.rpc.ErrorInfo reason the protos document."""
+
+    # The event is not a valid transition from the subscription's current status.
+    INVALID_TRANSITION = enum.auto()
+    # RedeemOffer: the subscription id is taken.
+    SUBSCRIPTION_EXISTS = enum.auto()
+
+
 class PreconditionFailed(DomainError):
     """The request is well formed but the user's state does not allow it: answered
-    FAILED_PRECONDITION with a google.rpc.ErrorInfo (`reason`, machine-readable) and a
-    google.rpc.PreconditionFailure (`subject`, `description`)."""
+    FAILED_PRECONDITION with a google.rpc.ErrorInfo (the reason's name, machine-readable)
+    and a google.rpc.PreconditionFailure (`subject`, `description`). The reason is a
+    PreconditionReason, or an IneligibilityReason when an offer's rule excludes the user."""
 
-    def __init__(self, reason: str, subject: str, description: str) -> None:
+    def __init__(self, reason: enum.Enum, subject: str, description: str) -> None:
         self.reason = reason
         self.subject = subject
         self.description = description

@@ -24,7 +24,12 @@ from datetime import datetime, timedelta
 from service.domain.account import AccountState, Redemption, Store, Subscription
 from service.domain.account import SubscriptionStatus as S
 from service.domain.catalog import Catalog
-from service.domain.errors import FieldViolation, InvalidRequest, PreconditionFailed
+from service.domain.errors import (
+    FieldViolation,
+    InvalidRequest,
+    PreconditionFailed,
+    PreconditionReason,
+)
 from service.domain.validation import check_id, check_market
 
 # Events stamped further ahead than this of the service's clock are refused: one bogus
@@ -195,7 +200,7 @@ def apply_event(account: AccountState, event: SubscriptionEvent, catalog: Catalo
     if current not in ALLOWED_FROM[event.type]:
         state = current.name if current is not None else "unknown"
         raise PreconditionFailed(
-            reason="INVALID_TRANSITION",
+            reason=PreconditionReason.INVALID_TRANSITION,
             subject=f"subscriptions/{event.subscription_id}",
             description=f"{event.type.name} is not valid for a subscription in state {state}",
         )

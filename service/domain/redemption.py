@@ -16,7 +16,7 @@ from service.domain.account import (
 )
 from service.domain.catalog import Catalog, OfferKind
 from service.domain.decisions import decide_offers
-from service.domain.errors import PreconditionFailed
+from service.domain.errors import PreconditionFailed, PreconditionReason
 from service.domain.rules import Platform
 
 # Paid offers bill monthly at the offer price for the offer's duration.
@@ -41,7 +41,7 @@ def redeem_offer(
     ineligible = next((i for i in decisions.ineligible if i.offer.id == offer_id), None)
     if ineligible is not None:
         raise PreconditionFailed(
-            reason=ineligible.reason.name,
+            reason=ineligible.reason,
             subject=f"offers/{offer_id}",
             description=ineligible.detail,
         )
@@ -49,7 +49,7 @@ def redeem_offer(
     account = user.account
     if any(s.subscription_id == subscription_id for s in account.subscriptions):
         raise PreconditionFailed(
-            reason="SUBSCRIPTION_EXISTS",
+            reason=PreconditionReason.SUBSCRIPTION_EXISTS,
             subject=f"subscriptions/{subscription_id}",
             description="a subscription with this id already exists",
         )

@@ -8,34 +8,19 @@ still time to answer from stale cache or to fail fast with UNAVAILABLE.
 
 from __future__ import annotations
 
-import contextvars
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from storage.deadline import DeadlineExceeded, deadline_in
+from storage.deadline import ContextDeadline, DeadlineExceeded, deadline_in
 
 # Time kept back from the store for building the answer (or the fallback).
 ANSWER_RESERVE_SECONDS = 0.02
 
-_rpc_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "rpc_deadline", default=None
-)
-
-
-@contextmanager
-def rpc_deadline_in(seconds: float | None) -> Iterator[None]:
-    token = _rpc_deadline.set(None if seconds is None else time.monotonic() + seconds)
-    try:
-        yield
-    finally:
-        _rpc_deadline.reset(token)
-
-
-def rpc_remaining() -> float | None:
-    deadline = _rpc_deadline.get()
-    return None if deadline is None else deadline - time.monotonic()
+# The RPC's own deadline, set by the gRPC layer around the use case.
+_rpc_deadline = ContextDeadline("rpc_deadline")
+rpc_deadline_in = _rpc_deadline.within
+rpc_remaining = _rpc_deadline.remaining
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import pytest
 from service.domain.account import AccountState, Store, SubscriptionStatus, UserState
 from service.domain.catalog import load_catalog
 from service.domain.decisions import decide_entitlement
-from service.domain.errors import InvalidRequest, PreconditionFailed
+from service.domain.errors import InvalidRequest, PreconditionFailed, PreconditionReason
 from service.domain.events import (
     EventOutcome,
     EventType,
@@ -133,7 +133,7 @@ def test_invalid_transitions_are_rejected_and_change_nothing(
     account = deliver(history)
     with pytest.raises(PreconditionFailed) as raised:
         apply_event(account, bad, CATALOG)
-    assert raised.value.reason == "INVALID_TRANSITION"
+    assert raised.value.reason is PreconditionReason.INVALID_TRANSITION
     assert state in raised.value.description
     assert raised.value.subject == f"subscriptions/{SUB}"
 

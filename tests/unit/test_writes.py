@@ -180,7 +180,7 @@ def test_redeem_trial_once(services: tuple[ReadService, WriteService]) -> None:
     assert again.subscription == answer.subscription
     with pytest.raises(PreconditionFailed) as raised:
         writes.redeem("r2", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-u")
-    assert raised.value.reason == "HAD_PREMIUM_BEFORE"
+    assert raised.value.reason.name == "HAD_PREMIUM_BEFORE"
     offers = reads.get_offers("u1", "US", Platform.IOS).value
     assert all(e.offer.group != "trial" for e in offers.eligible)
 
