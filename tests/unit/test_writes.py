@@ -196,7 +196,7 @@ def test_concurrent_trial_redemptions_have_one_winner(
         try:
             writes.redeem(f"r{i}", "u1", TRIAL, "SE", Platform.WEB, Store.WEB, f"sub-{i}")
         except PreconditionFailed as error:
-            return error.reason
+            return error.reason.name
         return "OK"
 
     with ThreadPoolExecutor(20) as pool:
