@@ -1,1 +1,1 @@
-"""Storage: the account repository interface and its backends (memory, SQLite)."""
+"""Storage: the account repository interface and its backends (memory, SQLite, Cloud Spanner)."""

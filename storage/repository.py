@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from service.domain.account import AccountState, UserState
+from service.domain.account import AccountState, HouseholdMembership, HouseholdRole, UserState
 
 # A pure function from the current state to the desired state. Backends may call it more
 # than once (a retried transaction), so it must have no side effects.
@@ -135,3 +135,12 @@ class AccountRepository(Protocol):
     def close(self) -> None:
         """Releases connections. The repository is unusable afterwards."""
         ...
+
+
+def household_membership(account: AccountState) -> HouseholdMembership | None:
+    """The membership whose household `AccountRepository.load` returns with the user's
+    state: the first current membership as a MEMBER (in the order of `memberships`)."""
+    for membership in account.memberships:
+        if membership.role is HouseholdRole.MEMBER and membership.left_at is None:
+            return membership
+    return None

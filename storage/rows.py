@@ -1,17 +1,24 @@
-"""The rows of the per-user tables as the SQL backends (SQLite, Spanner) read and write
-them: one definition of each table's column order and conversions, so the backends
-cannot drift apart. A backend supplies only how it stores the values SQL has no common
-type for (timestamps, booleans)."""
+"""The per-user tables as the SQL backends (SQLite, Spanner) read and write them.
+
+Each table is described once here: its name, the columns of its rows in row order with
+their types, and (for the tables holding the tuples of AccountState) which tuple it holds
+and how an item becomes a row and back. The backends loop over these descriptions, so
+they cannot drift apart. A backend supplies only its naming convention (SQLite uses these
+snake_case names, Spanner their CamelCase: `subscription_id` is `SubscriptionId`) and how
+it stores the values SQL has no common type for (timestamps, booleans: a RowCodec).
+"""
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from service.domain.account import (
+    AccountState,
     Grant,
     GrantKind,
     HouseholdMembership,
@@ -21,7 +28,11 @@ from service.domain.account import (
     Subscription,
     SubscriptionStatus,
 )
-from storage.repository import HistoryEntry
+from storage.repository import HistoryDraft, HistoryEntry, IdempotencyKey
+
+T = TypeVar("T")
+
+# -- values ----------------------------------------------------------------------------------
 
 
 def utc(value: datetime) -> datetime:
@@ -60,11 +71,119 @@ def dump_response(response: Mapping[str, Any]) -> str:
     return json.dumps(dict(response), sort_keys=True, allow_nan=False, separators=(",", ":"))
 
 
+# -- tables ----------------------------------------------------------------------------------
+
+
+class ColumnType(enum.Enum):
+    TEXT = "text"
+    INTEGER = "integer"
+    BOOLEAN = "boolean"
+    TIMESTAMP = "timestamp"
+
+
+# (name, type): a column as the rows below hold it.
+Column = tuple[str, ColumnType]
+Columns = tuple[Column, ...]
+
+# Every per-user table's rows start with the user's id; a child table's rows then with the
+# item's position in its tuple of AccountState (which keeps the tuple's order).
+USER_ID = "user_id"
+POSITION = "position"
+
+
+def names(columns: Columns) -> tuple[str, ...]:
+    return tuple(name for name, _ in columns)
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A per-user table: its name and the columns RowCodec reads and writes, in row
+    order (the user id, and any key column a backend adds, not among them)."""
+
+    name: str
+    columns: Columns
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return names(self.columns)
+
+    def pick(self, *wanted: str) -> Columns:
+        """Some of the columns, in the order asked for."""
+        by_name = dict(self.columns)
+        return tuple((name, by_name[name]) for name in wanted)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildTable(Generic[T]):
+    """A table holding one tuple of AccountState (`field`), one row per item keyed by
+    (user id, position); a write of the state replaces all of the user's rows."""
+
+    name: str
+    field: str  # the attribute of AccountState it holds
+    columns: Columns  # the item's columns, after user id and position
+    encode: Callable[[RowCodec, T], tuple[Any, ...]]
+    decode: Callable[[RowCodec, Sequence[Any]], T]
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return names(self.columns)
+
+    @property
+    def write_columns(self) -> tuple[str, ...]:
+        """The columns of a row as `rows` makes it."""
+        return (USER_ID, POSITION, *self.column_names)
+
+    def items(self, account: AccountState) -> tuple[T, ...]:
+        items: tuple[T, ...] = getattr(account, self.field)
+        return items
+
+    def rows(self, codec: RowCodec, account: AccountState) -> list[tuple[Any, ...]]:
+        """The rows that store the tuple of `account`, in `write_columns` order."""
+        return [
+            (account.user_id, position, *self.encode(codec, item))
+            for position, item in enumerate(self.items(account))
+        ]
+
+    def read(self, codec: RowCodec, rows: Sequence[Sequence[Any]]) -> tuple[T, ...]:
+        """The tuple from its rows (columns only, in position order)."""
+        return tuple(self.decode(codec, row) for row in rows)
+
+
+_TEXT, _INT = ColumnType.TEXT, ColumnType.INTEGER
+_BOOL, _TS = ColumnType.BOOLEAN, ColumnType.TIMESTAMP
+
+# One row per user: the scalars of AccountState (and the version).
+USERS = Table(
+    "users",
+    (("version", _INT), ("home_market", _TEXT), ("student_verified_until", _TS)),
+)
+# One row per write request (AccountRepository.apply), keyed by (user id, kind, request id).
+PROCESSED_REQUESTS = Table(
+    "processed_requests",
+    (
+        ("kind", _TEXT), ("request_id", _TEXT), ("fingerprint", _TEXT), ("response", _TEXT),
+        ("version", _INT), ("recorded_at", _TS),
+    ),
+)  # fmt: skip
+# What a replay of a request reads back.
+REPLAY_COLUMNS = PROCESSED_REQUESTS.pick("fingerprint", "response", "version")
+# The append-only history; each backend adds its own ordering key.
+HISTORY = Table(
+    "history",
+    (
+        ("kind", _TEXT), ("reference", _TEXT), ("effective_at", _TS), ("recorded_at", _TS),
+        ("version", _INT), ("summary", _TEXT),
+    ),
+)  # fmt: skip
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class RowCodec:
-    """Row conversions for one backend. Rows hold the columns of
-    SUBSCRIPTION/GRANT/REDEMPTION/MEMBERSHIP/HISTORY order below (without the user id and
-    position columns, which the backend adds)."""
+    """Row conversions for one backend: rows hold the columns of the tables above, in
+    their order (without the user id and position columns, which the tables add)."""
 
     encode_ts: Callable[[datetime], Any]
     decode_ts: Callable[[object], datetime]
@@ -77,8 +196,33 @@ class RowCodec:
     def opt_decode_ts(self, value: object) -> datetime | None:
         return None if value is None else self.decode_ts(value)
 
-    # subscription_id, plan_id, status, store, started_at, current_period_end,
-    # grace_period_end, auto_renew, last_event_at, offer_id
+    def user_row(self, account: AccountState) -> tuple[Any, ...]:
+        """USERS columns."""
+        return (account.version, account.home_market, self.opt_ts(account.student_verified_until))
+
+    def account(
+        self,
+        user_id: str,
+        user: Sequence[Any] | None,
+        children: Sequence[Sequence[Sequence[Any]]],
+    ) -> AccountState:
+        """The state from its USERS row (None: a user the store has never seen) and the
+        rows of each of CHILD_TABLES, in that order."""
+        if user is None:
+            return AccountState.new(user_id)
+        version, home_market, student_verified_until = user
+        subscriptions, grants, redemptions, memberships = children
+        return AccountState(
+            user_id=user_id,
+            version=integer(version),
+            home_market=opt_text(home_market),
+            subscriptions=SUBSCRIPTIONS.read(self, subscriptions),
+            grants=GRANTS.read(self, grants),
+            redemptions=REDEMPTIONS.read(self, redemptions),
+            memberships=MEMBERSHIPS.read(self, memberships),
+            student_verified_until=self.opt_decode_ts(student_verified_until),
+        )
+
     def subscription_row(self, sub: Subscription) -> tuple[Any, ...]:
         return (
             sub.subscription_id,
@@ -119,7 +263,6 @@ class RowCodec:
             offer_id=opt_text(offer_id),
         )
 
-    # grant_id, kind, feature_id, plan_id, quota_value, starts_at, expires_at, revoked_at
     def grant_row(self, grant: Grant) -> tuple[Any, ...]:
         return (
             grant.grant_id,
@@ -145,7 +288,6 @@ class RowCodec:
             revoked_at=self.opt_decode_ts(revoked_at),
         )
 
-    # offer_id, offer_group, redeemed_at, store
     def redemption_row(self, redemption: Redemption) -> tuple[Any, ...]:
         return (
             redemption.offer_id,
@@ -163,7 +305,6 @@ class RowCodec:
             store=Store(store),
         )
 
-    # household_id, role, manager_user_id, joined_at, left_at
     def membership_row(self, membership: HouseholdMembership) -> tuple[Any, ...]:
         return (
             membership.household_id,
@@ -183,7 +324,32 @@ class RowCodec:
             left_at=self.opt_decode_ts(left_at),
         )
 
-    # kind, reference, effective_at, recorded_at, version, summary
+    def request_row(
+        self, key: IdempotencyKey, response: str, version: int, recorded_at: datetime
+    ) -> tuple[Any, ...]:
+        """PROCESSED_REQUESTS columns."""
+        return (
+            key.kind,
+            key.id,
+            key.fingerprint,
+            response,
+            version,
+            self.encode_ts(recorded_at),
+        )
+
+    def history_row(
+        self, draft: HistoryDraft, version: int, recorded_at: datetime
+    ) -> tuple[Any, ...]:
+        """HISTORY columns."""
+        return (
+            draft.kind,
+            draft.reference,
+            self.encode_ts(draft.effective_at),
+            self.encode_ts(recorded_at),
+            version,
+            draft.summary,
+        )
+
     def history_entry(self, row: Sequence[Any]) -> HistoryEntry:
         kind, reference, effective_at, recorded_at, version, summary = row
         return HistoryEntry(
@@ -194,3 +360,46 @@ class RowCodec:
             version=integer(version),
             summary=text(summary),
         )
+
+
+# The tables holding the tuples of AccountState, rewritten on every write of the state.
+# processed_requests and history are deliberately not among them.
+SUBSCRIPTIONS: ChildTable[Subscription] = ChildTable(
+    "subscriptions",
+    "subscriptions",
+    (
+        ("subscription_id", _TEXT), ("plan_id", _TEXT), ("status", _TEXT), ("store", _TEXT),
+        ("started_at", _TS), ("current_period_end", _TS), ("grace_period_end", _TS),
+        ("auto_renew", _BOOL), ("last_event_at", _TS), ("offer_id", _TEXT),
+    ),
+    RowCodec.subscription_row,
+    RowCodec.subscription,
+)  # fmt: skip
+GRANTS: ChildTable[Grant] = ChildTable(
+    "grants",
+    "grants",
+    (
+        ("grant_id", _TEXT), ("kind", _TEXT), ("feature_id", _TEXT), ("plan_id", _TEXT),
+        ("quota_value", _INT), ("starts_at", _TS), ("expires_at", _TS), ("revoked_at", _TS),
+    ),
+    RowCodec.grant_row,
+    RowCodec.grant,
+)  # fmt: skip
+REDEMPTIONS: ChildTable[Redemption] = ChildTable(
+    "redemptions",
+    "redemptions",
+    (("offer_id", _TEXT), ("offer_group", _TEXT), ("redeemed_at", _TS), ("store", _TEXT)),
+    RowCodec.redemption_row,
+    RowCodec.redemption,
+)
+MEMBERSHIPS: ChildTable[HouseholdMembership] = ChildTable(
+    "household_memberships",
+    "memberships",
+    (
+        ("household_id", _TEXT), ("role", _TEXT), ("manager_user_id", _TEXT),
+        ("joined_at", _TS), ("left_at", _TS),
+    ),
+    RowCodec.membership_row,
+    RowCodec.membership,
+)  # fmt: skip
+CHILD_TABLES: tuple[ChildTable[Any], ...] = (SUBSCRIPTIONS, GRANTS, REDEMPTIONS, MEMBERSHIPS)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import pytest
 
 from storage.spanner.client import EMULATOR_HOST_ENV, MULTIPLEXED_RW_ENV
-from storage.spanner.emulator import (
+from storage.spanner.testing import (
     BINARY_ENV,
     DEBIAN_PACKAGE,
     SpannerEmulator,

@@ -1,6 +1,6 @@
 """The Spanner emulator for the cache-miss-on-Spanner scenario (optional).
 
-Starts `emulator_main` through storage.spanner.emulator (the same tooling the tests
+Starts `emulator_main` through storage.spanner.testing (the same tooling the tests
 use), creates an instance and a migrated database and seeds the benchmark users.
 Anything missing (the binary, the spanner backend) makes `prepare` return a reason to skip
 instead of failing the run.
@@ -23,7 +23,7 @@ MULTIPLEXED_RW_ENV = "GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW"
 
 @dataclass
 class Emulator:
-    emulator: Any  # storage.spanner.emulator.SpannerEmulator (imported only when available)
+    emulator: Any  # storage.spanner.testing.SpannerEmulator (imported only when available)
     storage_url: str
 
     def server_env(self) -> dict[str, str]:
@@ -37,7 +37,7 @@ def prepare(users: int, now: datetime, log_path: Path) -> tuple[Emulator | None,
     """(the emulator with a seeded database, "") or (None, why the scenario is skipped)."""
     try:
         from storage.spanner import SpannerRepository
-        from storage.spanner.emulator import DEFAULT_BINARY, find_binary, start_emulator
+        from storage.spanner.testing import DEFAULT_BINARY, find_binary, start_emulator
         from storage.urls import UnsupportedStorageUrl, open_repository
     except ImportError as error:
         return None, f"the Spanner backend is not available: {error}"

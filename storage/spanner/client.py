@@ -246,32 +246,6 @@ def new_client(project: str, endpoint: str | None = None) -> spanner.Client:
     )
 
 
-def create_on_emulator(path: DatabasePath, endpoint: str | None, timeout: float) -> bool:
-    """When the client talks to an emulator ($SPANNER_EMULATOR_HOST or `endpoint`),
-    creates the instance and the database if they are missing, so that one `migrate`
-    prepares a fresh emulator. Does nothing against Cloud Spanner (creating an instance
-    or a database there is an operator's decision). Returns whether it created one."""
-    if endpoint is None and not os.environ.get(EMULATOR_HOST_ENV):
-        return False
-    client = new_client(path.project, endpoint)
-    created = False
-    instance = client.instance(
-        path.instance,
-        configuration_name=f"projects/{path.project}/instanceConfigs/emulator-config",
-        node_count=1,
-    )
-    if not instance.exists():
-        with contextlib.suppress(api_exceptions.AlreadyExists):
-            instance.create().result(timeout)
-            created = True
-    database = instance.database(path.database)
-    if not database.exists():
-        with contextlib.suppress(api_exceptions.AlreadyExists):
-            database.create().result(timeout)
-            created = True
-    return created
-
-
 def _warn_about_emulator_sessions() -> None:
     global _warned_multiplexed
     if _warned_multiplexed or not os.environ.get(EMULATOR_HOST_ENV):

@@ -16,16 +16,27 @@ accepted, so old and new servers can run side by side during a rollout.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.resources
+import os
 import re
 from dataclasses import dataclass
 
+from google.api_core import exceptions as api_exceptions
 from google.cloud import spanner
 from google.cloud.spanner_v1.database import Database
 from google.cloud.spanner_v1.transaction import Transaction
 
-from storage.spanner.client import DatabasePath, SchemaNotReady
+from storage.deadline import deadline_in
+from storage.spanner.client import (
+    EMULATOR_HOST_ENV,
+    DatabasePath,
+    SchemaNotReady,
+    database_handle,
+    new_client,
+    store_call,
+)
 
 MIGRATIONS_TABLE = "SchemaMigrations"
 _CREATE_MIGRATIONS_TABLE = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
@@ -121,7 +132,48 @@ def ensure_ready(database: Database, path: DatabasePath) -> None:
         )
 
 
-def migrate(database: Database, *, timeout: float = DEFAULT_DDL_TIMEOUT) -> list[str]:
+def migrate(
+    path: str | DatabasePath,
+    *,
+    endpoint: str | None = None,
+    timeout: float = DEFAULT_DDL_TIMEOUT,
+) -> list[str]:
+    """Applies the pending schema migrations to the database (`entitlements migrate`);
+    returns the names of those applied, empty when it was up to date. Against an emulator
+    it first creates the instance and the database if they are missing."""
+    database_path = path if isinstance(path, DatabasePath) else DatabasePath.parse(path)
+    with deadline_in(timeout), store_call(database_path, "migration", timeout):
+        create_on_emulator(database_path, endpoint, timeout)
+        return apply_migrations(database_handle(database_path, endpoint), timeout=timeout)
+
+
+def create_on_emulator(path: DatabasePath, endpoint: str | None, timeout: float) -> bool:
+    """When the client talks to an emulator ($SPANNER_EMULATOR_HOST or `endpoint`),
+    creates the instance and the database if they are missing, so that one `migrate`
+    prepares a fresh emulator. Does nothing against Cloud Spanner (creating an instance
+    or a database there is an operator's decision). Returns whether it created one."""
+    if endpoint is None and not os.environ.get(EMULATOR_HOST_ENV):
+        return False
+    client = new_client(path.project, endpoint)
+    created = False
+    instance = client.instance(
+        path.instance,
+        configuration_name=f"projects/{path.project}/instanceConfigs/emulator-config",
+        node_count=1,
+    )
+    if not instance.exists():
+        with contextlib.suppress(api_exceptions.AlreadyExists):
+            instance.create().result(timeout)
+            created = True
+    database = instance.database(path.database)
+    if not database.exists():
+        with contextlib.suppress(api_exceptions.AlreadyExists):
+            database.create().result(timeout)
+            created = True
+    return created
+
+
+def apply_migrations(database: Database, *, timeout: float = DEFAULT_DDL_TIMEOUT) -> list[str]:
     """Applies the pending migrations in order and records each; returns their names
     (empty when the schema was up to date, in which case nothing is changed)."""
     applied = applied_versions(database)

@@ -1,4 +1,5 @@
-"""Runs the Cloud Spanner emulator locally (tests, benchmarks): finds `emulator_main`
+"""Test tooling, not used by the service: runs the Cloud Spanner emulator locally for the
+tests (tests/spanner_emulator.py) and the load benchmark. Finds `emulator_main`
 (Debian package google-cloud-cli-spanner-emulator; $SPANNER_EMULATOR_BINARY overrides),
 starts it on a free loopback port, creates an instance and migrated databases, and stops
 it by its PID.
@@ -20,13 +21,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import spanner
 from google.cloud.spanner_v1 import KeySet
 from google.cloud.spanner_v1.transaction import Transaction
 
 from storage.spanner import DatabasePath, migrate
-from storage.spanner.client import EMULATOR_HOST_ENV, MULTIPLEXED_RW_ENV, database_handle
+from storage.spanner.client import (
+    EMULATOR_HOST_ENV,
+    MULTIPLEXED_RW_ENV,
+    database_handle,
+    new_client,
+)
 
 BINARY_ENV = "SPANNER_EMULATOR_BINARY"
 DEBIAN_PACKAGE = "google-cloud-cli-spanner-emulator"
@@ -115,12 +120,7 @@ class SpannerEmulator:
         instance.create().result(STARTUP_SECONDS)
 
     def admin_client(self) -> spanner.Client:
-        return spanner.Client(
-            project=self.project,
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": self.host},
-            disable_builtin_metrics=True,
-        )
+        return new_client(self.project, self.host)
 
     def child_env(self) -> dict[str, str]:
         """Environment for a child process that talks to the emulator."""

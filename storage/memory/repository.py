@@ -1,0 +1,99 @@
+"""MemoryRepository: the AccountRepository in a dictionary of this process."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from service.domain.account import AccountState, Household, UserState
+from storage.repository import (
+    AccountChange,
+    AccountMutation,
+    Applied,
+    HistoryEntry,
+    IdempotencyConflict,
+    IdempotencyKey,
+    household_membership,
+)
+
+
+class MemoryRepository:
+    def __init__(self) -> None:
+        self._accounts: dict[str, AccountState] = {}
+        # (user_id, kind, id) -> (fingerprint, response, version)
+        self._requests: dict[tuple[str, str, str], tuple[str, Mapping[str, Any], int]] = {}
+        self._history: dict[str, list[HistoryEntry]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
+        with self._lock:
+            account = self._accounts.get(user_id) or AccountState.new(user_id)
+            return UserState(account, self._household(account))
+
+    def _household(self, account: AccountState) -> Household | None:
+        membership = household_membership(account)
+        if membership is None:
+            return None
+        manager = self._accounts.get(membership.manager_user_id)
+        return Household(
+            membership.household_id,
+            membership.manager_user_id,
+            manager.subscriptions if manager is not None else (),
+        )
+
+    def update(self, user_id: str, change: AccountChange) -> AccountState:
+        with self._lock:
+            current = self._accounts.get(user_id) or AccountState.new(user_id)
+            desired = change(current)
+            stored = dataclasses.replace(desired, user_id=user_id, version=current.version + 1)
+            self._accounts[user_id] = stored
+            return stored
+
+    def apply(
+        self,
+        user_id: str,
+        key: IdempotencyKey,
+        mutate: AccountMutation,
+        recorded_at: datetime,
+    ) -> Applied:
+        with self._lock:
+            current = self._accounts.get(user_id) or AccountState.new(user_id)
+            seen = self._requests.get((user_id, key.kind, key.id))
+            if seen is not None:
+                fingerprint, response, version = seen
+                if fingerprint != key.fingerprint:
+                    raise IdempotencyConflict(f"{key.kind} id reused with another request")
+                return Applied(current, version, response, replayed=True)
+            mutation = mutate(current)
+            # Stored as JSON, like the durable backends, so replays answer identically.
+            response = json.loads(json.dumps(mutation.response, sort_keys=True))
+            version = current.version + 1
+            stored = dataclasses.replace(mutation.state, user_id=user_id, version=version)
+            self._accounts[user_id] = stored
+            self._requests[(user_id, key.kind, key.id)] = (
+                key.fingerprint,
+                response,
+                version,
+            )
+            self._history.setdefault(user_id, []).extend(
+                HistoryEntry(d.kind, d.reference, d.effective_at, recorded_at, version, d.summary)
+                for d in mutation.history
+            )
+            return Applied(stored, version, response, replayed=False)
+
+    def history(self, user_id: str) -> list[HistoryEntry]:
+        with self._lock:
+            return list(self._history.get(user_id, ()))
+
+    def check(self) -> None:
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            self._accounts.clear()
+            self._requests.clear()
+            self._history.clear()

@@ -1,0 +1,145 @@
+"""The queries of the Spanner backend and the reading of their results.
+
+`load`, and the reads inside `update`'s and `apply`'s transactions, are one query each:
+ARRAY subqueries return the user row and every child table (and, for `load`, the
+household manager's subscriptions; for `apply`, the processed request with the key), so
+one round trip reads a user's whole state in one snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.cloud import spanner
+
+from service.domain.account import AccountState, Household, HouseholdRole
+from storage.repository import StoreUnavailable, household_membership
+from storage.rows import (
+    CHILD_TABLES,
+    HISTORY,
+    POSITION,
+    PROCESSED_REQUESTS,
+    REPLAY_COLUMNS,
+    SUBSCRIPTIONS,
+    USER_ID,
+    USERS,
+)
+from storage.spanner import schema
+from storage.spanner.codec import CODEC, Columns, columns, name
+
+USER_COLUMNS = columns(USERS.columns)
+SUBSCRIPTION_COLUMNS = columns(SUBSCRIPTIONS.columns)
+REQUEST_COLUMNS = columns(REPLAY_COLUMNS)
+HISTORY_COLUMNS = columns(HISTORY.columns)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A query and its result columns: each is an ARRAY of STRUCTs with these fields."""
+
+    sql: str
+    columns: tuple[tuple[str, Columns], ...]
+
+
+# (alias, table, columns, condition, order): one ARRAY column of a query.
+_Part = tuple[str, str, Columns, str, str]
+
+
+def _names(columns: Columns) -> str:
+    return ", ".join(name for name, _ in columns)
+
+
+def _array(alias: str, table: str, columns: Columns, where: str, order: str) -> str:
+    return (
+        f"ARRAY(SELECT AS STRUCT {_names(columns)} FROM {table} WHERE {where}"
+        f"{f' ORDER BY {order}' if order else ''}) AS {alias}"
+    )
+
+
+_MINE = f"{name(USER_ID)} = @user_id"
+# The household of an active member: the first membership as a member without left_at
+# (storage.repository.household_membership, which the other backends use).
+_MANAGER = (
+    "UserId = (SELECT m.ManagerUserId FROM HouseholdMemberships AS m"
+    f" WHERE m.UserId = @user_id AND m.Role = '{HouseholdRole.MEMBER.value}'"
+    " AND m.LeftAt IS NULL ORDER BY m.Position LIMIT 1)"
+)
+_STATE: tuple[_Part, ...] = (
+    ("account", name(USERS.name), USER_COLUMNS, _MINE, ""),
+    *(
+        (table.field, name(table.name), columns(table.columns), _MINE, name(POSITION))
+        for table in CHILD_TABLES
+    ),
+)
+_MANAGER_SUBSCRIPTIONS: _Part = (
+    "manager_subscriptions", name(SUBSCRIPTIONS.name), SUBSCRIPTION_COLUMNS, _MANAGER,
+    name(POSITION),
+)  # fmt: skip
+_REQUEST: _Part = (
+    "request",
+    name(PROCESSED_REQUESTS.name),
+    REQUEST_COLUMNS,
+    f"{_MINE} AND Kind = @kind AND RequestId = @request_id",
+    "",
+)
+
+
+def _query(*parts: _Part) -> Query:
+    return Query(
+        "SELECT " + ", ".join(_array(*part) for part in parts),
+        tuple((alias, columns) for alias, _, columns, _, _ in parts),
+    )
+
+
+# The user's state and household: `load`.
+LOAD_QUERY = _query(*_STATE, _MANAGER_SUBSCRIPTIONS)
+# The user's state, inside `update`'s transaction.
+UPDATE_READ_QUERY = _query(*_STATE)
+# The user's state and the processed request with the key, inside `apply`'s transaction.
+APPLY_READ_QUERY = _query(*_STATE, _REQUEST)
+HISTORY_QUERY = (
+    f"SELECT {_names(HISTORY_COLUMNS)} FROM {name(HISTORY.name)} WHERE {_MINE}"
+    " ORDER BY Version, Seq"
+)
+CHECK_QUERY = f"SELECT 1 FROM {schema.MIGRATIONS_TABLE} LIMIT 1"
+
+_STRING = spanner.param_types.STRING
+USER_PARAM_TYPES = {"user_id": _STRING}
+APPLY_PARAM_TYPES = {"user_id": _STRING, "kind": _STRING, "request_id": _STRING}
+
+
+# -- reading the results -----------------------------------------------------------------
+
+
+def first_row(rows: Any) -> Sequence[Any]:
+    """The one row of a query above."""
+    for row in rows:
+        return list(row)
+    raise StoreUnavailable("spanner answered a query without its row")
+
+
+def account(user_id: str, row: Sequence[Any]) -> AccountState:
+    """The state from a row of any query above."""
+    users, *children = row[: len(_STATE)]
+    return CODEC.account(user_id, users[0] if users else None, children)
+
+
+def household(account: AccountState, row: Sequence[Any]) -> Household | None:
+    """The household from a row of LOAD_QUERY (with `account`, read from it)."""
+    membership = household_membership(account)
+    if membership is None:
+        return None
+    return Household(
+        membership.household_id,
+        membership.manager_user_id,
+        SUBSCRIPTIONS.read(CODEC, row[len(_STATE)]),
+    )
+
+
+def replay(row: Sequence[Any]) -> Sequence[Any] | None:
+    """The (fingerprint, response, version) of the processed request, from a row of
+    APPLY_READ_QUERY; None when the key is new."""
+    seen = row[len(_STATE)]
+    return seen[0] if seen else None

@@ -1,0 +1,268 @@
+"""SpannerRepository: the AccountRepository on one Cloud Spanner (or emulator) database
+(see the package docstring for reads, transactions, budgets and tags)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from google.cloud.spanner_v1.database import Database
+from google.cloud.spanner_v1.transaction import Transaction
+
+from service.domain.account import AccountState, UserState
+from storage.deadline import remaining
+from storage.repository import (
+    AccountChange,
+    AccountMutation,
+    Applied,
+    HistoryEntry,
+    IdempotencyConflict,
+    IdempotencyKey,
+    StoreUnavailable,
+)
+from storage.rows import dump_response, integer, load_response, utc
+from storage.spanner import mutations, queries, schema
+from storage.spanner.client import DatabasePath, database_handle, store_call
+from storage.spanner.codec import CODEC
+
+DEFAULT_TIMEOUT = 10.0  # a store call's budget when the RPC gave none
+# Backoff before re-running an aborted transaction: doubling from this, capped, jittered
+# (see SpannerRepository._transact).
+DEFAULT_ABORT_RETRY_DELAY = 0.01
+# Staleness bound of token-carrying reads (10 s or more is advised for bounded staleness).
+DEFAULT_STALE_READ: timedelta | None = timedelta(seconds=10)
+MAX_ABORT_RETRY_DELAY = 0.5
+
+T = TypeVar("T")
+
+
+class SpannerRepository:
+    """An AccountRepository on one Cloud Spanner (or emulator) database.
+
+    `path` is `projects/P/instances/I/databases/D` (a spanner:// URL is accepted too).
+    `endpoint` ("host:port") talks plain text without credentials to an emulator or test
+    server; otherwise the client library's rules apply ($SPANNER_EMULATOR_HOST, else
+    Cloud Spanner with Application Default Credentials). `default_timeout` bounds each
+    call made without an RPC deadline (storage.deadline). `abort_retry_delay` is the
+    first backoff before re-running an aborted transaction (doubling on each re-run).
+    `stale_read` is the staleness bound of reads that carry a consistency token (None:
+    always strong reads).
+    """
+
+    def __init__(
+        self,
+        path: str | DatabasePath,
+        *,
+        endpoint: str | None = None,
+        default_timeout: float = DEFAULT_TIMEOUT,
+        abort_retry_delay: float = DEFAULT_ABORT_RETRY_DELAY,
+        stale_read: timedelta | None = DEFAULT_STALE_READ,
+    ) -> None:
+        self._path = path if isinstance(path, DatabasePath) else DatabasePath.parse(path)
+        self._stale_read = stale_read
+        self._endpoint = endpoint
+        self._default_timeout = default_timeout
+        self._abort_retry_delay = abort_retry_delay
+        self._lock = threading.Lock()
+        self._closed = False
+        self._schema_ready = False
+
+    @property
+    def path(self) -> DatabasePath:
+        return self._path
+
+    # -- AccountRepository ---------------------------------------------------------------
+
+    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
+        """The user's state and household, as AccountRepository.load.
+
+        Without `min_version` a strong read. With one (from a consistency token), first a
+        bounded-staleness read (at most `stale_read` old: cheaper, and served by the
+        nearest replica in multi-region configurations); if that snapshot is older than
+        `min_version`, a strong read."""
+        with self._call("load") as database:
+            if min_version > 0 and self._stale_read is not None:
+                state = self._load(database, user_id, "load-stale", self._stale_read)
+                if state.account.version >= min_version:
+                    return state
+            return self._load(database, user_id, "load", None)
+
+    def update(self, user_id: str, change: AccountChange) -> AccountState:
+        def work(transaction: Transaction) -> AccountState:
+            row = queries.first_row(
+                transaction.execute_sql(
+                    queries.UPDATE_READ_QUERY.sql,
+                    params={"user_id": user_id},
+                    param_types=queries.USER_PARAM_TYPES,
+                    request_options={"request_tag": "update-read"},
+                    timeout=remaining(),
+                )
+            )
+            current = queries.account(user_id, row)
+            # Whatever `change` raises rolls back and propagates unchanged.
+            desired = change(current)
+            stored = dataclasses.replace(desired, user_id=user_id, version=current.version + 1)
+            mutations.write_account(transaction, current, stored)
+            return stored
+
+        with self._call("update") as database:
+            return self._transact(database, work, "update")
+
+    def apply(
+        self,
+        user_id: str,
+        key: IdempotencyKey,
+        mutate: AccountMutation,
+        recorded_at: datetime,
+    ) -> Applied:
+        recorded = utc(recorded_at)  # a naive time fails before any transaction
+        tag = _tag(f"apply-{key.kind}")
+
+        def work(transaction: Transaction) -> Applied:
+            row = queries.first_row(
+                transaction.execute_sql(
+                    queries.APPLY_READ_QUERY.sql,
+                    params={"user_id": user_id, "kind": key.kind, "request_id": key.id},
+                    param_types=queries.APPLY_PARAM_TYPES,
+                    request_options={"request_tag": f"{tag}-read"},
+                    timeout=remaining(),
+                )
+            )
+            current = queries.account(user_id, row)
+            seen = queries.replay(row)
+            if seen is not None:
+                fingerprint, response, version = seen
+                if fingerprint != key.fingerprint:
+                    raise IdempotencyConflict(f"{key.kind} id reused with another request")
+                return Applied(current, integer(version), load_response(response), replayed=True)
+            # Whatever `mutate` raises rolls back and propagates unchanged.
+            mutation = mutate(current)
+            version = current.version + 1
+            stored = dataclasses.replace(mutation.state, user_id=user_id, version=version)
+            response = dump_response(mutation.response)
+            mutations.write_account(transaction, current, stored)
+            mutations.write_request(transaction, user_id, key, response, version, recorded)
+            mutations.append_history(transaction, user_id, mutation.history, version, recorded)
+            # Through JSON, like a replay, so the first answer and its replays are equal.
+            return Applied(stored, version, load_response(response), replayed=False)
+
+        with self._call(tag) as database:
+            return self._transact(database, work, tag)
+
+    def history(self, user_id: str) -> list[HistoryEntry]:
+        with self._call("history") as database, database.snapshot() as snapshot:
+            rows = snapshot.execute_sql(
+                queries.HISTORY_QUERY,
+                params={"user_id": user_id},
+                param_types=queries.USER_PARAM_TYPES,
+                request_options={"request_tag": "history"},
+                timeout=remaining(),
+            )
+            return [CODEC.history_entry(row) for row in rows]
+
+    def check(self) -> None:
+        """Raises StoreUnavailable (SchemaNotReady for a missing migration) unless the
+        database answers and has the schema this build needs."""
+        with self._call("check", verify_schema=False) as database:
+            if not self._schema_ready:
+                schema.ensure_ready(database, self._path)
+                self._schema_ready = True
+                return
+            # Checked already: one cheap query (the readiness probe calls this often).
+            with database.snapshot() as snapshot:
+                list(
+                    snapshot.execute_sql(
+                        queries.CHECK_QUERY,
+                        request_options={"request_tag": "check"},
+                        timeout=remaining(),
+                    )
+                )
+
+    def close(self) -> None:
+        """Detaches this repository; the process's client and database handle stay (see
+        client.py: closing them can block for minutes)."""
+        with self._lock:
+            self._closed = True
+
+    # -- internals -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _call(self, what: str, *, verify_schema: bool = True) -> Iterator[Database]:
+        """One store call (see client.store_call), with this process's database handle."""
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("spanner repository is closed")
+        with store_call(self._path, what, self._default_timeout):
+            yield self._database(verify_schema)
+
+    def _database(self, verify_schema: bool) -> Database:
+        database = database_handle(self._path, self._endpoint)
+        if verify_schema and not self._schema_ready:
+            schema.ensure_ready(database, self._path)
+            self._schema_ready = True
+        return database
+
+    def _load(
+        self,
+        database: Database,
+        user_id: str,
+        tag: str,
+        max_staleness: timedelta | None,
+    ) -> UserState:
+        options = {} if max_staleness is None else {"max_staleness": max_staleness}
+        with database.snapshot(**options) as snapshot:
+            row = queries.first_row(
+                snapshot.execute_sql(
+                    queries.LOAD_QUERY.sql,
+                    params={"user_id": user_id},
+                    param_types=queries.USER_PARAM_TYPES,
+                    request_options={"request_tag": tag},
+                    timeout=remaining(),
+                )
+            )
+        account = queries.account(user_id, row)
+        return UserState(account, queries.household(account, row))
+
+    def _transact(self, database: Database, work: Callable[[Transaction], T], tag: str) -> T:
+        """Runs `work` in a read-write transaction, re-run after ABORTED until the call's
+        budget is spent. Before a re-run it waits what Spanner asked for (RetryInfo, done
+        by the client) plus a jittered exponential backoff from `abort_retry_delay` (done
+        here): the client's own fallback, 2**attempt seconds when Spanner gives no delay,
+        would outlast any RPC, and a fixed short one makes many contenders spin."""
+        attempts = 0
+
+        def attempt(transaction: Transaction) -> T:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                self._back_off(attempts - 1)
+            return work(transaction)
+
+        budget = remaining()
+        result: T = database.run_in_transaction(
+            attempt,
+            transaction_tag=tag,
+            # Stop re-running after ABORTED when the call's budget is spent.
+            timeout_secs=self._default_timeout if budget is None else budget,
+            default_retry_delay=0.0,
+        )
+        return result
+
+    def _back_off(self, retry: int) -> None:
+        """Sleeps before the `retry`-th re-run (no transaction is open meanwhile)."""
+        delay = min(MAX_ABORT_RETRY_DELAY, self._abort_retry_delay * 2 ** (retry - 1))
+        delay *= random.uniform(0.5, 1.5)
+        left = remaining()
+        time.sleep(delay if left is None else max(0.0, min(delay, left)))
+
+
+def _tag(text: str) -> str:
+    """A request or transaction tag: printable ASCII, at most 50 characters."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:50]

@@ -1,0 +1,154 @@
+"""The SQL of the SQLite backend: reading and writing a user's rows (state, processed
+requests, history), built from the table descriptions of storage.rows. Every function
+runs inside the caller's transaction on the caller's connection."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from service.domain.account import AccountState, Household
+from storage.repository import (
+    HistoryDraft,
+    HistoryEntry,
+    IdempotencyKey,
+    household_membership,
+)
+from storage.rows import (
+    CHILD_TABLES,
+    HISTORY,
+    POSITION,
+    PROCESSED_REQUESTS,
+    REPLAY_COLUMNS,
+    SUBSCRIPTIONS,
+    USER_ID,
+    USERS,
+    ChildTable,
+    names,
+)
+from storage.sqlite.codec import CODEC
+
+
+def _list(columns: Sequence[str]) -> str:
+    return ", ".join(columns)
+
+
+def _insert(table: str, columns: Sequence[str]) -> str:
+    return f"INSERT INTO {table} ({_list(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+
+
+def _select_children(table: ChildTable[Any]) -> str:
+    return (
+        f"SELECT {_list(table.column_names)} FROM {table.name}"
+        f" WHERE {USER_ID} = ? ORDER BY {POSITION}"
+    )
+
+
+_SELECT_USER = f"SELECT {_list(USERS.column_names)} FROM {USERS.name} WHERE {USER_ID} = ?"
+_UPSERT_USER = (
+    _insert(USERS.name, (USER_ID, *USERS.column_names))
+    + f" ON CONFLICT ({USER_ID}) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in USERS.column_names)
+)
+_SELECT_CHILDREN = {table.name: _select_children(table) for table in CHILD_TABLES}
+_DELETE_CHILDREN = {
+    table.name: f"DELETE FROM {table.name} WHERE {USER_ID} = ?" for table in CHILD_TABLES
+}
+_INSERT_CHILDREN = {table.name: _insert(table.name, table.write_columns) for table in CHILD_TABLES}
+_SELECT_REPLAY = (
+    f"SELECT {_list(names(REPLAY_COLUMNS))} FROM {PROCESSED_REQUESTS.name}"
+    f" WHERE {USER_ID} = ? AND kind = ? AND request_id = ?"
+)
+_INSERT_REQUEST = _insert(PROCESSED_REQUESTS.name, (USER_ID, *PROCESSED_REQUESTS.column_names))
+# `seq` (AUTOINCREMENT) is the order of appending.
+_SELECT_HISTORY = (
+    f"SELECT {_list(HISTORY.column_names)} FROM {HISTORY.name} WHERE {USER_ID} = ? ORDER BY seq"
+)
+_INSERT_HISTORY = _insert(HISTORY.name, (USER_ID, *HISTORY.column_names))
+
+
+# -- the state ---------------------------------------------------------------------------
+
+
+def read_account(connection: sqlite3.Connection, user_id: str) -> AccountState:
+    user = connection.execute(_SELECT_USER, (user_id,)).fetchone()
+    if user is None:
+        return AccountState.new(user_id)
+    children = [_read_children(connection, table, user_id) for table in CHILD_TABLES]
+    return CODEC.account(user_id, user, children)
+
+
+def _read_children(
+    connection: sqlite3.Connection, table: ChildTable[Any], user_id: str
+) -> list[Any]:
+    return connection.execute(_SELECT_CHILDREN[table.name], (user_id,)).fetchall()
+
+
+def read_household(connection: sqlite3.Connection, account: AccountState) -> Household | None:
+    """The household of `account` (see household_membership), with the manager's
+    subscriptions read in the caller's transaction."""
+    membership = household_membership(account)
+    if membership is None:
+        return None
+    rows = _read_children(connection, SUBSCRIPTIONS, membership.manager_user_id)
+    return Household(
+        membership.household_id,
+        membership.manager_user_id,
+        SUBSCRIPTIONS.read(CODEC, rows),
+    )
+
+
+def write_account(connection: sqlite3.Connection, account: AccountState) -> None:
+    """Stores `account` as is (version included), replacing all of the user's rows."""
+    user_id = account.user_id
+    connection.execute(_UPSERT_USER, (user_id, *CODEC.user_row(account)))
+    for table in CHILD_TABLES:
+        connection.execute(_DELETE_CHILDREN[table.name], (user_id,))
+    for table in CHILD_TABLES:
+        connection.executemany(_INSERT_CHILDREN[table.name], table.rows(CODEC, account))
+
+
+# -- processed requests and history ------------------------------------------------------
+
+
+def read_replay(
+    connection: sqlite3.Connection, user_id: str, key: IdempotencyKey
+) -> Sequence[Any] | None:
+    """The (fingerprint, response, version) kept for the user's request `key`, if any."""
+    row: Sequence[Any] | None = connection.execute(
+        _SELECT_REPLAY, (user_id, key.kind, key.id)
+    ).fetchone()
+    return row
+
+
+def write_request(
+    connection: sqlite3.Connection,
+    user_id: str,
+    key: IdempotencyKey,
+    response: str,
+    version: int,
+    recorded_at: datetime,
+) -> None:
+    connection.execute(
+        _INSERT_REQUEST, (user_id, *CODEC.request_row(key, response, version, recorded_at))
+    )
+
+
+def append_history(
+    connection: sqlite3.Connection,
+    user_id: str,
+    drafts: Sequence[HistoryDraft],
+    version: int,
+    recorded_at: datetime,
+) -> None:
+    connection.executemany(
+        _INSERT_HISTORY,
+        [(user_id, *CODEC.history_row(draft, version, recorded_at)) for draft in drafts],
+    )
+
+
+def read_history(connection: sqlite3.Connection, user_id: str) -> list[HistoryEntry]:
+    rows = connection.execute(_SELECT_HISTORY, (user_id,)).fetchall()
+    return [CODEC.history_entry(row) for row in rows]
