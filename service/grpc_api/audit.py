@@ -10,7 +10,6 @@ records of one user (hash the id you are looking for the same way) without stori
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,17 +21,13 @@ from typing import Any
 
 import grpc
 
+from service.domain.identity import user_digest
+
 AUDIT_LOGGER = "entitlements.audit"
 # Request ids are chosen by clients: bound what one record can carry.
 MAX_REQUEST_ID_CHARS = 128
-USER_DIGEST_HEX_CHARS = 16
 
 _log = logging.getLogger(AUDIT_LOGGER)
-
-
-def user_digest(user_id: str) -> str:
-    """The pseudonymous user reference written to the audit log."""
-    return hashlib.sha256(user_id.encode()).hexdigest()[:USER_DIGEST_HEX_CHARS]
 
 
 def _request_id(request: Any) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from service.grpc_api.handler_cache import HandlerCache
 from service.usecases.deadlines import rpc_deadline_in
 
 GUARDED_PACKAGE = "/entitlements.v1."
@@ -25,7 +26,7 @@ MALFORMED = _Malformed()
 class RequestGuard(grpc.ServerInterceptor):
     def __init__(self, max_rpc_seconds: float) -> None:
         self._max_rpc_seconds = max_rpc_seconds
-        self._handlers: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], Any]] = {}
+        self._handlers = HandlerCache(self._wrap)
 
     def intercept_service(
         self,
@@ -36,17 +37,17 @@ class RequestGuard(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or handler.unary_unary is None or not method.startswith(GUARDED_PACKAGE):
             return handler
-        cached = self._handlers.get(method)
-        if cached is not None and cached[0] is handler:
-            wrapped: grpc.RpcMethodHandler[Any, Any] = cached[1]
-            return wrapped
-        wrapped = grpc.unary_unary_rpc_method_handler(
+        return self._handlers.wrapped(method, handler)
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        assert handler.unary_unary is not None  # intercept_service wraps only unary calls
+        return grpc.unary_unary_rpc_method_handler(
             self._guarded(handler.unary_unary),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
-        self._handlers[method] = (handler, wrapped)
-        return wrapped
 
     def _guarded(
         self, inner: Callable[[Any, grpc.ServicerContext], Any]

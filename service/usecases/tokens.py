@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from dataclasses import dataclass
 
 from service.domain.errors import FieldViolation
+from service.domain.identity import user_digest
 
 _FORMAT = "1"
 MAX_TOKEN_LENGTH = 128
@@ -29,10 +29,6 @@ class ConsistencyToken:
 
     def applies_to(self, user_id: str) -> bool:
         return self.user_digest == user_digest(user_id)
-
-
-def user_digest(user_id: str) -> str:
-    return hashlib.sha256(user_id.encode()).hexdigest()[:16]
 
 
 def issue_token(user_id: str, version: int) -> str:

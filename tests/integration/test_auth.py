@@ -33,7 +33,8 @@ from entitlements.v1 import (
 )
 from entitlements.v1 import entitlement_service_pb2 as es
 from service.config import Settings
-from service.grpc_api.audit import AUDIT_LOGGER, user_digest
+from service.domain.identity import user_digest
+from service.grpc_api.audit import AUDIT_LOGGER
 from service.grpc_api.auth import (
     DEFAULT_POLICY,
     EVENT_SERVICE,
