@@ -2,16 +2,18 @@
 
 Each rule answers eligible or not *and why* (a machine-readable reason plus a short
 detail), and when its answer could change by itself (`recheck_at`), so that an offers
-answer can say how long it holds.
+answer can say how long it holds. Each rule also parses its own argument in the catalog
+(`parse`); `RULE_TYPES` maps the rules' catalog names to them.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import re
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, Self
 
 from service.domain.account import (
     Access,
@@ -20,6 +22,9 @@ from service.domain.account import (
     subscription_access,
     subscription_ended_at,
 )
+
+# A market: an ISO 3166-1 alpha-2 country code.
+COUNTRY_CODE = re.compile(r"^[A-Z]{2}$")
 
 
 class Platform(enum.Enum):
@@ -165,12 +170,51 @@ def _ineligible(
     return RuleResult(eligible=False, reason=reason, detail=detail, recheck_at=recheck_at)
 
 
+class RuleArgumentError(ValueError):
+    """A rule's argument in the catalog is invalid; `problems` lists every problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class RuleScope:
+    """What a rule's argument may name: the plans and markets of the catalog it is in."""
+
+    plan_ids: Collection[str]
+    markets: Collection[str]
+
+
 class Rule(Protocol):
     """An eligibility rule. `name` is its key in the catalog file."""
 
     name: ClassVar[str]
 
+    @classmethod
+    def parse(cls, argument: object, scope: RuleScope) -> Self:
+        """The rule from its argument in the catalog file (None after a bare name);
+        raises RuleArgumentError listing every problem of the argument."""
+        ...
+
     def evaluate(self, ctx: RuleContext) -> RuleResult: ...
+
+
+def _no_argument(name: str, argument: object) -> None:
+    if argument not in (None, True, {}):
+        raise RuleArgumentError([f"'{name}' takes no argument"])
+
+
+def _days(name: str, argument: object) -> int:
+    if isinstance(argument, bool) or not isinstance(argument, int) or argument < 1:
+        raise RuleArgumentError([f"'{name}' takes a number of days >= 1, got {argument!r}"])
+    return argument
+
+
+def _non_empty_list(name: str, argument: object) -> list[object]:
+    if not isinstance(argument, list) or not argument:
+        raise RuleArgumentError([f"'{name}' takes a non-empty list, got {argument!r}"])
+    return argument
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +222,11 @@ class NeverHadPremium:
     """Only for users who never had a premium plan, on any store (trials count)."""
 
     name: ClassVar[str] = "never_had_premium"
+
+    @classmethod
+    def parse(cls, argument: object, scope: RuleScope) -> Self:
+        _no_argument(cls.name, argument)
+        return cls()
 
     def evaluate(self, ctx: RuleContext) -> RuleResult:
         if ctx.facts.ever_premium:
@@ -192,6 +241,11 @@ class GroupNotRedeemed:
     """Only for users who never redeemed an offer of the offer's group."""
 
     name: ClassVar[str] = "group_not_redeemed"
+
+    @classmethod
+    def parse(cls, argument: object, scope: RuleScope) -> Self:
+        _no_argument(cls.name, argument)
+        return cls()
 
     def evaluate(self, ctx: RuleContext) -> RuleResult:
         if ctx.offer_group in ctx.facts.redeemed_groups:
@@ -208,6 +262,10 @@ class LapsedForDays:
 
     days: int
     name: ClassVar[str] = "lapsed_for_days"
+
+    @classmethod
+    def parse(cls, argument: object, scope: RuleScope) -> Self:
+        return cls(_days(cls.name, argument))
 
     def evaluate(self, ctx: RuleContext) -> RuleResult:
         facts = ctx.facts
@@ -236,6 +294,18 @@ class CurrentPlanIn:
     plan_ids: frozenset[str]
     name: ClassVar[str] = "current_plan_in"
 
+    @classmethod
+    def parse(cls, argument: object, scope: RuleScope) -> Self:
+        plan_ids = _non_empty_list(cls.name, argument)
+        problems = [
+            f"unknown plan {plan_id!r}"
+            for plan_id in plan_ids
+            if not isinstance(plan_id, str) or plan_id not in scope.plan_ids
+        ]
+        if problems:
+            raise RuleArgumentError(problems)
+        return cls(frozenset(str(plan_id) for plan_id in plan_ids))
+
     def evaluate(self, ctx: RuleContext) -> RuleResult:
         if ctx.facts.current_plan_id not in self.plan_ids:
             return _ineligible(
@@ -252,6 +322,19 @@ class MarketIn:
     markets: frozenset[str]
     name: ClassVar[str] = "market_in"
 
+    @classmethod
+    def parse(cls, argument: object, scope: RuleScope) -> Self:
+        countries = _non_empty_list(cls.name, argument)
+        problems = []
+        for country in countries:
+            if not isinstance(country, str) or not COUNTRY_CODE.fullmatch(country):
+                problems.append(f"not an ISO 3166-1 alpha-2 code: {country!r}")
+            elif country not in scope.markets:
+                problems.append(f"unknown market '{country}'")
+        if problems:
+            raise RuleArgumentError(problems)
+        return cls(frozenset(str(country) for country in countries))
+
     def evaluate(self, ctx: RuleContext) -> RuleResult:
         if ctx.market not in self.markets:
             return _ineligible(
@@ -267,6 +350,20 @@ class PlatformIn:
     platforms: frozenset[Platform]
     name: ClassVar[str] = "platform_in"
 
+    @classmethod
+    def parse(cls, argument: object, scope: RuleScope) -> Self:
+        platforms: set[Platform] = set()
+        problems = []
+        for value in _non_empty_list(cls.name, argument):
+            try:
+                platforms.add(Platform(value))
+            except ValueError:
+                allowed = ", ".join(platform.value for platform in Platform)
+                problems.append(f"'{cls.name}' must be one of {allowed}, got {value!r}")
+        if problems:
+            raise RuleArgumentError(problems)
+        return cls(frozenset(platforms))
+
     def evaluate(self, ctx: RuleContext) -> RuleResult:
         if ctx.platform not in self.platforms:
             return _ineligible(
@@ -281,6 +378,11 @@ class VerifiedStudent:
     """Only for users whose student status is verified now."""
 
     name: ClassVar[str] = "verified_student"
+
+    @classmethod
+    def parse(cls, argument: object, scope: RuleScope) -> Self:
+        _no_argument(cls.name, argument)
+        return cls()
 
     def evaluate(self, ctx: RuleContext) -> RuleResult:
         until = ctx.facts.student_verified_until
@@ -299,6 +401,10 @@ class NotInHouseholdCooldown:
     days: int
     name: ClassVar[str] = "not_in_household_cooldown"
 
+    @classmethod
+    def parse(cls, argument: object, scope: RuleScope) -> Self:
+        return cls(_days(cls.name, argument))
+
     def evaluate(self, ctx: RuleContext) -> RuleResult:
         changed = ctx.facts.last_household_change
         if changed is None:
@@ -313,19 +419,18 @@ class NotInHouseholdCooldown:
         return ELIGIBLE
 
 
-RULE_TYPES: dict[str, type] = {
-    rule.name: rule
-    for rule in (
-        NeverHadPremium,
-        GroupNotRedeemed,
-        LapsedForDays,
-        CurrentPlanIn,
-        MarketIn,
-        PlatformIn,
-        VerifiedStudent,
-        NotInHouseholdCooldown,
-    )
-}
+_RULES: tuple[type[Rule], ...] = (
+    NeverHadPremium,
+    GroupNotRedeemed,
+    LapsedForDays,
+    CurrentPlanIn,
+    MarketIn,
+    PlatformIn,
+    VerifiedStudent,
+    NotInHouseholdCooldown,
+)
+# Every rule by its name in the catalog file, in the order error messages list them.
+RULE_TYPES: dict[str, type[Rule]] = {rule.name: rule for rule in _RULES}
 
 
 def first_failure(rules: Iterable[Rule], ctx: RuleContext) -> tuple[RuleResult, list[datetime]]:

@@ -4,8 +4,9 @@ are all reported at once (one INVALID_ARGUMENT listing every bad field)."""
 
 from __future__ import annotations
 
-from service.domain.catalog import COUNTRY_CODE, Catalog
+from service.domain.catalog import Catalog
 from service.domain.errors import FieldViolation
+from service.domain.rules import COUNTRY_CODE
 
 MAX_ID_LENGTH = 128
 MAX_USER_ID_LENGTH = 128

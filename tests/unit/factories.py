@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
+from service.catalog import load_catalog
 from service.domain.account import (
     AccountState,
     Grant,
@@ -18,7 +19,7 @@ from service.domain.account import (
     SubscriptionStatus,
     UserState,
 )
-from service.domain.catalog import Catalog, Experiment, load_catalog
+from service.domain.catalog import Catalog, Experiment
 
 CATALOG: Catalog = load_catalog()
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -14,19 +14,21 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.catalog import EXAMPLE_CATALOG, CatalogError, load_catalog, parse_catalog
+from service.domain import rules
 from service.domain.account import HouseholdRole
-from service.domain.catalog import (
-    EXAMPLE_CATALOG,
-    CatalogError,
-    FeatureKind,
-    OfferKind,
-    load_catalog,
-    parse_catalog,
-)
+from service.domain.catalog import FeatureKind, OfferKind
 from service.domain.rules import (
+    RULE_TYPES,
+    CurrentPlanIn,
     GroupNotRedeemed,
     LapsedForDays,
+    MarketIn,
     NeverHadPremium,
+    NotInHouseholdCooldown,
+    Platform,
+    PlatformIn,
+    Rule,
     VerifiedStudent,
 )
 
@@ -275,6 +277,62 @@ def test_unknown_rule_name() -> None:
     assert_problem(
         problems_of(doc), f"offers[0] ({TRIAL}).eligibility[2]", "unknown rule 'is_cool'"
     )
+
+
+def test_unknown_rule_lists_the_known_rules() -> None:
+    doc = raw_copy()
+    doc["offers"][0]["eligibility"] = ["is_cool"]
+    assert problems_of(doc) == [
+        f"offers[0] ({TRIAL}).eligibility[0]: unknown rule 'is_cool' (known: "
+        "never_had_premium, group_not_redeemed, lapsed_for_days, current_plan_in, "
+        "market_in, platform_in, verified_student, not_in_household_cooldown)"
+    ]
+
+
+def test_every_rule_is_registered_under_its_name() -> None:
+    defined = {
+        value
+        for value in vars(rules).values()
+        if isinstance(value, type)
+        and value.__module__ == rules.__name__
+        and value is not Rule
+        and callable(getattr(value, "evaluate", None))
+    }
+    assert set(RULE_TYPES.values()) == defined
+    assert all(rule.name == name for name, rule in RULE_TYPES.items())
+
+
+@pytest.mark.parametrize(
+    ("entry", "rule"),
+    [
+        ("never_had_premium", NeverHadPremium()),
+        ({"never_had_premium": None}, NeverHadPremium()),
+        ({"group_not_redeemed": True}, GroupNotRedeemed()),
+        ({"verified_student": {}}, VerifiedStudent()),
+        ({"lapsed_for_days": 30}, LapsedForDays(30)),
+        ({"not_in_household_cooldown": 14}, NotInHouseholdCooldown(14)),
+        ({"current_plan_in": ["free", "basic"]}, CurrentPlanIn(frozenset({"free", "basic"}))),
+        ({"market_in": ["US", "SE"]}, MarketIn(frozenset({"US", "SE"}))),
+        ({"platform_in": ["web", "ios"]}, PlatformIn(frozenset({Platform.WEB, Platform.IOS}))),
+    ],
+)
+def test_rules_parse_their_arguments(entry: Any, rule: Rule) -> None:
+    doc = raw_copy()
+    i = offer_index(doc, WINBACK)
+    doc["offers"][i]["eligibility"] = [entry]
+    assert parse_catalog(doc).offers[i].rules == (rule,)
+
+
+def test_every_bad_entry_of_a_rule_argument_is_reported_in_order() -> None:
+    doc = raw_copy()
+    i = offer_index(doc, WINBACK)
+    doc["offers"][i]["eligibility"] = [{"market_in": ["XX", "usa", "SE", 7]}]
+    where = f"offers[{i}] ({WINBACK}).eligibility[0]"
+    assert problems_of(doc) == [
+        f"{where}: unknown market 'XX'",
+        f"{where}: not an ISO 3166-1 alpha-2 code: 'usa'",
+        f"{where}: not an ISO 3166-1 alpha-2 code: 7",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from service.catalog import load_catalog
 from service.domain.account import AccountState, Store, SubscriptionStatus, UserState
-from service.domain.catalog import load_catalog
 from service.domain.decisions import decide_entitlement
 from service.domain.errors import InvalidRequest, PreconditionFailed, PreconditionReason
 from service.domain.events import (

@@ -10,15 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from service.catalog import EXAMPLE_CATALOG, load_catalog, parse_catalog
 from service.domain.account import HouseholdRole, SubscriptionStatus, UserState
-from service.domain.catalog import (
-    EXAMPLE_CATALOG,
-    Catalog,
-    Experiment,
-    ExperimentArm,
-    load_catalog,
-    parse_catalog,
-)
+from service.domain.catalog import Catalog, Experiment, ExperimentArm
 from service.domain.decisions import (
     EligibleOffer,
     IneligibleOffer,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from service.catalog import load_catalog
 from service.domain.account import (
     AccountState,
     Store,
@@ -15,7 +16,6 @@ from service.domain.account import (
     SubscriptionStatus,
     UserState,
 )
-from service.domain.catalog import load_catalog
 from service.domain.decisions import DenialReason
 from service.domain.errors import InvalidRequest
 from service.domain.rules import Platform

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from service.catalog import load_catalog
 from service.domain.account import GrantKind, Store, SubscriptionStatus
-from service.domain.catalog import load_catalog
 from service.domain.errors import InvalidRequest, NotFound, PreconditionFailed
 from service.domain.events import EventType, SubscriptionEvent
 from service.domain.grants import GrantRequest

@@ -1,0 +1,406 @@
+"""Validation of a parsed catalog document, and building the Catalog from it.
+
+Every problem is reported with the path of the bad entry (e.g. "offers[2] (premium-trial):
+unknown plan 'premium'"), all at once, so a catalog change is fixed in one round.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from service.domain.account import HouseholdRole
+from service.domain.catalog import (
+    Catalog,
+    Experiment,
+    ExperimentArm,
+    Feature,
+    FeatureKind,
+    Market,
+    Offer,
+    OfferKind,
+    Plan,
+    PlanFeature,
+    catalog_version,
+)
+from service.domain.rules import (
+    COUNTRY_CODE,
+    RULE_TYPES,
+    Platform,
+    Rule,
+    RuleArgumentError,
+    RuleScope,
+)
+
+CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
+IDENTIFIER = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+E = TypeVar("E", bound=enum.Enum)
+
+
+class CatalogError(ValueError):
+    """The catalog file is invalid; `problems` lists every bad entry with its path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid catalog:\n  " + "\n  ".join(problems))
+
+
+def parse_catalog(raw: Any) -> Catalog:
+    """Validates a parsed catalog document and builds the Catalog, or raises CatalogError."""
+    parser = _Parser()
+    catalog = parser.catalog(raw)
+    if parser.problems:
+        raise CatalogError(parser.problems)
+    assert catalog is not None
+    return catalog
+
+
+class _Parser:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+    def mapping(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.problem(where, f"expected a mapping, got {type(value).__name__}")
+            return {}
+        return value
+
+    def entries(self, raw: dict[str, Any], key: str) -> list[tuple[str, dict[str, Any]]]:
+        value = raw.get(key, [])
+        if not isinstance(value, list):
+            self.problem(key, "expected a list")
+            return []
+        out = []
+        for index, item in enumerate(value):
+            where = f"{key}[{index}]"
+            if isinstance(item, dict) and isinstance(item.get("id") or item.get("country"), str):
+                where += f" ({item.get('id') or item.get('country')})"
+            out.append((where, self.mapping(item, where)))
+        return out
+
+    def listed(self, value: Any, where: str, key: str) -> list[Any]:
+        """A list-valued setting (null counts as empty)."""
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.problem(where, f"'{key}' must be a list, got {value!r}")
+            return []
+        return value
+
+    def check_keys(self, entry: dict[str, Any], where: str, allowed: set[str]) -> None:
+        for key in sorted(set(entry) - allowed, key=str):
+            self.problem(where, f"unknown key '{key}' (allowed: {', '.join(sorted(allowed))})")
+
+    def identifier(self, entry: dict[str, Any], key: str, where: str) -> str:
+        value = entry.get(key)
+        if not isinstance(value, str) or not IDENTIFIER.match(value):
+            self.problem(where, f"'{key}' must be a lower-case identifier, got {value!r}")
+            return ""
+        return value
+
+    def text(self, entry: dict[str, Any], key: str, where: str) -> str:
+        value = entry.get(key, "")
+        if not isinstance(value, str):
+            self.problem(where, f"'{key}' must be text, got {type(value).__name__}")
+            return ""
+        return value
+
+    def integer(
+        self, entry: dict[str, Any], key: str, where: str, default: int | None = None, low: int = 0
+    ) -> int:
+        value = entry.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            self.problem(where, f"'{key}' must be an integer >= {low}, got {value!r}")
+            return low
+        return value
+
+    def enum_value(self, enum_type: type[E], value: Any, where: str, key: str) -> E | None:
+        try:
+            return enum_type(value)
+        except ValueError:
+            allowed = ", ".join(member.value for member in enum_type)
+            self.problem(where, f"'{key}' must be one of {allowed}, got {value!r}")
+            return None
+
+    def timestamp(self, value: Any, where: str, key: str) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            parsed = value
+        else:
+            try:
+                parsed = datetime.fromisoformat(str(value))
+            except ValueError:
+                self.problem(where, f"'{key}' must be an ISO 8601 timestamp, got {value!r}")
+                return None
+        if parsed.tzinfo is None:
+            self.problem(where, f"'{key}' must carry a time zone (e.g. 'Z'), got {value!r}")
+            return None
+        return parsed.astimezone(UTC)
+
+    def catalog(self, raw: Any) -> Catalog | None:
+        doc = self.mapping(raw, "catalog")
+        self.check_keys(
+            doc,
+            "catalog",
+            {"schema_version", "free_plan", "features", "plans", "markets", "offers"},
+        )
+        if type(doc.get("schema_version")) is not int or doc.get("schema_version") != 1:
+            self.problem("schema_version", f"must be 1, got {doc.get('schema_version')!r}")
+        features = self.features(doc)
+        plans = self.plans(doc, features)
+        free_plan_id = doc.get("free_plan")
+        if not isinstance(free_plan_id, str) or free_plan_id not in plans:
+            self.problem("free_plan", f"must name a plan of the catalog, got {free_plan_id!r}")
+        elif plans[free_plan_id].premium:
+            self.problem("free_plan", f"plan '{free_plan_id}' is premium")
+        markets = self.markets(doc, plans)
+        offers = self.offers(doc, plans, markets)
+        if self.problems:
+            return None
+        return Catalog(
+            version=catalog_version(raw),
+            free_plan_id=str(free_plan_id),
+            features=features,
+            plans=plans,
+            markets=markets,
+            offers=offers,
+            premium_plan_ids=frozenset(p.id for p in plans.values() if p.premium),
+            household_plan_ids=frozenset(p.id for p in plans.values() if p.household_size > 1),
+        )
+
+    def features(self, doc: dict[str, Any]) -> dict[str, Feature]:
+        features: dict[str, Feature] = {}
+        for where, entry in self.entries(doc, "features"):
+            self.check_keys(entry, where, {"id", "kind", "description", "unit"})
+            feature_id = self.identifier(entry, "id", where)
+            kind = self.enum_value(FeatureKind, entry.get("kind"), where, "kind")
+            if feature_id in features:
+                self.problem(where, f"duplicate feature id '{feature_id}'")
+            description = self.text(entry, "description", where)
+            unit = self.text(entry, "unit", where)
+            if feature_id and kind is not None:
+                if kind is FeatureKind.QUOTA and not unit:
+                    self.problem(where, "a quota feature needs a 'unit'")
+                features[feature_id] = Feature(feature_id, kind, description, unit)
+        if not features:
+            self.problem("features", "the catalog needs at least one feature")
+        return features
+
+    def plans(self, doc: dict[str, Any], features: Mapping[str, Feature]) -> dict[str, Plan]:
+        plans: dict[str, Plan] = {}
+        for where, entry in self.entries(doc, "plans"):
+            self.check_keys(entry, where, {"id", "name", "premium", "household_size", "features"})
+            plan_id = self.identifier(entry, "id", where)
+            if plan_id in plans:
+                self.problem(where, f"duplicate plan id '{plan_id}'")
+            name = self.text(entry, "name", where) or plan_id
+            premium = entry.get("premium")
+            if not isinstance(premium, bool):
+                self.problem(where, f"'premium' must be true or false, got {premium!r}")
+            household_size = self.integer(entry, "household_size", where, default=1, low=1)
+            plan_features: dict[str, PlanFeature] = {}
+            raw_features = entry.get("features") or {}
+            if not isinstance(raw_features, dict):
+                self.problem(where, "'features' must map feature ids to their settings")
+                raw_features = {}
+            for feature_id, settings in raw_features.items():
+                fwhere = f"{where}.features.{feature_id}"
+                feature = features.get(feature_id)
+                if feature is None:
+                    self.problem(fwhere, f"unknown feature '{feature_id}'")
+                    continue
+                settings = self.mapping(settings or {}, fwhere)
+                self.check_keys(settings, fwhere, {"value", "roles"})
+                value: int | None = None
+                if feature.kind is FeatureKind.QUOTA:
+                    value = self.integer(settings, "value", fwhere, low=1)
+                elif "value" in settings:
+                    self.problem(fwhere, "a boolean feature takes no 'value'")
+                roles = frozenset(HouseholdRole)
+                if "roles" in settings:
+                    parsed = [
+                        self.enum_value(HouseholdRole, r, fwhere, "roles")
+                        for r in self.listed(settings["roles"], fwhere, "roles")
+                    ]
+                    roles = frozenset(r for r in parsed if r is not None)
+                    if not roles:
+                        self.problem(fwhere, "'roles' must name at least one role")
+                plan_features[feature_id] = PlanFeature(feature_id, value, roles)
+            if plan_id:
+                plans[plan_id] = Plan(
+                    plan_id,
+                    name,
+                    bool(premium),
+                    household_size,
+                    plan_features,
+                )
+        if not plans:
+            self.problem("plans", "the catalog needs at least one plan")
+        return plans
+
+    def markets(self, doc: dict[str, Any], plans: Mapping[str, Plan]) -> dict[str, Market]:
+        markets: dict[str, Market] = {}
+        for where, entry in self.entries(doc, "markets"):
+            self.check_keys(entry, where, {"country", "currency", "prices"})
+            country = entry.get("country")
+            if not isinstance(country, str) or not COUNTRY_CODE.fullmatch(country):
+                self.problem(where, f"'country' must be ISO 3166-1 alpha-2, got {country!r}")
+                continue
+            if country in markets:
+                self.problem(where, f"duplicate market '{country}'")
+            currency = entry.get("currency")
+            if not isinstance(currency, str) or not CURRENCY_CODE.match(currency):
+                self.problem(where, f"'currency' must be ISO 4217, got {currency!r}")
+            prices = self.prices(entry.get("prices"), f"{where}.prices")
+            for plan_id in prices:
+                if plan_id not in plans:
+                    self.problem(f"{where}.prices", f"unknown plan '{plan_id}'")
+            markets[country] = Market(country, str(currency), prices)
+        if not markets:
+            self.problem("markets", "the catalog needs at least one market")
+        return markets
+
+    def prices(self, raw: Any, where: str) -> dict[str, int]:
+        prices: dict[str, int] = {}
+        for key, amount in self.mapping(raw, where).items():
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+                self.problem(where, f"price of '{key}' must be a whole number of minor units")
+                continue
+            prices[str(key)] = amount
+        return prices
+
+    def offers(
+        self, doc: dict[str, Any], plans: Mapping[str, Plan], markets: Mapping[str, Market]
+    ) -> tuple[Offer, ...]:
+        offers: list[Offer] = []
+        seen: set[str] = set()
+        allowed = {
+            "id", "plan", "kind", "duration_days", "group", "prices", "eligibility",
+            "platforms", "valid_from", "valid_until", "priority", "experiment",
+        }  # fmt: skip
+        for where, entry in self.entries(doc, "offers"):
+            self.check_keys(entry, where, allowed)
+            offer_id = self.identifier(entry, "id", where)
+            if offer_id in seen:
+                self.problem(where, f"duplicate offer id '{offer_id}'")
+            seen.add(offer_id)
+            plan_id = str(entry.get("plan"))
+            if plan_id not in plans:
+                self.problem(where, f"unknown plan {plan_id!r}")
+            elif not plans[plan_id].premium:
+                self.problem(where, f"plan '{plan_id}' is not premium")
+            kind = self.enum_value(OfferKind, entry.get("kind"), where, "kind")
+            duration = self.integer(entry, "duration_days", where, low=1)
+            group = self.identifier(entry, "group", where)
+            prices = self.prices(entry.get("prices"), f"{where}.prices")
+            if not prices:
+                self.problem(where, "'prices' must list at least one market")
+            for country in prices:
+                market = markets.get(country)
+                if market is None:
+                    self.problem(f"{where}.prices", f"unknown market '{country}'")
+                elif plan_id not in market.plan_prices:
+                    self.problem(f"{where}.prices", f"plan {plan_id!r} is not sold in {country}")
+                elif kind is OfferKind.FREE_TRIAL and prices[country] != 0:
+                    self.problem(f"{where}.prices", f"a free trial costs 0 (in {country})")
+            platforms = frozenset(Platform)
+            if "platforms" in entry:
+                parsed = [
+                    self.enum_value(Platform, p, where, "platforms")
+                    for p in self.listed(entry["platforms"], where, "platforms")
+                ]
+                platforms = frozenset(p for p in parsed if p is not None)
+                if not platforms:
+                    self.problem(where, "'platforms' must name at least one platform")
+            valid_from = self.timestamp(entry.get("valid_from"), where, "valid_from")
+            valid_until = self.timestamp(entry.get("valid_until"), where, "valid_until")
+            if valid_from and valid_until and valid_until <= valid_from:
+                self.problem(where, "'valid_until' must be after 'valid_from'")
+            rules = self.rules(entry.get("eligibility", []), f"{where}.eligibility", plans, markets)
+            experiment = None
+            if "experiment" in entry:
+                experiment = self.experiment(entry["experiment"], f"{where}.experiment")
+            if offer_id and kind is not None and plan_id in plans:
+                offers.append(
+                    Offer(
+                        id=offer_id,
+                        plan_id=str(plan_id),
+                        kind=kind,
+                        duration_days=duration,
+                        group=group,
+                        prices=prices,
+                        rules=rules,
+                        platforms=platforms,
+                        valid_from=valid_from,
+                        valid_until=valid_until,
+                        priority=self.integer(entry, "priority", where, default=0, low=-1000),
+                        experiment=experiment,
+                    )
+                )
+        return tuple(offers)
+
+    def rules(
+        self, raw: Any, where: str, plans: Mapping[str, Plan], markets: Mapping[str, Market]
+    ) -> tuple[Rule, ...]:
+        if not isinstance(raw, list):
+            self.problem(where, "expected a list of rules")
+            return ()
+        scope = RuleScope(plan_ids=plans.keys(), markets=markets.keys())
+        rules: list[Rule] = []
+        for index, item in enumerate(raw):
+            rwhere = f"{where}[{index}]"
+            if isinstance(item, str):
+                name, arg = item, None
+            elif isinstance(item, dict) and len(item) == 1:
+                name, arg = next(iter(item.items()))
+            else:
+                self.problem(rwhere, "a rule is a name or a one-key mapping {name: argument}")
+                continue
+            rule = self.rule(str(name), arg, rwhere, scope)
+            if rule is not None:
+                rules.append(rule)
+        return tuple(rules)
+
+    def rule(self, name: str, arg: Any, where: str, scope: RuleScope) -> Rule | None:
+        rule_type = RULE_TYPES.get(name)
+        if rule_type is None:
+            self.problem(where, f"unknown rule '{name}' (known: {', '.join(RULE_TYPES)})")
+            return None
+        try:
+            return rule_type.parse(arg, scope)
+        except RuleArgumentError as exc:
+            for message in exc.problems:
+                self.problem(where, message)
+            return None
+
+    def experiment(self, raw: Any, where: str) -> Experiment | None:
+        entry = self.mapping(raw, where)
+        self.check_keys(entry, where, {"id", "arms"})
+        experiment_id = self.identifier(entry, "id", where)
+        arms: list[ExperimentArm] = []
+        raw_arms = entry.get("arms")
+        if not isinstance(raw_arms, list) or not raw_arms:
+            self.problem(where, "'arms' must be a non-empty list")
+            return None
+        names: set[str] = set()
+        for index, arm in enumerate(raw_arms):
+            awhere = f"{where}.arms[{index}]"
+            arm = self.mapping(arm, awhere)
+            self.check_keys(arm, awhere, {"name", "weight", "shows_offer"})
+            name = self.identifier(arm, "name", awhere)
+            if name in names:
+                self.problem(awhere, f"duplicate arm '{name}'")
+            names.add(name)
+            weight = self.integer(arm, "weight", awhere, low=1)
+            shows = arm.get("shows_offer", True)
+            if not isinstance(shows, bool):
+                self.problem(awhere, f"'shows_offer' must be true or false, got {shows!r}")
+            arms.append(ExperimentArm(name, weight, bool(shows)))
+        return Experiment(experiment_id, tuple(arms))
