@@ -124,7 +124,7 @@ def entitlements_command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("entitlements")
-    return [found] if found else [sys.executable, "-m", "service.cli.main"]
+    return [found] if found else [sys.executable, "-m", "service.cli"]
 
 
 def start_service(

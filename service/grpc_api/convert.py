@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -24,65 +25,69 @@ from service.domain.decisions import (
     SourceType,
 )
 from service.domain.errors import FieldViolation, InvalidRequest
-from service.domain.events import EventType, SubscriptionEvent
+from service.domain.events import EventOutcome, EventType, SubscriptionEvent
 from service.domain.grants import GrantRequest
 from service.domain.rules import IneligibilityReason, Platform
 from service.usecases.reads import Consistency
 from service.usecases.writes import EventAnswer
 
-_PLATFORM_FROM_PROTO: dict[int, Platform] = {
-    common_pb2.PLATFORM_WEB: Platform.WEB,
-    common_pb2.PLATFORM_IOS: Platform.IOS,
-    common_pb2.PLATFORM_ANDROID: Platform.ANDROID,
-    common_pb2.PLATFORM_DESKTOP: Platform.DESKTOP,
-}
-_STORE_TO_PROTO: dict[Store, common_pb2.Store.ValueType] = {
-    Store.WEB: common_pb2.STORE_WEB,
-    Store.APP_STORE: common_pb2.STORE_APP_STORE,
-    Store.GOOGLE_PLAY: common_pb2.STORE_GOOGLE_PLAY,
-    Store.PARTNER: common_pb2.STORE_PARTNER,
-}
-_STORE_FROM_PROTO = {value: store for store, value in _STORE_TO_PROTO.items()}
-_FEATURE_KIND_TO_PROTO = {
-    FeatureKind.BOOLEAN: entitlement_service_pb2.FEATURE_KIND_BOOLEAN,
-    FeatureKind.QUOTA: entitlement_service_pb2.FEATURE_KIND_QUOTA,
-}
-_SOURCE_TYPE_TO_PROTO = {
-    SourceType.SUBSCRIPTION: entitlement_service_pb2.SOURCE_TYPE_SUBSCRIPTION,
-    SourceType.GRANT: entitlement_service_pb2.SOURCE_TYPE_GRANT,
-    SourceType.HOUSEHOLD: entitlement_service_pb2.SOURCE_TYPE_HOUSEHOLD,
-    SourceType.FREE_TIER: entitlement_service_pb2.SOURCE_TYPE_FREE_TIER,
-}
-_STATE_TO_PROTO = {
-    EntitlementState.ACTIVE: entitlement_service_pb2.ENTITLEMENT_STATE_ACTIVE,
-    EntitlementState.TRIAL: entitlement_service_pb2.ENTITLEMENT_STATE_TRIAL,
-    EntitlementState.GRACE_PERIOD: entitlement_service_pb2.ENTITLEMENT_STATE_GRACE_PERIOD,
-    EntitlementState.CANCELED_UNTIL_PERIOD_END: (
-        entitlement_service_pb2.ENTITLEMENT_STATE_CANCELED_UNTIL_PERIOD_END
-    ),
-}
-_DENIAL_TO_PROTO = {
-    DenialReason.NO_ENTITLING_SOURCE: entitlement_service_pb2.DENIAL_REASON_NO_ENTITLING_SOURCE,
-    DenialReason.PLAN_LACKS_FEATURE: entitlement_service_pb2.DENIAL_REASON_PLAN_LACKS_FEATURE,
-    DenialReason.HOUSEHOLD_ROLE: entitlement_service_pb2.DENIAL_REASON_HOUSEHOLD_ROLE,
-    DenialReason.SUBSCRIPTION_ON_HOLD: entitlement_service_pb2.DENIAL_REASON_SUBSCRIPTION_ON_HOLD,
-    DenialReason.SUBSCRIPTION_PAUSED: entitlement_service_pb2.DENIAL_REASON_SUBSCRIPTION_PAUSED,
-    DenialReason.EXPIRED: entitlement_service_pb2.DENIAL_REASON_EXPIRED,
-    DenialReason.REVOKED: entitlement_service_pb2.DENIAL_REASON_REVOKED,
-}
-_OFFER_KIND_TO_PROTO = {
-    OfferKind.FREE_TRIAL: offer_service_pb2.OFFER_KIND_FREE_TRIAL,
-    OfferKind.INTRO_PRICE: offer_service_pb2.OFFER_KIND_INTRO_PRICE,
-    OfferKind.DISCOUNT: offer_service_pb2.OFFER_KIND_DISCOUNT,
-    OfferKind.WINBACK: offer_service_pb2.OFFER_KIND_WINBACK,
-    OfferKind.STUDENT: offer_service_pb2.OFFER_KIND_STUDENT,
-}
-# Proto enum value names are INELIGIBILITY_REASON_<DOMAIN NAME>; build the map by name so a
-# reason added to the domain without a proto value fails at import, not at request time.
-_INELIGIBILITY_TO_PROTO = {
-    reason: offer_service_pb2.IneligibilityReason.Value(f"INELIGIBILITY_REASON_{reason.name}")
-    for reason in IneligibilityReason
-}
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+_Domain = TypeVar("_Domain", bound=enum.Enum)
+_Proto = TypeVar("_Proto", bound=int)
+
+
+def enum_map(
+    domain: type[_Domain], proto: _EnumTypeWrapper[_Proto], prefix: str
+) -> dict[_Domain, _Proto]:
+    """Each member of the domain enum paired with the proto enum value named
+    `prefix + member.name` (Store.APP_STORE -> STORE_APP_STORE). Built once at import, so a
+    domain member without a proto counterpart fails there (ValueError), not at request time."""
+    names = set(proto.keys())
+    missing = [prefix + member.name for member in domain if prefix + member.name not in names]
+    if missing:
+        raise ValueError(
+            f"{proto.DESCRIPTOR.full_name} lacks {', '.join(missing)}: every member of "
+            f"{domain.__qualname__} needs a proto value named {prefix}<member name>"
+        )
+    return {member: proto.Value(prefix + member.name) for member in domain}
+
+
+def inverse(to_proto: Mapping[_Domain, int]) -> dict[int, _Domain]:
+    """The proto -> domain direction of an `enum_map`."""
+    return {value: member for member, value in to_proto.items()}
+
+
+PLATFORM_TO_PROTO = enum_map(Platform, common_pb2.Platform, "PLATFORM_")
+STORE_TO_PROTO = enum_map(Store, common_pb2.Store, "STORE_")
+EVENT_TYPE_TO_PROTO = enum_map(
+    EventType, events_pb2.SubscriptionEventType, "SUBSCRIPTION_EVENT_TYPE_"
+)
+GRANT_KIND_TO_PROTO = enum_map(GrantKind, events_pb2.GrantKind, "GRANT_KIND_")
+
+_PLATFORM_FROM_PROTO = inverse(PLATFORM_TO_PROTO)
+_STORE_FROM_PROTO = inverse(STORE_TO_PROTO)
+_EVENT_TYPE_FROM_PROTO = inverse(EVENT_TYPE_TO_PROTO)
+_GRANT_KIND_FROM_PROTO = inverse(GRANT_KIND_TO_PROTO)
+_FEATURE_KIND_TO_PROTO = enum_map(FeatureKind, entitlement_service_pb2.FeatureKind, "FEATURE_KIND_")
+_SOURCE_TYPE_TO_PROTO = enum_map(SourceType, entitlement_service_pb2.SourceType, "SOURCE_TYPE_")
+_STATE_TO_PROTO = enum_map(
+    EntitlementState, entitlement_service_pb2.EntitlementState, "ENTITLEMENT_STATE_"
+)
+_DENIAL_TO_PROTO = enum_map(DenialReason, entitlement_service_pb2.DenialReason, "DENIAL_REASON_")
+_OFFER_KIND_TO_PROTO = enum_map(OfferKind, offer_service_pb2.OfferKind, "OFFER_KIND_")
+_INELIGIBILITY_TO_PROTO = enum_map(
+    IneligibilityReason, offer_service_pb2.IneligibilityReason, "INELIGIBILITY_REASON_"
+)
+_STATUS_TO_PROTO = enum_map(
+    SubscriptionStatus, events_pb2.SubscriptionStatus, "SUBSCRIPTION_STATUS_"
+)
+# EventAnswer.outcome: an EventOutcome's value, or "duplicate" for a replayed request.
+_OUTCOME_TO_PROTO: dict[str, events_pb2.EventOutcome.ValueType] = {
+    outcome.value: value
+    for outcome, value in enum_map(EventOutcome, events_pb2.EventOutcome, "EVENT_OUTCOME_").items()
+} | {"duplicate": events_pb2.EVENT_OUTCOME_DUPLICATE}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -126,7 +131,7 @@ def entitlement_to_proto(decision: EntitlementDecision) -> entitlement_service_p
         source.type = _SOURCE_TYPE_TO_PROTO[decision.source.type]
         source.id = decision.source.id
         if decision.source.store is not None:
-            source.store = _STORE_TO_PROTO[decision.source.store]
+            source.store = STORE_TO_PROTO[decision.source.store]
     if decision.state is not None:
         message.state = _STATE_TO_PROTO[decision.state]
     if decision.denial is not None:
@@ -180,30 +185,9 @@ def offers_to_proto(
     return response
 
 
-# Proto enum names are <PREFIX>_<DOMAIN NAME>: mapping by name keeps the two in step and
-# fails at import when a domain value has no proto counterpart.
-_EVENT_TYPE_FROM_PROTO = {
-    events_pb2.SubscriptionEventType.Value(f"SUBSCRIPTION_EVENT_TYPE_{t.name}"): t
-    for t in EventType
-}
-_STATUS_TO_PROTO = {
-    status: events_pb2.SubscriptionStatus.Value(f"SUBSCRIPTION_STATUS_{status.name}")
-    for status in SubscriptionStatus
-}
-_GRANT_KIND_TO_PROTO = {
-    kind: events_pb2.GrantKind.Value(f"GRANT_KIND_{kind.name}") for kind in GrantKind
-}
-_GRANT_KIND_FROM_PROTO = {value: kind for kind, value in _GRANT_KIND_TO_PROTO.items()}
-_OUTCOME_TO_PROTO = {
-    "applied": events_pb2.EVENT_OUTCOME_APPLIED,
-    "stale": events_pb2.EVENT_OUTCOME_STALE,
-    "duplicate": events_pb2.EVENT_OUTCOME_DUPLICATE,
-}
-
-
 def store_from_proto(value: int) -> Store | None:
     """The domain store, or None for STORE_UNSPECIFIED and unknown values."""
-    return _STORE_FROM_PROTO.get(value)  # type: ignore[call-overload, no-any-return]
+    return _STORE_FROM_PROTO.get(value)
 
 
 def _optional_time(message: Any, field: str, path: str = "") -> datetime | None:
@@ -252,7 +236,7 @@ def subscription_to_proto(sub: Subscription) -> events_pb2.Subscription:
         subscription_id=sub.subscription_id,
         plan_id=sub.plan_id,
         status=_STATUS_TO_PROTO[sub.status],
-        store=_STORE_TO_PROTO[sub.store],
+        store=STORE_TO_PROTO[sub.store],
         auto_renew=sub.auto_renew,
     )
     set_timestamp(message.current_period_end, sub.current_period_end)
@@ -266,7 +250,7 @@ def subscription_to_proto(sub: Subscription) -> events_pb2.Subscription:
 def grant_to_proto(grant: Grant) -> events_pb2.Grant:
     message = events_pb2.Grant(
         grant_id=grant.grant_id,
-        kind=_GRANT_KIND_TO_PROTO[grant.kind],
+        kind=GRANT_KIND_TO_PROTO[grant.kind],
         quota_value=grant.quota_value or 0,
     )
     if grant.feature_id is not None:

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -23,9 +24,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from entitlements.v1 import common_pb2, subscription_event_service_pb2_grpc
 from entitlements.v1 import subscription_event_service_pb2 as ses
-from entitlements.v1 import subscription_event_service_pb2_grpc
-from service.grpc_api.audit import user_digest
+from service import cli
+from service.cli.choices import EVENT_TYPES, GRANT_KINDS, PLATFORMS, STORES
+from service.domain.events import EventType
+from service.domain.identity import user_digest
 from service.grpc_api.auth import bearer_metadata
 from tests.integration.conftest import ADMIN_TOKEN, write_test_credentials
 from tests.integration.server_process import await_serving
@@ -253,3 +257,63 @@ def test_explicit_credentials_file_and_audit_file(tmp_path: Path) -> None:
     assert record["outcome"] == "UNAUTHENTICATED"
     assert record["request_id"] == "evt-audit"
     assert "u-1" not in line
+
+
+def test_enum_choices_are_the_domain_values() -> None:
+    """The enum flags' choices, now built from the domain enums and convert's maps, are the
+    strings (and send the proto values) they always were."""
+    assert sorted(PLATFORMS) == ["android", "desktop", "ios", "web"]
+    assert sorted(STORES) == ["app_store", "google_play", "partner", "web"]
+    assert sorted(GRANT_KINDS) == ["partner", "promotional", "support"]
+    assert sorted(EVENT_TYPES) == sorted(t.name.lower() for t in EventType)
+    assert STORES["app_store"] == common_pb2.STORE_APP_STORE
+    assert PLATFORMS["desktop"] == common_pb2.PLATFORM_DESKTOP
+    assert GRANT_KINDS["promotional"] == ses.GRANT_KIND_PROMOTIONAL
+    assert EVENT_TYPES["grace_expired"] == ses.SUBSCRIPTION_EVENT_TYPE_GRACE_EXPIRED
+
+
+@pytest.fixture
+def no_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in os.environ:
+        if name.startswith("ENTITLEMENTS_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("no_settings_from_environment")
+def test_bad_input_is_an_error_message(capsys: pytest.CaptureFixture[str]) -> None:
+    # Refused before any channel is opened: no server needed.
+    naive = cli.main(
+        ["record-event", "--target", "127.0.0.1:1", "--type", "purchased", "--subscription",
+         "s-1", "--store", "web", "--occurred-at", "2026-01-01T00:00", "u-1"]
+    )  # fmt: skip
+    assert naive == 2
+    assert capsys.readouterr().err == (
+        "error: --occurred-at needs a time zone, e.g. 2026-11-26T10:00:00Z\n"
+    )
+    out_of_range = cli.main(
+        ["grant", "--target", "127.0.0.1:1", "--feature", "f", "--quota", str(2**64), "u-1"]
+    )
+    assert out_of_range == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert cli.main(["history", "--storage", "nosuch://", "u-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: unsupported storage URL 'nosuch://'")
+
+
+@pytest.mark.usefixtures("no_settings_from_environment")
+def test_a_bug_is_not_reported_as_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ValueError that is not the user's (here: a row this build cannot read) ends the
+    command with its traceback, not as `error: ...` blaming the input."""
+    database = tmp_path / "entitlements.db"
+    storage = f"sqlite:///{database}"
+    assert cli.main(["seed-demo", "--storage", storage]) == 0
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "UPDATE subscriptions SET status = 'no-such-status' WHERE user_id = 'demo-active'"
+        )
+    connection.close()
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="no-such-status"):
+        cli.main(["history", "--storage", storage, "demo-active"])
+    assert "error:" not in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""The commands that open the store (or serve it): serve, migrate, seed-demo, history."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from datetime import UTC, datetime
+
+from service.catalog.demo import seed_demo as seed_demo_users
+from service.cli.printers import print_history
+from service.config import ENV_PREFIX, Settings
+from service.grpc_api.audit import configure_audit_logging
+from service.grpc_api.auth import Role, ensure_dev_credentials
+from storage.urls import migrate as migrate_storage
+from storage.urls import open_repository
+
+
+def serve(args: argparse.Namespace) -> int:
+    from service.grpc_api import workers
+
+    settings = Settings.load(
+        host=args.host,
+        port=args.port,
+        storage_url=args.storage,
+        catalog_path=args.catalog,
+        workers=args.workers,
+    )
+    if settings.credentials_file is None:
+        settings = _bootstrap_dev_credentials(settings)
+    configure_audit_logging(settings.audit_log_file)
+
+    def announce(message: str) -> None:
+        print(f"entitlements: {message}", flush=True)
+
+    return workers.serve(settings, announce)
+
+
+def _bootstrap_dev_credentials(settings: Settings) -> Settings:
+    """No credentials_file configured: use (and the first time generate) development
+    credentials in the data folder, so that `make run` and the CLI work out of the box."""
+    dev = ensure_dev_credentials(settings.data_dir)
+    if dev.created:
+        print(
+            "entitlements: no credentials_file configured; generated development credentials "
+            "(shown this once):\n"
+            f"  admin token (write RPCs):  {dev.tokens[Role.ADMIN]}\n"
+            f"  service token (read RPCs): {dev.tokens[Role.SERVICE]}\n"
+            f"  kept in {dev.tokens_file} (mode 0600; the CLI reads them from there), "
+            f"digests in {dev.credentials_file}",
+            flush=True,
+        )
+    else:
+        print(
+            f"entitlements: using the development credentials of {dev.credentials_file} "
+            f"(tokens in {dev.tokens_file})",
+            flush=True,
+        )
+    if settings.host not in {"127.0.0.1", "localhost", "::1"}:
+        print(
+            f"entitlements: warning: development credentials on {settings.host}; set "
+            f"{ENV_PREFIX}CREDENTIALS_FILE for anything but local development",
+            flush=True,
+        )
+    return dataclasses.replace(settings, credentials_file=dev.credentials_file)
+
+
+def migrate(args: argparse.Namespace) -> int:
+    settings = Settings.load(storage_url=args.storage)
+    applied = migrate_storage(settings.storage_url)
+    if applied is None:
+        print(f"{settings.storage_url}: schema up to date (this store migrates itself on open)")
+    elif applied:
+        print(f"{settings.storage_url}: applied {', '.join(applied)}")
+    else:
+        print(f"{settings.storage_url}: schema up to date, nothing to apply")
+    return 0
+
+
+def seed_demo(args: argparse.Namespace) -> int:
+    settings = Settings.load(storage_url=args.storage)
+    repository = open_repository(settings.storage_url)
+    try:
+        user_ids = seed_demo_users(repository, datetime.now(UTC))
+    finally:
+        repository.close()
+    print(f"seeded {len(user_ids)} demo users into {settings.storage_url}:")
+    for user_id in user_ids:
+        print(f"  {user_id}")
+    return 0
+
+
+def history(args: argparse.Namespace) -> int:
+    settings = Settings.load(storage_url=args.storage)
+    repository = open_repository(settings.storage_url)
+    try:
+        state = repository.load(args.user_id).account
+        entries = repository.history(args.user_id)
+    finally:
+        repository.close()
+    print_history(args.user_id, state.version, entries)
+    return 0
