@@ -53,7 +53,7 @@ def constant_responses(now: datetime | None = None) -> ConstantResponses:
     free user in the US on the web (the common paywall case)."""
     from benchmarks.data import bench_user_ids, user_id, user_states
     from entitlements.v1 import entitlement_service_pb2
-    from service.domain.catalog import load_catalog
+    from service.catalog import load_catalog
     from service.domain.decisions import decide_entitlement, decide_offers
     from service.domain.rules import Platform
     from service.grpc_api import convert

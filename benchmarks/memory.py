@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.domain.catalog import load_catalog
+from service.catalog import load_catalog
 from service.usecases.cache import UserStateCache
 from service.usecases.reads import ReadService
 from storage.memory import MemoryRepository

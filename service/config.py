@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.domain.catalog import EXAMPLE_CATALOG
+from service.catalog import EXAMPLE_CATALOG
 
 DEFAULT_STORAGE_URL = "sqlite:///data/entitlements.db"
 # Local files beside the default SQLite database: the generated development credentials.

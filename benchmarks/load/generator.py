@@ -52,7 +52,7 @@ from benchmarks.load.plan import (
 )
 from entitlements.v1 import common_pb2, entitlement_service_pb2, offer_service_pb2
 from entitlements.v1 import subscription_event_service_pb2 as events_pb2
-from service.domain.catalog import load_catalog
+from service.catalog import load_catalog
 
 SERVICE_METADATA = (("authorization", f"Bearer {SERVICE_TOKEN}"),)
 ADMIN_METADATA = (("authorization", f"Bearer {ADMIN_TOKEN}"),)

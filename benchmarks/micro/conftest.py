@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 import pytest
 
 from benchmarks.data import SITUATIONS, bench_user_ids, seed, user_id, user_states
+from service.catalog import load_catalog
 from service.domain.account import UserState
-from service.domain.catalog import Catalog, load_catalog
+from service.domain.catalog import Catalog
 from service.usecases.cache import UserStateCache
 from service.usecases.reads import ReadService
 from storage.memory import MemoryRepository

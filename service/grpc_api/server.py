@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -17,8 +16,9 @@ from entitlements.v1 import (
     offer_service_pb2_grpc,
     subscription_event_service_pb2_grpc,
 )
+from service.bootstrap import build_application
 from service.config import Settings
-from service.domain.catalog import Catalog, load_catalog
+from service.domain.catalog import Catalog
 from service.grpc_api.auth import (
     ENTITLEMENT_SERVICE,
     EVENT_SERVICE,
@@ -29,67 +29,14 @@ from service.grpc_api.auth import (
     server_credentials,
 )
 from service.grpc_api.guard import RequestGuard
+from service.grpc_api.readiness import SERVING_SERVICES, ReadinessMonitor
 from service.grpc_api.servicers import EntitlementServicer, OfferServicer, SubscriptionEventServicer
-from service.usecases.cache import UserStateCache
 from service.usecases.clock import Clock, utc_now
-from service.usecases.reads import CachePolicy, ReadService
+from service.usecases.reads import ReadService
 from service.usecases.writes import WriteService
-from storage.deadline import DeadlineExceeded, deadline_in
-from storage.faults import FaultInjectingRepository
-from storage.repository import AccountRepository, StoreError
-from storage.urls import open_repository
+from storage.repository import AccountRepository
 
 log = logging.getLogger(__name__)
-
-# Services whose health is reported ("" is the server as a whole).
-SERVING_SERVICES = ("", ENTITLEMENT_SERVICE, OFFER_SERVICE, EVENT_SERVICE)
-
-
-class ReadinessMonitor:
-    """Probes the store every interval and reports health NOT_SERVING while it cannot
-    serve, SERVING again when it recovers. The process stays up meanwhile, so its cache
-    keeps serving what it can (stale-if-error)."""
-
-    def __init__(
-        self,
-        repository: AccountRepository,
-        health_servicer: health.HealthServicer,
-        interval_seconds: float,
-        store_timeout_seconds: float,
-    ) -> None:
-        self._repository = repository
-        self._health = health_servicer
-        self._interval = interval_seconds
-        self._store_timeout = store_timeout_seconds
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="readiness", daemon=True)
-        self.ready = True
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=self._interval + self._store_timeout + 1)
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self._interval):
-            try:
-                with deadline_in(self._store_timeout):
-                    self._repository.check()
-                ready = True
-            except (StoreError, DeadlineExceeded):
-                ready = False
-            if ready != self.ready:
-                self.ready = ready
-                log.warning("store %s", "recovered: serving" if ready else "unreachable")
-                status = (
-                    health_pb2.HealthCheckResponse.SERVING
-                    if ready
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-                for name in SERVING_SERVICES:
-                    self._health.set(name, status)
 
 
 @dataclass
@@ -158,15 +105,8 @@ def start_server(
         load_credentials(settings.credentials_file) if settings.credentials_file else ()
     )
     tls = server_credentials(settings)
-    catalog = catalog or load_catalog(settings.catalog_path)
-    repository = repository or open_repository(settings.storage_url)
-    if settings.fault_store_delay_ms > 0:
-        log.warning("fault injection: every store call waits %d ms", settings.fault_store_delay_ms)
-        repository = FaultInjectingRepository(repository, settings.fault_store_delay_ms / 1000)
-    cache = UserStateCache(settings.cache_max_entries, settings.cache_ttl_seconds)
-    policy = CachePolicy(settings.store_timeout_seconds, settings.max_staleness_seconds)
-    reads = ReadService(catalog, repository, cache, clock, policy)
-    writes = WriteService(catalog, repository, cache, clock, settings.write_timeout_seconds)
+    app = build_application(settings, repository=repository, catalog=catalog, clock=clock)
+    catalog, repository, reads, writes = app.catalog, app.repository, app.reads, app.writes
 
     if not authenticator.principals:
         log.warning("no credentials_file: every RPC but health and reflection is refused")

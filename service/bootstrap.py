@@ -1,0 +1,56 @@
+"""The one place that wires the application from configuration: catalog, store, cache
+and the use cases. The gRPC server is built around it (service.grpc_api.server), and
+tests and benchmarks build it directly."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from service.catalog import load_catalog
+from service.config import Settings
+from service.domain.catalog import Catalog
+from service.usecases.cache import UserStateCache
+from service.usecases.clock import Clock, utc_now
+from service.usecases.reads import CachePolicy, ReadService
+from service.usecases.writes import WriteService
+from storage.faults import FaultInjectingRepository
+from storage.repository import AccountRepository
+from storage.urls import open_repository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Application:
+    catalog: Catalog
+    repository: AccountRepository
+    cache: UserStateCache
+    reads: ReadService
+    writes: WriteService
+    clock: Clock
+
+
+def build_application(
+    settings: Settings,
+    *,
+    repository: AccountRepository | None = None,
+    catalog: Catalog | None = None,
+    clock: Clock = utc_now,
+) -> Application:
+    """The use cases over the configured catalog and store (or the given ones)."""
+    catalog = catalog or load_catalog(settings.catalog_path)
+    repository = repository or open_repository(settings.storage_url)
+    if settings.fault_store_delay_ms > 0:
+        log.warning("fault injection: every store call waits %d ms", settings.fault_store_delay_ms)
+        repository = FaultInjectingRepository(repository, settings.fault_store_delay_ms / 1000)
+    cache = UserStateCache(settings.cache_max_entries, settings.cache_ttl_seconds)
+    policy = CachePolicy(settings.store_timeout_seconds, settings.max_staleness_seconds)
+    return Application(
+        catalog=catalog,
+        repository=repository,
+        cache=cache,
+        reads=ReadService(catalog, repository, cache, clock, policy),
+        writes=WriteService(catalog, repository, cache, clock, settings.write_timeout_seconds),
+        clock=clock,
+    )
