@@ -85,6 +85,12 @@ class Settings:
     tls_client_ca_file: Path | None = None
 
     def __post_init__(self) -> None:
+        for name in _POSITIVE:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be greater than 0, got {getattr(self, name)}")
+        for name in _NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must not be negative, got {getattr(self, name)}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             given, missing = (
                 ("tls_key_file", "tls_cert_file")
@@ -112,6 +118,29 @@ class Settings:
                 values[name] = Path(values[name])
         return cls(**values)
 
+
+_POSITIVE = (
+    "cache_max_entries",
+    "threads",
+    "max_rpc_seconds",
+    "store_timeout_seconds",
+    "write_timeout_seconds",
+    "readiness_interval_seconds",
+    "max_connection_age_seconds",
+    "keepalive_seconds",
+    "max_request_bytes",
+    "max_metadata_bytes",
+)
+_NOT_NEGATIVE = (
+    "port",
+    "cache_ttl_seconds",
+    "workers",
+    "max_concurrent_rpcs",
+    "max_staleness_seconds",
+    "shutdown_grace_seconds",
+    "max_connection_age_grace_seconds",
+    "fault_store_delay_ms",
+)
 
 # Each setting's type, resolved from the annotations (they are strings under
 # `from __future__ import annotations`).

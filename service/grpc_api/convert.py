@@ -25,11 +25,11 @@ from service.domain.decisions import (
     SourceType,
 )
 from service.domain.errors import FieldViolation, InvalidRequest
-from service.domain.events import EventOutcome, EventType, SubscriptionEvent
+from service.domain.events import EventType, SubscriptionEvent
 from service.domain.grants import GrantRequest
 from service.domain.rules import IneligibilityReason, Platform
 from service.usecases.reads import Consistency
-from service.usecases.writes import EventAnswer
+from service.usecases.writes import EventAnswer, RecordOutcome
 
 if TYPE_CHECKING:
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
@@ -83,11 +83,7 @@ _INELIGIBILITY_TO_PROTO = enum_map(
 _STATUS_TO_PROTO = enum_map(
     SubscriptionStatus, events_pb2.SubscriptionStatus, "SUBSCRIPTION_STATUS_"
 )
-# EventAnswer.outcome: an EventOutcome's value, or "duplicate" for a replayed request.
-_OUTCOME_TO_PROTO: dict[str, events_pb2.EventOutcome.ValueType] = {
-    outcome.value: value
-    for outcome, value in enum_map(EventOutcome, events_pb2.EventOutcome, "EVENT_OUTCOME_").items()
-} | {"duplicate": events_pb2.EVENT_OUTCOME_DUPLICATE}
+_OUTCOME_TO_PROTO = enum_map(RecordOutcome, events_pb2.EventOutcome, "EVENT_OUTCOME_")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -4,9 +4,10 @@ drop this process's cache entry, and return a consistency token for later reads.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,12 +42,68 @@ from storage.repository import (
 )
 
 
+class RecordOutcome(enum.Enum):
+    """What recording a subscription event did (EventOutcome in the protos)."""
+
+    # The event moved the subscription.
+    APPLIED = enum.auto()
+    # Older than what the subscription reflects: recorded, nothing moved.
+    STALE = enum.auto()
+    # The event id was recorded before: the first answer, replayed.
+    DUPLICATE = enum.auto()
+
+
+_RECORD_OUTCOMES = {
+    EventOutcome.APPLIED: RecordOutcome.APPLIED,
+    EventOutcome.STALE: RecordOutcome.STALE,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class EventAnswer:
-    # "applied", "stale", or "duplicate" for a redelivered event id.
-    outcome: str
+    outcome: RecordOutcome
     subscription: Subscription
     consistency_token: str
+
+
+# What each write keeps with its idempotency key, so that a retry is answered as the
+# first request was (stored as a JSON object by the repository).
+
+
+@dataclass(frozen=True, slots=True)
+class EventReply:
+    outcome: EventOutcome
+
+    def stored(self) -> dict[str, str]:
+        return {"outcome": self.outcome.value}
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> EventReply:
+        return cls(EventOutcome(stored["outcome"]))
+
+
+@dataclass(frozen=True, slots=True)
+class GrantReply:
+    grant_id: str
+
+    def stored(self) -> dict[str, str]:
+        return {"grant_id": self.grant_id}
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> GrantReply:
+        return cls(str(stored["grant_id"]))
+
+
+@dataclass(frozen=True, slots=True)
+class RedeemReply:
+    subscription_id: str
+
+    def stored(self) -> dict[str, str]:
+        return {"subscription_id": self.subscription_id}
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> RedeemReply:
+        return cls(str(stored["subscription_id"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +173,17 @@ class WriteService:
             )
             return Mutation(
                 state=result.account,
-                response={"outcome": result.outcome.value},
+                response=EventReply(result.outcome).stored(),
                 history=(HistoryDraft("subscription_event", event.event_id, occurred_at, summary),),
             )
 
         key = IdempotencyKey("event", event.event_id, fingerprint(event))
         applied = self._apply(user_id, key, mutate, now)
-        outcome = "duplicate" if applied.replayed else str(applied.response["outcome"])
-        assert outcome in ("duplicate", *(o.value for o in EventOutcome))
+        outcome = (
+            RecordOutcome.DUPLICATE
+            if applied.replayed
+            else _RECORD_OUTCOMES[EventReply.from_stored(applied.response).outcome]
+        )
         subscription = next(
             s for s in applied.state.subscriptions if s.subscription_id == event.subscription_id
         )
@@ -147,7 +207,7 @@ class WriteService:
         def mutate(account: AccountState) -> Mutation:
             return Mutation(
                 state=with_grant(account, grant),
-                response={"grant_id": grant_id},
+                response=GrantReply(grant_id).stored(),
                 history=(HistoryDraft("grant", grant_id, grant.starts_at, summary),),
             )
 
@@ -168,7 +228,7 @@ class WriteService:
             assert revoked.revoked_at is not None
             return Mutation(
                 state=account,
-                response={"grant_id": grant_id},
+                response=GrantReply(grant_id).stored(),
                 history=(
                     HistoryDraft(
                         "revoke",
@@ -231,7 +291,7 @@ class WriteService:
             )
             return Mutation(
                 state=updated,
-                response={"subscription_id": subscription_id},
+                response=RedeemReply(subscription_id).stored(),
                 history=(HistoryDraft("redemption", offer_id, now, summary),),
             )
 
@@ -239,8 +299,9 @@ class WriteService:
             "redeem", request_id, fingerprint(offer_id, market, platform, store, subscription_id)
         )
         applied = self._apply(user_id, key, mutate, now)
+        reply = RedeemReply.from_stored(applied.response)
         subscription = next(
-            s for s in applied.state.subscriptions if s.subscription_id == subscription_id
+            s for s in applied.state.subscriptions if s.subscription_id == reply.subscription_id
         )
         return RedeemAnswer(subscription, issue_token(user_id, applied.version))
 
@@ -272,6 +333,6 @@ class WriteService:
             raise
 
     def _grant_answer(self, user_id: str, applied: Applied) -> GrantAnswer:
-        grant_id = applied.response["grant_id"]
+        grant_id = GrantReply.from_stored(applied.response).grant_id
         grant = next(g for g in applied.state.grants if g.grant_id == grant_id)
         return GrantAnswer(grant, issue_token(user_id, applied.version))

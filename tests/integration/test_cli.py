@@ -317,3 +317,12 @@ def test_a_bug_is_not_reported_as_bad_input(
     with pytest.raises(ValueError, match="no-such-status"):
         cli.main(["history", "--storage", storage, "demo-active"])
     assert "error:" not in capsys.readouterr().err
+
+
+def test_a_setting_out_of_range_is_an_error_message(tmp_path: Path) -> None:
+    result = run_cli(
+        "serve", "--port", "0", "--storage", "memory://", cwd=tmp_path, check=False,
+        env={"ENTITLEMENTS_THREADS": "0"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: threads must be greater than 0, got 0"

@@ -20,7 +20,7 @@ from service.domain.rules import Platform
 from service.usecases.cache import UserStateCache
 from service.usecases.reads import Consistency, ReadService
 from service.usecases.tokens import parse_token
-from service.usecases.writes import WriteService
+from service.usecases.writes import RecordOutcome, WriteService
 from storage.memory import MemoryRepository
 from storage.repository import AccountRepository, IdempotencyConflict
 from storage.sqlite import SqliteRepository
@@ -69,7 +69,7 @@ def test_purchase_is_visible_at_once_in_the_writing_process(
     reads, writes = services
     assert not reads.get_entitlement("u1", "offline_downloads").value.granted  # now cached
     answer = writes.record_event("u1", purchase())
-    assert answer.outcome == "applied"
+    assert answer.outcome is RecordOutcome.APPLIED
     assert answer.subscription.status is SubscriptionStatus.ACTIVE
     # The writer dropped its cache entry: even without the token the read is fresh.
     assert reads.get_entitlement("u1", "offline_downloads").value.granted
@@ -84,7 +84,7 @@ def test_duplicate_event_changes_nothing(
     _, writes = services
     first = writes.record_event("u1", purchase())
     again = writes.record_event("u1", purchase())
-    assert again.outcome == "duplicate"
+    assert again.outcome is RecordOutcome.DUPLICATE
     assert again.consistency_token == first.consistency_token
     assert again.subscription == first.subscription
     assert repository.load("u1").account.version == 1
@@ -115,7 +115,7 @@ def test_stale_event_is_recorded_but_does_not_move_state_back(
         grace_period_end=NOW + DAY,
     )  # fmt: skip
     answer = writes.record_event("u1", late_failure)
-    assert answer.outcome == "stale"
+    assert answer.outcome is RecordOutcome.STALE
     assert answer.subscription.status is SubscriptionStatus.ACTIVE
     assert reads.get_entitlement("u1", "offline_downloads").value.granted
     kinds = [(h.reference, h.version) for h in repository.history("u1")]
