@@ -93,12 +93,14 @@ def constant_responses(now: datetime | None = None) -> ConstantResponses:
     return ConstantResponses(get, listed, batch, offers)
 
 
-def _serve_worker(settings: Settings, slot: int, ready: Any, interceptors: bool = False) -> None:
+def _serve_worker(settings: Settings, slot: int, ready: Any) -> None:
     """One floor worker; runs in a forked child with the stop signals blocked."""
+    from concurrent import futures
+
     import grpc
 
     from entitlements.v1 import entitlement_service_pb2_grpc, offer_service_pb2_grpc
-    from service.grpc_api.server import build_grpc_server
+    from service.grpc_api.server import max_concurrent_rpcs, server_options
 
     _stop_when_parent_dies()
     responses = constant_responses()
@@ -117,15 +119,13 @@ def _serve_worker(settings: Settings, slot: int, ready: Any, interceptors: bool 
         def GetOffers(self, request: Any, context: grpc.ServicerContext) -> Any:
             return responses.get_offers
 
-    chain: list[grpc.ServerInterceptor] = []
-    if interceptors:  # diagnostic: the service's own interceptors around the floor
-        from service.grpc_api.auth import Authenticator, AuthInterceptor, load_credentials
-        from service.grpc_api.guard import RequestGuard
-
-        assert settings.credentials_file is not None, "--interceptors needs credentials"
-        authenticator = Authenticator(load_credentials(settings.credentials_file))
-        chain = [AuthInterceptor(authenticator), RequestGuard(settings.max_rpc_seconds)]
-    server = build_grpc_server(settings, chain)
+    # The sync thread-pool server (the service's serving model before grpc.aio): the same
+    # options and admission bound as the service, a handler thread pool.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.threads),
+        options=server_options(settings),
+        maximum_concurrent_rpcs=max_concurrent_rpcs(settings),
+    )
     entitlement_service_pb2_grpc.add_EntitlementServiceServicer_to_server(
         FloorEntitlements(), server
     )
@@ -149,7 +149,7 @@ def _stop_when_parent_dies() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve(settings: Settings, workers: int, interceptors: bool = False) -> int:
+def serve(settings: Settings, workers: int) -> int:
     """Forks the workers, announces the port, waits for a stop signal, drains."""
     from service.grpc_api.workers import reserve_port
 
@@ -161,9 +161,7 @@ def serve(settings: Settings, workers: int, interceptors: bool = False) -> int:
     context = multiprocessing.get_context("fork")
     ready: Any = context.Queue()
     processes = [
-        context.Process(
-            target=_serve_worker, args=(settings, slot, ready, interceptors), name=f"floor-{slot}"
-        )
+        context.Process(target=_serve_worker, args=(settings, slot, ready), name=f"floor-{slot}")
         for slot in range(workers)
     ]
     try:
@@ -204,17 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
     parser.add_argument("--workers", type=int, default=0, help="0: one per core")
-    parser.add_argument(
-        "--interceptors",
-        action="store_true",
-        help="diagnostic: run the service's auth and request-guard interceptors too "
-        "(needs ENTITLEMENTS_CREDENTIALS_FILE)",
-    )
     args = parser.parse_args(argv)
     settings = Settings.load(host=args.host, port=args.port, workers=args.workers)
     from service.grpc_api.workers import worker_count
 
-    return serve(settings, worker_count(settings), args.interceptors)
+    return serve(settings, worker_count(settings))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from service.domain.catalog import Catalog
 from service.usecases.cache import UserStateCache
 from service.usecases.clock import Clock, utc_now
 from service.usecases.reads import CachePolicy, ReadService
+from service.usecases.store_calls import StoreCalls
 from service.usecases.writes import WriteService
 from storage.faults import FaultInjectingRepository
 from storage.repository import AccountRepository
@@ -28,6 +29,8 @@ class Application:
     cache: UserStateCache
     reads: ReadService
     writes: WriteService
+    # The bounded pool every blocking store call runs in (reads, writes, readiness).
+    store_calls: StoreCalls
     clock: Clock
 
 
@@ -46,11 +49,13 @@ def build_application(
         repository = FaultInjectingRepository(repository, settings.fault_store_delay_ms / 1000)
     cache = UserStateCache(settings.cache_max_entries, settings.cache_ttl_seconds)
     policy = CachePolicy(settings.store_timeout_seconds, settings.max_staleness_seconds)
+    store_calls = StoreCalls(settings.threads)
     return Application(
         catalog=catalog,
         repository=repository,
         cache=cache,
-        reads=ReadService(catalog, repository, cache, clock, policy),
+        reads=ReadService(catalog, repository, cache, clock, policy, store_calls),
         writes=WriteService(catalog, repository, cache, clock, settings.write_timeout_seconds),
+        store_calls=store_calls,
         clock=clock,
     )

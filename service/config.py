@@ -37,11 +37,11 @@ class Settings:
     # Worker processes sharing the port (SO_REUSEPORT), each with its own cache.
     # 0: one per core. `entitlements serve` only; start_server always runs one.
     workers: int = 0
-    # gRPC handler threads per worker.
+    # Threads per worker for blocking store calls (the server itself is grpc.aio: cache
+    # hits are answered on the event loop and need no thread).
     threads: int = 16
-    # Concurrent RPCs a worker admits; beyond it callers get RESOURCE_EXHAUSTED at once
-    # instead of queueing. 0: as many as there are handler threads, so that no admitted
-    # RPC waits for a thread.
+    # Concurrent RPCs a worker admits; beyond it callers get RESOURCE_EXHAUSTED at once,
+    # before any of our code runs. 0: 256 (see service/grpc_api/server.py).
     max_concurrent_rpcs: int = 0
     # Deadline given to RPCs that arrive without one, and the cap on any RPC's budget.
     max_rpc_seconds: float = 5.0

@@ -8,6 +8,7 @@ are not part of the default `pytest` run, whose testpaths is tests/.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -49,5 +50,5 @@ def warm_reads(catalog: Catalog) -> ReadService:
     seed(repository, BLOCKS * len(SITUATIONS), NOW)
     reads = ReadService(catalog, repository, UserStateCache(100_000, 3600.0), lambda: NOW)
     for uid in bench_user_ids(BLOCKS * len(SITUATIONS)):
-        reads.list_entitlements(uid)
+        asyncio.run(reads.list_entitlements(uid))
     return reads

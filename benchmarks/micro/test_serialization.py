@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.coroutines import completed
 from benchmarks.data import SERVICE_TOKEN, user_id
 from entitlements.v1 import common_pb2, entitlement_service_pb2, offer_service_pb2
 from service.domain.rules import Platform
@@ -42,7 +43,7 @@ def test_parse_get_entitlement_request(benchmark: Any, raw: bytes) -> None:
 def test_build_and_serialize_get_entitlement_response(
     benchmark: Any, warm_reads: ReadService
 ) -> None:
-    decision = warm_reads.get_entitlement(user_id(3, "active"), "ad_free_playback").value
+    decision = completed(warm_reads.get_entitlement(user_id(3, "active"), "ad_free_playback")).value
     version = warm_reads.catalog.version
 
     def build() -> bytes:
@@ -54,7 +55,7 @@ def test_build_and_serialize_get_entitlement_response(
 
 
 def test_build_and_serialize_offers_response(benchmark: Any, warm_reads: ReadService) -> None:
-    decisions = warm_reads.get_offers(user_id(3, "free"), "US", Platform.WEB).value
+    decisions = completed(warm_reads.get_offers(user_id(3, "free"), "US", Platform.WEB)).value
     version = warm_reads.catalog.version
 
     def build() -> bytes:
@@ -64,8 +65,8 @@ def test_build_and_serialize_offers_response(benchmark: Any, warm_reads: ReadSer
 
 
 def test_authenticate_bearer_token(benchmark: Any) -> None:
-    """What AuthInterceptor does per RPC: parse the header, SHA-256, constant-time compare
-    with every principal (two here, as in the load benchmark)."""
+    """What the RPC guard does per RPC to authenticate: parse the header, SHA-256, compare
+    in constant time with every principal (two here, as in the load benchmark)."""
     authenticator = Authenticator(
         [
             Credential(Principal("admin", Role.ADMIN), bytes.fromhex(token_digest("other"))),
@@ -86,7 +87,7 @@ def test_get_entitlement_handler(benchmark: Any, warm_reads: ReadService) -> Non
 
     def handle() -> bytes:
         request = entitlement_service_pb2.GetEntitlementRequest.FromString(GET_REQUEST)
-        response = servicer.GetEntitlement(request, None)  # type: ignore[arg-type]
+        response = completed(servicer.GetEntitlement(request, None))  # type: ignore[arg-type]
         data: bytes = response.SerializeToString()
         return data
 
@@ -98,7 +99,7 @@ def test_get_offers_handler(benchmark: Any, warm_reads: ReadService) -> None:
 
     def handle() -> bytes:
         request = offer_service_pb2.GetOffersRequest.FromString(OFFERS_REQUEST)
-        response = servicer.GetOffers(request, None)  # type: ignore[arg-type]
+        response = completed(servicer.GetOffers(request, None))  # type: ignore[arg-type]
         data: bytes = response.SerializeToString()
         return data
 

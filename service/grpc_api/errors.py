@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -20,70 +17,75 @@ from storage.repository import IdempotencyConflict, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-Handler = TypeVar("Handler", bound=Callable[..., Any])
-
-
 ERROR_DOMAIN = "entitlements.v1"
+# Error details travel in trailers, which clients cap (grpc's default soft limit is
+# 8 KiB): a BadRequest lists at most this many violations (the message counts the rest).
+MAX_REPORTED_VIOLATIONS = 10
 
 
-def _abort_with_details(
-    context: grpc.ServicerContext, code: int, message: str, *details: Message
-) -> NoReturn:
+class ErrorStatus(grpc.Status):
+    """A status to end a call with: code, details and trailing metadata (where the
+    google.rpc.Status with its details travels)."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailing_metadata: tuple[tuple[str, str | bytes], ...] = (),
+    ) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def _with_details(code: int, message: str, *details: Message) -> ErrorStatus:
     packed = []
     for detail in details:
         any_detail = any_pb2.Any()
         any_detail.Pack(detail)
         packed.append(any_detail)
-    status = status_pb2.Status(code=code, message=message, details=packed)
-    context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("unreachable")  # abort_with_status raises
+    status = rpc_status.to_status(status_pb2.Status(code=code, message=message, details=packed))
+    return ErrorStatus(status.code, status.details, tuple(status.trailing_metadata))
 
 
-def handle_errors(handler: Handler) -> Handler:
-    """Maps use-case errors to gRPC statuses with google.rpc details; internals never
-    reach the caller."""
-
-    @functools.wraps(handler)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return handler(self, request, context)
-        except InvalidRequest as error:
-            bad_request = error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+def status_for(error: Exception) -> ErrorStatus | None:
+    """The status a use-case error is answered with; None for an unexpected error (a bug,
+    answered by the caller of this function without revealing anything)."""
+    if isinstance(error, InvalidRequest):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in error.violations[:MAX_REPORTED_VIOLATIONS]
+            ]
+        )
+        return _with_details(code_pb2.INVALID_ARGUMENT, str(error), bad_request)
+    if isinstance(error, PreconditionFailed):
+        reason = error.reason.name
+        return _with_details(
+            code_pb2.FAILED_PRECONDITION,
+            str(error),
+            error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN),
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type=reason, subject=error.subject, description=error.description
                     )
-                    for v in error.violations
                 ]
-            )
-            _abort_with_details(context, code_pb2.INVALID_ARGUMENT, str(error), bad_request)
-        except PreconditionFailed as error:
-            _abort_with_details(
-                context,
-                code_pb2.FAILED_PRECONDITION,
-                str(error),
-                error_details_pb2.ErrorInfo(reason=error.reason.name, domain=ERROR_DOMAIN),
-                error_details_pb2.PreconditionFailure(
-                    violations=[
-                        error_details_pb2.PreconditionFailure.Violation(
-                            type=error.reason.name,
-                            subject=error.subject,
-                            description=error.description,
-                        )
-                    ]
-                ),
-            )
-        except NotFound as error:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-        except IdempotencyConflict:
-            context.abort(
-                grpc.StatusCode.ALREADY_EXISTS,
-                "this id was already used for a different request",
-            )
-        except DeadlineExceeded:
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before an answer")
-        except StoreUnavailable:
-            log.warning("store unavailable in %s", handler.__name__, exc_info=True)
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the account store is unavailable")
-
-    return wrapper  # type: ignore[return-value]
+            ),
+        )
+    if isinstance(error, NotFound):
+        return ErrorStatus(grpc.StatusCode.NOT_FOUND, str(error))
+    if isinstance(error, IdempotencyConflict):
+        return ErrorStatus(
+            grpc.StatusCode.ALREADY_EXISTS, "this id was already used for a different request"
+        )
+    if isinstance(error, DeadlineExceeded):
+        return ErrorStatus(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before an answer"
+        )
+    if isinstance(error, StoreUnavailable):
+        log.warning("store unavailable: %s", error)
+        return ErrorStatus(grpc.StatusCode.UNAVAILABLE, "the account store is unavailable")
+    return None

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 
 from grpc_health.v1 import health, health_pb2
 
 from service.grpc_api.auth import ENTITLEMENT_SERVICE, EVENT_SERVICE, OFFER_SERVICE
-from storage.deadline import DeadlineExceeded, deadline_in
-from storage.repository import AccountRepository, StoreError
+from service.usecases.store_calls import StoreCalls
+from storage.deadline import deadline_in
+from storage.repository import AccountRepository
 
 log = logging.getLogger(__name__)
 
@@ -20,45 +21,59 @@ SERVING_SERVICES = ("", ENTITLEMENT_SERVICE, OFFER_SERVICE, EVENT_SERVICE)
 class ReadinessMonitor:
     """Probes the store every interval and reports health NOT_SERVING while it cannot
     serve, SERVING again when it recovers. The process stays up meanwhile, so its cache
-    keeps serving what it can (stale-if-error)."""
+    keeps serving what it can (stale-if-error). Any failure of the probe, expected or
+    not, means not ready: the monitor itself never stops before the server does."""
 
     def __init__(
         self,
         repository: AccountRepository,
-        health_servicer: health.HealthServicer,
+        health_servicer: health.aio.HealthServicer,
+        store: StoreCalls,
         interval_seconds: float,
         store_timeout_seconds: float,
     ) -> None:
         self._repository = repository
         self._health = health_servicer
+        self._store = store
         self._interval = interval_seconds
         self._store_timeout = store_timeout_seconds
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="readiness", daemon=True)
+        self._task: asyncio.Task[None] | None = None
         self.ready = True
 
     def start(self) -> None:
-        self._thread.start()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="readiness")
 
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=self._interval + self._store_timeout + 1)
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
-    def _run(self) -> None:
-        while not self._stopped.wait(self._interval):
+    def _check(self) -> None:
+        with deadline_in(self._store_timeout):
+            self._repository.check()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
             try:
-                with deadline_in(self._store_timeout):
-                    self._repository.check()
-                ready = True
-            except (StoreError, DeadlineExceeded):
-                ready = False
+                await self._store.run(self._store_timeout, self._check)
+                ready, cause = True, ""
+            except Exception as error:  # any failure: not ready, and say why
+                ready, cause = False, f"{type(error).__name__}: {error}"
             if ready != self.ready:
                 self.ready = ready
-                log.warning("store %s", "recovered: serving" if ready else "unreachable")
-                status = (
-                    health_pb2.HealthCheckResponse.SERVING
-                    if ready
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-                for name in SERVING_SERVICES:
-                    self._health.set(name, status)
+                if ready:
+                    log.warning("store recovered: serving")
+                else:
+                    log.warning("store unreachable: not serving (%s)", cause)
+                await set_health(self._health, serving=ready)
+
+
+async def set_health(servicer: health.aio.HealthServicer, *, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in SERVING_SERVICES:
+        await servicer.set(name, status)

@@ -1,22 +1,31 @@
-"""The server factory: wires catalog, store, cache and servicers into a grpc.Server."""
+"""The server factory: a grpc.aio server (on uvloop) around the application.
+
+Cache hits are answered on the event loop, with no thread hop; blocking store calls run
+in the application's bounded store pool (service.usecases.store_calls). Each method of
+our services is registered wrapped by the RPC guard (auth, malformed requests, deadline
+budget, error mapping, audit); health and reflection are registered as they are.
+Admission is grpc's own: beyond `max_concurrent_rpcs` calls in flight a call is answered
+RESOURCE_EXHAUSTED before any of our code runs.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from entitlements.v1 import (
-    entitlement_service_pb2_grpc,
-    offer_service_pb2_grpc,
-    subscription_event_service_pb2_grpc,
+    entitlement_service_pb2,
+    offer_service_pb2,
+    subscription_event_service_pb2,
 )
-from service.bootstrap import build_application
+from service.bootstrap import Application, build_application
 from service.config import Settings
 from service.domain.catalog import Catalog
 from service.grpc_api.auth import (
@@ -24,12 +33,12 @@ from service.grpc_api.auth import (
     EVENT_SERVICE,
     OFFER_SERVICE,
     Authenticator,
-    AuthInterceptor,
     load_credentials,
     server_credentials,
 )
-from service.grpc_api.guard import RequestGuard
-from service.grpc_api.readiness import SERVING_SERVICES, ReadinessMonitor
+from service.grpc_api.event_loop import LoopThread, loop_kind
+from service.grpc_api.guard import RpcGuard, tolerant
+from service.grpc_api.readiness import ReadinessMonitor, set_health
 from service.grpc_api.servicers import EntitlementServicer, OfferServicer, SubscriptionEventServicer
 from service.usecases.clock import Clock, utc_now
 from service.usecases.reads import ReadService
@@ -38,24 +47,8 @@ from storage.repository import AccountRepository
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class RunningServer:
-    server: grpc.Server
-    port: int
-    health: health.HealthServicer
-    reads: ReadService
-    writes: WriteService
-    repository: AccountRepository
-    readiness: ReadinessMonitor
-
-    def stop(self, grace_seconds: float) -> None:
-        """Reports NOT_SERVING at once, refuses new RPCs, lets in-flight RPCs finish
-        within the grace, then closes the store."""
-        self.health.enter_graceful_shutdown()
-        self.readiness.stop()
-        self.server.stop(grace_seconds).wait()
-        self.repository.close()
+# In-flight RPCs a worker admits when max_concurrent_rpcs is 0 (see Settings).
+DEFAULT_MAX_CONCURRENT_RPCS = 256
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -78,17 +71,77 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-def build_grpc_server(
-    settings: Settings, interceptors: Sequence[grpc.ServerInterceptor] = ()
-) -> grpc.Server:
-    """The grpc.Server every worker runs (and the benchmark floor copies): a handler
-    thread pool, admission control, and the options above."""
-    return grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.threads),
-        interceptors=list(interceptors),
+def max_concurrent_rpcs(settings: Settings) -> int:
+    return settings.max_concurrent_rpcs or DEFAULT_MAX_CONCURRENT_RPCS
+
+
+def build_aio_server(settings: Settings) -> grpc.aio.Server:
+    """The grpc.aio server every worker runs (and the benchmark floor copies): admission
+    control and the options above. Call on the loop that will run it."""
+    return grpc.aio.server(
         options=server_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or settings.threads,
+        maximum_concurrent_rpcs=max_concurrent_rpcs(settings),
     )
+
+
+def register(
+    server: grpc.aio.Server, service: ServiceDescriptor, servicer: object, guard: RpcGuard
+) -> None:
+    """Registers every method of `service` (unary) with the servicer's method of the same
+    name, wrapped by the guard, with a deserializer that tolerates bad bytes."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            guard.wrap(f"/{service.full_name}/{method.name}", getattr(servicer, method.name)),
+            request_deserializer=tolerant(request_class.FromString),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    # Registered methods skip grpc's per-call lookup through the generic handlers.
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+@dataclass
+class RunningServer:
+    """A started server, driven from another thread (its loop runs in its own)."""
+
+    port: int
+    app: Application
+    health: health.aio.HealthServicer
+    readiness: ReadinessMonitor
+    server: grpc.aio.Server
+    loop_thread: LoopThread
+
+    @property
+    def reads(self) -> ReadService:
+        return self.app.reads
+
+    @property
+    def writes(self) -> WriteService:
+        return self.app.writes
+
+    @property
+    def repository(self) -> AccountRepository:
+        return self.app.repository
+
+    def stop(self, grace_seconds: float) -> None:
+        """Reports NOT_SERVING at once, refuses new RPCs, lets in-flight RPCs finish
+        within the grace, then closes the store."""
+        try:
+            self.loop_thread.run(self._stop(grace_seconds))
+        finally:
+            self.loop_thread.stop()
+            self.app.store_calls.close()
+            self.app.repository.close()
+
+    async def _stop(self, grace_seconds: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.readiness.stop()
+        await self.server.stop(grace_seconds)
 
 
 def start_server(
@@ -106,22 +159,52 @@ def start_server(
     )
     tls = server_credentials(settings)
     app = build_application(settings, repository=repository, catalog=catalog, clock=clock)
-    catalog, repository, reads, writes = app.catalog, app.repository, app.reads, app.writes
-
     if not authenticator.principals:
         log.warning("no credentials_file: every RPC but health and reflection is refused")
-    # Authentication runs first: a caller without credentials learns nothing more.
-    server = build_grpc_server(
-        settings, [AuthInterceptor(authenticator), RequestGuard(settings.max_rpc_seconds)]
+    loop_thread = LoopThread("grpc-server")
+    try:
+        running = loop_thread.run(_start(settings, app, authenticator, tls, loop_thread))
+    except BaseException:
+        loop_thread.stop()
+        app.store_calls.close()
+        app.repository.close()
+        raise
+    log.info(
+        "serving on %s:%d (catalog %s, storage %s, %s, %d principals, grpc.aio on %s)",
+        settings.host,
+        running.port,
+        app.catalog.version,
+        settings.storage_url.split("://")[0],
+        ("mutual TLS" if settings.tls_client_ca_file else "TLS") if tls else "plaintext",
+        len(authenticator.principals),
+        loop_kind(),
     )
-    entitlement_service_pb2_grpc.add_EntitlementServiceServicer_to_server(
-        EntitlementServicer(reads), server
+    return running
+
+
+async def _start(
+    settings: Settings,
+    app: Application,
+    authenticator: Authenticator,
+    tls: grpc.ServerCredentials | None,
+    loop_thread: LoopThread,
+) -> RunningServer:
+    server = build_aio_server(settings)
+    guard = RpcGuard(authenticator, settings.max_rpc_seconds)
+    services = (
+        (entitlement_service_pb2, ENTITLEMENT_SERVICE, EntitlementServicer(app.reads)),
+        (offer_service_pb2, OFFER_SERVICE, OfferServicer(app.reads)),
+        (
+            subscription_event_service_pb2,
+            EVENT_SERVICE,
+            SubscriptionEventServicer(app.writes, app.store_calls, app.clock),
+        ),
     )
-    offer_service_pb2_grpc.add_OfferServiceServicer_to_server(OfferServicer(reads), server)
-    subscription_event_service_pb2_grpc.add_SubscriptionEventServiceServicer_to_server(
-        SubscriptionEventServicer(writes, clock), server
-    )
-    health_servicer = health.HealthServicer()
+    for module, name, servicer in services:
+        register(
+            server, module.DESCRIPTOR.services_by_name[name.rpartition(".")[2]], servicer, guard
+        )
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (ENTITLEMENT_SERVICE, OFFER_SERVICE, EVENT_SERVICE, health.SERVICE_NAME,
@@ -131,25 +214,15 @@ def start_server(
     address = f"{settings.host}:{settings.port}"
     port = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
     if port == 0:
-        repository.close()
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
-    server.start()
-    for name in SERVING_SERVICES:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await server.start()
+    await set_health(health_servicer, serving=True)
     readiness = ReadinessMonitor(
-        repository,
+        app.repository,
         health_servicer,
+        app.store_calls,
         settings.readiness_interval_seconds,
         settings.store_timeout_seconds,
     )
     readiness.start()
-    log.info(
-        "serving on %s:%d (catalog %s, storage %s, %s, %d principals)",
-        settings.host,
-        port,
-        catalog.version,
-        settings.storage_url.split("://")[0],
-        ("mutual TLS" if settings.tls_client_ca_file else "TLS") if tls else "plaintext",
-        len(authenticator.principals),
-    )
-    return RunningServer(server, port, health_servicer, reads, writes, repository, readiness)
+    return RunningServer(port, app, health_servicer, readiness, server, loop_thread)

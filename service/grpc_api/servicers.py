@@ -1,6 +1,12 @@
-"""gRPC servicers: thin adapters that parse, call a use case and convert the answer."""
+"""gRPC servicers: thin adapters that parse, call a use case and convert the answer.
+
+They run on the event loop; the RPC guard (service.grpc_api.guard) around each method
+authenticates, sets the deadline budget and maps errors."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
@@ -13,23 +19,26 @@ from entitlements.v1 import (
     subscription_event_service_pb2_grpc,
 )
 from service.grpc_api import convert
-from service.grpc_api.errors import handle_errors
 from service.usecases.clock import Clock
+from service.usecases.deadlines import rpc_remaining
 from service.usecases.reads import ReadService
+from service.usecases.store_calls import StoreCalls
 from service.usecases.writes import WriteService
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class EntitlementServicer(entitlement_service_pb2_grpc.EntitlementServiceServicer):
     def __init__(self, reads: ReadService) -> None:
         self._reads = reads
 
-    @handle_errors
-    def GetEntitlement(
+    async def GetEntitlement(
         self,
         request: entitlement_service_pb2.GetEntitlementRequest,
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> entitlement_service_pb2.GetEntitlementResponse:
-        answer = self._reads.get_entitlement(
+        answer = await self._reads.get_entitlement(
             request.user_id,
             request.feature_id,
             convert.consistency_from_proto(request.consistency),
@@ -40,13 +49,12 @@ class EntitlementServicer(entitlement_service_pb2_grpc.EntitlementServiceService
             stale=answer.stale,
         )
 
-    @handle_errors
-    def ListEntitlements(
+    async def ListEntitlements(
         self,
         request: entitlement_service_pb2.ListEntitlementsRequest,
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> entitlement_service_pb2.ListEntitlementsResponse:
-        answer = self._reads.list_entitlements(
+        answer = await self._reads.list_entitlements(
             request.user_id, convert.consistency_from_proto(request.consistency)
         )
         return entitlement_service_pb2.ListEntitlementsResponse(
@@ -55,13 +63,12 @@ class EntitlementServicer(entitlement_service_pb2_grpc.EntitlementServiceService
             stale=answer.stale,
         )
 
-    @handle_errors
-    def BatchGetEntitlements(
+    async def BatchGetEntitlements(
         self,
         request: entitlement_service_pb2.BatchGetEntitlementsRequest,
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> entitlement_service_pb2.BatchGetEntitlementsResponse:
-        answer = self._reads.batch_get_entitlements(
+        answer = await self._reads.batch_get_entitlements(
             [(q.user_id, q.feature_id) for q in request.queries],
             convert.consistency_from_proto(request.consistency),
         )
@@ -76,11 +83,12 @@ class OfferServicer(offer_service_pb2_grpc.OfferServiceServicer):
     def __init__(self, reads: ReadService) -> None:
         self._reads = reads
 
-    @handle_errors
-    def GetOffers(
-        self, request: offer_service_pb2.GetOffersRequest, context: grpc.ServicerContext
+    async def GetOffers(
+        self,
+        request: offer_service_pb2.GetOffersRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> offer_service_pb2.GetOffersResponse:
-        answer = self._reads.get_offers(
+        answer = await self._reads.get_offers(
             request.user_id,
             request.market,
             convert.platform_from_proto(request.platform),
@@ -96,26 +104,28 @@ class OfferServicer(offer_service_pb2_grpc.OfferServiceServicer):
 class SubscriptionEventServicer(
     subscription_event_service_pb2_grpc.SubscriptionEventServiceServicer
 ):
-    def __init__(self, writes: WriteService, clock: Clock) -> None:
+    def __init__(self, writes: WriteService, store: StoreCalls, clock: Clock) -> None:
         self._writes = writes
+        self._store = store
         self._clock = clock
 
-    @handle_errors
-    def RecordSubscriptionEvent(
+    async def RecordSubscriptionEvent(
         self,
         request: subscription_event_service_pb2.RecordSubscriptionEventRequest,
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RecordSubscriptionEventResponse:
-        answer = self._writes.record_event(request.user_id, convert.event_from_proto(request))
+        answer = await self._offload(
+            self._writes.record_event, request.user_id, convert.event_from_proto(request)
+        )
         return convert.event_answer_to_proto(answer)
 
-    @handle_errors
-    def GrantEntitlement(
+    async def GrantEntitlement(
         self,
         request: subscription_event_service_pb2.GrantEntitlementRequest,
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.GrantEntitlementResponse:
-        answer = self._writes.grant(
+        answer = await self._offload(
+            self._writes.grant,
             request.request_id,
             request.user_id,
             convert.grant_request_from_proto(request.grant, self._clock()),
@@ -125,25 +135,26 @@ class SubscriptionEventServicer(
             consistency_token=answer.consistency_token,
         )
 
-    @handle_errors
-    def RevokeEntitlement(
+    async def RevokeEntitlement(
         self,
         request: subscription_event_service_pb2.RevokeEntitlementRequest,
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RevokeEntitlementResponse:
-        answer = self._writes.revoke(request.request_id, request.user_id, request.grant_id)
+        answer = await self._offload(
+            self._writes.revoke, request.request_id, request.user_id, request.grant_id
+        )
         return subscription_event_service_pb2.RevokeEntitlementResponse(
             grant=convert.grant_to_proto(answer.grant),
             consistency_token=answer.consistency_token,
         )
 
-    @handle_errors
-    def RedeemOffer(
+    async def RedeemOffer(
         self,
         request: subscription_event_service_pb2.RedeemOfferRequest,
-        context: grpc.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RedeemOfferResponse:
-        answer = self._writes.redeem(
+        answer = await self._offload(
+            self._writes.redeem,
             request.request_id,
             request.user_id,
             request.offer_id,
@@ -156,3 +167,7 @@ class SubscriptionEventServicer(
             subscription=convert.subscription_to_proto(answer.subscription),
             consistency_token=answer.consistency_token,
         )
+
+    async def _offload(self, write: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """A write runs in a store thread (the stores block), within the RPC's budget."""
+        return await self._store.run(rpc_remaining(), write, *args, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from service.usecases.cache import CachedUser, UserStateCache
 from service.usecases.clock import Clock, utc_now
 from service.usecases.deadlines import StoreBudget, store_budget
 from service.usecases.single_flight import SingleFlight
+from service.usecases.store_calls import StoreCalls
 from service.usecases.tokens import ConsistencyToken, check_token
 from storage.deadline import DeadlineExceeded
 from storage.repository import AccountRepository, StoreUnavailable
@@ -68,15 +70,17 @@ class ReadService:
         cache: UserStateCache,
         clock: Clock = utc_now,
         policy: CachePolicy = CachePolicy(),
+        store: StoreCalls | None = None,
     ) -> None:
         self.catalog = catalog
         self._repository = repository
         self._cache = cache
         self._clock = clock
         self._policy = policy
+        self._store = store or StoreCalls(threads=4)
         self._loads = SingleFlight[UserState]()
 
-    def get_entitlement(
+    async def get_entitlement(
         self, user_id: str, feature_id: str, consistency: Consistency = Consistency()
     ) -> Answer[EntitlementDecision]:
         violations: list[FieldViolation] = []
@@ -85,10 +89,10 @@ class ReadService:
         token = check_token(consistency.token, "consistency.consistency_token", violations)
         if violations:
             raise InvalidRequest(violations)
-        entry = self._user(user_id, token, consistency.full)
+        entry = await self._user(user_id, token, consistency.full)
         return Answer(self._decide(entry, feature_id, self._clock()), entry.stale)
 
-    def list_entitlements(
+    async def list_entitlements(
         self, user_id: str, consistency: Consistency = Consistency()
     ) -> Answer[list[EntitlementDecision]]:
         violations: list[FieldViolation] = []
@@ -96,12 +100,12 @@ class ReadService:
         token = check_token(consistency.token, "consistency.consistency_token", violations)
         if violations:
             raise InvalidRequest(violations)
-        entry = self._user(user_id, token, consistency.full)
+        entry = await self._user(user_id, token, consistency.full)
         now = self._clock()
         decisions = [self._decide(entry, feature_id, now) for feature_id in self.catalog.features]
         return Answer(decisions, entry.stale)
 
-    def batch_get_entitlements(
+    async def batch_get_entitlements(
         self, queries: Sequence[tuple[str, str]], consistency: Consistency = Consistency()
     ) -> Answer[list[EntitlementDecision]]:
         """Decides (user_id, feature_id) pairs in order; each user's state is read once."""
@@ -129,11 +133,11 @@ class ReadService:
         for user_id, feature_id in queries:
             entry = entries.get(user_id)
             if entry is None:
-                entry = entries[user_id] = self._user(user_id, token, consistency.full)
+                entry = entries[user_id] = await self._user(user_id, token, consistency.full)
             decisions.append(self._decide(entry, feature_id, now))
         return Answer(decisions, any(entry.stale for entry in entries.values()))
 
-    def get_offers(
+    async def get_offers(
         self,
         user_id: str,
         market: str,
@@ -149,7 +153,7 @@ class ReadService:
         if violations:
             raise InvalidRequest(violations)
         assert platform is not None
-        entry = self._user(user_id, token, consistency.full)
+        entry = await self._user(user_id, token, consistency.full)
         now = self._clock()
         key = (market, platform)
         decisions = entry.offers.get(key)
@@ -163,10 +167,11 @@ class ReadService:
                 entry.offers[key] = decisions
         return Answer(decisions, entry.stale)
 
-    def _user(self, user_id: str, token: ConsistencyToken | None, full: bool) -> CachedUser:
-        """The user's state: from the cache when fresh enough, else from the store (one
-        read for concurrent misses of the same user), else - when the store fails or is too
-        slow - from cache past its freshness within max_staleness, marked stale."""
+    async def _user(self, user_id: str, token: ConsistencyToken | None, full: bool) -> CachedUser:
+        """The user's state: from the cache when fresh enough (on the event loop, no
+        thread), else from the store in a store thread (one read for concurrent misses of
+        the same user), else - when the store fails or is too slow - from cache past its
+        freshness within max_staleness, marked stale."""
         min_version = token.version if token is not None and token.applies_to(user_id) else 0
         if not full:
             entry = self._cache.get(user_id, min_version)
@@ -175,12 +180,15 @@ class ReadService:
         budget: StoreBudget | None = None
         try:
             with store_budget(self._policy.store_timeout_seconds) as budget:
+                seconds = budget.seconds
                 if min_version > 0:
                     # The store may answer from a cheaper bounded-staleness snapshot that
                     # satisfies the token; not shared, as others may need newer state.
-                    state = self._repository.load(user_id, min_version=min_version)
+                    state = await self._store.run(
+                        seconds, self._repository.load, user_id, min_version=min_version
+                    )
                 else:
-                    state = self._loads.do(user_id, self._repository.load, budget.seconds)
+                    state = await self._shared_load(user_id, seconds)
         except (StoreUnavailable, DeadlineExceeded) as error:
             if not full and self._policy.max_staleness_seconds > 0:
                 stale = self._cache.get_stale(
@@ -193,6 +201,19 @@ class ReadService:
                 raise
             raise StoreUnavailable("the store failed and no cached state can serve") from error
         return self._cache.put(state)
+
+    async def _shared_load(self, user_id: str, seconds: float) -> UserState:
+        """One store read for all concurrent misses of the user; each waits at most
+        `seconds` (its own budget)."""
+        try:
+            return await asyncio.wait_for(
+                self._loads.do(
+                    user_id, lambda: self._store.run(seconds, self._repository.load, user_id)
+                ),
+                seconds,
+            )
+        except TimeoutError as error:
+            raise DeadlineExceeded("waited too long for the store read") from error
 
     def _decide(self, entry: CachedUser, feature_id: str, now: datetime) -> EntitlementDecision:
         decision = entry.decisions.get(feature_id)

@@ -1,52 +1,37 @@
 """Single flight: concurrent calls for the same key share one execution, so a burst of
-cache misses for one user causes one store read."""
+cache misses for one user causes one store read. Runs on the event loop: waiters hold
+no thread, only a future."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
-
-from storage.deadline import DeadlineExceeded
 
 T = TypeVar("T")
 
 
-@dataclass
-class _Call(Generic[T]):
-    done: threading.Event = field(default_factory=threading.Event)
-    result: T | None = None
-    error: BaseException | None = None
-
-
 class SingleFlight(Generic[T]):
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._calls: dict[str, _Call[T]] = {}
+        self._calls: dict[str, asyncio.Task[T]] = {}
 
-    def do(self, key: str, fn: Callable[[str], T], timeout: float | None) -> T:
-        """fn(key), or the result (or error) of the call for `key` already running.
-        A follower waits at most `timeout` seconds (DeadlineExceeded after that)."""
-        with self._lock:
-            call = self._calls.get(key)
-            leader = call is None
-            if call is None:
-                call = self._calls[key] = _Call()
-        if leader:
-            try:
-                call.result = fn(key)
-                return call.result
-            except BaseException as error:
-                call.error = error
-                raise
-            finally:
-                with self._lock:
-                    del self._calls[key]
-                call.done.set()
-        if not call.done.wait(timeout):
-            raise DeadlineExceeded("waited too long for a concurrent store read")
-        if call.error is not None:
-            raise call.error
-        assert call.result is not None
-        return call.result
+    async def do(self, key: str, start: Callable[[], Awaitable[T]]) -> T:
+        """The result (or error) of `start()`, or of the call for `key` already running.
+
+        Cancelling one caller (its deadline passed) does not cancel the shared call: the
+        others keep waiting for it, and it ends within its own store budget."""
+        call = self._calls.get(key)
+        if call is None:
+            call = asyncio.ensure_future(start())
+            self._calls[key] = call
+            call.add_done_callback(lambda done: self._finished(key, done))
+        return await asyncio.shield(call)
+
+    def _finished(self, key: str, call: asyncio.Task[T]) -> None:
+        if self._calls.get(key) is call:
+            del self._calls[key]
+        if not call.cancelled():
+            call.exception()  # retrieved: every waiter may have given up already
+
+    def __len__(self) -> int:
+        return len(self._calls)

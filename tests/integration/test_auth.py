@@ -41,7 +41,6 @@ from service.grpc_api.auth import (
     READ,
     AccessPolicy,
     Authenticator,
-    AuthInterceptor,
     CredentialsError,
     Role,
     bearer_metadata,
@@ -53,6 +52,8 @@ from service.grpc_api.auth import (
     token_digest,
     with_bearer_token,
 )
+from service.grpc_api.event_loop import LoopThread
+from service.grpc_api.guard import RpcGuard
 from service.grpc_api.server import RunningServer, start_server
 from tests.integration.conftest import (
     ADMIN_PRINCIPAL,
@@ -300,40 +301,43 @@ def test_admin_calls_are_audited_without_tokens_or_user_ids(
 
 @dataclass
 class Bare:
-    server: grpc.Server
     port: int
 
 
 @pytest.fixture(scope="module")
 def custom_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bare]:
-    """A server with the auth interceptor and two raw-bytes services: `test.Read` is a
-    read service in its policy, `test.Unlisted` is not in it at all."""
-    from concurrent import futures
-
+    """A grpc.aio server whose methods are wrapped by the RPC guard, with two raw-bytes
+    services: `test.Read` is a read service in its policy, `test.Unlisted` is not in it."""
     credentials = load_credentials(
         write_test_credentials(tmp_path_factory.mktemp("auth") / "credentials.yaml")
     )
     policy = AccessPolicy({**DEFAULT_POLICY.services, "test.Read": READ})
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4),
-        interceptors=[AuthInterceptor(Authenticator(credentials), policy)],
-    )
+    guard = RpcGuard(Authenticator(credentials), max_rpc_seconds=5, policy=policy)
 
-    def who(request: bytes, context: grpc.ServicerContext) -> bytes:
+    async def who(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         principal = current_principal()
         return f"{principal.name}/{principal.role}".encode() if principal else b"nobody"
 
-    for name in ("test.Read", "test.Unlisted"):
-        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(who)
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(name, {"Who": handler}),)
-        )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    async def start() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server()
+        for name in ("test.Read", "test.Unlisted"):
+            handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
+                guard.wrap(f"/{name}/Who", who)
+            )
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(name, {"Who": handler}),)
+            )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    loop = LoopThread("auth-test-server")
+    server, port = loop.run(start())
     try:
-        yield Bare(server, port)
+        yield Bare(port)
     finally:
-        server.stop(0).wait()
+        loop.run(server.stop(0))
+        loop.stop()
 
 
 def raw_call(port: int, method: str, metadata: Metadata) -> tuple[grpc.StatusCode, bytes]:

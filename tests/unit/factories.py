@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from service.catalog import load_catalog
@@ -20,6 +21,9 @@ from service.domain.account import (
     UserState,
 )
 from service.domain.catalog import Catalog, Experiment
+from service.domain.decisions import EntitlementDecision, OfferDecisions
+from service.domain.rules import Platform
+from service.usecases.reads import Answer, Consistency, ReadService
 
 CATALOG: Catalog = load_catalog()
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -152,3 +156,39 @@ def user_id_in_arm(offer_id: str, arm: str, prefix: str = "user") -> str:
         if experiment.assign(candidate).name == arm:
             return candidate
     raise AssertionError(f"no user in arm {arm}")  # pragma: no cover
+
+
+DEFAULT_CONSISTENCY = Consistency()
+
+
+class SyncReads:
+    """The read use cases (coroutines, served on the event loop) called synchronously, one
+    event loop per call: for tests that drive them step by step."""
+
+    def __init__(self, reads: ReadService) -> None:
+        self.service = reads
+        self.catalog = reads.catalog
+
+    def get_entitlement(
+        self, user_id: str, feature_id: str, consistency: Consistency = DEFAULT_CONSISTENCY
+    ) -> Answer[EntitlementDecision]:
+        return asyncio.run(self.service.get_entitlement(user_id, feature_id, consistency))
+
+    def list_entitlements(
+        self, user_id: str, consistency: Consistency = DEFAULT_CONSISTENCY
+    ) -> Answer[list[EntitlementDecision]]:
+        return asyncio.run(self.service.list_entitlements(user_id, consistency))
+
+    def batch_get_entitlements(
+        self, queries: Sequence[tuple[str, str]], consistency: Consistency = DEFAULT_CONSISTENCY
+    ) -> Answer[list[EntitlementDecision]]:
+        return asyncio.run(self.service.batch_get_entitlements(queries, consistency))
+
+    def get_offers(
+        self,
+        user_id: str,
+        market: str,
+        platform: Platform | None,
+        consistency: Consistency = DEFAULT_CONSISTENCY,
+    ) -> Answer[OfferDecisions]:
+        return asyncio.run(self.service.get_offers(user_id, market, platform, consistency))

@@ -24,6 +24,7 @@ from service.usecases.reads import Consistency, ReadService
 from service.usecases.tokens import MalformedToken, issue_token, parse_token
 from storage.memory import MemoryRepository
 from storage.repository import AccountChange
+from tests.unit.factories import SyncReads
 
 START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 CATALOG = load_catalog()
@@ -61,9 +62,9 @@ def repository() -> CountingRepository:
     return CountingRepository()
 
 
-def make_reads(repository: CountingRepository, clocks: Clocks, ttl: float = 3600.0) -> ReadService:
+def make_reads(repository: CountingRepository, clocks: Clocks, ttl: float = 3600.0) -> SyncReads:
     cache = UserStateCache(1000, ttl, monotonic=lambda: clocks.monotonic)
-    return ReadService(CATALOG, repository, cache, clock=lambda: clocks.now)
+    return SyncReads(ReadService(CATALOG, repository, cache, clock=lambda: clocks.now))
 
 
 def trial(period_end: datetime) -> AccountChange:

@@ -24,6 +24,7 @@ from service.usecases.writes import RecordOutcome, WriteService
 from storage.memory import MemoryRepository
 from storage.repository import AccountRepository, IdempotencyConflict
 from storage.sqlite import SqliteRepository
+from tests.unit.factories import SyncReads
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -41,11 +42,11 @@ def repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Accou
 
 
 @pytest.fixture
-def services(repository: AccountRepository) -> tuple[ReadService, WriteService]:
+def services(repository: AccountRepository) -> tuple[SyncReads, WriteService]:
     cache = UserStateCache(1000, 3600)
     clock = lambda: NOW  # noqa: E731
     return (
-        ReadService(CATALOG, repository, cache, clock),
+        SyncReads(ReadService(CATALOG, repository, cache, clock)),
         WriteService(CATALOG, repository, cache, clock),
     )
 
@@ -64,7 +65,7 @@ def purchase(event_id: str = "evt-1", at: datetime = NOW - DAY) -> SubscriptionE
 
 
 def test_purchase_is_visible_at_once_in_the_writing_process(
-    services: tuple[ReadService, WriteService],
+    services: tuple[SyncReads, WriteService],
 ) -> None:
     reads, writes = services
     assert not reads.get_entitlement("u1", "offline_downloads").value.granted  # now cached
@@ -79,7 +80,7 @@ def test_purchase_is_visible_at_once_in_the_writing_process(
 
 
 def test_duplicate_event_changes_nothing(
-    services: tuple[ReadService, WriteService], repository: AccountRepository
+    services: tuple[SyncReads, WriteService], repository: AccountRepository
 ) -> None:
     _, writes = services
     first = writes.record_event("u1", purchase())
@@ -92,7 +93,7 @@ def test_duplicate_event_changes_nothing(
 
 
 def test_event_id_reused_with_other_content_is_a_conflict(
-    services: tuple[ReadService, WriteService],
+    services: tuple[SyncReads, WriteService],
 ) -> None:
     _, writes = services
     writes.record_event("u1", purchase())
@@ -101,7 +102,7 @@ def test_event_id_reused_with_other_content_is_a_conflict(
 
 
 def test_stale_event_is_recorded_but_does_not_move_state_back(
-    services: tuple[ReadService, WriteService], repository: AccountRepository
+    services: tuple[SyncReads, WriteService], repository: AccountRepository
 ) -> None:
     reads, writes = services
     writes.record_event("u1", purchase())
@@ -123,7 +124,7 @@ def test_stale_event_is_recorded_but_does_not_move_state_back(
 
 
 def test_invalid_transition_writes_nothing(
-    services: tuple[ReadService, WriteService], repository: AccountRepository
+    services: tuple[SyncReads, WriteService], repository: AccountRepository
 ) -> None:
     _, writes = services
     uncancel = SubscriptionEvent(
@@ -136,7 +137,7 @@ def test_invalid_transition_writes_nothing(
 
 
 def test_grant_and_revoke_are_idempotent(
-    services: tuple[ReadService, WriteService], repository: AccountRepository
+    services: tuple[SyncReads, WriteService], repository: AccountRepository
 ) -> None:
     reads, writes = services
     request = GrantRequest(GrantKind.SUPPORT, "high_fidelity_audio", None, 0, NOW, NOW + 7 * DAY)
@@ -153,7 +154,7 @@ def test_grant_and_revoke_are_idempotent(
     assert [h.kind for h in repository.history("u1")] == ["grant", "revoke", "revoke"]
 
 
-def test_grant_validation(services: tuple[ReadService, WriteService]) -> None:
+def test_grant_validation(services: tuple[SyncReads, WriteService]) -> None:
     _, writes = services
     bad = GrantRequest(None, "teleportation", None, -1, NOW, NOW - DAY)
     with pytest.raises(InvalidRequest) as raised:
@@ -169,7 +170,7 @@ def test_grant_validation(services: tuple[ReadService, WriteService]) -> None:
     ]
 
 
-def test_redeem_trial_once(services: tuple[ReadService, WriteService]) -> None:
+def test_redeem_trial_once(services: tuple[SyncReads, WriteService]) -> None:
     reads, writes = services
     answer = writes.redeem("r1", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-t")
     assert answer.subscription.status is SubscriptionStatus.TRIALING
@@ -186,7 +187,7 @@ def test_redeem_trial_once(services: tuple[ReadService, WriteService]) -> None:
 
 
 def test_concurrent_trial_redemptions_have_one_winner(
-    services: tuple[ReadService, WriteService],
+    services: tuple[SyncReads, WriteService],
 ) -> None:
     _, writes = services
     barrier = threading.Barrier(20)

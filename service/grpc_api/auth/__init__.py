@@ -15,9 +15,10 @@ need the role `service` or `admin`, the write service `admin`; only health check
 reflection are open; any other method is refused. A missing, malformed or unknown credential
 answers UNAUTHENTICATED; a known one lacking the role PERMISSION_DENIED.
 
-Modules: `credentials` (the credentials file), `policy` (who may call what), `interceptor`
-(the server side), `client` (sending a token), `tls` (transport security), `dev` (the
-generated development credentials).
+Modules: `credentials` (the credentials file), `policy` (who may call what),
+`authentication` (token to principal; the principal of the call being served), `client`
+(sending a token), `tls` (transport security), `dev` (the generated development
+credentials). The RPC guard (service.grpc_api.guard) applies them to every call.
 """
 
 from service.grpc_api.auth.client import BearerTokenInterceptor, bearer_metadata, with_bearer_token
@@ -40,10 +41,8 @@ from service.grpc_api.auth.dev import (
     ensure_dev_credentials,
     read_dev_tokens,
 )
-from service.grpc_api.auth.interceptor import (
+from service.grpc_api.auth.authentication import (
     Authenticator,
-    AuthInterceptor,
-    Behaviour,
     bearer_token,
     current_principal,
 )
@@ -79,10 +78,8 @@ __all__ = [
     "OPEN_SERVICES",
     "READ",
     "AccessPolicy",
-    "AuthInterceptor",
     "Authenticator",
     "BearerTokenInterceptor",
-    "Behaviour",
     "Credential",
     "CredentialsError",
     "DevCredentials",
