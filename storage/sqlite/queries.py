@@ -5,7 +5,7 @@ runs inside the caller's transaction on the caller's connection."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +31,7 @@ from storage.rows import (
 from storage.sqlite.codec import CODEC
 
 
-def _list(columns: Sequence[str]) -> str:
+def _list(columns: Iterable[str]) -> str:
     return ", ".join(columns)
 
 
@@ -46,7 +46,26 @@ def _select_children(table: ChildTable[Any]) -> str:
     )
 
 
-_SELECT_USER = f"SELECT {_list(USERS.column_names)} FROM {USERS.name} WHERE {USER_ID} = ?"
+def _select_account() -> str:
+    """A user's whole state in one statement: the user row (tag 0) and the rows of each
+    child table (tag 1 + its index in CHILD_TABLES), padded with NULLs to one width."""
+    tables: list[tuple[str, tuple[str, ...], str]] = [
+        (USERS.name, USERS.column_names, "0"),
+        *((table.name, table.column_names, POSITION) for table in CHILD_TABLES),
+    ]
+    width = max(len(columns) for _, columns, _ in tables)
+    parts = []
+    for tag, (name, columns, order) in enumerate(tables):
+        padding = ", NULL" * (width - len(columns))
+        parts.append(
+            f"SELECT {tag}, {order}, {_list(columns)}{padding} FROM {name} WHERE {USER_ID} = ?1"
+        )
+    return " UNION ALL ".join(parts) + " ORDER BY 1, 2"
+
+
+_SELECT_ACCOUNT = _select_account()
+_USER_COLUMNS = len(USERS.column_names)
+_CHILD_COLUMNS = tuple(len(table.column_names) for table in CHILD_TABLES)
 _UPSERT_USER = (
     _insert(USERS.name, (USER_ID, *USERS.column_names))
     + f" ON CONFLICT ({USER_ID}) DO UPDATE SET "
@@ -73,11 +92,15 @@ _INSERT_HISTORY = _insert(HISTORY.name, (USER_ID, *HISTORY.column_names))
 
 
 def read_account(connection: sqlite3.Connection, user_id: str) -> AccountState:
-    user = connection.execute(_SELECT_USER, (user_id,)).fetchone()
-    if user is None:
+    """The user's state, read with one statement."""
+    rows = connection.execute(_SELECT_ACCOUNT, (user_id,)).fetchall()
+    if not rows or rows[0][0] != 0:
         return AccountState.new(user_id)
-    children = [_read_children(connection, table, user_id) for table in CHILD_TABLES]
-    return CODEC.account(user_id, user, children)
+    children: list[list[Sequence[Any]]] = [[] for _ in CHILD_TABLES]
+    for row in rows[1:]:
+        index = row[0] - 1
+        children[index].append(row[2 : 2 + _CHILD_COLUMNS[index]])
+    return CODEC.account(user_id, rows[0][2 : 2 + _USER_COLUMNS], children)
 
 
 def _read_children(

@@ -17,6 +17,7 @@ from storage.repository import (
     IdempotencyConflict,
     IdempotencyKey,
     StoreUnavailable,
+    household_membership,
 )
 from storage.rows import dump_response, integer, load_response
 from storage.sqlite import queries, schema
@@ -52,6 +53,11 @@ class SqliteRepository:
     def load(self, user_id: str, *, min_version: int = 0) -> UserState:
         connection = self._connection()
         with translate_errors():
+            # One statement reads a consistent snapshot by itself; a household member's
+            # state and the manager's subscriptions are read again in one transaction.
+            account = queries.read_account(connection, user_id)
+            if household_membership(account) is None:
+                return UserState(account, None)
             connection.execute("BEGIN")
             try:
                 account = queries.read_account(connection, user_id)
