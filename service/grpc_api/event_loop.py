@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from importlib import metadata
 from collections.abc import Coroutine
+from importlib import metadata
 from typing import Any, TypeVar
 
 T = TypeVar("T")

@@ -21,6 +21,11 @@ Modules: `credentials` (the credentials file), `policy` (who may call what),
 credentials). The RPC guard (service.grpc_api.guard) applies them to every call.
 """
 
+from service.grpc_api.auth.authentication import (
+    Authenticator,
+    bearer_token,
+    current_principal,
+)
 from service.grpc_api.auth.client import BearerTokenInterceptor, bearer_metadata, with_bearer_token
 from service.grpc_api.auth.credentials import (
     AUTHORIZATION,
@@ -40,11 +45,6 @@ from service.grpc_api.auth.dev import (
     DevCredentials,
     ensure_dev_credentials,
     read_dev_tokens,
-)
-from service.grpc_api.auth.authentication import (
-    Authenticator,
-    bearer_token,
-    current_principal,
 )
 from service.grpc_api.auth.policy import (
     ADMIN,
