@@ -1,11 +1,12 @@
 """Memory of a warm user-state cache: bytes per entry, and the size of 1,000,000 users.
 
-    python -m benchmarks.memory [--users 1000000] [--out benchmarks/results]
+    python -m benchmarks.memory [--users 1000000] [--stored-users 100000] [--out DIR]
 
-Fills a real `UserStateCache` through the real read path (`ReadService` over the
-in-memory store) with free users, the common case (a user the store has never seen is
-cached too), and measures the process's resident memory (RSS, /proc/self/statm) after
-each step, with garbage collected:
+Fills a real `UserStateCache` through the real read path (`ReadService`) with two
+populations: free users the store has never seen (the common case; they are cached too,
+and share one decision per feature), and users with stored state (the benchmark's demo
+situations, loaded from SQLite as production loads them). Measures the process's
+resident memory (RSS, /proc/self/statm) after each step, with garbage collected:
 
 1. state only: every user's state cached (what a cache miss leaves behind);
 2. plus one memoised decision per user (what one GetEntitlement leaves);
@@ -22,6 +23,7 @@ import gc
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -29,10 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.coroutines import completed
+from benchmarks.data import bench_user_ids, seed
 from service.catalog import load_catalog
 from service.usecases.cache import UserStateCache
 from service.usecases.reads import ReadService
 from storage.memory import MemoryRepository
+from storage.repository import AccountRepository
+from storage.sqlite import SqliteRepository
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -52,13 +57,24 @@ def user_ids(count: int) -> list[str]:
     return [f"{i:08d}-0000-4000-8000-000000000000" for i in range(count)]
 
 
-def measure(users: int) -> dict[str, Any]:
+def measure(users: int, stored: bool = False) -> dict[str, Any]:
+    """Free users the store has never seen, or (stored) users with state in a SQLite store
+    (the benchmark's demo situations: subscribers, trials, grants, households), loaded as
+    production loads them."""
     catalog = load_catalog()
     now = datetime.now(UTC)
-    repository = MemoryRepository()  # every user unknown to it: a free user
+    repository: AccountRepository
+    if stored:
+        folder = Path(tempfile.mkdtemp(prefix="memory-bench-"))
+        repository = SqliteRepository(folder / "users.db")
+        seed(repository, users, now)
+        ids = bench_user_ids(users)
+    else:
+        repository = MemoryRepository()  # every user unknown to it: a free user
+        ids = user_ids(users)
+    users = len(ids)
     cache = UserStateCache(users + 1, 3600.0)
     reads = ReadService(catalog, repository, cache, lambda: now)
-    ids = user_ids(users)
     baseline = rss_bytes()
     started = time.monotonic()
     for uid in ids:
@@ -77,6 +93,7 @@ def measure(users: int) -> dict[str, Any]:
     per_decision = (one_decision - states) / users
     per_all = (all_decisions - one_decision) / len(sample)
     return {
+        "population": "stored" if stored else "free",
         "users": users,
         "features": len(catalog.features),
         "python": sys.version.split()[0],
@@ -93,26 +110,35 @@ def measure(users: int) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory")
-    parser.add_argument("--users", type=int, default=1_000_000)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
-    result = measure(args.users)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"memory-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+def summary(result: dict[str, Any]) -> str:
     one = result["mib_for_1m_one_decision"]
-    print(
-        f"warm cache of {args.users:,} free users: "
+    budget = result["budget_mib_per_worker_for_1m"]
+    return (
+        f"warm cache of {result['users']:,} {result['population']} users: "
         f"{result['bytes_per_entry_state_only']} B/entry (state), "
-        f"{result['bytes_per_entry_one_decision']} B/entry (+1 memoised decision), "
+        f"{result['bytes_per_entry_one_decision']} B/entry (+1 decision), "
         f"{result['bytes_per_entry_all_decisions']} B/entry (+all {result['features']} "
         f"decisions); 1,000,000 users: {result['mib_for_1m_state_only']} / {one} / "
         f"{result['mib_for_1m_all_decisions']} MiB per worker process "
-        f"(budget {result['budget_mib_per_worker_for_1m']} MiB with one decision: "
-        f"{'within' if one <= result['budget_mib_per_worker_for_1m'] else 'OVER'}); {path}"
+        f"(budget {budget} MiB with one decision: {'within' if one <= budget else 'OVER'})"
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory")
+    parser.add_argument("--users", type=int, default=1_000_000, help="free users")
+    parser.add_argument(
+        "--stored-users", type=int, default=100_000, help="users with stored state (SQLite)"
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    results = [measure(args.users), measure(args.stored_users, stored=True)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"memory-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    for result in results:
+        print(summary(result))
+    print(path)
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cachetools import LRUCache
 
@@ -26,11 +26,29 @@ from service.domain.rules import Platform
 class CachedUser:
     state: UserState
     fresh_until: float
-    decisions: dict[str, EntitlementDecision] = field(default_factory=dict)
-    # Memoised offer answers by (market, platform), reused while now < their valid_until.
-    offers: dict[tuple[str, Platform], OfferDecisions] = field(default_factory=dict)
+    # Memoised entitlement decisions by feature id, and offer answers by (market,
+    # platform), each reused while now < its valid_until. Created on first use: most
+    # cached users never have offers asked for, and an empty dict is 64 bytes.
+    decisions: dict[str, EntitlementDecision] | None = None
+    offers: dict[tuple[str, Platform], OfferDecisions] | None = None
     # True when served past its freshness because the store failed (stale-if-error).
     stale: bool = False
+
+    def decision(self, feature_id: str) -> EntitlementDecision | None:
+        return None if self.decisions is None else self.decisions.get(feature_id)
+
+    def remember_decision(self, feature_id: str, decision: EntitlementDecision) -> None:
+        if self.decisions is None:
+            self.decisions = {}
+        self.decisions[feature_id] = decision
+
+    def offer_answer(self, key: tuple[str, Platform]) -> OfferDecisions | None:
+        return None if self.offers is None else self.offers.get(key)
+
+    def remember_offers(self, key: tuple[str, Platform], answer: OfferDecisions) -> None:
+        if self.offers is None:
+            self.offers = {}
+        self.offers[key] = answer
 
 
 @dataclass(slots=True)
@@ -71,7 +89,7 @@ class UserStateCache:
     def get_stale(self, user_id: str, min_version: int, max_staleness: float) -> CachedUser | None:
         """For stale-if-error: the entry even past its freshness, if it is no more than
         `max_staleness` seconds past it and holds at least `min_version`. The returned
-        copy is marked stale and shares the memoised decisions."""
+        copy is marked stale and shares the memoised answers the entry has."""
         with self._lock:
             entry = self._entries.get(user_id)
             if (

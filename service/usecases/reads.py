@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class ReadService:
         self._policy = policy
         self._store = store or StoreCalls(threads=4)
         self._loads = SingleFlight[UserState]()
+        self._unseen_decisions: dict[str, EntitlementDecision] = {}
 
     async def get_entitlement(
         self, user_id: str, feature_id: str, consistency: Consistency = Consistency()
@@ -156,7 +158,7 @@ class ReadService:
         entry = await self._user(user_id, token, consistency.full)
         now = self._clock()
         key = (market, platform)
-        decisions = entry.offers.get(key)
+        decisions = entry.offer_answer(key)
         if decisions is None or (
             decisions.valid_until is not None and now >= decisions.valid_until
         ):
@@ -164,7 +166,7 @@ class ReadService:
             # Only markets of the catalog: any well-formed code is accepted, and the memo
             # must stay small (at most markets x platforms answers per user).
             if market in self.catalog.markets:
-                entry.offers[key] = decisions
+                entry.remember_offers(key, decisions)
         return Answer(decisions, entry.stale)
 
     async def _user(self, user_id: str, token: ConsistencyToken | None, full: bool) -> CachedUser:
@@ -216,8 +218,25 @@ class ReadService:
             raise DeadlineExceeded("waited too long for the store read") from error
 
     def _decide(self, entry: CachedUser, feature_id: str, now: datetime) -> EntitlementDecision:
-        decision = entry.decisions.get(feature_id)
+        state = entry.state
+        if state.account.version == 0:
+            return self._decide_unseen(state, feature_id, now)
+        decision = entry.decision(feature_id)
         if decision is None or (decision.valid_until is not None and now >= decision.valid_until):
-            decision = decide_entitlement(self.catalog, entry.state, feature_id, now)
-            entry.decisions[feature_id] = decision
+            decision = decide_entitlement(self.catalog, state, feature_id, now)
+            entry.remember_decision(feature_id, decision)
         return decision
+
+    def _decide_unseen(
+        self, state: UserState, feature_id: str, now: datetime
+    ) -> EntitlementDecision:
+        """A user the store has never seen (version 0: no subscription, grant or
+        household) decides like every other such user: one decision per feature is shared
+        by all of them instead of one memoised per cache entry (free users are most users,
+        and a memoised decision costs ~300 bytes per entry)."""
+        shared = self._unseen_decisions.get(feature_id)
+        if shared is None or (shared.valid_until is not None and now >= shared.valid_until):
+            shared = decide_entitlement(self.catalog, state, feature_id, now)
+            self._unseen_decisions[feature_id] = shared
+        user_id = state.account.user_id
+        return shared if shared.user_id == user_id else dataclasses.replace(shared, user_id=user_id)
