@@ -5,6 +5,7 @@ serve` processes)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -312,3 +313,54 @@ def test_max_connection_age_rebalances_a_client_across_workers(tmp_path: Path) -
                 pids = {json.loads(line)["pid"] for line in audit.read_text().splitlines()}
         channel.close()
     assert len(pids) == 2
+
+
+def test_overload_is_refused_at_once_while_admitted_calls_are_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 RPCs in flight against a worker that admits 32, each admitted call waiting
+    400 ms on the store: the refused ones are answered RESOURCE_EXHAUSTED at once, not
+    after queueing behind the admitted ones."""
+    db = tmp_path / "overload.db"
+    credentials = write_test_credentials(tmp_path / "credentials.yaml")
+    monkeypatch.setenv("ENTITLEMENTS_FAULT_STORE_DELAY_MS", "400")
+    monkeypatch.setenv("ENTITLEMENTS_STORE_TIMEOUT_SECONDS", "3")
+    monkeypatch.setenv("ENTITLEMENTS_MAX_CONCURRENT_RPCS", "32")
+    monkeypatch.setenv("ENTITLEMENTS_THREADS", "32")
+    calls = 1000
+
+    async def storm(target: str) -> list[tuple[grpc.StatusCode, float]]:
+        metadata = (("authorization", f"Bearer {SERVICE_TOKEN}"),)
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = entitlement_service_pb2_grpc.EntitlementServiceStub(channel)
+            await stub.GetEntitlement(  # connected and warm before the storm
+                es.GetEntitlementRequest(user_id="warm", feature_id="shuffle_play"),
+                metadata=metadata,
+                timeout=10,
+            )
+
+            async def one(i: int) -> tuple[grpc.StatusCode, float]:
+                started = time.monotonic()
+                try:
+                    await stub.GetEntitlement(
+                        es.GetEntitlementRequest(user_id=f"o-{i}", feature_id="shuffle_play"),
+                        metadata=metadata,
+                        timeout=20,
+                    )
+                    code = grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as error:
+                    code = error.code()
+                return code, time.monotonic() - started
+
+            return await asyncio.gather(*(one(i) for i in range(calls)))
+
+    with server_process(db, credentials, workers=1) as server:
+        results = asyncio.run(storm(server.target))
+    refused = sorted(t for code, t in results if code is grpc.StatusCode.RESOURCE_EXHAUSTED)
+    served = sorted(t for code, t in results if code is grpc.StatusCode.OK)
+    assert len(refused) + len(served) == calls, {code for code, _ in results}
+    assert len(served) >= 32 and len(refused) >= calls // 2
+    refused_p50, served_p50 = refused[len(refused) // 2], served[len(served) // 2]
+    # Refused at once: not after queueing behind the admitted calls (each >= 400 ms).
+    assert served[0] >= 0.4
+    assert refused_p50 < served_p50 / 2, (refused_p50, served_p50)
