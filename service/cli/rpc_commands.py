@@ -115,20 +115,19 @@ def record_event(args: argparse.Namespace) -> int:
 
 def grant(args: argparse.Namespace) -> int:
     def request() -> events_pb2.GrantEntitlementRequest:
-        now = _now()
+        # Starting when recorded, for a duration: the same command repeated with the same
+        # --request-id sends the same request, so a retry replays the first answer.
         message = events_pb2.GrantEntitlementRequest(
             request_id=_request_id(args),
             user_id=args.user_id,
-            grant=events_pb2.Grant(
-                kind=GRANT_KINDS[args.kind], quota_value=args.quota, starts_at=timestamp(now)
-            ),
+            grant=events_pb2.Grant(kind=GRANT_KINDS[args.kind], quota_value=args.quota),
         )
         if args.feature:
             message.grant.feature_id = args.feature
         else:
             message.grant.plan_id = args.plan
         if args.days is not None:
-            message.grant.expires_at.CopyFrom(timestamp(now + timedelta(days=args.days)))
+            message.duration.FromTimedelta(timedelta(days=args.days))
         return message
 
     def show(

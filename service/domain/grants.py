@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from service.domain.account import AccountState, Grant, GrantKind
 from service.domain.catalog import Catalog, FeatureKind
@@ -16,11 +16,22 @@ class GrantRequest:
     feature_id: str | None
     plan_id: str | None
     quota_value: int
-    starts_at: datetime
+    # None: when the grant is recorded.
+    starts_at: datetime | None
     expires_at: datetime | None
+    # Instead of expires_at: how long after its start the grant ends.
+    duration: timedelta | None = None
+
+    def start(self, now: datetime) -> datetime:
+        return self.starts_at or now
+
+    def end(self, now: datetime) -> datetime | None:
+        if self.duration is not None:
+            return self.start(now) + self.duration
+        return self.expires_at
 
 
-def validate_grant(request: GrantRequest, catalog: Catalog) -> None:
+def validate_grant(request: GrantRequest, catalog: Catalog, now: datetime) -> None:
     out: list[FieldViolation] = []
     if request.kind is None:
         out.append(FieldViolation("grant.kind", "must be a known grant kind"))
@@ -38,24 +49,29 @@ def validate_grant(request: GrantRequest, catalog: Catalog) -> None:
         out.append(FieldViolation("grant.plan_id", f"unknown plan '{request.plan_id}'"))
     if request.quota_value < 0:
         out.append(FieldViolation("grant.quota_value", "must not be negative"))
-    if request.expires_at is not None and request.expires_at <= request.starts_at:
+    if request.duration is not None:
+        if request.expires_at is not None:
+            out.append(FieldViolation("duration", "set at most one of grant.expires_at, duration"))
+        elif request.duration <= timedelta(0):
+            out.append(FieldViolation("duration", "must be positive"))
+    elif request.expires_at is not None and request.expires_at <= request.start(now):
         out.append(FieldViolation("grant.expires_at", "must be after starts_at"))
     if out:
         raise InvalidRequest(out)
 
 
-def new_grant(grant_id: str, request: GrantRequest) -> Grant:
-    """The grant to add (validated first); `grant_id` is derived from the request id, so a
-    retried request names the same grant."""
+def new_grant(grant_id: str, request: GrantRequest, now: datetime) -> Grant:
+    """The grant to add (validated first), recorded at `now`; `grant_id` is derived from
+    the request id, so a retried request names the same grant."""
     assert request.kind is not None
     return Grant(
         grant_id=grant_id,
         kind=request.kind,
-        starts_at=request.starts_at,
+        starts_at=request.start(now),
         feature_id=request.feature_id,
         plan_id=request.plan_id,
         quota_value=request.quota_value if request.feature_id is not None else None,
-        expires_at=request.expires_at,
+        expires_at=request.end(now),
     )
 
 

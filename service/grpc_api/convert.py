@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -215,16 +215,32 @@ def event_from_proto(request: events_pb2.RecordSubscriptionEventRequest) -> Subs
     )
 
 
-def grant_request_from_proto(grant: events_pb2.Grant, now: datetime) -> GrantRequest:
+def grant_request_from_proto(request: events_pb2.GrantEntitlementRequest) -> GrantRequest:
+    """The grant as the caller sent it (an unset start stays unset: it means "when
+    recorded", decided by the use case, so a retry's fingerprint matches the first's)."""
+    grant = request.grant
     target = grant.WhichOneof("target")
     return GrantRequest(
         kind=_GRANT_KIND_FROM_PROTO.get(grant.kind),
         feature_id=grant.feature_id if target == "feature_id" else None,
         plan_id=grant.plan_id if target == "plan_id" else None,
         quota_value=grant.quota_value,
-        starts_at=_optional_time(grant, "starts_at", "grant.") or now,
+        starts_at=_optional_time(grant, "starts_at", "grant."),
         expires_at=_optional_time(grant, "expires_at", "grant."),
+        duration=_optional_duration(request, "duration"),
     )
+
+
+def _optional_duration(message: Any, field: str) -> timedelta | None:
+    if not message.HasField(field):
+        return None
+    try:
+        value: timedelta = getattr(message, field).ToTimedelta()
+    except (ValueError, OverflowError) as error:
+        raise InvalidRequest(
+            [FieldViolation(field, "not a valid google.protobuf.Duration")]
+        ) from error
+    return value
 
 
 def subscription_to_proto(sub: Subscription) -> events_pb2.Subscription:

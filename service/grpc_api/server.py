@@ -197,7 +197,7 @@ async def _start(
         (
             subscription_event_service_pb2,
             EVENT_SERVICE,
-            SubscriptionEventServicer(app.writes, app.store_calls, app.clock),
+            SubscriptionEventServicer(app.writes, app.store_calls),
         ),
     )
     for module, name, servicer in services:

@@ -19,7 +19,6 @@ from entitlements.v1 import (
     subscription_event_service_pb2_grpc,
 )
 from service.grpc_api import convert
-from service.usecases.clock import Clock
 from service.usecases.deadlines import rpc_remaining
 from service.usecases.reads import ReadService
 from service.usecases.store_calls import StoreCalls
@@ -104,10 +103,9 @@ class OfferServicer(offer_service_pb2_grpc.OfferServiceServicer):
 class SubscriptionEventServicer(
     subscription_event_service_pb2_grpc.SubscriptionEventServiceServicer
 ):
-    def __init__(self, writes: WriteService, store: StoreCalls, clock: Clock) -> None:
+    def __init__(self, writes: WriteService, store: StoreCalls) -> None:
         self._writes = writes
         self._store = store
-        self._clock = clock
 
     async def RecordSubscriptionEvent(
         self,
@@ -128,7 +126,7 @@ class SubscriptionEventServicer(
             self._writes.grant,
             request.request_id,
             request.user_id,
-            convert.grant_request_from_proto(request.grant, self._clock()),
+            convert.grant_request_from_proto(request),
         )
         return subscription_event_service_pb2.GrantEntitlementResponse(
             grant=convert.grant_to_proto(answer.grant),

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from service.domain.account import AccountState, Grant, Store, Subscription, UserState
@@ -127,6 +127,8 @@ def fingerprint(*parts: Any) -> str:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     if hasattr(value, "value"):  # enums
@@ -194,13 +196,13 @@ class WriteService:
         check_id(request_id, "request_id", violations)
         check_user_id(user_id, "user_id", violations)
         _raise_if(violations)
-        validate_grant(request, self.catalog)
         now = self._clock()
+        validate_grant(request, self.catalog, now)
         # Derived from the request, so that a retried request names the same grant.
         grant_id = "grant-" + fingerprint(user_id, request_id)[:20]
-        grant = new_grant(grant_id, request)
+        grant = new_grant(grant_id, request, now)
         target = request.feature_id or f"plan {request.plan_id}"
-        until = request.expires_at.isoformat() if request.expires_at else "no end"
+        until = grant.expires_at.isoformat() if grant.expires_at else "no end"
         summary = f"{grant.kind.value} grant of {target} from {grant.starts_at.isoformat()}"
         summary += f" until {until}"
 
@@ -211,6 +213,8 @@ class WriteService:
                 history=(HistoryDraft("grant", grant_id, grant.starts_at, summary),),
             )
 
+        # What the caller sent (an unset start stays unset): a retry of the same request
+        # matches, whenever it arrives.
         key = IdempotencyKey("grant", request_id, fingerprint(request))
         applied = self._apply(user_id, key, mutate, now)
         return self._grant_answer(user_id, applied)

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,3 +327,19 @@ def test_a_setting_out_of_range_is_an_error_message(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: threads must be greater than 0, got 0"
+
+
+def test_a_grant_repeated_with_its_request_id_replays(served: Served) -> None:
+    """`grant --request-id ID --days N` run again (a retry after an error) is the same
+    request, so it gets the first answer instead of ALREADY_EXISTS."""
+    command = (
+        "grant", "--target", served.target, "--feature", "offline_downloads", "--days", "14",
+        "--request-id", "cli-retry-1", "cli-retry-user",
+    )  # fmt: skip
+    first = run_cli(*command, cwd=served.folder)
+    time.sleep(0.05)
+    again = run_cli(*command, cwd=served.folder)
+    grant_lines = [line for line in first.stdout.splitlines() if "grant-" in line]
+    assert grant_lines and grant_lines == [
+        line for line in again.stdout.splitlines() if "grant-" in line
+    ]

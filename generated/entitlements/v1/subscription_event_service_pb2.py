@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from entitlements.v1 import common_pb2 as entitlements_dot_v1_dot_common__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0entitlements/v1/subscription_event_service.proto\x12\x0f\x65ntitlements.v1\x1a\x1c\x65ntitlements/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x02\n\x0cSubscription\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12\x33\n\x06status\x18\x03 \x01(\x0e\x32#.entitlements.v1.SubscriptionStatus\x12%\n\x05store\x18\x04 \x01(\x0e\x32\x16.entitlements.v1.Store\x12\x36\n\x12\x63urrent_period_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10grace_period_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nauto_renew\x18\x07 \x01(\x08\x12\x31\n\rlast_event_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x91\x03\n\x1eRecordSubscriptionEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12%\n\x05store\x18\x04 \x01(\x0e\x32\x16.entitlements.v1.Store\x12:\n\nevent_type\x18\x05 \x01(\x0e\x32&.entitlements.v1.SubscriptionEventType\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07plan_id\x18\x07 \x01(\t\x12\x36\n\x12\x63urrent_period_end\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10grace_period_end\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08offer_id\x18\n \x01(\t\x12\x0e\n\x06market\x18\x0b \x01(\t\"\xa1\x01\n\x1fRecordSubscriptionEventResponse\x12.\n\x07outcome\x18\x01 \x01(\x0e\x32\x1d.entitlements.v1.EventOutcome\x12\x33\n\x0csubscription\x18\x02 \x01(\x0b\x32\x1d.entitlements.v1.Subscription\x12\x19\n\x11\x63onsistency_token\x18\x03 \x01(\t\"\x9a\x02\n\x05Grant\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.entitlements.v1.GrantKind\x12\x14\n\nfeature_id\x18\x03 \x01(\tH\x00\x12\x11\n\x07plan_id\x18\x04 \x01(\tH\x00\x12\x13\n\x0bquota_value\x18\x05 \x01(\x03\x12-\n\tstarts_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06target\"e\n\x17GrantEntitlementRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12%\n\x05grant\x18\x03 \x01(\x0b\x32\x16.entitlements.v1.Grant\"\\\n\x18GrantEntitlementResponse\x12%\n\x05grant\x18\x01 \x01(\x0b\x32\x16.entitlements.v1.Grant\x12\x19\n\x11\x63onsistency_token\x18\x02 \x01(\t\"Q\n\x18RevokeEntitlementRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08grant_id\x18\x03 \x01(\t\"]\n\x19RevokeEntitlementResponse\x12%\n\x05grant\x18\x01 \x01(\x0b\x32\x16.entitlements.v1.Grant\x12\x19\n\x11\x63onsistency_token\x18\x02 \x01(\t\"\xc8\x01\n\x12RedeemOfferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08offer_id\x18\x03 \x01(\t\x12\x0e\n\x06market\x18\x04 \x01(\t\x12+\n\x08platform\x18\x05 \x01(\x0e\x32\x19.entitlements.v1.Platform\x12%\n\x05store\x18\x06 \x01(\x0e\x32\x16.entitlements.v1.Store\x12\x17\n\x0fsubscription_id\x18\x07 \x01(\t\"e\n\x13RedeemOfferResponse\x12\x33\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1d.entitlements.v1.Subscription\x12\x19\n\x11\x63onsistency_token\x18\x02 \x01(\t*\xbe\x04\n\x15SubscriptionEventType\x12\'\n#SUBSCRIPTION_EVENT_TYPE_UNSPECIFIED\x10\x00\x12%\n!SUBSCRIPTION_EVENT_TYPE_PURCHASED\x10\x01\x12)\n%SUBSCRIPTION_EVENT_TYPE_TRIAL_STARTED\x10\x02\x12#\n\x1fSUBSCRIPTION_EVENT_TYPE_RENEWED\x10\x03\x12*\n&SUBSCRIPTION_EVENT_TYPE_RENEWAL_FAILED\x10\x04\x12)\n%SUBSCRIPTION_EVENT_TYPE_GRACE_EXPIRED\x10\x05\x12#\n\x1fSUBSCRIPTION_EVENT_TYPE_ON_HOLD\x10\x06\x12\"\n\x1eSUBSCRIPTION_EVENT_TYPE_PAUSED\x10\x07\x12#\n\x1fSUBSCRIPTION_EVENT_TYPE_RESUMED\x10\x08\x12$\n SUBSCRIPTION_EVENT_TYPE_CANCELED\x10\t\x12&\n\"SUBSCRIPTION_EVENT_TYPE_UNCANCELED\x10\n\x12#\n\x1fSUBSCRIPTION_EVENT_TYPE_EXPIRED\x10\x0b\x12#\n\x1fSUBSCRIPTION_EVENT_TYPE_REVOKED\x10\x0c\x12(\n$SUBSCRIPTION_EVENT_TYPE_PLAN_CHANGED\x10\r*\xc9\x02\n\x12SubscriptionStatus\x12#\n\x1fSUBSCRIPTION_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cSUBSCRIPTION_STATUS_TRIALING\x10\x01\x12\x1e\n\x1aSUBSCRIPTION_STATUS_ACTIVE\x10\x02\x12\'\n#SUBSCRIPTION_STATUS_IN_GRACE_PERIOD\x10\x03\x12\x1f\n\x1bSUBSCRIPTION_STATUS_ON_HOLD\x10\x04\x12\x1e\n\x1aSUBSCRIPTION_STATUS_PAUSED\x10\x05\x12 \n\x1cSUBSCRIPTION_STATUS_CANCELED\x10\x06\x12\x1f\n\x1bSUBSCRIPTION_STATUS_EXPIRED\x10\x07\x12\x1f\n\x1bSUBSCRIPTION_STATUS_REVOKED\x10\x08*~\n\x0c\x45ventOutcome\x12\x1d\n\x19\x45VENT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_OUTCOME_APPLIED\x10\x01\x12\x1b\n\x17\x45VENT_OUTCOME_DUPLICATE\x10\x02\x12\x17\n\x13\x45VENT_OUTCOME_STALE\x10\x03*s\n\tGrantKind\x12\x1a\n\x16GRANT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16GRANT_KIND_PROMOTIONAL\x10\x01\x12\x16\n\x12GRANT_KIND_SUPPORT\x10\x02\x12\x16\n\x12GRANT_KIND_PARTNER\x10\x03\x32\xc7\x03\n\x18SubscriptionEventService\x12|\n\x17RecordSubscriptionEvent\x12/.entitlements.v1.RecordSubscriptionEventRequest\x1a\x30.entitlements.v1.RecordSubscriptionEventResponse\x12g\n\x10GrantEntitlement\x12(.entitlements.v1.GrantEntitlementRequest\x1a).entitlements.v1.GrantEntitlementResponse\x12j\n\x11RevokeEntitlement\x12).entitlements.v1.RevokeEntitlementRequest\x1a*.entitlements.v1.RevokeEntitlementResponse\x12X\n\x0bRedeemOffer\x12#.entitlements.v1.RedeemOfferRequest\x1a$.entitlements.v1.RedeemOfferResponseBG\n\x13\x63om.entitlements.v1P\x01Z.example.invalid/entitlements/v1;entitlementsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0entitlements/v1/subscription_event_service.proto\x12\x0f\x65ntitlements.v1\x1a\x1c\x65ntitlements/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x02\n\x0cSubscription\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\x12\x33\n\x06status\x18\x03 \x01(\x0e\x32#.entitlements.v1.SubscriptionStatus\x12%\n\x05store\x18\x04 \x01(\x0e\x32\x16.entitlements.v1.Store\x12\x36\n\x12\x63urrent_period_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10grace_period_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nauto_renew\x18\x07 \x01(\x08\x12\x31\n\rlast_event_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x91\x03\n\x1eRecordSubscriptionEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12%\n\x05store\x18\x04 \x01(\x0e\x32\x16.entitlements.v1.Store\x12:\n\nevent_type\x18\x05 \x01(\x0e\x32&.entitlements.v1.SubscriptionEventType\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07plan_id\x18\x07 \x01(\t\x12\x36\n\x12\x63urrent_period_end\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10grace_period_end\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08offer_id\x18\n \x01(\t\x12\x0e\n\x06market\x18\x0b \x01(\t\"\xa1\x01\n\x1fRecordSubscriptionEventResponse\x12.\n\x07outcome\x18\x01 \x01(\x0e\x32\x1d.entitlements.v1.EventOutcome\x12\x33\n\x0csubscription\x18\x02 \x01(\x0b\x32\x1d.entitlements.v1.Subscription\x12\x19\n\x11\x63onsistency_token\x18\x03 \x01(\t\"\x9a\x02\n\x05Grant\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.entitlements.v1.GrantKind\x12\x14\n\nfeature_id\x18\x03 \x01(\tH\x00\x12\x11\n\x07plan_id\x18\x04 \x01(\tH\x00\x12\x13\n\x0bquota_value\x18\x05 \x01(\x03\x12-\n\tstarts_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06target\"\x92\x01\n\x17GrantEntitlementRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12%\n\x05grant\x18\x03 \x01(\x0b\x32\x16.entitlements.v1.Grant\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\\\n\x18GrantEntitlementResponse\x12%\n\x05grant\x18\x01 \x01(\x0b\x32\x16.entitlements.v1.Grant\x12\x19\n\x11\x63onsistency_token\x18\x02 \x01(\t\"Q\n\x18RevokeEntitlementRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08grant_id\x18\x03 \x01(\t\"]\n\x19RevokeEntitlementResponse\x12%\n\x05grant\x18\x01 \x01(\x0b\x32\x16.entitlements.v1.Grant\x12\x19\n\x11\x63onsistency_token\x18\x02 \x01(\t\"\xc8\x01\n\x12RedeemOfferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08offer_id\x18\x03 \x01(\t\x12\x0e\n\x06market\x18\x04 \x01(\t\x12+\n\x08platform\x18\x05 \x01(\x0e\x32\x19.entitlements.v1.Platform\x12%\n\x05store\x18\x06 \x01(\x0e\x32\x16.entitlements.v1.Store\x12\x17\n\x0fsubscription_id\x18\x07 \x01(\t\"e\n\x13RedeemOfferResponse\x12\x33\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1d.entitlements.v1.Subscription\x12\x19\n\x11\x63onsistency_token\x18\x02 \x01(\t*\xbe\x04\n\x15SubscriptionEventType\x12\'\n#SUBSCRIPTION_EVENT_TYPE_UNSPECIFIED\x10\x00\x12%\n!SUBSCRIPTION_EVENT_TYPE_PURCHASED\x10\x01\x12)\n%SUBSCRIPTION_EVENT_TYPE_TRIAL_STARTED\x10\x02\x12#\n\x1fSUBSCRIPTION_EVENT_TYPE_RENEWED\x10\x03\x12*\n&SUBSCRIPTION_EVENT_TYPE_RENEWAL_FAILED\x10\x04\x12)\n%SUBSCRIPTION_EVENT_TYPE_GRACE_EXPIRED\x10\x05\x12#\n\x1fSUBSCRIPTION_EVENT_TYPE_ON_HOLD\x10\x06\x12\"\n\x1eSUBSCRIPTION_EVENT_TYPE_PAUSED\x10\x07\x12#\n\x1fSUBSCRIPTION_EVENT_TYPE_RESUMED\x10\x08\x12$\n SUBSCRIPTION_EVENT_TYPE_CANCELED\x10\t\x12&\n\"SUBSCRIPTION_EVENT_TYPE_UNCANCELED\x10\n\x12#\n\x1fSUBSCRIPTION_EVENT_TYPE_EXPIRED\x10\x0b\x12#\n\x1fSUBSCRIPTION_EVENT_TYPE_REVOKED\x10\x0c\x12(\n$SUBSCRIPTION_EVENT_TYPE_PLAN_CHANGED\x10\r*\xc9\x02\n\x12SubscriptionStatus\x12#\n\x1fSUBSCRIPTION_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cSUBSCRIPTION_STATUS_TRIALING\x10\x01\x12\x1e\n\x1aSUBSCRIPTION_STATUS_ACTIVE\x10\x02\x12\'\n#SUBSCRIPTION_STATUS_IN_GRACE_PERIOD\x10\x03\x12\x1f\n\x1bSUBSCRIPTION_STATUS_ON_HOLD\x10\x04\x12\x1e\n\x1aSUBSCRIPTION_STATUS_PAUSED\x10\x05\x12 \n\x1cSUBSCRIPTION_STATUS_CANCELED\x10\x06\x12\x1f\n\x1bSUBSCRIPTION_STATUS_EXPIRED\x10\x07\x12\x1f\n\x1bSUBSCRIPTION_STATUS_REVOKED\x10\x08*~\n\x0c\x45ventOutcome\x12\x1d\n\x19\x45VENT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_OUTCOME_APPLIED\x10\x01\x12\x1b\n\x17\x45VENT_OUTCOME_DUPLICATE\x10\x02\x12\x17\n\x13\x45VENT_OUTCOME_STALE\x10\x03*s\n\tGrantKind\x12\x1a\n\x16GRANT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16GRANT_KIND_PROMOTIONAL\x10\x01\x12\x16\n\x12GRANT_KIND_SUPPORT\x10\x02\x12\x16\n\x12GRANT_KIND_PARTNER\x10\x03\x32\xc7\x03\n\x18SubscriptionEventService\x12|\n\x17RecordSubscriptionEvent\x12/.entitlements.v1.RecordSubscriptionEventRequest\x1a\x30.entitlements.v1.RecordSubscriptionEventResponse\x12g\n\x10GrantEntitlement\x12(.entitlements.v1.GrantEntitlementRequest\x1a).entitlements.v1.GrantEntitlementResponse\x12j\n\x11RevokeEntitlement\x12).entitlements.v1.RevokeEntitlementRequest\x1a*.entitlements.v1.RevokeEntitlementResponse\x12X\n\x0bRedeemOffer\x12#.entitlements.v1.RedeemOfferRequest\x1a$.entitlements.v1.RedeemOfferResponseBG\n\x13\x63om.entitlements.v1P\x01Z.example.invalid/entitlements/v1;entitlementsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,34 +35,34 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'entitlements.v1.subscriptio
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\023com.entitlements.v1P\001Z.example.invalid/entitlements/v1;entitlementsv1'
-  _globals['_SUBSCRIPTIONEVENTTYPE']._serialized_start=1999
-  _globals['_SUBSCRIPTIONEVENTTYPE']._serialized_end=2573
-  _globals['_SUBSCRIPTIONSTATUS']._serialized_start=2576
-  _globals['_SUBSCRIPTIONSTATUS']._serialized_end=2905
-  _globals['_EVENTOUTCOME']._serialized_start=2907
-  _globals['_EVENTOUTCOME']._serialized_end=3033
-  _globals['_GRANTKIND']._serialized_start=3035
-  _globals['_GRANTKIND']._serialized_end=3150
-  _globals['_SUBSCRIPTION']._serialized_start=133
-  _globals['_SUBSCRIPTION']._serialized_end=462
-  _globals['_RECORDSUBSCRIPTIONEVENTREQUEST']._serialized_start=465
-  _globals['_RECORDSUBSCRIPTIONEVENTREQUEST']._serialized_end=866
-  _globals['_RECORDSUBSCRIPTIONEVENTRESPONSE']._serialized_start=869
-  _globals['_RECORDSUBSCRIPTIONEVENTRESPONSE']._serialized_end=1030
-  _globals['_GRANT']._serialized_start=1033
-  _globals['_GRANT']._serialized_end=1315
-  _globals['_GRANTENTITLEMENTREQUEST']._serialized_start=1317
-  _globals['_GRANTENTITLEMENTREQUEST']._serialized_end=1418
-  _globals['_GRANTENTITLEMENTRESPONSE']._serialized_start=1420
-  _globals['_GRANTENTITLEMENTRESPONSE']._serialized_end=1512
-  _globals['_REVOKEENTITLEMENTREQUEST']._serialized_start=1514
-  _globals['_REVOKEENTITLEMENTREQUEST']._serialized_end=1595
-  _globals['_REVOKEENTITLEMENTRESPONSE']._serialized_start=1597
-  _globals['_REVOKEENTITLEMENTRESPONSE']._serialized_end=1690
-  _globals['_REDEEMOFFERREQUEST']._serialized_start=1693
-  _globals['_REDEEMOFFERREQUEST']._serialized_end=1893
-  _globals['_REDEEMOFFERRESPONSE']._serialized_start=1895
-  _globals['_REDEEMOFFERRESPONSE']._serialized_end=1996
-  _globals['_SUBSCRIPTIONEVENTSERVICE']._serialized_start=3153
-  _globals['_SUBSCRIPTIONEVENTSERVICE']._serialized_end=3608
+  _globals['_SUBSCRIPTIONEVENTTYPE']._serialized_start=2077
+  _globals['_SUBSCRIPTIONEVENTTYPE']._serialized_end=2651
+  _globals['_SUBSCRIPTIONSTATUS']._serialized_start=2654
+  _globals['_SUBSCRIPTIONSTATUS']._serialized_end=2983
+  _globals['_EVENTOUTCOME']._serialized_start=2985
+  _globals['_EVENTOUTCOME']._serialized_end=3111
+  _globals['_GRANTKIND']._serialized_start=3113
+  _globals['_GRANTKIND']._serialized_end=3228
+  _globals['_SUBSCRIPTION']._serialized_start=165
+  _globals['_SUBSCRIPTION']._serialized_end=494
+  _globals['_RECORDSUBSCRIPTIONEVENTREQUEST']._serialized_start=497
+  _globals['_RECORDSUBSCRIPTIONEVENTREQUEST']._serialized_end=898
+  _globals['_RECORDSUBSCRIPTIONEVENTRESPONSE']._serialized_start=901
+  _globals['_RECORDSUBSCRIPTIONEVENTRESPONSE']._serialized_end=1062
+  _globals['_GRANT']._serialized_start=1065
+  _globals['_GRANT']._serialized_end=1347
+  _globals['_GRANTENTITLEMENTREQUEST']._serialized_start=1350
+  _globals['_GRANTENTITLEMENTREQUEST']._serialized_end=1496
+  _globals['_GRANTENTITLEMENTRESPONSE']._serialized_start=1498
+  _globals['_GRANTENTITLEMENTRESPONSE']._serialized_end=1590
+  _globals['_REVOKEENTITLEMENTREQUEST']._serialized_start=1592
+  _globals['_REVOKEENTITLEMENTREQUEST']._serialized_end=1673
+  _globals['_REVOKEENTITLEMENTRESPONSE']._serialized_start=1675
+  _globals['_REVOKEENTITLEMENTRESPONSE']._serialized_end=1768
+  _globals['_REDEEMOFFERREQUEST']._serialized_start=1771
+  _globals['_REDEEMOFFERREQUEST']._serialized_end=1971
+  _globals['_REDEEMOFFERRESPONSE']._serialized_start=1973
+  _globals['_REDEEMOFFERRESPONSE']._serialized_end=2074
+  _globals['_SUBSCRIPTIONEVENTSERVICE']._serialized_start=3231
+  _globals['_SUBSCRIPTIONEVENTSERVICE']._serialized_end=3686
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from entitlements.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -418,6 +419,7 @@ class GrantEntitlementRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     GRANT_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen idempotency key, unique per intended grant."""
     user_id: _builtins.str
@@ -425,7 +427,15 @@ class GrantEntitlementRequest(_message.Message):
     @_builtins.property
     def grant(self) -> Global___Grant:
         """The grant (grant_id and revoked_at are ignored; the service assigns the id). An unset
-        starts_at means now.
+        starts_at means when the grant is recorded.
+        """
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """Instead of grant.expires_at: the grant ends this long after it starts. With an unset
+        starts_at this says "N days from now" in a form that a retry repeats exactly (a
+        retry with the same request_id and content replays the first answer). Set at most
+        one of grant.expires_at and duration; it must be positive.
         """
 
     def __init__(
@@ -434,10 +444,11 @@ class GrantEntitlementRequest(_message.Message):
         request_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         grant: Global___Grant | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "grant", b"grant"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "grant", b"grant", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
