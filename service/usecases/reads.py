@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -182,15 +183,13 @@ class ReadService:
         budget: StoreBudget | None = None
         try:
             with store_budget(self._policy.store_timeout_seconds) as budget:
-                seconds = budget.seconds
-                if min_version > 0:
-                    # The store may answer from a cheaper bounded-staleness snapshot that
-                    # satisfies the token; not shared, as others may need newer state.
-                    state = await self._store.run(
-                        seconds, self._repository.load, user_id, min_version=min_version
-                    )
-                else:
-                    state = await self._shared_load(user_id, seconds)
+                # A read that must see every write before it arrived (a token's, or a
+                # full-consistency read) shares only a store read begun after it arrived:
+                # concurrent fresh reads of a user cost one store read, and a token newer
+                # than anything stored (forged) costs no more than any other read.
+                fresh = min_version > 0 or full
+                started_after = time.monotonic() if fresh else 0.0
+                state = await self._shared_load(user_id, budget.seconds, started_after)
         except (StoreUnavailable, DeadlineExceeded) as error:
             if not full and self._policy.max_staleness_seconds > 0:
                 stale = self._cache.get_stale(
@@ -204,13 +203,15 @@ class ReadService:
             raise StoreUnavailable("the store failed and no cached state can serve") from error
         return self._cache.put(state)
 
-    async def _shared_load(self, user_id: str, seconds: float) -> UserState:
-        """One store read for all concurrent misses of the user; each waits at most
-        `seconds` (its own budget)."""
+    async def _shared_load(self, user_id: str, seconds: float, started_after: float) -> UserState:
+        """One store read for all concurrent misses of the user (begun at `started_after`
+        or later); each waits at most `seconds` (its own budget)."""
         try:
             return await asyncio.wait_for(
                 self._loads.do(
-                    user_id, lambda: self._store.run(seconds, self._repository.load, user_id)
+                    user_id,
+                    lambda: self._store.run(seconds, self._repository.load, user_id),
+                    started_after=started_after,
                 ),
                 seconds,
             )

@@ -197,6 +197,25 @@ class TestListAndBatch:
             )
         assert bad_request_fields(raised.value) == ["queries[1].user_id", "queries[2].feature_id"]
 
+    def test_a_batch_of_100_bad_queries_keeps_its_error_within_client_limits(
+        self, harness: Harness
+    ) -> None:
+        """100 long bad ids: the error still reaches the client as INVALID_ARGUMENT (the
+        first violations and a count), not as RESOURCE_EXHAUSTED "received metadata size
+        exceeds soft limit" (grpc clients accept 8 KiB of trailers by default)."""
+        queries = [
+            es.EntitlementQuery(user_id=f"u-{i}", feature_id="x" * 60 + f"{i:04d}")
+            for i in range(100)
+        ]
+        for _ in range(5):
+            with pytest.raises(grpc.RpcError) as raised:
+                harness.entitlements.BatchGetEntitlements(
+                    es.BatchGetEntitlementsRequest(queries=queries), timeout=5
+                )
+            fields = bad_request_fields(raised.value)
+            assert fields == [f"queries[{i}].feature_id" for i in range(10)]
+            assert "and 95 more" in str(raised.value.details())
+
 
 class TestGetOffers:
     def test_new_user_sees_trials_and_web_discount_best_first(self, harness: Harness) -> None:

