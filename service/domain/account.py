@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 
-class Store(enum.Enum):
+class Store(enum.StrEnum):
     WEB = "web"
     APP_STORE = "app_store"
     GOOGLE_PLAY = "google_play"

@@ -19,7 +19,7 @@ from service.domain.account import HouseholdRole
 from service.domain.rules import Platform, Rule
 
 
-class FeatureKind(enum.Enum):
+class FeatureKind(enum.StrEnum):
     BOOLEAN = "boolean"
     QUOTA = "quota"
 

@@ -30,21 +30,21 @@ from service.domain.rules import (
 )
 
 
-class SourceType(enum.Enum):
+class SourceType(enum.StrEnum):
     SUBSCRIPTION = "subscription"
     GRANT = "grant"
     HOUSEHOLD = "household"
     FREE_TIER = "free_tier"
 
 
-class EntitlementState(enum.Enum):
+class EntitlementState(enum.StrEnum):
     ACTIVE = "active"
     TRIAL = "trial"
     GRACE_PERIOD = "grace_period"
     CANCELED_UNTIL_PERIOD_END = "canceled_until_period_end"
 
 
-class DenialReason(enum.Enum):
+class DenialReason(enum.StrEnum):
     NO_ENTITLING_SOURCE = "no_entitling_source"
     PLAN_LACKS_FEATURE = "plan_lacks_feature"
     HOUSEHOLD_ROLE = "household_role"
