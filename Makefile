@@ -11,8 +11,8 @@ PROTOC := $(BIN)/python -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: fuzz interop-deps setup run run-spanner-emulator test generate check-generated lint typecheck buf-lint breaking ci clean \
-	bench bench-setup bench-micro bench-smoke bench-memory
+.PHONY: release-api-image fuzz interop-deps setup run run-spanner-emulator test generate check-generated lint typecheck buf-lint breaking ci clean \
+	bench bench-setup bench-h2load bench-micro bench-smoke bench-memory
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,18 +42,30 @@ fuzz: setup
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/fuzz --timeout 900
 
 # Benchmarks (README, "Performance"); results go to $(BENCH_RESULTS) (git-ignored).
-#   bench         the end-to-end load run against the empty-handler floor (~7 minutes)
-#   bench-smoke   its CI smoke (~35 s): exits 1 past the bounds of benchmarks/load/scenarios.py
+#   bench         the end-to-end load run against the empty-handler floors (~6 minutes)
+#   bench-smoke   its CI smoke (~45 s): exits 1 past the bounds of benchmarks/load/scenarios.py
 #   bench-micro   pytest-benchmark of the hot paths (not part of `make test`)
 #   bench-memory  the memory of a warm cache of 1,000,000 users (~1 minute)
+#   bench-h2load  installs h2load (Debian package nghttp2-client), the load tool's C loader
 BENCH_RESULTS ?= benchmarks/results
-bench-setup: setup
+# apt-get needs root: CI runs as root, elsewhere it goes through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+bench-h2load:
+	@command -v h2load >/dev/null 2>&1 || { \
+		echo "h2load not found: installing the Debian package nghttp2-client"; \
+		$(APT_GET) install -y -q nghttp2-client \
+			|| { $(APT_GET) update -q && $(APT_GET) install -y -q nghttp2-client; }; }
+	@command -v h2load >/dev/null 2>&1 \
+		|| { echo "h2load is still missing: install the Debian package nghttp2-client"; exit 1; }
+
+bench-setup: setup bench-h2load
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 
 bench: bench-setup
 	$(BIN)/python -m benchmarks.load --out $(BENCH_RESULTS)
 
-bench-smoke: setup
+bench-smoke: setup bench-h2load
 	$(BIN)/python -m benchmarks.load --smoke --out $(BENCH_RESULTS)
 
 bench-micro: setup
@@ -102,9 +114,14 @@ typecheck: setup
 buf-lint: setup
 	$(BIN)/buf lint
 
-# Compares protos/ with the main branch; run before changing a landed proto.
+# Compares protos/ with the released API (a buf image committed in docs/api/): fails on
+# any change that breaks clients of the release. After a release: make release-api-image.
+RELEASED_API := docs/api/entitlements-v1-released.binpb
 breaking: setup
-	$(BIN)/buf breaking --against '.git#branch=main'
+	$(BIN)/buf breaking --against $(RELEASED_API)
+
+release-api-image: setup
+	$(BIN)/buf build -o $(RELEASED_API)
 
 ci: lint typecheck buf-lint check-generated test
 
