@@ -9,15 +9,25 @@ from collections.abc import Sequence
 from service.catalog import CatalogError
 from service.cli.errors import UsageError
 from service.cli.parser import build_parser
+from service.cli.preflight import StoreConfigurationError
 from service.config import SettingsError
 from service.grpc_api.auth import CredentialsError
+from service.grpc_api.workers import AddressUnavailable, WorkerStartError
 from storage.repository import StoreError
 from storage.urls import UnsupportedStorageUrl
 
 # What the operator or the command line got wrong: `error: ...`, exit status 2. Anything
 # else (a ValueError included) is a bug and ends in a traceback. Failed RPCs are reported
 # by the client commands themselves (service.cli.call), exit status 1.
-INPUT_ERRORS = (CatalogError, CredentialsError, SettingsError, UnsupportedStorageUrl, UsageError)
+INPUT_ERRORS = (
+    AddressUnavailable,
+    CatalogError,
+    CredentialsError,
+    SettingsError,
+    StoreConfigurationError,
+    UnsupportedStorageUrl,
+    UsageError,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,6 +41,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except StoreError as exc:
+    except (StoreError, WorkerStartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

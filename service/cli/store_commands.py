@@ -7,6 +7,7 @@ import dataclasses
 from datetime import UTC, datetime
 
 from service.catalog.demo import seed_demo as seed_demo_users
+from service.cli.preflight import check_serving_configuration
 from service.cli.printers import print_history
 from service.config import ENV_PREFIX, Settings
 from service.grpc_api.audit import configure_audit_logging
@@ -27,6 +28,8 @@ def serve(args: argparse.Namespace) -> int:
     )
     if settings.credentials_file is None:
         settings = _bootstrap_dev_credentials(settings)
+    # Once, here, before any worker is forked: a configuration error is one `error:` line.
+    check_serving_configuration(settings)
     configure_audit_logging(settings.audit_log_file)
 
     def announce(message: str) -> None:

@@ -116,24 +116,25 @@ class RpcGuard:
             try:
                 response = await inner(request, context)
             except BaseException:
-                _record(record, method, principal, audit_request, _code(context), started)
+                outcome = _code(context, failed=True)
+                _record(record, method, principal, audit_request, outcome, started)
                 raise
-            outcome = _code(context) or grpc.StatusCode.OK
-            if outcome is grpc.StatusCode.OK and context.cancelled():
-                outcome = grpc.StatusCode.CANCELLED
+            outcome = _code(context, failed=False)
             _record(record, method, principal, audit_request, outcome, started)
             return response
 
         return audited
 
 
-def _code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
-    """The status the call ends with: the one set or aborted with; UNKNOWN when an
-    exception ended it without one (a cancellation: the caller went away)."""
+def _code(context: grpc.aio.ServicerContext[Any, Any], *, failed: bool) -> grpc.StatusCode:
+    """The status the call ends with: the one set or aborted with; else CANCELLED when the
+    caller went away, UNKNOWN when an exception ended it, OK when it returned."""
     code: grpc.StatusCode | None = context.code()
-    if code is None:
-        return grpc.StatusCode.CANCELLED if context.cancelled() else grpc.StatusCode.UNKNOWN
-    return code
+    if code is not None:
+        return code
+    if context.cancelled():
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
 
 
 def _record(

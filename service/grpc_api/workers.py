@@ -8,35 +8,78 @@ SIGTERM or SIGINT to the parent drains every worker (each stops gracefully) befo
 parent exits 0. The kernel balances connections (not RPCs) across the workers' listening
 sockets, so clients need several connections, and a maximum connection age makes
 long-lived clients rebalance.
+
+The port is claimed by the parent before anything starts (claim_port): `serve` refuses a
+port that anything else listens on or holds, instead of silently sharing it with another
+server through SO_REUSEPORT. The claim stays bound (not listening) while the server runs,
+so the port stays ours while workers are replaced.
+
+A replacement that fails to start (the store locked for a moment, say) is retried with
+backoff; the supervisor gives up, stopping every worker, only when workers die or fail
+more than MAX_RESTARTS times in RESTART_WINDOW_SECONDS (a crash loop). Meanwhile the
+other workers keep serving.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import errno
 import logging
 import multiprocessing
 import os
-import queue
 import signal
 import socket
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from multiprocessing.context import ForkProcess
 from typing import Any
 
-from service.config import Settings
+from service.catalog import CatalogError
+from service.config import Settings, SettingsError
+from service.grpc_api.audit import flush_audit_summaries
+from service.grpc_api.auth import CredentialsError
+from storage.repository import StoreError
+from storage.urls import UnsupportedStorageUrl
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 STARTUP_TIMEOUT_SECONDS = 60.0
 PR_SET_PDEATHSIG = 1
-# A worker dying more often than this is a crash loop: the supervisor gives up.
+# A worker dying (or failing to start) more often than this is a crash loop: the
+# supervisor gives up. Below it, every dead worker is replaced.
 MAX_RESTARTS = 5
 RESTART_WINDOW_SECONDS = 30.0
+# A replacement that failed to start is retried after this delay, doubled on each
+# further failure up to the maximum (a worker that died while serving is replaced at once).
+RESTART_BACKOFF_SECONDS = 0.25
+MAX_RESTART_BACKOFF_SECONDS = 4.0
+# How often the supervisor looks at its workers.
+POLL_SECONDS = 0.1
+
+# Start-up failures a worker reports in one line (anything else is a bug: traceback too).
+EXPECTED_START_ERRORS = (
+    CatalogError,
+    CredentialsError,
+    SettingsError,
+    UnsupportedStorageUrl,
+    StoreError,
+    OSError,
+)
 
 Announce = Callable[[str], None]
+
+
+class AddressUnavailable(Exception):
+    """The server's address cannot be claimed: the port is in use (by another server, or
+    anything else bound to it), or the address is not one of this host's."""
+
+
+class WorkerStartError(Exception):
+    """A worker failed to start when the server started: the server does not start."""
 
 
 def worker_count(settings: Settings) -> int:
@@ -49,10 +92,15 @@ def serve(settings: Settings, announce: Announce) -> int:
     # wait for them synchronously: a handler-based wait can sleep through a signal the
     # kernel delivered to another thread.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    workers = worker_count(settings)
-    if workers == 1:
-        return _serve_in_process(settings, announce)
-    return Supervisor(settings, workers).run(announce)
+    claim = claim_port(settings.host, settings.port)
+    try:
+        settings = dataclasses.replace(settings, port=claim.getsockname()[1])
+        workers = worker_count(settings)
+        if workers == 1:
+            return _serve_in_process(settings, announce)
+        return Supervisor(settings, workers).run(announce, claim)
+    finally:
+        claim.close()
 
 
 def _serve_in_process(settings: Settings, announce: Announce) -> int:
@@ -66,19 +114,38 @@ def _serve_in_process(settings: Settings, announce: Announce) -> int:
     received = signal.sigwait(STOP_SIGNALS)
     announce(f"{signal.Signals(received).name}: draining")
     running.stop(settings.shutdown_grace_seconds)
+    flush_audit_summaries()
     return 0
 
 
-def _worker_main(settings: Settings, slot: int, ready: Any) -> None:
-    """Runs in a forked child, with the stop signals still blocked (inherited)."""
+def _worker_main(settings: Settings, report: Connection, claim: socket.socket | None) -> None:
+    """Runs in a forked child, with the stop signals still blocked (inherited). Reports
+    ("ready", catalog version) or ("failed", why) to the supervisor on `report`."""
     from service.grpc_api.server import start_server
 
+    if claim is not None:
+        claim.close()  # the parent's hold on the port; this worker's listener joins it
     _stop_when_parent_dies()
-
-    running = start_server(settings)
-    ready.put((slot, os.getpid(), running.reads.catalog.version))
+    try:
+        running = start_server(settings)
+    except Exception as error:
+        if not isinstance(error, EXPECTED_START_ERRORS):
+            log.exception("worker pid %d failed to start", os.getpid())
+        report.send(("failed", _describe(error)))
+        report.close()
+        raise SystemExit(1) from None
+    report.send(("ready", running.reads.catalog.version))
+    report.close()
     signal.sigwait(STOP_SIGNALS)
     running.stop(settings.shutdown_grace_seconds)
+    flush_audit_summaries()
+
+
+def _describe(error: BaseException) -> str:
+    text = " ".join(str(error).split())  # one line
+    if isinstance(error, EXPECTED_START_ERRORS) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _stop_when_parent_dies() -> None:
@@ -103,101 +170,249 @@ def reserve_port(host: str) -> socket.socket:
     return reservation
 
 
+def claim_port(host: str, port: int) -> socket.socket:
+    """Binds host:port (port 0: a free one) for this server, or raises AddressUnavailable
+    when anything else has the port: a listener (with SO_REUSEPORT or not: another
+    `serve`, on whatever store) or a socket holding it bound (another server's claim).
+
+    The claim is bound with SO_REUSEADDR and without SO_REUSEPORT, so the bind fails on
+    any such socket, but not on connections a previous server left in TIME_WAIT. Then
+    SO_REUSEADDR is cleared, so that a later claim conflicts with this one even while no
+    worker listens, and SO_REUSEPORT is set, so that our workers' listeners (gRPC binds
+    with SO_REUSEPORT) join it. It takes no connections itself: it never listens."""
+    family, address = _resolve(host, port)
+    claim = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        claim.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        claim.bind(address)
+        claim.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        claim.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    except OSError as error:
+        claim.close()
+        if error.errno == errno.EADDRINUSE:
+            raise AddressUnavailable(
+                f"cannot serve on {host}:{port}: the port is already in use (another "
+                "server listens on it, or holds it); choose another port or stop that server"
+            ) from error
+        raise AddressUnavailable(f"cannot serve on {host}:{port}: {error.strerror}") from error
+    return claim
+
+
+def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, Any]:
+    """The family and socket address of the first address `host` names ("[::1]" too)."""
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        found = socket.getaddrinfo(
+            name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as error:
+        raise AddressUnavailable(f"cannot serve on {host}:{port}: {error.strerror}") from error
+    family, _type, _proto, _name, address = found[0]
+    return family, address
+
+
+@dataclasses.dataclass
+class _Worker:
+    """One worker slot: its current process, and where its (re)start stands."""
+
+    slot: int
+    process: ForkProcess | None = None
+    # The process's start-up report ("ready" or "failed"), until it is read.
+    report: Connection | None = None
+    started: float = 0.0
+    ready: bool = False
+    catalog: str = ""  # the catalog version it serves, as it reported
+    failure: str = ""  # why its last start failed, as the worker reported it
+    # Consecutive failed starts (the backoff before the next attempt grows with them).
+    failed_starts: int = 0
+    # A restart waiting for its backoff: when it is due.
+    restart_at: float | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+
 class Supervisor:
     def __init__(self, settings: Settings, workers: int) -> None:
-        self._settings = settings
-        self._workers = workers
-        self._context = multiprocessing.get_context("fork")
-        self._ready: Any = self._context.Queue()
-        self._processes: dict[int, ForkProcess] = {}
-        self._restarts: list[float] = []
-
-    def run(self, announce: Announce) -> int:
-        reservation = None
-        settings = self._settings
-        if settings.port == 0:
-            reservation = reserve_port(settings.host)
-            settings = dataclasses.replace(settings, port=reservation.getsockname()[1])
         self._settings = dataclasses.replace(settings, workers=1)
+        self._context = multiprocessing.get_context("fork")
+        self._workers = [_Worker(slot) for slot in range(workers)]
+        self._restarts: list[float] = []
+        self._claim: socket.socket | None = None  # the parent's hold on the port
+
+    def run(self, announce: Announce, claim: socket.socket | None = None) -> int:
+        """Starts the workers on the port `claim` holds (None: claims settings.port here)
+        and supervises them until a stop signal (0) or a crash loop (1). Raises
+        WorkerStartError, with no worker left running, if one fails to start."""
+        own_claim = claim is None
+        if claim is None:
+            claim = claim_port(self._settings.host, self._settings.port)
+        self._claim = claim
+        settings = self._settings = dataclasses.replace(self._settings, port=claim.getsockname()[1])
         try:
-            for slot in range(self._workers):
-                self._start(slot)
-            catalog_version = self._await_ready(set(range(self._workers)))
+            for worker in self._workers:
+                self._start(worker)
+            catalog_version = self._await_start(announce)
             if catalog_version is None:
-                self._stop_all()
-                return 1
-            pids = ", ".join(str(p.pid) for p in self._processes.values())
+                return 0  # stopped while starting
+            pids = ", ".join(str(worker.pid) for worker in self._workers)
             announce(
-                f"serving on {settings.host}:{settings.port} ({self._workers} workers, "
+                f"serving on {settings.host}:{settings.port} ({len(self._workers)} workers, "
                 f"pids {pids}; catalog {catalog_version})"
             )
-            status = self._supervise(announce)
-            self._stop_all()
-            return status
+            return self._supervise(announce)
         finally:
-            if reservation is not None:
-                reservation.close()
+            self._stop_all()
+            if own_claim:
+                claim.close()
 
-    def _start(self, slot: int) -> None:
+    def _start(self, worker: _Worker) -> None:
+        reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(self._settings, slot, self._ready),
-            name=f"entitlements-worker-{slot}",
+            args=(self._settings, writer, self._claim),
+            name=f"entitlements-worker-{worker.slot}",
         )
         process.start()
-        self._processes[slot] = process
-        log.info("worker %d started (pid %s)", slot, process.pid)
+        writer.close()  # the child's now: its end of file tells it is gone
+        if worker.report is not None:
+            worker.report.close()
+        worker.process, worker.report = process, reader
+        worker.started, worker.ready, worker.failure = time.monotonic(), False, ""
+        log.info("worker %d started (pid %s)", worker.slot, process.pid)
 
-    def _await_ready(self, slots: set[int]) -> str | None:
-        """Waits until the workers of `slots` serve; None if one died first."""
+    def _read_report(self, worker: _Worker) -> None:
+        """Takes in the worker's start-up report, if it has sent it."""
+        report = worker.report
+        if report is None:
+            return
+        try:
+            if not report.poll():
+                return
+            kind, detail = report.recv()
+        except (EOFError, OSError):  # it died without a report
+            kind, detail = "failed", ""
+        report.close()
+        worker.report = None
+        if kind == "ready":
+            worker.ready, worker.catalog = True, str(detail)
+        else:
+            worker.failure = str(detail) or worker.failure
+
+    def _await_start(self, announce: Announce) -> str | None:
+        """Waits until every worker serves; returns the catalog version they serve (None:
+        a stop signal came first)."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        version = ""
-        while slots:
-            try:
-                slot, _pid, version = self._ready.get(timeout=0.2)
-                slots.discard(slot)
-            except queue.Empty:
-                dead = [s for s in slots if not self._processes[s].is_alive()]
-                if dead or time.monotonic() > deadline:
-                    log.error("worker(s) %s failed to start", dead or sorted(slots))
-                    return None
-        return version
+        while True:
+            for worker in self._workers:
+                self._read_report(worker)
+                if worker.failure or (
+                    not worker.ready and worker.process and not worker.process.is_alive()
+                ):
+                    raise WorkerStartError(
+                        f"worker {worker.slot} failed to start: "
+                        f"{worker.failure or self._exit_description(worker)}"
+                    )
+            if all(worker.ready for worker in self._workers):
+                return self._workers[0].catalog
+            if time.monotonic() > deadline:
+                slots = [worker.slot for worker in self._workers if not worker.ready]
+                raise WorkerStartError(
+                    f"worker(s) {slots} did not start within {STARTUP_TIMEOUT_SECONDS:.0f} s"
+                )
+            received = signal.sigtimedwait(STOP_SIGNALS, POLL_SECONDS)
+            if received is not None:
+                announce(f"{signal.Signals(received.si_signo).name}: stopping the workers")
+                return None
 
     def _supervise(self, announce: Announce) -> int:
         while True:
-            received = signal.sigtimedwait(STOP_SIGNALS, 0.2)
+            received = signal.sigtimedwait(STOP_SIGNALS, POLL_SECONDS)
             if received is not None:
                 announce(f"{signal.Signals(received.si_signo).name}: draining workers")
                 return 0
-            for slot, process in list(self._processes.items()):
-                if process.is_alive():
-                    continue
-                log.error(
-                    "worker %d (pid %s) exited with %s; restarting",
-                    slot,
-                    process.pid,
-                    process.exitcode,
-                )
-                announce(f"worker {slot} (pid {process.pid}) died; restarting it")
-                now = time.monotonic()
-                self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_SECONDS]
-                self._restarts.append(now)
-                if len(self._restarts) > MAX_RESTARTS:
+            now = time.monotonic()
+            for worker in self._workers:
+                if not self._tend(worker, now, announce):
                     announce("workers keep dying; giving up")
                     return 1
-                self._start(slot)
-                if self._await_ready({slot}) is None:
-                    return 1
-                announce(f"worker {slot} restarted (pid {self._processes[slot].pid})")
+
+    def _tend(self, worker: _Worker, now: float, announce: Announce) -> bool:
+        """Moves one worker along: reads its start-up report, replaces it when it died,
+        starts a restart whose backoff is over. False: the crash-loop budget is spent."""
+        if worker.restart_at is not None:
+            if now >= worker.restart_at:
+                worker.restart_at = None
+                self._start(worker)
+            return True
+        process = worker.process
+        if process is None:
+            return True
+        was_ready = worker.ready
+        self._read_report(worker)
+        if worker.ready and not was_ready:
+            worker.failed_starts = 0
+            announce(f"worker {worker.slot} restarted (pid {process.pid})")
+        if process.is_alive():
+            if not worker.ready and now - worker.started > STARTUP_TIMEOUT_SECONDS:
+                log.error("worker %d (pid %s) did not start in time", worker.slot, process.pid)
+                worker.failure = f"did not start within {STARTUP_TIMEOUT_SECONDS:.0f} s"
+                process.kill()  # seen dead, and restarted, on a later round
+            return True
+        self._read_report(worker)  # a report sent just before it exited
+        if worker.ready:  # it was serving
+            log.error(
+                "worker %d (pid %s) exited with %s; restarting",
+                worker.slot,
+                process.pid,
+                process.exitcode,
+            )
+            what = f"worker {worker.slot} (pid {process.pid}) died"
+            worker.failed_starts = 0
+            delay = 0.0
+        else:
+            what = (
+                f"worker {worker.slot} (pid {process.pid}) failed to start: "
+                f"{worker.failure or self._exit_description(worker)}"
+            )
+            worker.failed_starts += 1
+            delay = min(
+                RESTART_BACKOFF_SECONDS * 2 ** (worker.failed_starts - 1),
+                MAX_RESTART_BACKOFF_SECONDS,
+            )
+        worker.process = None
+        self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_SECONDS]
+        self._restarts.append(now)
+        if len(self._restarts) > MAX_RESTARTS:
+            announce(f"{what}; {len(self._restarts)} restarts in {RESTART_WINDOW_SECONDS:g} s")
+            return False
+        announce(f"{what}; restarting it" + (f" in {delay:g} s" if delay else ""))
+        worker.restart_at = now + delay
+        return True
+
+    @staticmethod
+    def _exit_description(worker: _Worker) -> str:
+        process = worker.process
+        code = None if process is None else process.exitcode
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+        return f"exited with status {code}"
 
     def _stop_all(self) -> None:
-        for process in self._processes.values():
+        processes = [w.process for w in self._workers if w.process is not None]
+        for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + self._settings.shutdown_grace_seconds + 10
-        for process in self._processes.values():
+        for process in processes:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 log.error("worker pid %s did not drain in time; killing it", process.pid)
                 process.kill()
                 process.join(5)
+        for worker in self._workers:
+            if worker.report is not None:
+                worker.report.close()
+                worker.report = None
