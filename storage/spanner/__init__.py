@@ -22,10 +22,16 @@ one locality group.
   writes the same rows and never a duplicate. Exceptions from `change`/`mutate` roll the
   transaction back and propagate unchanged.
 - Every call runs within the RPC's remaining budget (storage.deadline), or within
-  `default_timeout` when the RPC set none; see client.py for how it reaches every
-  Spanner RPC. Requests carry request tags ("load", "history", "update-read",
-  "apply-grant-read"...) and transactions transaction tags ("update", "apply-grant"...),
-  so Spanner's query and lock statistics show which RPC family they serve.
+  `default_timeout` when the RPC set none, the client's own retries and session
+  creation included: with Spanner unreachable a call fails (StoreUnavailable, or
+  DeadlineExceeded when the RPC's deadline ran out) within its budget, and its thread
+  is free again; see client.py for how the budget reaches every Spanner RPC.
+- A statement the database rejects (InvalidArgument) makes the repository check the
+  schema again: a database that lost it (recreated, restored) is SchemaNotReady
+  (UNAVAILABLE, health NOT_SERVING) until `migrate`, with no restart.
+- Requests carry request tags ("load", "history", "update-read", "apply-grant-read"...)
+  and transactions transaction tags ("update", "apply-grant"...), so Spanner's query
+  and lock statistics show which RPC family they serve.
 - One client and database handle per process, created on first use (after any worker
   fork) and kept; `close()` only detaches this repository (see client.py).
 

@@ -8,13 +8,25 @@ take minutes (it sleeps in 10-minute steps); that thread is a daemon and the ses
 expire on the server.
 
 Budget: a store call runs within the RPC's remaining time (storage.deadline), or within
-the repository's default when the RPC set none. Every data-plane Spanner RPC the client
-sends from the calling thread (queries, BeginTransaction, Commit, Rollback, session
-creation, and the client's own retries of them) gets that budget as its gRPC deadline
-through a channel interceptor: the library passes no timeout to Commit (its default is
-an hour of retries) and restarts a streaming query after UNAVAILABLE without limit, so
-an explicit `timeout=` on the calls we make is not enough to keep a store call inside
-its RPC.
+the repository's default when the RPC set none, and the whole of it does, the client's
+own retries and session creation included. Every data-plane Spanner RPC the client sends
+from the calling thread (queries, BeginTransaction, Commit, Rollback, session creation)
+goes through two hooks on the client we build:
+- each method as the client calls it (_BudgetedMethod): nothing is sent once the budget
+  is spent, and the method's retries stop when the budget does. The library's defaults
+  retry UNAVAILABLE for 30 s (CreateSession) to an hour (Commit), and against a refused
+  connection (Spanner or the emulator down) each attempt fails at once, so a deadline
+  on each attempt alone never ends the loop. A streaming query the library restarts
+  after UNAVAILABLE (at once, without limit) waits a short backoff first.
+- each attempt (_BudgetInterceptor, on the channel): its gRPC deadline is what is left.
+An explicit `timeout=` on the calls we make would cover neither the library's own calls
+nor its retries.
+
+Transactions: Database.run_in_transaction in google-cloud-spanner 3.71 can leave its
+thread-local "transaction running" flag set when checking out a session fails (see
+_BudgetedDatabase.run_in_transaction), which made every later write on that thread fail
+("Spanner does not support nested transactions."); the flag is cleared here, and the
+error, should it appear anyway, means UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +44,8 @@ from typing import Any
 import google.auth.credentials
 import grpc
 from google.api_core import exceptions as api_exceptions
+from google.api_core import gapic_v1
+from google.api_core import retry as api_retry
 from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import spanner
@@ -54,6 +69,10 @@ SPANNER_DATA_SCOPE = "https://www.googleapis.com/auth/spanner.data"
 # The deadline given to a Spanner RPC issued after the budget ran out: it fails at once
 # with DEADLINE_EXCEEDED inside the library, which then stops (and rolls back) cleanly.
 _SPENT = 0.001
+# The backoff before the library sends a request again (a streaming query restarted after
+# UNAVAILABLE): doubling from this, capped, within the store call's budget.
+RESEND_BACKOFF = 0.01
+MAX_RESEND_BACKOFF = 0.25
 
 _PATH = re.compile(r"projects/([^/]+)/instances/([^/]+)/databases/([^/]+)")
 
@@ -99,12 +118,89 @@ def _rpc_budget() -> float | None:
         return _SPENT
 
 
+def _budget_left() -> float | None:
+    """What is left of the store call's budget (None outside a store call, as in the
+    client's own background threads). Once it is spent, raises google-api-core's
+    DeadlineExceeded, which the library takes as final: no retry, no restart."""
+    try:
+        return remaining()
+    except DeadlineExceeded:
+        raise api_exceptions.DeadlineExceeded(  # type: ignore[no-untyped-call]
+            "the store call's budget is spent: Spanner RPC not sent"
+        ) from None
+
+
 def _budget_spent() -> bool:
     try:
         remaining()
     except DeadlineExceeded:
         return True
     return False
+
+
+class _Resends(threading.local):
+    """The last request a thread sent, and how many times in a row it sent it again."""
+
+    request: object = None
+    count: int = 0
+
+
+_resends = _Resends()
+
+
+def _pause_before_resend(request: object, left: float) -> bool:
+    """The library sends the same request object again when it restarts a streaming
+    query after UNAVAILABLE, at once and without limit: against a refused connection that
+    spins the thread for the whole budget. Each re-send waits a doubling backoff first
+    (within the budget); a new request starts over."""
+    if request is None or request is not _resends.request:
+        _resends.request, _resends.count = request, 0
+        return False
+    _resends.count += 1
+    delay = min(RESEND_BACKOFF * 2 ** (_resends.count - 1), MAX_RESEND_BACKOFF)
+    time.sleep(min(delay, left))
+    return True
+
+
+class _BudgetedMethod:
+    """One Spanner method as the client calls it (google-api-core's wrapper, which applies
+    the method's retries and timeout), made to end within the store call's budget:
+    - nothing is sent once the budget is spent (DeadlineExceeded);
+    - the method's retries, its default ones included, stop when the budget does:
+      google-api-core raises RetryError rather than sleep past a retry's timeout, and
+      the timeout is what is left (the defaults retry UNAVAILABLE for 30 s to an hour,
+      and against a refused connection each attempt fails at once, so capping each
+      attempt's deadline alone never ends the loop; CreateSession is one);
+    - a request the library sends again (a restarted streaming query) waits a backoff.
+    Each attempt's own deadline is capped by _BudgetInterceptor. Outside a store call
+    (the client's background threads) the method is called unchanged."""
+
+    def __init__(self, method: Callable[..., Any]) -> None:
+        self._method = method
+        self._default_retry = getattr(method, "_retry", None)
+
+    def __call__(self, *args: Any, retry: Any = gapic_v1.method.DEFAULT, **kwargs: Any) -> Any:
+        left = _budget_left()
+        if left is None:
+            return self._method(*args, retry=retry, **kwargs)
+        if retry is gapic_v1.method.DEFAULT:
+            retry = self._default_retry
+        if isinstance(retry, api_retry.Retry):
+            timeout = left if retry.timeout is None else min(retry.timeout, left)
+            retry = retry.with_timeout(timeout)
+        if _pause_before_resend(args[0] if args else kwargs.get("request"), left):
+            _budget_left()  # raises if the pause used up the budget
+        return self._method(*args, retry=retry, **kwargs)
+
+
+class _BudgetedTransport(SpannerGrpcTransport):  # type: ignore[misc]
+    """SpannerGrpcTransport whose methods (as the client calls them, with their retries)
+    are _BudgetedMethods."""
+
+    def _prep_wrapped_messages(self, client_info: Any) -> None:
+        super()._prep_wrapped_messages(client_info)
+        wrapped: dict[Any, Callable[..., Any]] = self._wrapped_methods  # type: ignore[has-type]
+        self._wrapped_methods = {stub: _BudgetedMethod(method) for stub, method in wrapped.items()}
 
 
 class _CallDetails(grpc.ClientCallDetails):
@@ -152,7 +248,15 @@ def _budgeted_channel(*args: Any, **kwargs: Any) -> grpc.Channel:
 
 
 def _budgeted_transport(**kwargs: Any) -> SpannerGrpcTransport:
-    return SpannerGrpcTransport(channel=_budgeted_channel, **kwargs)
+    return _BudgetedTransport(channel=_budgeted_channel, **kwargs)
+
+
+# The thread-local flag Database.run_in_transaction keeps in `Database._local`
+# (google-cloud-spanner 3.71), and ours beside it (see _BudgetedDatabase.run_in_transaction).
+_LIBRARY_FLAG = "transaction_running"
+_OUTERMOST_TRANSACTION = "entitlements_transaction_running"
+# What the library raises when it finds that flag set.
+NESTED_TRANSACTION_MESSAGE = "does not support nested transactions"
 
 
 class _BudgetedDatabase(Database):  # type: ignore[misc]
@@ -193,11 +297,36 @@ class _BudgetedDatabase(Database):  # type: ignore[misc]
                     api = self._budgeted_api = self._build_api()
         return api
 
+    def run_in_transaction(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Database.run_in_transaction, without its leak of the thread's "transaction
+        running" flag. google-cloud-spanner 3.71 (database.py, run_in_transaction) sets
+        `self._local.transaction_running` before `get_session()` but clears it in a
+        `finally` that covers only what follows, so a failed session checkout (session
+        creation during an outage) leaves it set, and every later transaction on that
+        thread fails with "Spanner does not support nested transactions."
+
+        Our store calls never nest transactions: a flag found set when an outermost call
+        starts here can only be such a leak, and is cleared; and the call clears it when
+        it ends, however it ends. A transaction really nested in one of ours (on the
+        same thread) is still refused, by the library."""
+        local = getattr(self, "_local", None)  # (a later version may keep it elsewhere)
+        if local is None or getattr(local, _OUTERMOST_TRANSACTION, False):
+            return super().run_in_transaction(func, *args, **kw)
+        if getattr(local, _LIBRARY_FLAG, False):
+            log.info("cleared a transaction flag leaked by a failed session checkout")
+        setattr(local, _LIBRARY_FLAG, False)
+        setattr(local, _OUTERMOST_TRANSACTION, True)
+        try:
+            return super().run_in_transaction(func, *args, **kw)
+        finally:
+            setattr(local, _LIBRARY_FLAG, False)
+            setattr(local, _OUTERMOST_TRANSACTION, False)
+
     def _build_api(self) -> SpannerClient:
         emulator_host = self._instance.emulator_host
         if emulator_host is not None:
             channel = grpc.intercept_channel(grpc.insecure_channel(emulator_host), _INTERCEPTOR)
-            return SpannerClient(transport=SpannerGrpcTransport(channel=channel))
+            return SpannerClient(transport=_BudgetedTransport(channel=channel))
         credentials = self._budgeted_credentials
         if isinstance(credentials, google.auth.credentials.Scoped):
             credentials = credentials.with_scopes((SPANNER_DATA_SCOPE,))
@@ -296,6 +425,17 @@ def store_call(path: DatabasePath, what: str, default_timeout: float) -> Iterato
                     f"the RPC deadline passed during the Spanner {what}"
                 ) from exc
             raise StoreUnavailable(_describe(path, what, exc)) from exc
+        except DeadlineExceeded as exc:  # the budget ran out between Spanner RPCs
+            if rpc_budget:
+                raise
+            raise StoreUnavailable(f"spanner {what} did not finish in time") from exc
+        except RuntimeError as exc:
+            # The library's thread-local transaction flag, should it leak in a way
+            # _BudgetedDatabase does not clear: the store is unusable on this thread for
+            # now, which is no bug of the caller's.
+            if NESTED_TRANSACTION_MESSAGE not in str(exc):
+                raise
+            raise StoreUnavailable(f"spanner {what} failed: {exc}") from exc
 
 
 def _describe(path: DatabasePath, what: str, exc: Exception) -> str:

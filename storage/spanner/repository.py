@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from google.api_core import exceptions as api_exceptions
 from google.cloud.spanner_v1.database import Database
 from google.cloud.spanner_v1.transaction import Transaction
 
@@ -29,7 +30,7 @@ from storage.repository import (
 )
 from storage.rows import dump_response, integer, load_response, utc
 from storage.spanner import mutations, queries, schema
-from storage.spanner.client import DatabasePath, database_handle, store_call
+from storage.spanner.client import DatabasePath, SchemaNotReady, database_handle, store_call
 from storage.spanner.codec import CODEC
 
 DEFAULT_TIMEOUT = 10.0  # a store call's budget when the RPC gave none
@@ -200,7 +201,26 @@ class SpannerRepository:
             if self._closed:
                 raise StoreUnavailable("spanner repository is closed")
         with store_call(self._path, what, self._default_timeout):
-            yield self._database(verify_schema)
+            database = self._database(verify_schema)
+            try:
+                yield database
+            except api_exceptions.InvalidArgument as exc:
+                # A statement the database does not support: it may have lost the schema
+                # since it was checked (recreated, restored, a table dropped). Check again:
+                # a missing migration is SchemaNotReady (the store cannot serve: UNAVAILABLE
+                # and health NOT_SERVING until `migrate`), anything else stays what it is.
+                self._schema_ready = False
+                self._recheck_schema(database, exc)
+                raise
+
+    def _recheck_schema(self, database: Database, cause: Exception) -> None:
+        try:
+            schema.ensure_ready(database, self._path)
+        except SchemaNotReady as missing:
+            raise missing from cause
+        except Exception:  # cannot tell now; the next call checks before it runs
+            return
+        self._schema_ready = True
 
     def _database(self, verify_schema: bool) -> Database:
         database = database_handle(self._path, self._endpoint)

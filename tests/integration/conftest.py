@@ -10,6 +10,7 @@ opens a second repository on the same store, as another process would."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from service.grpc_api.server import RunningServer, start_server
 from storage.repository import AccountRepository
 from storage.spanner import SpannerRepository
 from storage.sqlite import SqliteRepository
-from tests.spanner_emulator import SpannerEmulator
+from tests.spanner_emulator import BUSY_MACHINE_STORE_TIMEOUT, SpannerEmulator
 
 # Inside the example catalog's holiday discount window (2026-11-20 .. 2027-01-06).
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -118,6 +119,9 @@ def harness(
         max_rpc_seconds=30,
         write_timeout_seconds=30,
     )
+    if backend == "spanner":
+        # The emulator on a busy machine (CI) can take longer than the default 0.5 s a call.
+        settings = dataclasses.replace(settings, store_timeout_seconds=BUSY_MACHINE_STORE_TIMEOUT)
     running = start_server(settings, repository=open_store(), clock=lambda: NOW)
     target = f"127.0.0.1:{running.port}"
     channel = with_bearer_token(grpc.insecure_channel(target), SERVICE_TOKEN)

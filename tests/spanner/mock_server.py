@@ -140,13 +140,39 @@ class Stall:
 
 
 class FaultyServicer(SpannerServicer):  # type: ignore[misc]
-    """The mock servicer with stalls, and a switch that fails every query."""
+    """The mock servicer with stalls, a switch that fails every query, and one that
+    fails every session creation and lookup with a given status (as an outage does)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stalls: dict[str, Stall] = {}
         self.fail_queries = False
+        self.fail_sessions: grpc.StatusCode | None = None
         self._lock = threading.Lock()
+
+    def _session_call(self, request: Any, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self.requests.append(request)
+        if self.fail_sessions is not None:
+            context.abort(self.fail_sessions, "injected: no session")
+
+    def CreateSession(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if self.fail_sessions is None:
+            with self._lock:
+                return super().CreateSession(request, context)
+        self._session_call(request, context)
+
+    def BatchCreateSessions(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if self.fail_sessions is None:
+            with self._lock:
+                return super().BatchCreateSessions(request, context)
+        self._session_call(request, context)
+
+    def GetSession(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if self.fail_sessions is None:
+            with self._lock:
+                return super().GetSession(request, context)
+        self._session_call(request, context)
 
     def ExecuteStreamingSql(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         if self.fail_queries:

@@ -11,9 +11,11 @@ set to "false" (`child_env()` does it for child processes).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.api_core import exceptions as api_exceptions
 from google.cloud import spanner
 from google.cloud.spanner_v1 import KeySet
 from google.cloud.spanner_v1.transaction import Transaction
@@ -86,9 +89,12 @@ class SpannerEmulator:
     _names: Iterator[int] = field(default_factory=itertools.count)
     _shared: dict[str, DatabasePath] = field(default_factory=dict)
 
-    def create_database(self, prefix: str = "db", *, migrated: bool = True) -> DatabasePath:
-        """A new empty database, with every migration applied unless `migrated` is False."""
-        name = f"{prefix}-{next(self._names)}"
+    def create_database(
+        self, prefix: str = "db", *, migrated: bool = True, name: str | None = None
+    ) -> DatabasePath:
+        """A new empty database, with every migration applied unless `migrated` is False
+        (named `name`, or a new name from `prefix`)."""
+        name = name or f"{prefix}-{next(self._names)}"
         path = DatabasePath(self.project, self.instance, name)
         client = self.admin_client()
         client.instance(self.instance).database(name).create().result(STARTUP_SECONDS)
@@ -111,13 +117,23 @@ class SpannerEmulator:
         database_handle(path, self.host).run_in_transaction(delete_all)
 
     def create_instance(self) -> None:
+        """Creates the instance; retries while the emulator's port still refuses (after a
+        restart, gRPC may still be backing off from the refused connections)."""
         client = self.admin_client()
         instance = client.instance(
             self.instance,
             configuration_name=f"projects/{self.project}/instanceConfigs/emulator-config",
             node_count=1,
         )
-        instance.create().result(STARTUP_SECONDS)
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            try:
+                instance.create().result(STARTUP_SECONDS)
+                return
+            except api_exceptions.ServiceUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def admin_client(self) -> spanner.Client:
         return new_client(self.project, self.host)
@@ -125,6 +141,39 @@ class SpannerEmulator:
     def child_env(self) -> dict[str, str]:
         """Environment for a child process that talks to the emulator."""
         return {**os.environ, EMULATOR_HOST_ENV: self.host, MULTIPLEXED_RW_ENV: "false"}
+
+    @property
+    def port(self) -> int:
+        return int(self.host.rpartition(":")[2])
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The emulator stopped (SIGSTOP, by its PID) inside the block, as on a machine too
+        busy to schedule it: connections stay open, calls wait. Resumed (SIGCONT) after."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.process.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """kill -9 of this emulator (by its PID): every database in it is gone."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+
+    def restart(self) -> None:
+        """Starts the emulator again on the same port (after `kill` or `stop`): empty,
+        without the instance; `create_instance` and `create_database` make them again."""
+        if self.process.poll() is None:
+            raise RuntimeError("the emulator is still running")
+        binary = self.process.args[0] if isinstance(self.process.args, list) else None
+        if binary is None:
+            raise RuntimeError("unknown emulator binary")
+        self.process = _spawn(Path(binary), self.port, self.log_file)
+        if not _serving(self.process, self.port):
+            self.stop()
+            raise RuntimeError(f"the Spanner emulator did not restart; its log: {self.log_file}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -136,26 +185,37 @@ class SpannerEmulator:
                 self.process.wait(timeout=10)
 
 
+def _spawn(binary: Path, port: int, log_file: Path) -> subprocess.Popen[bytes]:
+    with log_file.open("ab") as log:
+        return subprocess.Popen(
+            [str(binary), f"--host_port=127.0.0.1:{port}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def _serving(process: subprocess.Popen[bytes], port: int) -> bool:
+    """Waits until the emulator accepts connections on `port` (False if it exits or
+    takes longer than STARTUP_SECONDS)."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            time.sleep(0.05)
+            continue
+        return True
+    return False
+
+
 def start_emulator(binary: Path, log_file: Path) -> SpannerEmulator:
     """Starts the emulator on a free loopback port and waits until it serves (a few
     tries, in case another process takes the port first)."""
     for _ in range(3):
         port = _free_port()
-        with log_file.open("ab") as log:
-            process = subprocess.Popen(
-                [str(binary), f"--host_port=127.0.0.1:{port}"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        emulator = SpannerEmulator(process, f"127.0.0.1:{port}", log_file)
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            except OSError:
-                time.sleep(0.05)
-                continue
+        emulator = SpannerEmulator(_spawn(binary, port, log_file), f"127.0.0.1:{port}", log_file)
+        if _serving(emulator.process, port):
             return emulator
         emulator.stop()
     raise RuntimeError(f"the Spanner emulator did not start; its log: {log_file}")
