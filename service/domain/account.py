@@ -23,6 +23,9 @@ class SubscriptionStatus(enum.Enum):
     CANCELED = "canceled"
     EXPIRED = "expired"
     REVOKED = "revoked"
+    # The current period was refunded (a per-transaction refund): no access until a later
+    # period is paid for or the refund is reversed (service.domain.events).
+    REFUNDED = "refunded"
 
 
 class GrantKind(enum.Enum):
@@ -168,7 +171,7 @@ def subscription_access(sub: Subscription, now: datetime) -> SubscriptionAccess:
         return SubscriptionAccess(Access.ON_HOLD)
     elif status is SubscriptionStatus.PAUSED:
         return SubscriptionAccess(Access.PAUSED)
-    elif status is SubscriptionStatus.REVOKED:
+    elif status in (SubscriptionStatus.REVOKED, SubscriptionStatus.REFUNDED):
         return SubscriptionAccess(Access.REVOKED)
     else:
         return SubscriptionAccess(Access.ENDED)
@@ -183,7 +186,11 @@ def subscription_ended_at(sub: Subscription, now: datetime) -> datetime | None:
     access = subscription_access(sub, now)
     if access.access is Access.ENTITLED or access.access in (Access.ON_HOLD, Access.PAUSED):
         return None
-    if sub.status in (SubscriptionStatus.EXPIRED, SubscriptionStatus.REVOKED):
+    if sub.status in (
+        SubscriptionStatus.EXPIRED,
+        SubscriptionStatus.REVOKED,
+        SubscriptionStatus.REFUNDED,
+    ):
         candidates = [sub.current_period_end]
         if sub.last_event_at is not None:
             candidates.append(sub.last_event_at)

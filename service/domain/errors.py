@@ -32,8 +32,20 @@ class PreconditionReason(enum.Enum):
     """Why a write's precondition failed, besides an offer's IneligibilityReason. The
     member's name is the google.rpc.ErrorInfo reason the protos document."""
 
-    # The event is not a valid transition from the subscription's current status.
+    # No longer produced (events are never refused for the subscription's status; see
+    # service.domain.events); kept so that clients matching the name keep compiling.
     INVALID_TRANSITION = enum.auto()
+    # RecordSubscriptionEvent, "not yet": the event needs a subscription the service has
+    # not seen and does not carry enough (plan and period end) to start it. Redeliver:
+    # it applies once the subscription's first event has been recorded.
+    SUBSCRIPTION_NOT_YET_KNOWN = enum.auto()
+    # RecordSubscriptionEvent, "not yet": a refund or refund reversal names a period
+    # later than any period recorded. Redeliver: it applies once the renewal that
+    # started that period has been recorded.
+    PERIOD_NOT_YET_KNOWN = enum.auto()
+    # RecordSubscriptionEvent, "not yet": a refund reversal of the current period whose
+    # refund has not been recorded. Redeliver: it applies once the refund has been.
+    REFUND_NOT_YET_RECORDED = enum.auto()
     # RedeemOffer: the subscription id is taken.
     SUBSCRIPTION_EXISTS = enum.auto()
 

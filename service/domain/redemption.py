@@ -14,13 +14,18 @@ from service.domain.account import (
     SubscriptionStatus,
     UserState,
 )
-from service.domain.catalog import Catalog, OfferKind
+from service.domain.catalog import Catalog, Offer, OfferKind
 from service.domain.decisions import decide_offers
 from service.domain.errors import PreconditionFailed, PreconditionReason
 from service.domain.rules import Platform
 
-# Paid offers bill monthly at the offer price for the offer's duration.
-BILLING_PERIOD = timedelta(days=30)
+
+def first_period(offer: Offer) -> timedelta:
+    """The first period of a subscription an offer starts: the offer's duration from the
+    catalog (a free trial's length, or the span billed at the offer price: 365 days for
+    the yearly student offer). The catalog has no separate billing period; a store that
+    bills an offer monthly reports each charge as RENEWED with its own period end."""
+    return timedelta(days=offer.duration_days)
 
 
 def redeem_offer(
@@ -61,7 +66,7 @@ def redeem_offer(
         status=SubscriptionStatus.TRIALING if trial else SubscriptionStatus.ACTIVE,
         store=store,
         started_at=now,
-        current_period_end=now + (timedelta(days=offer.duration_days) if trial else BILLING_PERIOD),
+        current_period_end=now + first_period(offer),
         last_event_at=now,
         offer_id=offer.id,
     )

@@ -212,6 +212,7 @@ def event_from_proto(request: events_pb2.RecordSubscriptionEventRequest) -> Subs
         grace_period_end=_optional_time(request, "grace_period_end"),
         offer_id=request.offer_id or None,
         market=request.market or None,
+        refunded_period_end=_optional_time(request, "refunded_period_end"),
     )
 
 

@@ -49,6 +49,8 @@ class RecordOutcome(enum.Enum):
     APPLIED = enum.auto()
     # Older than what the subscription reflects: recorded, nothing moved.
     STALE = enum.auto()
+    # Can never apply (after a revocation, a refund of a past period...): recorded.
+    SUPERSEDED = enum.auto()
     # The event id was recorded before: the first answer, replayed.
     DUPLICATE = enum.auto()
 
@@ -56,6 +58,7 @@ class RecordOutcome(enum.Enum):
 _RECORD_OUTCOMES = {
     EventOutcome.APPLIED: RecordOutcome.APPLIED,
     EventOutcome.STALE: RecordOutcome.STALE,
+    EventOutcome.SUPERSEDED: RecordOutcome.SUPERSEDED,
 }
 
 
@@ -226,6 +229,17 @@ class WriteService:
         check_id(grant_id, "grant_id", violations)
         _raise_if(violations)
         now = self._clock()
+        # Revoking a revoked grant changes nothing: no write, so no new version and no
+        # history. A revocation is permanent, so the state read outside a transaction
+        # stays true; a revocation racing this one is caught inside the transaction.
+        with self._budget():
+            current = self._repository.load(user_id).account
+        done = next(
+            (g for g in current.grants if g.grant_id == grant_id and g.revoked_at is not None),
+            None,
+        )
+        if done is not None:
+            return GrantAnswer(done, issue_token(user_id, current.version))
 
         def mutate(account: AccountState) -> Mutation:
             account, revoked = revoke_grant(account, grant_id, now)

@@ -205,12 +205,17 @@ def test_bad_events_get_statuses_with_details(
     assert isinstance(bad_request, error_details_pb2.BadRequest)
     assert [v.field for v in bad_request.field_violations] == ["plan_id"]
 
-    uncancel = event("bad", "bad-2", ev.SUBSCRIPTION_EVENT_TYPE_UNCANCELED, NOW, NOW + DAY)
+    # Too early, not wrong: a cancel without plan and period end for a subscription whose
+    # purchase has not arrived. Redelivery will help, and the reason says which case.
+    early = event("bad", "bad-2", ev.SUBSCRIPTION_EVENT_TYPE_CANCELED, NOW, NOW + DAY)
+    early.ClearField("current_period_end")
+    early.plan_id = ""
     with pytest.raises(grpc.RpcError) as raised:
-        writes.RecordSubscriptionEvent(uncancel, timeout=5)
+        writes.RecordSubscriptionEvent(early, timeout=5)
     assert raised.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     info, failure = details_of(raised.value)
-    assert isinstance(info, error_details_pb2.ErrorInfo) and info.reason == "INVALID_TRANSITION"
+    assert isinstance(info, error_details_pb2.ErrorInfo)
+    assert info.reason == "SUBSCRIPTION_NOT_YET_KNOWN"
     assert isinstance(failure, error_details_pb2.PreconditionFailure)
     assert failure.violations[0].subject == "subscriptions/bad-sub"
 
@@ -266,3 +271,145 @@ def test_fifty_concurrent_trial_redemptions_have_exactly_one_winner(
         results = list(pool.map(redeem, range(attempts)))
     assert results.count("OK") == 1
     assert set(results) - {"OK"} <= {"HAD_PREMIUM_BEFORE", "GROUP_ALREADY_REDEEMED"}
+
+
+# -- issue 12 ----------------------------------------------------------------------------
+
+
+def history_versions(harness: Harness, user_id: str) -> list[int]:
+    store = harness.open_store()
+    try:
+        return [entry.version for entry in store.history(user_id)]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "loss", [ev.SUBSCRIPTION_EVENT_TYPE_REFUNDED, ev.SUBSCRIPTION_EVENT_TYPE_REVOKED]
+)
+def test_a_late_refund_still_ends_access(
+    harness: Harness, writes: ev_grpc.SubscriptionEventServiceStub, loss: int
+) -> None:
+    """Problem 1: purchase, refund at day -3, auto-renew off at day -1: both delivery
+    orders end refunded, and neither is refused."""
+    start, end = NOW - 20 * DAY, NOW + 10 * DAY
+    finals = []
+    for order in ("refund-first", "cancel-first"):
+        user = f"late-refund-{loss}-{order}"
+        purchase = event(user, f"{user}-p", ev.SUBSCRIPTION_EVENT_TYPE_PURCHASED, start, end)
+        refund = event(user, f"{user}-r", loss, NOW - 3 * DAY, end, refunded_period_end=ts(end))
+        cancel = event(user, f"{user}-c", ev.SUBSCRIPTION_EVENT_TYPE_CANCELED, NOW - DAY, end)
+        writes.RecordSubscriptionEvent(purchase, timeout=5)
+        pair = [refund, cancel] if order == "refund-first" else [cancel, refund]
+        answers = [writes.RecordSubscriptionEvent(r, timeout=5) for r in pair]
+        final = answers[-1]
+        assert not entitled(harness, user, "offline_downloads", final.consistency_token)
+        finals.append(without_ids(final.subscription))
+    assert finals[0] == finals[1]
+    assert finals[0].status in (ev.SUBSCRIPTION_STATUS_REFUNDED, ev.SUBSCRIPTION_STATUS_REVOKED)
+
+
+def test_a_cancel_during_account_hold_is_accepted_not_redelivered_forever(
+    harness: Harness, writes: ev_grpc.SubscriptionEventServiceStub
+) -> None:
+    """Problem 2: an event that can never change access is answered, not refused."""
+    user = "held-cancel"
+    end = NOW - 10 * DAY
+    deliver(writes, [
+        event(user, f"{user}-p", ev.SUBSCRIPTION_EVENT_TYPE_PURCHASED, end - 30 * DAY, end),
+        event(user, f"{user}-h", ev.SUBSCRIPTION_EVENT_TYPE_ON_HOLD, end + DAY, end),
+    ])  # fmt: skip
+    cancel = writes.RecordSubscriptionEvent(
+        event(user, f"{user}-c", ev.SUBSCRIPTION_EVENT_TYPE_CANCELED, NOW - DAY, end), timeout=5
+    )
+    assert cancel.outcome == ev.EVENT_OUTCOME_APPLIED
+    assert not cancel.subscription.auto_renew
+    assert not entitled(harness, user, "offline_downloads", cancel.consistency_token)
+    # After a revocation, a later renewal can never apply: SUPERSEDED, recorded.
+    revoke = writes.RecordSubscriptionEvent(
+        event(user, f"{user}-v", ev.SUBSCRIPTION_EVENT_TYPE_REVOKED, NOW - DAY / 2, end),
+        timeout=5,
+    )
+    late = writes.RecordSubscriptionEvent(
+        event(user, f"{user}-n", ev.SUBSCRIPTION_EVENT_TYPE_RENEWED, NOW - DAY / 4, NOW + DAY),
+        timeout=5,
+    )
+    assert late.outcome == ev.EVENT_OUTCOME_SUPERSEDED
+    assert late.subscription.status == ev.SUBSCRIPTION_STATUS_REVOKED
+    assert not entitled(harness, user, "offline_downloads", late.consistency_token)
+    assert revoke.consistency_token != late.consistency_token  # recorded
+
+
+def test_refunding_last_month_keeps_this_months_access(
+    harness: Harness, writes: ev_grpc.SubscriptionEventServiceStub
+) -> None:
+    """Problem 3: refunds are per transaction; a reversal restores what a refund took."""
+    user = "per-period"
+    p1, p2 = NOW - 5 * DAY, NOW + 25 * DAY
+    deliver(writes, [
+        event(user, f"{user}-p", ev.SUBSCRIPTION_EVENT_TYPE_PURCHASED, p1 - 30 * DAY, p1),
+        event(user, f"{user}-r", ev.SUBSCRIPTION_EVENT_TYPE_RENEWED, p1, p2),
+    ])  # fmt: skip
+    past = writes.RecordSubscriptionEvent(
+        event(user, f"{user}-x1", ev.SUBSCRIPTION_EVENT_TYPE_REFUNDED, NOW - DAY, p2,
+              refunded_period_end=ts(p1)), timeout=5)  # fmt: skip
+    assert past.outcome == ev.EVENT_OUTCOME_SUPERSEDED
+    assert entitled(harness, user, "offline_downloads", past.consistency_token)
+    current = writes.RecordSubscriptionEvent(
+        event(user, f"{user}-x2", ev.SUBSCRIPTION_EVENT_TYPE_REFUNDED, NOW - DAY / 2, p2,
+              refunded_period_end=ts(p2)), timeout=5)  # fmt: skip
+    assert current.subscription.status == ev.SUBSCRIPTION_STATUS_REFUNDED
+    assert not entitled(harness, user, "offline_downloads", current.consistency_token)
+    reversal = writes.RecordSubscriptionEvent(
+        event(user, f"{user}-x3", ev.SUBSCRIPTION_EVENT_TYPE_REFUND_REVERSED, NOW - DAY / 4, p2,
+              refunded_period_end=ts(p2)), timeout=5)  # fmt: skip
+    assert reversal.subscription.status == ev.SUBSCRIPTION_STATUS_ACTIVE
+    assert entitled(harness, user, "offline_downloads", reversal.consistency_token)
+
+
+def test_the_student_offer_bills_its_catalog_period(
+    harness: Harness, writes: ev_grpc.SubscriptionEventServiceStub
+) -> None:
+    """Problem 4: the 365-day student offer ends its first period at +365 days (the
+    demo's verified student). Other offers' periods come from their durations too."""
+    answer = writes.RedeemOffer(
+        ev.RedeemOfferRequest(
+            request_id="student-offer-1",
+            user_id="demo-student",
+            offer_id="premium-student-12m",
+            market="US",
+            platform=common_pb2.PLATFORM_WEB,
+            store=common_pb2.STORE_WEB,
+            subscription_id="student-sub-1",
+        ),
+        timeout=5,
+    )
+    period = answer.subscription.current_period_end.ToDatetime() - NOW.replace(tzinfo=None)
+    assert period == 365 * DAY
+
+
+def test_revoking_a_revoked_grant_writes_nothing(
+    harness: Harness, writes: ev_grpc.SubscriptionEventServiceStub
+) -> None:
+    """Problem 5: no new version, no new token, no history entry."""
+    user = "revoke-twice"
+    grant = ev.Grant(kind=ev.GRANT_KIND_SUPPORT, feature_id="offline_downloads")
+    granted = writes.GrantEntitlement(
+        ev.GrantEntitlementRequest(request_id=f"{user}-g", user_id=user, grant=grant), timeout=5
+    )
+    first = writes.RevokeEntitlement(
+        ev.RevokeEntitlementRequest(
+            request_id=f"{user}-r1", user_id=user, grant_id=granted.grant.grant_id
+        ),
+        timeout=5,
+    )
+    before = history_versions(harness, user)
+    second = writes.RevokeEntitlement(
+        ev.RevokeEntitlementRequest(
+            request_id=f"{user}-r2", user_id=user, grant_id=granted.grant.grant_id
+        ),
+        timeout=5,
+    )
+    assert second.consistency_token == first.consistency_token
+    assert second.grant == first.grant
+    assert history_versions(harness, user) == before

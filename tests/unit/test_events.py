@@ -115,27 +115,103 @@ def test_late_renewal_failure_does_not_take_premium_away() -> None:
 
 
 @pytest.mark.parametrize(
-    ("history", "bad", "state"),
+    ("history", "early", "reason"),
     [
-        ([], event("x", EventType.RENEWED, T0, period_end=T0 + DAY), "unknown"),
-        ([LIFE[0]], event("x", EventType.UNCANCELED, T0 + DAY), "TRIALING"),
-        ([LIFE[0]], event("x", EventType.GRACE_EXPIRED, T0 + DAY), "TRIALING"),
-        (
-            [LIFE[0], event("r", EventType.REVOKED, T0 + DAY)],
-            event("x", EventType.RENEWED, T0 + 2 * DAY, period_end=T0 + 40 * DAY),
-            "REVOKED",
-        ),
+        # Needs the subscription's start and does not carry enough to make one.
+        ([], event("x", EventType.CANCELED, T0, plan=None), "SUBSCRIPTION_NOT_YET_KNOWN"),
+        ([], event("x", EventType.REFUNDED, T0, refunded_period_end=T0 + 30 * DAY),
+         "SUBSCRIPTION_NOT_YET_KNOWN"),
+        # Refunds a period whose renewal has not arrived.
+        ([LIFE[0]], event("x", EventType.REFUNDED, T0 + 40 * DAY,
+                          refunded_period_end=T0 + 60 * DAY), "PERIOD_NOT_YET_KNOWN"),
+        # Reverses a refund of the current period that has not arrived.
+        (LIFE[:2], event("x", EventType.REFUND_REVERSED, T0 + 50 * DAY,
+                         refunded_period_end=T0 + 60 * DAY), "REFUND_NOT_YET_RECORDED"),
     ],
-)
-def test_invalid_transitions_are_rejected_and_change_nothing(
-    history: list[SubscriptionEvent], bad: SubscriptionEvent, state: str
+)  # fmt: skip
+def test_only_not_yet_events_are_refused_and_change_nothing(
+    history: list[SubscriptionEvent], early: SubscriptionEvent, reason: str
 ) -> None:
     account = deliver(history)
     with pytest.raises(PreconditionFailed) as raised:
-        apply_event(account, bad, CATALOG)
-    assert raised.value.reason is PreconditionReason.INVALID_TRANSITION
-    assert state in raised.value.description
+        apply_event(account, early, CATALOG)
+    assert raised.value.reason is PreconditionReason[reason]
+    assert "redeliver" in raised.value.description
     assert raised.value.subject == f"subscriptions/{SUB}"
+
+
+def test_events_are_never_refused_for_the_current_status() -> None:
+    # Once refused with INVALID_TRANSITION: an uncancel of a trial, a grace expiry
+    # without grace, a renewal after a revocation, a cancel during account hold.
+    revoked = deliver([LIFE[0], event("r", EventType.REVOKED, T0 + DAY)])
+    late_renewal = event("x", EventType.RENEWED, T0 + 2 * DAY, period_end=T0 + 40 * DAY)
+    result = apply_event(revoked, late_renewal, CATALOG)
+    assert result.outcome is EventOutcome.SUPERSEDED
+    assert result.subscription.status is SubscriptionStatus.REVOKED
+    held = deliver([*LIFE[:2], event("h", EventType.ON_HOLD, T0 + 62 * DAY)])
+    cancel = apply_event(held, event("c", EventType.CANCELED, T0 + 63 * DAY), CATALOG)
+    assert cancel.outcome is EventOutcome.APPLIED
+    assert cancel.subscription.auto_renew is False
+    assert not decide_entitlement(
+        CATALOG, UserState(cancel.account), "offline_downloads", T0 + 64 * DAY
+    ).granted
+
+
+PURCHASE = event("p", EventType.PURCHASED, T0, period_end=T0 + 30 * DAY)
+REFUND = event("rf", EventType.REFUNDED, T0 + 27 * DAY, refunded_period_end=T0 + 30 * DAY)
+CANCEL = event("c", EventType.CANCELED, T0 + 29 * DAY, period_end=T0 + 30 * DAY)
+REVOKE = event("rv", EventType.REVOKED, T0 + 27 * DAY)
+
+
+@pytest.mark.parametrize("loss", [REFUND, REVOKE], ids=["refund", "revoke"])
+def test_a_refund_wins_whatever_arrives_before_or_after_it(loss: SubscriptionEvent) -> None:
+    """Issue 12, problem 1: purchase, refund at day 27, cancel at day 29."""
+    ends = {
+        tuple(deliver(list(order)).subscriptions)
+        for order in itertools.permutations([PURCHASE, loss, CANCEL])
+    }
+    assert len(ends) == 1
+    ((sub,),) = ends
+    assert sub.status in (SubscriptionStatus.REFUNDED, SubscriptionStatus.REVOKED)
+    now = T0 + 28 * DAY
+    (account,) = {deliver([PURCHASE, CANCEL, loss])}
+    assert not decide_entitlement(CATALOG, UserState(account), "offline_downloads", now).granted
+
+
+def test_refunding_a_past_period_keeps_current_access_and_a_reversal_restores() -> None:
+    """Issue 12, problem 3."""
+    renewed = deliver([PURCHASE, event("r", EventType.RENEWED, T0 + 30 * DAY,
+                                       period_end=T0 + 60 * DAY)])  # fmt: skip
+    now = T0 + 40 * DAY
+    past = apply_event(renewed, event("x", EventType.REFUNDED, T0 + 35 * DAY,
+                                      refunded_period_end=T0 + 30 * DAY), CATALOG)  # fmt: skip
+    assert past.outcome is EventOutcome.SUPERSEDED
+    assert decide_entitlement(CATALOG, UserState(past.account), "offline_downloads", now).granted
+    current = apply_event(renewed, event("y", EventType.REFUNDED, T0 + 35 * DAY,
+                                         refunded_period_end=T0 + 60 * DAY), CATALOG)  # fmt: skip
+    assert current.outcome is EventOutcome.APPLIED
+    assert current.subscription.status is SubscriptionStatus.REFUNDED
+    assert not decide_entitlement(
+        CATALOG, UserState(current.account), "offline_downloads", now
+    ).granted
+    reversal = event(
+        "z", EventType.REFUND_REVERSED, T0 + 38 * DAY, refunded_period_end=T0 + 60 * DAY
+    )
+    reversed_ = apply_event(current.account, reversal, CATALOG)
+    assert reversed_.outcome is EventOutcome.APPLIED
+    assert reversed_.subscription == renewed.subscriptions[0]
+    # A renewal paid after the refund brings access back as well.
+    paid = apply_event(current.account, event("n", EventType.RENEWED, T0 + 60 * DAY,
+                                              period_end=T0 + 90 * DAY), CATALOG)  # fmt: skip
+    assert paid.subscription.status is SubscriptionStatus.ACTIVE
+
+
+def test_a_period_extension_only_moves_the_period_end() -> None:
+    canceled = deliver([PURCHASE, CANCEL])
+    extended = apply_event(canceled, event("d", EventType.PERIOD_EXTENDED, T0 + 20 * DAY,
+                                           period_end=T0 + 45 * DAY), CATALOG)  # fmt: skip
+    (sub,) = extended.account.subscriptions
+    assert (sub.status, sub.current_period_end) == (SubscriptionStatus.CANCELED, T0 + 45 * DAY)
 
 
 @pytest.mark.parametrize(
@@ -154,6 +230,8 @@ def test_invalid_transitions_are_rejected_and_change_nothing(
         (event("x", EventType.PURCHASED, T0, period_end=T0 + DAY, market="A1"), ["market"]),
         (event("x", EventType.PURCHASED, T0, period_end=T0 + DAY, offer_id="nope"),
          ["offer_id"]),
+        (event("x", EventType.REFUNDED, T0), ["refunded_period_end"]),
+        (event("x", EventType.PERIOD_EXTENDED, T0), ["current_period_end"]),
     ],
 )  # fmt: skip
 def test_invalid_events_name_their_fields(bad: SubscriptionEvent, fields: list[str]) -> None:

@@ -51,9 +51,26 @@ class _SubscriptionEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[
     SUBSCRIPTION_EVENT_TYPE_EXPIRED: _SubscriptionEventType.ValueType  # 11
     """The subscription ended."""
     SUBSCRIPTION_EVENT_TYPE_REVOKED: _SubscriptionEventType.ValueType  # 12
-    """The purchase was refunded or revoked; access ends at once."""
+    """The whole subscription was revoked (App Store REVOKE, Google Play REVOKED); access
+    ends from occurred_at whatever else arrives. For the refund of one transaction use
+    REFUNDED.
+    """
     SUBSCRIPTION_EVENT_TYPE_PLAN_CHANGED: _SubscriptionEventType.ValueType  # 13
-    """The user moved to another plan (e.g. Individual to Family)."""
+    """The user moved to another plan at once (e.g. Individual to Family); the subscription
+    is active and renewing on the new plan.
+    """
+    SUBSCRIPTION_EVENT_TYPE_REFUNDED: _SubscriptionEventType.ValueType  # 14
+    """One transaction was refunded: refunded_period_end names the period it paid for.
+    Refunding the current period ends access now; refunding a past one changes nothing.
+    """
+    SUBSCRIPTION_EVENT_TYPE_REFUND_REVERSED: _SubscriptionEventType.ValueType  # 15
+    """The store reversed the refund of the period refunded_period_end; access it took
+    away is restored.
+    """
+    SUBSCRIPTION_EVENT_TYPE_PERIOD_EXTENDED: _SubscriptionEventType.ValueType  # 16
+    """The current period was extended without a payment (Google Play DEFERRED, App Store
+    RENEWAL_EXTENDED); current_period_end is the new end. Requires current_period_end.
+    """
 
 class SubscriptionEventType(_SubscriptionEventType, metaclass=_SubscriptionEventTypeEnumTypeWrapper):
     """The lifecycle events a store or the web checkout reports."""
@@ -83,9 +100,26 @@ SUBSCRIPTION_EVENT_TYPE_UNCANCELED: SubscriptionEventType.ValueType  # 10
 SUBSCRIPTION_EVENT_TYPE_EXPIRED: SubscriptionEventType.ValueType  # 11
 """The subscription ended."""
 SUBSCRIPTION_EVENT_TYPE_REVOKED: SubscriptionEventType.ValueType  # 12
-"""The purchase was refunded or revoked; access ends at once."""
+"""The whole subscription was revoked (App Store REVOKE, Google Play REVOKED); access
+ends from occurred_at whatever else arrives. For the refund of one transaction use
+REFUNDED.
+"""
 SUBSCRIPTION_EVENT_TYPE_PLAN_CHANGED: SubscriptionEventType.ValueType  # 13
-"""The user moved to another plan (e.g. Individual to Family)."""
+"""The user moved to another plan at once (e.g. Individual to Family); the subscription
+is active and renewing on the new plan.
+"""
+SUBSCRIPTION_EVENT_TYPE_REFUNDED: SubscriptionEventType.ValueType  # 14
+"""One transaction was refunded: refunded_period_end names the period it paid for.
+Refunding the current period ends access now; refunding a past one changes nothing.
+"""
+SUBSCRIPTION_EVENT_TYPE_REFUND_REVERSED: SubscriptionEventType.ValueType  # 15
+"""The store reversed the refund of the period refunded_period_end; access it took
+away is restored.
+"""
+SUBSCRIPTION_EVENT_TYPE_PERIOD_EXTENDED: SubscriptionEventType.ValueType  # 16
+"""The current period was extended without a payment (Google Play DEFERRED, App Store
+RENEWAL_EXTENDED); current_period_end is the new end. Requires current_period_end.
+"""
 Global___SubscriptionEventType: _TypeAlias = SubscriptionEventType  # noqa: Y015
 
 class _SubscriptionStatus:
@@ -111,7 +145,11 @@ class _SubscriptionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Su
     SUBSCRIPTION_STATUS_EXPIRED: _SubscriptionStatus.ValueType  # 7
     """Ended (not entitled)."""
     SUBSCRIPTION_STATUS_REVOKED: _SubscriptionStatus.ValueType  # 8
-    """Refunded or revoked (not entitled)."""
+    """Revoked as a whole (not entitled)."""
+    SUBSCRIPTION_STATUS_REFUNDED: _SubscriptionStatus.ValueType  # 9
+    """The current period was refunded (not entitled) until a later period is paid for or
+    the refund is reversed.
+    """
 
 class SubscriptionStatus(_SubscriptionStatus, metaclass=_SubscriptionStatusEnumTypeWrapper):
     """The status of a subscription."""
@@ -133,7 +171,11 @@ SUBSCRIPTION_STATUS_CANCELED: SubscriptionStatus.ValueType  # 6
 SUBSCRIPTION_STATUS_EXPIRED: SubscriptionStatus.ValueType  # 7
 """Ended (not entitled)."""
 SUBSCRIPTION_STATUS_REVOKED: SubscriptionStatus.ValueType  # 8
-"""Refunded or revoked (not entitled)."""
+"""Revoked as a whole (not entitled)."""
+SUBSCRIPTION_STATUS_REFUNDED: SubscriptionStatus.ValueType  # 9
+"""The current period was refunded (not entitled) until a later period is paid for or
+the refund is reversed.
+"""
 Global___SubscriptionStatus: _TypeAlias = SubscriptionStatus  # noqa: Y015
 
 class _EventOutcome:
@@ -149,7 +191,14 @@ class _EventOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventOut
     EVENT_OUTCOME_DUPLICATE: _EventOutcome.ValueType  # 2
     """The event id was seen before; nothing changed."""
     EVENT_OUTCOME_STALE: _EventOutcome.ValueType  # 3
-    """The event is older than what the subscription reflects; recorded, nothing changed."""
+    """The event is older than what the subscription reflects: recorded (its facts, such as
+    an offer redeemed or a later period end, are kept), the status did not move back.
+    """
+    EVENT_OUTCOME_SUPERSEDED: _EventOutcome.ValueType  # 4
+    """The event can never apply: it occurred after the subscription was revoked, refunds a
+    past period or a period without access, or reverses a refund that is not in effect.
+    Recorded (its facts are kept); not an error, do not redeliver.
+    """
 
 class EventOutcome(_EventOutcome, metaclass=_EventOutcomeEnumTypeWrapper):
     """The effect of a recorded event."""
@@ -161,7 +210,14 @@ EVENT_OUTCOME_APPLIED: EventOutcome.ValueType  # 1
 EVENT_OUTCOME_DUPLICATE: EventOutcome.ValueType  # 2
 """The event id was seen before; nothing changed."""
 EVENT_OUTCOME_STALE: EventOutcome.ValueType  # 3
-"""The event is older than what the subscription reflects; recorded, nothing changed."""
+"""The event is older than what the subscription reflects: recorded (its facts, such as
+an offer redeemed or a later period end, are kept), the status did not move back.
+"""
+EVENT_OUTCOME_SUPERSEDED: EventOutcome.ValueType  # 4
+"""The event can never apply: it occurred after the subscription was revoked, refunds a
+past period or a period without access, or reverses a refund that is not in effect.
+Recorded (its facts are kept); not an error, do not redeliver.
+"""
 Global___EventOutcome: _TypeAlias = EventOutcome  # noqa: Y015
 
 class _GrantKind:
@@ -222,11 +278,15 @@ class Subscription(_message.Message):
 
     @_builtins.property
     def grace_period_end(self) -> _timestamp_pb2.Timestamp:
-        """End of the grace period; set only while IN_GRACE_PERIOD."""
+        """End of the grace period; set only while IN_GRACE_PERIOD, or while REFUNDED when the
+        refund took away a grace period (it returns if the refund is reversed).
+        """
 
     @_builtins.property
     def last_event_at(self) -> _timestamp_pb2.Timestamp:
-        """Occurrence time of the newest event the subscription reflects."""
+        """Occurrence time of the newest event the subscription reflects; for a REVOKED one,
+        when it was revoked.
+        """
 
     def __init__(
         self,
@@ -265,6 +325,7 @@ class RecordSubscriptionEventRequest(_message.Message):
     GRACE_PERIOD_END_FIELD_NUMBER: _builtins.int
     OFFER_ID_FIELD_NUMBER: _builtins.int
     MARKET_FIELD_NUMBER: _builtins.int
+    REFUNDED_PERIOD_END_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Globally unique id of the event, from the store notification; the idempotency key."""
     user_id: _builtins.str
@@ -297,6 +358,13 @@ class RecordSubscriptionEventRequest(_message.Message):
     def grace_period_end(self) -> _timestamp_pb2.Timestamp:
         """End of the grace period. Required for RENEWAL_FAILED."""
 
+    @_builtins.property
+    def refunded_period_end(self) -> _timestamp_pb2.Timestamp:
+        """The end of the period the refunded transaction paid for (App Store: the refunded
+        transaction's expiresDate; Google Play: the voided order's line item expiry).
+        Required for REFUNDED and REFUND_REVERSED; ignored otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -311,10 +379,11 @@ class RecordSubscriptionEventRequest(_message.Message):
         grace_period_end: _timestamp_pb2.Timestamp | None = ...,
         offer_id: _builtins.str = ...,
         market: _builtins.str = ...,
+        refunded_period_end: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["current_period_end", b"current_period_end", "grace_period_end", b"grace_period_end", "occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["current_period_end", b"current_period_end", "grace_period_end", b"grace_period_end", "occurred_at", b"occurred_at", "refunded_period_end", b"refunded_period_end"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_period_end", b"current_period_end", "event_id", b"event_id", "event_type", b"event_type", "grace_period_end", b"grace_period_end", "market", b"market", "occurred_at", b"occurred_at", "offer_id", b"offer_id", "plan_id", b"plan_id", "store", b"store", "subscription_id", b"subscription_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_period_end", b"current_period_end", "event_id", b"event_id", "event_type", b"event_type", "grace_period_end", b"grace_period_end", "market", b"market", "occurred_at", b"occurred_at", "offer_id", b"offer_id", "plan_id", b"plan_id", "refunded_period_end", b"refunded_period_end", "store", b"store", "subscription_id", b"subscription_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

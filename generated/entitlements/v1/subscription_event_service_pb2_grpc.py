@@ -71,18 +71,33 @@ class SubscriptionEventServiceServicer:
 
     def RecordSubscriptionEvent(self, request, context):
         """Records a subscription lifecycle event from a store or the web checkout. Idempotent on
-        event_id: a redelivery changes nothing and answers EVENT_OUTCOME_DUPLICATE. An event older
-        than what the subscription already reflects is recorded and answered with
-        EVENT_OUTCOME_STALE, and does not move the subscription back (its offer is still
-        recorded as redeemed).
+        event_id: a redelivery changes nothing and answers EVENT_OUTCOME_DUPLICATE.
+
+        Ordering model: the subscription's state is a function of the SET of its events,
+        never of their delivery order.
+        | event kind | events | effect |
+        |---|---|---|
+        | facts | every event | started = earliest occurred_at; current_period_end = latest period end carried; the offer is recorded as redeemed |
+        | snapshot | TRIAL_STARTED, PURCHASED, RENEWED, RENEWAL_FAILED, GRACE_EXPIRED, ON_HOLD, PAUSED, RESUMED, CANCELED, UNCANCELED, EXPIRED, PLAN_CHANGED | the newest (by occurred_at) sets status, auto-renew, grace end and plan from its type and payload, whatever the current status; an older one is STALE |
+        | period extension | PERIOD_EXTENDED | moves current_period_end later only |
+        | refund | REFUNDED (refunded_period_end) | refunding the current period of an ACTIVE, CANCELED or IN_GRACE_PERIOD subscription makes it REFUNDED until a later period is paid for or the refund is reversed; a past period or one without access: SUPERSEDED |
+        | refund reversal | REFUND_REVERSED (refunded_period_end) | lifts the refund of the current period; otherwise SUPERSEDED |
+        | revocation | REVOKED | REVOKED from its occurred_at whatever arrives before or after it; later-delivered events are STALE (occurred before) or SUPERSEDED (after) |
+        STALE and SUPERSEDED events are recorded (history, offer redeemed) and are never
+        errors: do not redeliver them.
         Errors:
         - INVALID_ARGUMENT (with google.rpc.BadRequest): missing ids, unknown plan, missing
         occurrence time, occurrence time more than an hour ahead of the server's clock,
-        period end before the occurrence time.
-        - FAILED_PRECONDITION (with google.rpc.ErrorInfo reason INVALID_TRANSITION and a
-        google.rpc.PreconditionFailure): the event is not a valid transition from the
-        subscription's current status (e.g. RENEWED on a REVOKED one). Stores redeliver
-        rejected events; by then the event it depended on has usually arrived.
+        period end before the occurrence time, REFUNDED or REFUND_REVERSED without
+        refunded_period_end.
+        - FAILED_PRECONDITION (with a google.rpc.ErrorInfo and a
+        google.rpc.PreconditionFailure) only for "not yet": redelivering the event later
+        will succeed once the event it depends on has been recorded. ErrorInfo reasons:
+        SUBSCRIPTION_NOT_YET_KNOWN (the subscription has no recorded event and this one
+        carries no plan_id and current_period_end to start it), PERIOD_NOT_YET_KNOWN
+        (refunded_period_end is later than any recorded period end), REFUND_NOT_YET_RECORDED
+        (a REFUND_REVERSED of the current period arrived before its REFUNDED).
+        INVALID_TRANSITION is no longer answered.
         - ALREADY_EXISTS: the event id was used before with a different payload.
         - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
         PERMISSION_DENIED.
