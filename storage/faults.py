@@ -18,6 +18,7 @@ from storage.repository import (
     HistoryEntry,
     IdempotencyKey,
     StoreUnavailable,
+    check_store,
 )
 
 
@@ -77,6 +78,12 @@ class FaultInjectingRepository:
         if self.failing:
             raise StoreUnavailable("injected store failure")
         self.inner.check()
+
+    def check_writable(self) -> None:
+        """Readiness of the wrapped store, writes included where it can tell."""
+        if self.failing:
+            raise StoreUnavailable("injected store failure")
+        check_store(self.inner, writable=True)
 
     def close(self) -> None:
         self.inner.close()

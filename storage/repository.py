@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from service.domain.account import AccountState, HouseholdMembership, HouseholdRole, UserState
 
@@ -135,6 +135,26 @@ class AccountRepository(Protocol):
     def close(self) -> None:
         """Releases connections. The repository is unusable afterwards."""
         ...
+
+
+@runtime_checkable
+class ChecksWrites(Protocol):
+    """Optional for a backend: readiness can also ask whether writes could succeed."""
+
+    def check_writable(self) -> None:
+        """Raises StoreUnavailable when the store cannot serve reads or could not take a
+        write now (read-only, disk full...), cheaply and without changing anything."""
+        ...
+
+
+def check_store(repository: AccountRepository, *, writable: bool = False) -> None:
+    """The readiness probe of `repository`: `check()`, or with `writable` whether a write
+    could succeed as well, for a backend that can tell (ChecksWrites); a backend that
+    cannot (or a wrapper around one) is probed for reads only."""
+    if writable and isinstance(repository, ChecksWrites):
+        repository.check_writable()
+    else:
+        repository.check()
 
 
 def household_membership(account: AccountState) -> HouseholdMembership | None:

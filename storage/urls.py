@@ -13,16 +13,19 @@ class UnsupportedStorageUrl(ValueError):
     pass
 
 
-def open_repository(url: str) -> AccountRepository:
+def open_repository(url: str, *, create: bool = False) -> AccountRepository:
     """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, `memory://` or
-    `spanner://projects/P/instances/I/databases/D`."""
+    `spanner://projects/P/instances/I/databases/D`. A SQLite file is created and migrated
+    only with `create` (migrate, seed-demo, and `serve`'s parent before it forks): a
+    serving worker opens an existing database only, so a deleted data directory is a store
+    failure, never a silently new empty database."""
     if url.startswith(SQLITE_PREFIX):
         from storage.sqlite import SqliteRepository
 
         path = url[len(SQLITE_PREFIX) :]
         if not path:
             raise UnsupportedStorageUrl(f"{url!r}: missing database path")
-        return SqliteRepository(path)
+        return SqliteRepository(path, create=create)
     if url == MEMORY_URL:
         from storage.memory import MemoryRepository
 
@@ -42,8 +45,8 @@ def open_repository(url: str) -> AccountRepository:
 
 def migrate(url: str) -> list[str] | None:
     """Applies the store's pending schema migrations and returns the names of those
-    applied (empty: it was up to date). SQLite migrates itself whenever it is opened, so
-    for it this opens and closes the database and returns None; memory:// has no schema."""
+    applied (empty: it was up to date). For SQLite this creates the file if needed and
+    applies its migrations, and returns None; memory:// has no schema."""
     if url.startswith(SPANNER_PREFIX):
         from storage.spanner import migrate as migrate_spanner
 
@@ -54,5 +57,5 @@ def migrate(url: str) -> list[str] | None:
         except ValueError as exc:
             raise UnsupportedStorageUrl(str(exc)) from exc
         return migrate_spanner(path)
-    open_repository(url).close()
+    open_repository(url, create=True).close()
     return None

@@ -53,7 +53,9 @@ def _check_store(url: str) -> None:
         open_repository(url).close()  # parses the URL; connecting would create gRPC state
         return
     try:
-        repository = open_repository(url)
+        # The one place a served SQLite database is created and migrated: here, in the
+        # parent, before any worker exists (workers open it as it is).
+        repository = open_repository(url, create=True)
         try:
             repository.check()
         finally:

@@ -12,6 +12,7 @@ from service.cli.printers import print_history
 from service.config import ENV_PREFIX, Settings
 from service.grpc_api.audit import configure_audit_logging
 from service.grpc_api.auth import Role, ensure_dev_credentials
+from service.grpc_api.logs import configure_logging
 from storage.urls import migrate as migrate_storage
 from storage.urls import open_repository
 
@@ -26,6 +27,7 @@ def serve(args: argparse.Namespace) -> int:
         catalog_path=args.catalog,
         workers=args.workers,
     )
+    configure_logging(settings.log_format)
     if settings.credentials_file is None:
         settings = _bootstrap_dev_credentials(settings)
     # Once, here, before any worker is forked: a configuration error is one `error:` line.
@@ -81,7 +83,7 @@ def migrate(args: argparse.Namespace) -> int:
 
 def seed_demo(args: argparse.Namespace) -> int:
     settings = Settings.load(storage_url=args.storage)
-    repository = open_repository(settings.storage_url)
+    repository = open_repository(settings.storage_url, create=True)
     try:
         user_ids = seed_demo_users(repository, datetime.now(UTC))
     finally:

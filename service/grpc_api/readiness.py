@@ -1,4 +1,5 @@
-"""Readiness: health follows whether the store can serve, while the process stays up."""
+"""Readiness: health follows whether the store can serve - reads, and writes where the
+backend can tell (storage.repository.ChecksWrites) - while the process stays up."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from grpc_health.v1 import health, health_pb2
 from service.grpc_api.auth import ENTITLEMENT_SERVICE, EVENT_SERVICE, OFFER_SERVICE
 from service.usecases.store_calls import StoreCalls
 from storage.deadline import deadline_in
-from storage.repository import AccountRepository
+from storage.repository import AccountRepository, check_store
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +21,11 @@ SERVING_SERVICES = ("", ENTITLEMENT_SERVICE, OFFER_SERVICE, EVENT_SERVICE)
 
 class ReadinessMonitor:
     """Probes the store every interval and reports health NOT_SERVING while it cannot
-    serve, SERVING again when it recovers. The process stays up meanwhile, so its cache
-    keeps serving what it can (stale-if-error). Any failure of the probe, expected or
-    not, means not ready: the monitor itself never stops before the server does."""
+    serve, SERVING again when it recovers. A store that answers reads but could not take
+    a write (a read-only file, a full disk) cannot serve either. The process stays up
+    meanwhile, so its cache keeps serving what it can (stale-if-error). Any failure of the
+    probe, expected or not, means not ready: the monitor itself never stops before the
+    server does."""
 
     def __init__(
         self,
@@ -50,7 +53,7 @@ class ReadinessMonitor:
 
     def _check(self) -> None:
         with deadline_in(self._store_timeout):
-            self._repository.check()
+            check_store(self._repository, writable=True)
 
     async def _run(self) -> None:
         while True:

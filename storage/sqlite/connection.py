@@ -1,141 +1,335 @@
-"""SQLite connections: one per thread on one database file, in WAL mode with durable
-commits; sqlite errors meaning "cannot serve now" as StoreUnavailable; rollback."""
+"""SQLite connections: one per thread on one existing database file, in WAL mode with
+durable commits; how long a call waits for a lock (its budget); which sqlite errors mean
+"cannot serve now" (StoreUnavailable) and which make a connection unfit to keep.
+
+- Waiting for a lock follows the call's budget (storage.deadline.remaining(), capped by
+  the busy timeout; the busy timeout alone when the call has none): connections are
+  opened with SQLite's own busy wait off and the repository retries on SQLITE_BUSY until
+  the budget ends, so a store thread is free again when its RPC gives up.
+- A connection never creates the database file: it opens the file at the path as it is
+  (creating and migrating is SqliteRepository(create=True)'s job), and before each use it
+  checks that the file at the path is still the one it opened. A deleted file (a removed
+  data directory) is a store failure, not a write acknowledged into an unlinked file; a
+  file put back at the path (restored) is followed by a new connection.
+- A connection that met a fault (read-only, corrupt, I/O error, disk full, cannot open)
+  is closed; the next call opens a new one, so the store recovers by itself once the
+  fault is fixed (a connection opened read-only would otherwise stay read-only).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from storage.deadline import DeadlineExceeded, remaining
 from storage.repository import StoreError, StoreUnavailable
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
+# The database file as created (its -wal and -shm files get the same mode from SQLite):
+# user ids are personal data, readable by the service's user only.
+DATABASE_FILE_MODE = 0o600
 
-# Primary result codes meaning "the store cannot serve this now; retry may succeed".
-_UNAVAILABLE_CODES = frozenset(
+# Primary result codes of lock contention: wait (within the budget) and try again.
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+# Primary result codes of a store that cannot serve now (its file, disk or permissions):
+# StoreUnavailable, and the connection that met one is closed and replaced on next use.
+_FAULT_CODES = frozenset(
     {
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_LOCKED,
         sqlite3.SQLITE_CANTOPEN,
         sqlite3.SQLITE_IOERR,
         sqlite3.SQLITE_PROTOCOL,
         sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_NOTADB,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_NOLFS,
     }
 )
+# Lock polling: the first pause and the longest (SQLite's own busy handler sleeps 1 ms
+# growing to 100 ms; shorter pauses hand the lock over sooner).
+_FIRST_PAUSE_SECONDS = 0.001
+_MAX_PAUSE_SECONDS = 0.02
+
+
+class DatabaseNotFound(StoreUnavailable):
+    """The database file does not exist (never created, or deleted while serving)."""
+
+
+class SchemaNotReady(StoreUnavailable):
+    """The database file exists but lacks migrations this build needs."""
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    code = _primary_code(exc)
+    if code is not None:
+        return code in _BUSY_CODES
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower()
+
+
+def is_fault(exc: sqlite3.Error) -> bool:
+    """The file, disk or permissions failed (not the SQL): the connection is not kept."""
+    code = _primary_code(exc)
+    if code is not None and code in _FAULT_CODES:
+        return True
+    message = str(exc).lower()
+    # The file at the path no longer has our tables (replaced by an empty or foreign
+    # database): the store cannot serve, this is no bug in a statement.
+    return (
+        isinstance(exc, sqlite3.DatabaseError)
+        and code in (None, sqlite3.SQLITE_ERROR)
+        and "no such table" in message
+    )
+
+
+def is_unavailable(exc: sqlite3.Error) -> bool:
+    """The store cannot serve this now and a retry may succeed: StoreUnavailable. Any
+    other sqlite error (a constraint, a bug in a statement) propagates as is."""
+    return is_busy(exc) or is_fault(exc)
+
+
+def unavailable(exc: sqlite3.Error) -> StoreUnavailable:
+    return StoreUnavailable(f"sqlite store unavailable: {exc}")
+
+
+def rollback(connection: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):  # closed meanwhile: nothing to roll back
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+
+
+class LockWait:
+    """How long one store call may still wait for a lock held elsewhere, from when it
+    first found it held: what its budget has left (storage.deadline.remaining()), at most
+    the busy timeout; the busy timeout when it has no budget. Raises DeadlineExceeded at
+    once when the budget is spent."""
+
+    def __init__(self, busy_timeout_ms: int) -> None:
+        budget = remaining()
+        limit = busy_timeout_ms / 1000
+        self._by_budget = budget is not None and budget < limit
+        self._end = time.monotonic() + (budget if budget is not None and self._by_budget else limit)
+        self._pause = _FIRST_PAUSE_SECONDS
+
+    def pause(self, error: sqlite3.Error) -> None:
+        """Sleeps before the next attempt; raises when the wait is over: DeadlineExceeded
+        when the call's budget ended it, StoreUnavailable when the busy timeout did."""
+        left = self._end - time.monotonic()
+        if left <= 0:
+            if self._by_budget:
+                raise DeadlineExceeded(
+                    f"sqlite: {error} (held elsewhere past the store call's budget)"
+                ) from error
+            raise unavailable(error) from error
+        time.sleep(min(self._pause, left))
+        self._pause = min(self._pause * 2, _MAX_PAUSE_SECONDS)
+
+
+# -- creating the file -------------------------------------------------------------------
+
+
+def create_database_file(path: Path) -> bool:
+    """Creates an empty database file (an empty file is an empty SQLite database) with
+    mode 0600, and its directory; True if it did, False if a file was there already."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, DATABASE_FILE_MODE)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise StoreUnavailable(f"sqlite: cannot create the database {path}: {exc}") from exc
+    os.close(fd)
+    return True
+
+
+# -- connections -------------------------------------------------------------------------
+
+# The file a connection opened: (device, inode).
+_Identity = tuple[int, int]
+
+
+@dataclass(slots=True)
+class Opened:
+    """A thread's connection and the file it opened; `in_use` while a call runs on it."""
+
+    connection: sqlite3.Connection
+    identity: _Identity
+    in_use: bool = False
 
 
 class Connections:
     """The connections of one repository to its database file: each thread gets its own,
-    opened on first use, and `close` closes them all."""
+    opened on first use (and again after a fault or when the file at the path changed).
+
+    A call holds its thread's connection from `acquire` to `release`. `close` closes the
+    connections no call holds at once and the others when their call releases them: a
+    connection is never closed under a statement running on it in another thread."""
 
     def __init__(self, path: Path, busy_timeout_ms: int) -> None:
         self._path = path
+        self._uri = f"{path.as_uri()}?mode=rw"  # open as it is: never create the file
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        self._opened: list[Opened] = []
         self._closed = False
 
-    def get(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use."""
-        local = self._local
-        connection: sqlite3.Connection | None = getattr(local, "connection", None)
-        if connection is not None and not self._closed:
-            return connection
-        if self._closed:
-            raise StoreUnavailable("sqlite repository is closed")
-        with translate_errors():
-            connection = self._open()
+    def acquire(self) -> tuple[Opened, bool]:
+        """This thread's connection, held until `release`, and whether it was used before
+        (False: just opened). Raises DatabaseNotFound when the file at the path is gone."""
+        current: Opened | None = getattr(self._local, "opened", None)
         with self._lock:
             if self._closed:
-                connection.close()
                 raise StoreUnavailable("sqlite repository is closed")
-            self._connections.append(connection)
-        local.connection = connection
-        return connection
+            if current is not None:
+                current.in_use = True
+        try:
+            identity = self._identity()
+            if current is not None:
+                if current.identity == identity:
+                    return current, True
+                self._forget(current)  # another file is at the path now (restored)
+            opened = self._open()
+        except BaseException:
+            if current is not None:
+                self.release(current)
+            raise
+        opened.in_use = True
+        with self._lock:
+            if not self._closed:
+                self._opened.append(opened)
+                self._local.opened = opened
+                return opened, False
+        opened.connection.close()
+        raise StoreUnavailable("sqlite repository is closed")
+
+    def release(self, opened: Opened) -> None:
+        """The call on `opened` ended; closes it if the repository was closed meanwhile."""
+        with self._lock:
+            opened.in_use = False
+            closed = self._closed
+        if closed:
+            with contextlib.suppress(sqlite3.Error):
+                opened.connection.close()
+
+    def verify(self, opened: Opened) -> None:
+        """Raises StoreUnavailable (and drops the connection) unless `opened` is still on
+        the file at the path: called before a commit, so that no write is acknowledged
+        into a file that was deleted meanwhile."""
+        if self._identity() != opened.identity:
+            self._forget(opened)
+            raise StoreUnavailable(f"sqlite: the database file {self._path} was replaced")
+
+    def discard(self, opened: Opened) -> None:
+        """Closes this thread's connection `opened` (after a fault): the next call of the
+        thread opens a new one."""
+        self._forget(opened)
+
+    def open_unshared(self) -> sqlite3.Connection:
+        """A new connection that no thread keeps (the caller closes it): what a thread
+        opening its connection now would get."""
+        if self._closed:
+            raise StoreUnavailable("sqlite repository is closed")
+        return self._open().connection
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            connections, self._connections = self._connections, []
+            opened, self._opened = self._opened, []
             self._local = threading.local()
-        for connection in connections:
+            idle = [entry for entry in opened if not entry.in_use]
+        for entry in idle:
             with contextlib.suppress(sqlite3.Error):
-                connection.close()
+                entry.connection.close()
 
-    def _open(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(
-            self._path,
-            timeout=self._busy_timeout_ms / 1000,
-            # Autocommit at the driver level: the backend issues BEGIN/COMMIT itself.
-            isolation_level=None,
-            # Only the owning thread uses a connection; close() may close it from another.
-            check_same_thread=False,
-        )
+    def _forget(self, opened: Opened) -> None:
+        """Closes `opened`, which this thread holds, for good."""
+        with self._lock, contextlib.suppress(ValueError):
+            self._opened.remove(opened)
+        if getattr(self._local, "opened", None) is opened:
+            self._local.opened = None
+        with contextlib.suppress(sqlite3.Error):
+            opened.connection.close()
+
+    def _identity(self) -> _Identity:
+        """The (device, inode) of the file at the path now; DatabaseNotFound if none
+        (this thread's connection, on a file no longer reachable, is closed)."""
         try:
-            connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            stat = os.stat(self._path)
+        except FileNotFoundError:
+            current: Opened | None = getattr(self._local, "opened", None)
+            if current is not None:
+                self._forget(current)
+            raise DatabaseNotFound(
+                f"sqlite database {self._path} does not exist (was it deleted? create it "
+                f"with `entitlements migrate --storage sqlite:///{self._path}`)"
+            ) from None
+        except OSError as exc:
+            raise StoreUnavailable(f"sqlite: cannot reach {self._path}: {exc}") from exc
+        return stat.st_dev, stat.st_ino
+
+    def _open(self) -> Opened:
+        try:
+            connection = sqlite3.connect(
+                self._uri,
+                uri=True,
+                # SQLite's busy wait off: the repository waits for locks itself, within
+                # each call's budget (LockWait).
+                timeout=0,
+                # Autocommit at the driver level: the backend issues BEGIN/COMMIT itself.
+                isolation_level=None,
+                # Only the owning thread uses a connection; close() closes idle ones from
+                # another thread.
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise unavailable(exc) from exc
+        try:
+            identity = self._identity()
             connection.execute("PRAGMA foreign_keys = ON")
             self._ensure_wal(connection)
             # Per connection: with WAL, FULL syncs the log on every commit (durable commits).
             connection.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as exc:
+            connection.close()
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise
         except BaseException:
             connection.close()
             raise
-        return connection
+        return Opened(connection, identity)
 
     def _ensure_wal(self, connection: sqlite3.Connection) -> None:
         """Switches the file to WAL mode (persistent, so usually already done).
 
-        Switching needs an exclusive lock. When another connection holds a write lock on a
-        file still in rollback-journal mode, SQLite fails at once instead of calling the
-        busy handler (it would deadlock), so processes opening a new file at the same time
-        retry here until the busy timeout.
+        Switching needs an exclusive lock, and the file may be locked by another opener
+        (a file still in rollback-journal mode fails at once rather than waiting), so this
+        retries while the lock is held elsewhere, within the call's budget.
         """
-        deadline = time.monotonic() + self._busy_timeout_ms / 1000
-        delay = 0.001
+        wait = LockWait(self._busy_timeout_ms)
         while True:
             try:
                 mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()
             except sqlite3.OperationalError as exc:
-                if not is_unavailable(exc) or time.monotonic() + delay > deadline:
+                if not is_busy(exc):
                     raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                wait.pause(exc)
                 continue
             if mode != ("wal",):
                 raise StoreError(f"sqlite: cannot enable WAL journal mode (got {mode})")
             return
-
-
-# -- errors and transactions -------------------------------------------------------------
-
-
-def is_unavailable(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return (code & 0xFF) in _UNAVAILABLE_CODES
-    message = str(exc).lower()
-    return isinstance(exc, sqlite3.OperationalError) and (
-        "locked" in message or "unable to open" in message
-    )
-
-
-@contextlib.contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turns sqlite errors meaning "cannot serve now" (locked, busy, cannot open, I/O)
-    into StoreUnavailable; anything else (a bug, a constraint) propagates as is."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        if is_unavailable(exc):
-            raise StoreUnavailable(f"sqlite store unavailable: {exc}") from exc
-        raise
-
-
-def rollback(connection: sqlite3.Connection) -> None:
-    if connection.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            connection.execute("ROLLBACK")

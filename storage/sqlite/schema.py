@@ -1,6 +1,8 @@
-"""Schema migrations of the SQLite backend, applied whenever a repository is opened: the
-files in migrations/ (NNNN_name.sql) in filename order, each recorded in
-`schema_migrations`, all under one write lock so concurrent openers apply each once."""
+"""Schema migrations of the SQLite backend: the files in migrations/ (NNNN_name.sql) in
+filename order, each recorded in `schema_migrations`. They are applied only by the
+explicit creating step (SqliteRepository(create=True): `entitlements migrate`,
+`seed-demo`, the parent of the workers), all in one write transaction so that concurrent
+openers apply each once; a server's repository only checks that none is missing."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from storage.sqlite.codec import encode_ts
-from storage.sqlite.connection import rollback
 
 _PACKAGE = __package__ or "storage.sqlite"
 
@@ -61,29 +62,38 @@ def statements(script: str) -> Iterator[str]:
         raise ValueError("migration ends with an incomplete SQL statement")
 
 
-def migrate(connection: sqlite3.Connection) -> None:
-    """Applies the migrations not yet recorded in `schema_migrations`, in one transaction."""
-    # The write lock is taken before looking at what is applied, so of several processes
-    # opening the same file at once exactly one applies each migration.
-    connection.execute("BEGIN IMMEDIATE")
-    try:
+def missing(connection: sqlite3.Connection) -> list[str]:
+    """The names of the migrations of this build not recorded in the database."""
+    known = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    ).fetchone()
+    applied = (
+        {int(row[0]) for row in connection.execute("SELECT version FROM schema_migrations")}
+        if known
+        else set()
+    )
+    return [migration.name for migration in migrations() if migration.version not in applied]
+
+
+def apply_pending(connection: sqlite3.Connection) -> list[str]:
+    """Applies the migrations not yet recorded in `schema_migrations` and returns their
+    names. Runs in the caller's write transaction (BEGIN IMMEDIATE): the write lock is
+    taken before looking at what is applied, so of several processes opening the same
+    file at once exactly one applies each migration."""
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    applied = {int(row[0]) for row in connection.execute("SELECT version FROM schema_migrations")}
+    names: list[str] = []
+    for migration in migrations():
+        if migration.version in applied:
+            continue
+        for statement in statements(migration.sql):
+            connection.execute(statement)
         connection.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            (migration.version, migration.name, encode_ts(datetime.now(UTC))),
         )
-        applied = {
-            int(row[0]) for row in connection.execute("SELECT version FROM schema_migrations")
-        }
-        for migration in migrations():
-            if migration.version in applied:
-                continue
-            for statement in statements(migration.sql):
-                connection.execute(statement)
-            connection.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.name, encode_ts(datetime.now(UTC))),
-            )
-        connection.execute("COMMIT")
-    except BaseException:
-        rollback(connection)
-        raise
+        names.append(migration.name)
+    return names
