@@ -1,10 +1,13 @@
 """End-to-end load benchmark of the service against the empty-handler floor.
 
     python -m benchmarks.load            # full run (~5 minutes): JSON, Markdown, PNG
-    python -m benchmarks.load --smoke    # CI smoke (~30 s): fails past the stated bounds
+    python -m benchmarks.load --smoke    # CI smoke (~50 s): fails past the stated bounds
 
-See the README's Performance section and benchmarks/load/scenarios.py for what is
-measured, the targets and the smoke bounds.
+Closed-loop saturation and 1-in-flight latency come from h2load (a C load generator,
+Debian package nghttp2-client); latency at fixed arrival rates from the Python open-loop
+generator. The floor is measured in the same run as both kinds (sync and aio) with the
+same worker count; the faster is the floor. See the README's Performance section and
+benchmarks/load/scenarios.py for what is measured, the targets and the smoke bounds.
 """
 
 from __future__ import annotations
@@ -15,27 +18,39 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks.data import seed, write_credentials
-from benchmarks.load import report, scenarios
+from benchmarks.floor_server import KINDS
+from benchmarks.load import fixed, h2load, report, runner, scenarios
 from benchmarks.load.plan import CLOSED, OPEN, Phase
-from benchmarks.load.runner import Generators
+from benchmarks.load.runner import Generators, RawPhase
 from benchmarks.load.scenarios import (
     CACHED,
     FLOOR,
+    FLOOR_SERVERS,
     GROUPS,
+    H2LOAD,
+    PYTHON,
     SCENARIOS,
     SPANNER,
     UNCACHED,
     Scenario,
 )
-from benchmarks.load.servers import ServerProcess, start_floor, start_service
+from benchmarks.load.servers import (
+    ServerFailed,
+    ServerProcess,
+    machine_cpu,
+    start_floor,
+    start_service,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "results"
+# h2load's 1-in-flight latency run is warmed up by this many requests.
+LATENCY_WARMUP_REQUESTS = 200
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -48,15 +63,50 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--scenarios", help="comma-separated scenario keys (default: all): "
         + ", ".join(k for k in SCENARIOS if not k.startswith("floor"))
     )  # fmt: skip
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--generators", type=int, default=2, help="load generator processes")
     parser.add_argument(
-        "--concurrency", type=int, default=32, help="closed loop: RPCs in flight in all"
+        "--workers", type=int, default=os.cpu_count() or 1, help="server workers (each server)"
+    )
+    parser.add_argument(
+        "--h2load-seconds", type=float, default=5.0, help="h2load saturation: measured seconds"
+    )
+    parser.add_argument(
+        "--latency-seconds", type=float, default=3.0, help="h2load 1 in flight: measured seconds"
+    )
+    parser.add_argument(
+        "--h2load-connections",
+        type=int,
+        default=scenarios.H2LOAD_CONNECTIONS_PER_WORKER,
+        help="h2load saturation: connections per server worker (1 RPC in flight each)",
+    )
+    parser.add_argument(
+        "--h2load-slices",
+        type=int,
+        default=scenarios.H2LOAD_SLICES,
+        help="h2load: cut each server's run into N slices, interleaved with the other servers'",
+    )
+    parser.add_argument(
+        "--open-slices",
+        type=int,
+        default=scenarios.OPEN_SLICES,
+        help="Python open loop: cut each server's phase into N slices, interleaved",
+    )
+    parser.add_argument(
+        "--h2load-warmup",
+        type=int,
+        default=scenarios.H2LOAD_WARMUP_REQUESTS,
+        help="h2load saturation: unmeasured requests first",
+    )
+    parser.add_argument("--generators", type=int, default=2, help="Python load generator processes")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=32,
+        help="Python closed loop (mix, Spanner): RPCs in flight in all",
     )
     parser.add_argument(
         "--loads",
         default=",".join(str(f) for f in scenarios.DEFAULT_FRACTIONS),
-        help="open-loop rates as fractions of the floor's saturation",
+        help="Python open-loop rates as fractions of the floor's h2load saturation",
     )
     parser.add_argument(
         "--compare",
@@ -64,8 +114,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         default=scenarios.COMPARE_FRACTION,
         help="the open-loop fraction at which p99 is compared with the floor's",
     )
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds a phase")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="Python phases: measured seconds"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="Python phases: unmeasured seconds first"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="repeat the whole plan N times")
     parser.add_argument("--no-spanner", action="store_true", help="skip the Spanner scenario")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
@@ -80,6 +134,11 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         args.loads = str(args.compare)
         args.seconds = scenarios.SMOKE_SECONDS
         args.warmup = scenarios.SMOKE_WARMUP_SECONDS
+        args.h2load_seconds = scenarios.SMOKE_H2LOAD_SECONDS
+        args.latency_seconds = scenarios.SMOKE_LATENCY_SECONDS
+        args.h2load_warmup = scenarios.SMOKE_H2LOAD_WARMUP_REQUESTS
+        args.h2load_slices = scenarios.SMOKE_H2LOAD_SLICES
+        args.open_slices = scenarios.SMOKE_OPEN_SLICES
         args.repeat = scenarios.SMOKE_REPEAT
     return args
 
@@ -108,28 +167,41 @@ class Run:
         if args.compare not in self.fractions:
             self.fractions = (*self.fractions, args.compare)
             args.loads = ",".join(str(f) for f in self.fractions)
+        # The answers each (scenario, server) gave a real client before any load.
+        self.answers: dict[tuple[str, str], list[bytes]] = {}
+        # (repeat, floor scenario) -> the better floor kind and its h2load saturation.
+        self.floors: dict[tuple[int, str], tuple[str, float]] = {}
+        # (repeat, floor scenario): the floor's Python closed loop was measured.
+        self.python_floors: set[tuple[int, str]] = set()
+        self._generators: Generators | None = None
+        self._stack: contextlib.ExitStack | None = None
 
     def log(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
+    # -- servers ----------------------------------------------------------------------
+
     def start_servers(self, selected: list[Scenario], stack: contextlib.ExitStack) -> None:
+        self._stack = stack
         args, folder = self.args, self.folder
         credentials = write_credentials(folder / "credentials.yaml")
         common = {
             "ENTITLEMENTS_CREDENTIALS_FILE": str(credentials),
             "ENTITLEMENTS_DATA_DIR": str(folder),
             "ENTITLEMENTS_AUDIT_LOG_FILE": str(folder / "audit.log"),
-            # The admission bound (default: the 16 handler threads) is raised for the floor
-            # and the service alike, so that connection imbalance cannot shed load;
-            # RESOURCE_EXHAUSTED is still counted as an error if it happens.
+            # The admission bound is set for the floors and the service alike, above the
+            # RPCs in flight any phase sends to a worker; RESOURCE_EXHAUSTED is still
+            # counted as an error if it happens.
             "ENTITLEMENTS_MAX_CONCURRENT_RPCS": "64",
         }
         needed = {s.server for s in selected}
         now = datetime.now(UTC)
-        self.log(f"starting the floor ({args.workers} workers)")
-        self.servers[FLOOR] = stack.enter_context(
-            _stopping(start_floor(args.workers, common, folder / "floor.log"))
-        )
+        for kind in KINDS:
+            name = FLOOR_SERVERS[kind]
+            self.log(f"starting the {kind} floor ({args.workers} workers)")
+            self.servers[name] = stack.enter_context(
+                _stopping(start_floor(kind, args.workers, common, folder / f"{name}.log"))
+            )
         if needed & {CACHED, UNCACHED}:
             users = max(s.workload.users for s in selected if s.server in (CACHED, UNCACHED))
             db = folder / "bench.db"
@@ -172,20 +244,123 @@ class Run:
                     )
                 )  # fmt: skip
 
-    def phase(
-        self,
-        generators: Generators,
-        scenario: Scenario,
-        repeat: int,
-        shape: str,
-        rate: float = 0.0,
-        fraction: float | None = None,
-    ) -> dict[str, Any]:
-        server = self.servers[scenario.server]
+    def generators(self) -> Generators:
+        """The Python load generator processes, started on first use."""
+        if self._generators is None:
+            assert self._stack is not None
+            self._generators = Generators.start(self.args.generators)
+            self._stack.callback(self._generators.stop)
+        return self._generators
+
+    def _server(self, scenario: Scenario, kind: str | None) -> tuple[str, ServerProcess]:
+        name = FLOOR_SERVERS[kind] if scenario.server == FLOOR and kind else scenario.server
+        return name, self.servers[name]
+
+    # -- h2load -----------------------------------------------------------------------
+
+    def _h2load_target(self, scenario: Scenario, server: ServerProcess) -> h2load.Target:
+        connections = self.args.h2load_connections * max(1, len(server.worker_pids))
+        return fixed.target(scenario, server.host, server.port, connections)
+
+    def check(self, scenario: Scenario, kind: str | None = None) -> list[bytes]:
+        """Sends the scenario's h2load request(s) once with a real gRPC client: status OK
+        and the answer to the request, or NotOk (nothing is loaded)."""
+        name, server = self._server(scenario, kind)
+        key = (scenario.key, name)
+        if key not in self.answers:
+            target = self._h2load_target(scenario, server)
+            self.answers[key] = h2load.check_all(target, parse=fixed.checker(scenario))
+        return self.answers[key]
+
+    def _h2load_run(
+        self, scenario: Scenario, kind: str | None, mode: str, seconds: float, warmup: int
+    ) -> h2load.H2loadResult:
+        """One h2load run: saturation (connections per worker x 1 in flight) or latency
+        (1 connection x 1 in flight)."""
+        _name, server = self._server(scenario, kind)
+        expected = self.check(scenario, kind)
+        target = self._h2load_target(scenario, server)
+        if mode == h2load.SATURATION:
+            return h2load.saturation(
+                target,
+                connections=self.args.h2load_connections * max(1, len(server.worker_pids)),
+                requests=None,
+                duration_s=seconds,
+                warmup_requests=warmup,
+                server_pids=server.worker_pids,
+                check=False,
+                expected=expected,
+            )
+        return h2load.latency(
+            target,
+            requests=None,
+            duration_s=seconds,
+            warmup_requests=warmup,
+            server_pids=server.worker_pids,
+            check=False,
+            expected=expected,
+        )
+
+    def h2load_phases(
+        self, items: list[tuple[Scenario, str | None]], repeat: int, mode: str
+    ) -> list[dict[str, Any]]:
+        """h2load runs of several (scenario, floor kind) on their servers, interleaved:
+        the time is cut into slices, each item runs once per slice, in order on even
+        slices and in reverse order on odd ones (so a drift in the machine's other load
+        falls on every item alike); each item's slices are merged into its record."""
         args = self.args
-        label = f"{scenario.key} {shape}" + (f" {rate:.0f} rps" if shape == OPEN else "")
-        phase = Phase(
-            name=label,
+        slices = max(1, args.h2load_slices)
+        if mode == h2load.SATURATION:
+            seconds, warmup = args.h2load_seconds / slices, args.h2load_warmup
+        else:
+            seconds, warmup = args.latency_seconds / slices, LATENCY_WARMUP_REQUESTS
+        parts: list[list[h2load.H2loadResult]] = [[] for _ in items]
+        busy: list[float] = [0.0 for _ in items]
+        for index in range(slices):
+            order = list(range(len(items)))
+            for item in order if index % 2 == 0 else reversed(order):
+                scenario, kind = items[item]
+                machine0 = machine_cpu()
+                result = self._h2load_run(
+                    scenario, kind, mode, seconds, warmup if index == 0 else 0
+                )
+                machine1 = machine_cpu()
+                parts[item].append(result)
+                busy[item] += (machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1])
+        records = []
+        for item, (scenario, kind) in enumerate(items):
+            name, _server = self._server(scenario, kind)
+            result = h2load.merge(parts[item])
+            record = report.h2load_record(result, scenario, busy[item] / slices)
+            record.update(
+                phase=f"{scenario.key}" + (f" [{kind}]" if kind else "") + f" h2load {mode}",
+                scenario=scenario.key,
+                server=name,
+                floor_kind=kind,
+                repeat=repeat,
+                load_fraction=None,
+                slices=slices,
+                # Each slice's figures, in slice order (paired with the other servers').
+                slice_rps=[round(r.rps, 1) for r in parts[item]],
+                slice_p99_us=[round(r.p99_ms * 1000, 1) for r in parts[item]],
+            )
+            self.records.append(record)
+            self._log_record(record, scenario)
+            records.append(record)
+        return records
+
+    # -- the Python generator ---------------------------------------------------------
+
+    def _phase(
+        self, scenario: Scenario, kind: str | None, shape: str, rate: float, seconds: float
+    ) -> Phase:
+        _name, server = self._server(scenario, kind)
+        args = self.args
+        return Phase(
+            name=f"{scenario.key}"
+            + (f" [{kind}]" if kind else "")
+            + f" python {shape}"
+            + (f" {rate:.0f} rps" if shape == OPEN else ""),
             target=server.target,
             server_pids=server.worker_pids,
             workload=scenario.workload,
@@ -193,52 +368,147 @@ class Run:
             concurrency=max(1, (scenario.concurrency or args.concurrency) // args.generators),
             rate=rate,
             warmup_seconds=args.warmup,
-            seconds=args.seconds,
+            seconds=seconds,
         )
-        record = generators.run(phase, server)
+
+    def _python_record(
+        self,
+        scenario: Scenario,
+        kind: str | None,
+        phase: Phase,
+        runs: list[RawPhase],
+        repeat: int,
+        fraction: float | None,
+    ) -> dict[str, Any]:
+        name, _server = self._server(scenario, kind)
+        record = runner.record(phase, self.args.generators, runs)
         record.update(
             scenario=scenario.key,
-            server=scenario.server,
+            server=name,
+            floor_kind=kind,
+            loader=PYTHON,
             repeat=repeat,
             load_fraction=fraction,
         )
         self.records.append(record)
-        method = record["methods"].get(scenario.method, {})
-        self.log(
-            f"{label:<42} {record['achieved_rps']:>8.0f} rps  p50 {method.get('p50_us', 0):>7.0f}"
-            f"  p99 {method.get('p99_us', 0):>7.0f} us  server {record['server_cpu_us_per_rpc']}"
-            f" us/rpc  errors {sum(record['errors'].values())}"
-        )
+        self._log_record(record, scenario)
         return record
 
-    def measure(self, generators: Generators, selected: list[Scenario]) -> None:
+    def python_phase(
+        self, scenario: Scenario, repeat: int, shape: str, kind: str | None = None
+    ) -> dict[str, Any]:
+        """A Python closed-loop phase (workloads h2load cannot send)."""
+        phase = self._phase(scenario, kind, shape, 0.0, self.args.seconds)
+        _name, server = self._server(scenario, kind)
+        raw = self.generators().measure(phase, server)
+        return self._python_record(scenario, kind, phase, [raw], repeat, None)
+
+    def open_loop(
+        self,
+        items: list[tuple[Scenario, str | None]],
+        repeat: int,
+        rate: float,
+        fraction: float | None,
+    ) -> None:
+        """Python open-loop phases at `rate` on several servers, interleaved in slices
+        like `h2load_phases` (--open-slices), each server's slices pooled."""
+        slices = max(1, self.args.open_slices)
+        seconds = self.args.seconds / slices
+        phases = [self._phase(s, kind, OPEN, rate, seconds) for s, kind in items]
+        runs: list[list[RawPhase]] = [[] for _ in items]
+        for index in range(slices):
+            order = list(range(len(items)))
+            for item in order if index % 2 == 0 else reversed(order):
+                scenario, kind = items[item]
+                _name, server = self._server(scenario, kind)
+                runs[item].append(self.generators().measure(phases[item], server))
+        for item, (scenario, kind) in enumerate(items):
+            record = self._python_record(scenario, kind, phases[item], runs[item], repeat, fraction)
+            # Each slice's p99, in slice order (paired with the other servers').
+            record["slice_p99_us"] = [
+                runner.record(phases[item], self.args.generators, [raw])["methods"]
+                .get(scenario.method, {})
+                .get("p99_us")
+                for raw in runs[item]
+            ]
+
+    def _log_record(self, record: dict[str, Any], scenario: Scenario) -> None:
+        method = record["methods"].get(scenario.method, {})
+        cpu = record["server_cpu_us_per_rpc"]
+        self.log(
+            f"{record['phase']:<52} {record['achieved_rps']:>8.0f} rps"
+            f"  p50 {method.get('p50_us', 0):>7.0f}  p99 {method.get('p99_us', 0):>7.0f} us"
+            f"  server {cpu if cpu is None else round(cpu)} us/rpc"
+            f"  errors {sum(record['errors'].values())}"
+        )
+
+    # -- the plan ---------------------------------------------------------------------
+
+    def measure(self, selected: list[Scenario]) -> None:
         keys = {s.key for s in selected} - set(self.skipped)
         for repeat in range(self.args.repeat):
             for floor_key, members in GROUPS:
                 chosen = [SCENARIOS[k] for k in members if k in keys]
-                if not chosen:
+                if chosen:
+                    self.measure_group(repeat, SCENARIOS[floor_key], chosen)
+
+    def measure_group(self, repeat: int, floor: Scenario, chosen: list[Scenario]) -> None:
+        h2loaded = []
+        for scenario in chosen:
+            if scenario.loader != H2LOAD:
+                continue
+            try:
+                self.check(scenario)
+            except h2load.NotOk as error:
+                self.skipped[scenario.key] = f"its answer is not OK: {error}"
+                self.log(f"skipping {scenario.key}: {error}")
+                continue
+            h2loaded.append(scenario)
+        # Both floor kinds (once per repeat) and the scenarios, by h2load, interleaved.
+        items: list[tuple[Scenario, str | None]] = [(s, None) for s in h2loaded]
+        new_floor = (repeat, floor.key) not in self.floors
+        if new_floor:
+            kinds = KINDS if repeat % 2 == 0 else tuple(reversed(KINDS))
+            for kind in kinds:
+                self.check(floor, kind)
+            items = [(floor, kind) for kind in kinds] + items
+        if items:
+            saturation = self.h2load_phases(items, repeat, h2load.SATURATION)
+            self.h2load_phases(items, repeat, h2load.LATENCY)
+            if new_floor:
+                rates = {r["floor_kind"]: float(r["achieved_rps"]) for r in saturation[:2]}
+                best = max(rates, key=lambda k: rates[k])
+                self.floors[(repeat, floor.key)] = (best, rates[best])
+                self.log(
+                    f"{floor.key}: the floor is {best} ("
+                    + ", ".join(f"{k} {v:,.0f} rps" for k, v in rates.items())
+                    + ")"
+                )
+        kind, saturation_rps = self.floors[(repeat, floor.key)]
+        pythons = [s for s in chosen if s.loader == PYTHON]
+        if pythons and (repeat, floor.key) not in self.python_floors:
+            self.python_phase(floor, repeat, CLOSED, kind)
+            self.python_floors.add((repeat, floor.key))
+        for scenario in pythons:
+            self.python_phase(scenario, repeat, CLOSED)
+        active = [s for s in chosen if s.key not in self.skipped]
+        points: list[tuple[float, float | None]] = [
+            (saturation_rps * f, f)
+            for f in self.fractions
+            if any(_measures_fraction(s, f) for s in active)
+        ]
+        points += [(r, None) for r in sorted({r for s in active for r in s.fixed_rates})]
+        for rate, fraction in points:
+            if rate <= 0:
+                continue
+            measured: list[tuple[Scenario, str | None]] = [(floor, kind)]
+            for scenario in active:
+                if fraction is None and rate not in scenario.fixed_rates:
                     continue
-                floor = SCENARIOS[floor_key]
-                saturation = self.phase(generators, floor, repeat, CLOSED)["achieved_rps"]
-                for scenario in chosen:
-                    self.phase(generators, scenario, repeat, CLOSED)
-                points: list[tuple[float, float | None]] = [
-                    (saturation * f, f)
-                    for f in self.fractions
-                    if any(_measures_fraction(s, f) for s in chosen)
-                ]
-                fixed = sorted({r for s in chosen for r in s.fixed_rates})
-                points += [(r, None) for r in fixed]
-                for rate, fraction in points:
-                    if rate <= 0:
-                        continue
-                    self.phase(generators, floor, repeat, OPEN, rate, fraction)
-                    for scenario in chosen:
-                        if fraction is None and rate not in scenario.fixed_rates:
-                            continue
-                        if fraction is not None and not _measures_fraction(scenario, fraction):
-                            continue
-                        self.phase(generators, scenario, repeat, OPEN, rate, fraction)
+                if fraction is not None and not _measures_fraction(scenario, fraction):
+                    continue
+                measured.append((scenario, None))
+            self.open_loop(measured, repeat, rate, fraction)
 
 
 def _measures_fraction(scenario: Scenario, fraction: float) -> bool:
@@ -246,7 +516,7 @@ def _measures_fraction(scenario: Scenario, fraction: float) -> bool:
 
 
 @contextlib.contextmanager
-def _stopping(server: ServerProcess) -> Any:
+def _stopping(server: ServerProcess) -> Iterator[ServerProcess]:
     try:
         yield server
     finally:
@@ -256,6 +526,11 @@ def _stopping(server: ServerProcess) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
     selected = _selected(args)
+    try:
+        h2load.find_h2load()
+    except h2load.H2loadMissing as error:
+        print(f"benchmarks.load: {error}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     with contextlib.ExitStack() as folders:
         if args.keep:
@@ -264,21 +539,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             folder = Path(folders.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
         run = Run(args, folder)
-        with contextlib.ExitStack() as stack:
-            run.start_servers(selected, stack)
-            generators = Generators.start(args.generators)
-            stack.callback(generators.stop)
-            run.measure(generators, selected)
+        try:
+            with contextlib.ExitStack() as stack:
+                run.start_servers(selected, stack)
+                run.measure(selected)
+        except (h2load.NotOk, h2load.H2loadFailed, ServerFailed) as error:
+            print(f"benchmarks.load: {error}", file=sys.stderr)
+            return 2
         elapsed = time.monotonic() - started
         result = report.build(run.records, selected, run.skipped, args, elapsed)
     paths = report.write(result, args.out, smoke=args.smoke)
     print(paths.markdown.read_text())
     run.log(f"results: {paths.json}, {paths.markdown}" + (f", {paths.plot}" if paths.plot else ""))
     if args.check:
-        failures = report.check_smoke(result)
-        for failure in failures:
+        verdict = result["smoke"]
+        for failure in verdict["failures"]:
             print(f"BENCHMARK REGRESSION: {failure}", file=sys.stderr)
-        if failures:
+        if not verdict["passed"]:
             return 1
         print("benchmark smoke: within bounds")
     return 0

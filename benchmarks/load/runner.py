@@ -1,5 +1,7 @@
 """Runs phases: hands a Phase to every generator process, starts them together, samples
-the server's and the machine's CPU over the measured window, merges the answers."""
+the server's and the machine's CPU over the measured window, merges the answers. Several
+runs of one phase (slices interleaved with other servers' runs) can be pooled into one
+record: their samples merged, their times and CPU added up."""
 
 from __future__ import annotations
 
@@ -23,6 +25,16 @@ SETUP_TIMEOUT_SECONDS = 120.0
 
 class GeneratorFailed(RuntimeError):
     pass
+
+
+@dataclass
+class RawPhase:
+    """One run of a phase: every generator's answer and the CPU sampled around it."""
+
+    results: list[GeneratorResult]
+    server_cpu: float
+    machine_busy: float
+    seconds: float
 
 
 @dataclass
@@ -67,6 +79,10 @@ class Generators:
 
     def run(self, phase: Phase, server: ServerProcess) -> dict[str, Any]:
         """Runs one phase; returns its record (every figure of it, JSON-ready)."""
+        return record(phase, len(self.pipes), [self.measure(phase, server)])
+
+    def measure(self, phase: Phase, server: ServerProcess) -> RawPhase:
+        """Runs one phase; returns what was measured (see `record`)."""
         for pipe in self.pipes:
             pipe.send(phase)
         for pipe in self.pipes:
@@ -82,12 +98,11 @@ class Generators:
         server_cpu1, machine1 = server.cpu_seconds(), machine_cpu()
         timeout = phase.seconds + phase.deadline_seconds + 30
         results: list[GeneratorResult] = [self._receive(p, timeout) for p in self.pipes]
-        return _record(
-            phase,
-            len(self.pipes),
+        return RawPhase(
             results,
             server_cpu1 - server_cpu0,
             (machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1]),
+            phase.seconds,
         )
 
 
@@ -97,14 +112,12 @@ def _samples(blob: bytes) -> array[int]:
     return values
 
 
-def _record(
-    phase: Phase,
-    generators: int,
-    results: list[GeneratorResult],
-    server_cpu: float,
-    machine_busy: float,
-) -> dict[str, Any]:
-    seconds = phase.seconds
+def record(phase: Phase, generators: int, runs: list[RawPhase]) -> dict[str, Any]:
+    """The record of one phase from one or several runs of it (pooled)."""
+    results = [result for run in runs for result in run.results]
+    seconds = sum(run.seconds for run in runs)
+    server_cpu = sum(run.server_cpu for run in runs)
+    machine_busy = sum(run.machine_busy * run.seconds for run in runs) / max(1e-9, seconds)
     methods: dict[str, Any] = {}
     names = sorted({m for r in results for m in r.samples})
     ok = 0
@@ -127,6 +140,7 @@ def _record(
         "concurrency": phase.concurrency * generators if phase.shape == CLOSED else None,
         "offered_rps": None if phase.shape == CLOSED else round(phase.rate, 1),
         "seconds": seconds,
+        "slices": len(runs),
         "warmup_seconds": phase.warmup_seconds,
         "achieved_rps": round(ok / seconds, 1),
         "methods": methods,

@@ -1,7 +1,7 @@
 """The servers a run measures, each started as its own process tree and stopped by pid.
 
 - the service: the real `entitlements serve --workers N --port 0 --storage URL` command;
-- the floor: `python -m benchmarks.floor_server --workers N --port 0`;
+- the floors: `python -m benchmarks.floor_server --kind sync|aio --workers N --port 0`;
 - optionally the Cloud Spanner emulator (`emulator_main`) for the Spanner scenario.
 
 Both servers print the port they bound and their worker pids; the coordinator reads them
@@ -145,10 +145,13 @@ def start_service(
     return _start(name, command, clean_environment(env), log_path)
 
 
-def start_floor(workers: int, env: dict[str, str], log_path: Path) -> ServerProcess:
-    command = [sys.executable, "-m", "benchmarks.floor_server", "--port", "0"]
+def start_floor(
+    kind: str, workers: int, env: dict[str, str], log_path: Path, name: str = ""
+) -> ServerProcess:
+    """The empty-handler floor of `kind` (sync or aio, benchmarks/floor_server.py)."""
+    command = [sys.executable, "-m", "benchmarks.floor_server", "--kind", kind, "--port", "0"]
     command += ["--workers", str(workers)]
-    return _start("floor", command, clean_environment(env), log_path)
+    return _start(name or f"floor-{kind}", command, clean_environment(env), log_path)
 
 
 def free_port() -> int:
