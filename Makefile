@@ -41,6 +41,14 @@ FUZZ_EXAMPLES ?= 2000
 fuzz: setup
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/fuzz --timeout 900
 
+# Fault drills (benchmarks/chaos): each fault made for real against `entitlements serve
+# --workers 2` under a steady read+write load (~3-5 minutes); tables printed, JSON and
+# Markdown in $(BENCH_RESULTS). Exits 1 if an acknowledged write is lost or a drill never
+# recovers. The default suite runs a short subset (tests/integration/test_chaos_fast.py).
+.PHONY: chaos
+chaos: setup bench-h2load
+	$(BIN)/python -m benchmarks.chaos --out $(BENCH_RESULTS)
+
 # Benchmarks (README, "Performance"); results go to $(BENCH_RESULTS) (git-ignored).
 #   bench         the end-to-end load run against the empty-handler floors (~6 minutes)
 #   bench-smoke   its CI smoke (~45 s): exits 1 past the bounds of benchmarks/load/scenarios.py
