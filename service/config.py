@@ -17,6 +17,7 @@ DEFAULT_STORAGE_URL = "sqlite:///data/entitlements.db"
 # Local files beside the default SQLite database: the generated development credentials.
 DEFAULT_DATA_DIR = Path("data")
 ENV_PREFIX = "ENTITLEMENTS_"
+LOG_FORMATS = ("json", "text")
 
 
 class SettingsError(ValueError):
@@ -83,6 +84,14 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
+    # Prometheus metrics over HTTP on this port (same host as the gRPC port), summed across
+    # worker processes by the supervisor; 0: no metrics (see service/grpc_api/metrics.py).
+    metrics_port: int = 0
+    # On SIGTERM, readiness turns NOT_SERVING at once while the server keeps serving for
+    # this long (load balancers notice), then it stops with shutdown_grace_seconds.
+    drain_delay_seconds: float = 0.0
+    # Log lines as JSON (one object a line) or plain text for a terminal.
+    log_format: str = "json"
 
     def __post_init__(self) -> None:
         for name in _POSITIVE:
@@ -102,12 +111,19 @@ class Settings:
             raise SettingsError(
                 "TLS: tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file"
             )
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(
+                f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
+            )
 
     @classmethod
     def load(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
         """Defaults, overridden by ENTITLEMENTS_<FIELD> variables, overridden by flags
         (`overrides` whose value is not None)."""
         values: dict[str, Any] = {}
+        # PORT (set by many platforms) is the port's default; ENTITLEMENTS_PORT and --port win.
+        if environ.get("PORT"):
+            values["port"] = _from_environment("port", int, environ["PORT"], env_name="PORT")
         for name, kind in _FIELD_TYPES.items():
             raw = environ.get(ENV_PREFIX + name.upper())
             if raw is not None:
@@ -140,6 +156,8 @@ _NOT_NEGATIVE = (
     "shutdown_grace_seconds",
     "max_connection_age_grace_seconds",
     "fault_store_delay_ms",
+    "metrics_port",
+    "drain_delay_seconds",
 )
 
 # Each setting's type, resolved from the annotations (they are strings under
@@ -155,7 +173,7 @@ def _members(kind: Any) -> tuple[Any, ...]:
     return typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
 
 
-def _from_environment(name: str, kind: Any, raw: str) -> Any:
+def _from_environment(name: str, kind: Any, raw: str, env_name: str | None = None) -> Any:
     members = _members(kind)
     if type(None) in members and raw == "":
         return None
@@ -164,5 +182,5 @@ def _from_environment(name: str, kind: Any, raw: str) -> Any:
         return converter(raw)
     except ValueError as exc:
         raise SettingsError(
-            f"{ENV_PREFIX}{name.upper()}: expected a {converter.__name__}, got {raw!r}"
+            f"{env_name or ENV_PREFIX + name.upper()}: expected a {converter.__name__}, got {raw!r}"
         ) from exc

@@ -45,7 +45,8 @@ _log = logging.getLogger(AUDIT_LOGGER)
 _audit_logs: weakref.WeakSet[AuditLog] = weakref.WeakSet()
 
 
-def _request_id(request: Any) -> str | None:
+def request_id_of(request: Any) -> str | None:
+    """The id a request names (a write's request_id or event_id), bounded; or None."""
     for field in ("event_id", "request_id"):
         value = getattr(request, field, None)
         if isinstance(value, str) and value:
@@ -101,7 +102,7 @@ class AuditLog:
                 "principal": principal,
                 "role": role,
                 "method": method,
-                "request_id": _request_id(request),
+                "request_id": request_id_of(request),
                 "user": _user(request),
                 "outcome": outcome.name,
                 "duration_ms": round((time.monotonic() - started) * 1000, 3),

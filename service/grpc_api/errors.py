@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import grpc
 from google.protobuf import any_pb2
@@ -21,6 +23,34 @@ ERROR_DOMAIN = "entitlements.v1"
 # Error details travel in trailers, which clients cap (grpc's default soft limit is
 # 8 KiB): a BadRequest lists at most this many violations (the message counts the rest).
 MAX_REPORTED_VIOLATIONS = 10
+# RPCs failing because the store is unavailable log one line (no traceback) per interval
+# at most, counting the others: the readiness check logs the cause when an outage starts
+# and ends, and entitlements_store_errors_total counts every failure.
+STORE_FAILURE_LOG_INTERVAL_SECONDS = 10.0
+
+
+class _EveryInterval:
+    """Admits one event per interval; counts those it refuses."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._next = 0.0
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def admit(self) -> int | None:
+        """None: refused (counted); else the count refused since the last admitted one."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._suppressed += 1
+                return None
+            self._next = now + self._seconds
+            suppressed, self._suppressed = self._suppressed, 0
+            return suppressed
+
+
+_store_failures = _EveryInterval(STORE_FAILURE_LOG_INTERVAL_SECONDS)
 
 
 class ErrorStatus(grpc.Status):
@@ -86,6 +116,13 @@ def status_for(error: Exception) -> ErrorStatus | None:
             grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before an answer"
         )
     if isinstance(error, StoreUnavailable):
-        log.warning("store unavailable: %s", error)
+        suppressed = _store_failures.admit()
+        if suppressed is not None:
+            log.warning(
+                "store unavailable: %s (%d more such RPC failures not logged in the last %g s)",
+                error,
+                suppressed,
+                STORE_FAILURE_LOG_INTERVAL_SECONDS,
+            )
         return ErrorStatus(grpc.StatusCode.UNAVAILABLE, "the account store is unavailable")
     return None

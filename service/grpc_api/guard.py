@@ -9,7 +9,11 @@ registered, that does per call what every RPC needs before and after the service
    cap when the caller set none), which store calls inside share;
 4. map use-case errors to statuses with details (service.grpc_api.errors); an unexpected
    error is logged and answered INTERNAL without details;
-5. write an audit record of each call the policy marks audited.
+5. write an audit record of each call the policy marks audited;
+6. admission: beyond `max_in_flight` calls in flight in this worker a call is refused
+   RESOURCE_EXHAUSTED at once, before any other work, and counted (`shed`); grpc's own
+   bound (maximum_concurrent_rpcs) stays as a backstop above it;
+7. with an observer (the metrics), count and time each call by method and status.
 
 One wrapper at registration rather than a chain of grpc.aio interceptors: the work is the
 same, without an interceptor coroutine per call.
@@ -20,21 +24,40 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from service.grpc_api.audit import AuditLog
+from service.grpc_api.audit import AuditLog, request_id_of
 from service.grpc_api.auth.authentication import Authenticator, current_principal_var
 from service.grpc_api.auth.credentials import Principal
 from service.grpc_api.auth.policy import DEFAULT_POLICY, AccessPolicy, Refusal, access_check
 from service.grpc_api.errors import status_for
+from service.grpc_api.logs import request_id_var
 from service.usecases.deadlines import rpc_deadline_in
 
 log = logging.getLogger(__name__)
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+class MethodObserver(Protocol):
+    """Counts and times the calls of one method (service.grpc_api.metrics)."""
+
+    @property
+    def started(self) -> Callable[[], None]: ...
+    @property
+    def observe(self) -> Callable[[float], None]: ...
+    @property
+    def handled(self) -> Callable[[grpc.StatusCode], None]: ...
+
+
+class RpcObserver(Protocol):
+    def for_method(self, method: str) -> MethodObserver: ...
+
+
+SHED_DETAILS = "the server is at capacity; retry with backoff"
 
 
 class _Malformed:
@@ -63,11 +86,21 @@ class RpcGuard:
         max_rpc_seconds: float,
         policy: AccessPolicy = DEFAULT_POLICY,
         audit: AuditLog | None = None,
+        *,
+        max_in_flight: int = 0,
+        observer: RpcObserver | None = None,
     ) -> None:
+        """`max_in_flight` 0: no admission bound of our own (grpc's alone)."""
         self._authenticator = authenticator
         self._max_rpc_seconds = max_rpc_seconds
         self._policy = policy
         self._audit = audit or AuditLog()
+        self._max_in_flight = max_in_flight or 2**62
+        self._observer = observer
+        # Calls of every guarded method in flight in this worker (all on its event loop:
+        # no lock), and the calls refused because too many were.
+        self.in_flight = 0
+        self.shed = 0
 
     def wrap(self, method: str, inner: Behaviour) -> Behaviour:
         """The guarded behaviour of unary method `method` ("/package.Service/Method")."""
@@ -75,35 +108,65 @@ class RpcGuard:
         check = access_check(method, rule)
         authenticate = self._authenticator.authenticate
         cap = self._max_rpc_seconds
+        limit = self._max_in_flight
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            principal = authenticate(context.invocation_metadata())
-            if not rule.open:
-                decision = check(principal)
-                if isinstance(decision, Refusal):
-                    await context.abort(decision.code, decision.details)
-            if request is MALFORMED:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid protobuf message"
-                )
-            remaining = context.time_remaining()
-            budget = cap if remaining is None else min(cap, remaining)
-            current_principal_var.set(principal)  # the call's own task: no reset needed
+            if self.in_flight >= limit:
+                self.shed += 1
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, SHED_DETAILS)
+            self.in_flight += 1
             try:
-                with rpc_deadline_in(budget):
-                    return await inner(request, context)
-            except Exception as error:  # mapped, or reported as INTERNAL
-                if isinstance(error, grpc.aio.AbortError):
-                    raise
-                status = status_for(error)
-                if status is None:
-                    log.exception("unexpected error in %s", method)
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-                await context.abort(status.code, status.details, status.trailing_metadata)
+                principal = authenticate(context.invocation_metadata())
+                if not rule.open:
+                    decision = check(principal)
+                    if isinstance(decision, Refusal):
+                        await context.abort(decision.code, decision.details)
+                if request is MALFORMED:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "the request is not a valid protobuf message",
+                    )
+                remaining = context.time_remaining()
+                budget = cap if remaining is None else min(cap, remaining)
+                current_principal_var.set(principal)  # the call's own task: no reset needed
+                try:
+                    with rpc_deadline_in(budget):
+                        return await inner(request, context)
+                except Exception as error:  # mapped, or reported as INTERNAL
+                    if isinstance(error, grpc.aio.AbortError):
+                        raise
+                    status = status_for(error)
+                    if status is None:
+                        log.exception("unexpected error in %s", method)
+                        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                    await context.abort(status.code, status.details, status.trailing_metadata)
+            finally:
+                self.in_flight -= 1
 
-        if not rule.audited:
-            return guarded
-        return self._audited(method, guarded)
+        behaviour: Behaviour = self._audited(method, guarded) if rule.audited else guarded
+        if self._observer is None:
+            return behaviour
+        return self._measured(self._observer.for_method(method), behaviour)
+
+    @staticmethod
+    def _measured(observer: MethodObserver, inner: Behaviour) -> Behaviour:
+        started, observe, handled = observer.started, observer.observe, observer.handled
+        clock = time.perf_counter
+
+        async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started()
+            began = clock()
+            try:
+                response = await inner(request, context)
+            except BaseException:
+                observe(clock() - began)
+                handled(_code(context, failed=True))
+                raise
+            observe(clock() - began)
+            handled(_code(context, failed=False))
+            return response
+
+        return measured
 
     def _audited(self, method: str, inner: Behaviour) -> Behaviour:
         record = self._audit.record
@@ -113,6 +176,7 @@ class RpcGuard:
             started = time.monotonic()
             principal = authenticate(context.invocation_metadata())
             audit_request = None if request is MALFORMED else request
+            request_id_var.set(request_id_of(audit_request))  # for the call's log lines
             try:
                 response = await inner(request, context)
             except BaseException:

@@ -4,20 +4,28 @@ Cache hits are answered on the event loop, with no thread hop; blocking store ca
 in the application's bounded store pool (service.usecases.store_calls). Each method of
 our services is registered wrapped by the RPC guard (auth, malformed requests, deadline
 budget, error mapping, audit); health and reflection are registered as they are.
-Admission is grpc's own: beyond `max_concurrent_rpcs` calls in flight a call is answered
-RESOURCE_EXHAUSTED before any of our code runs.
+Admission is the guard's: beyond `max_concurrent_rpcs` calls of our services in flight a
+call is answered RESOURCE_EXHAUSTED at once, and counted; grpc's own bound stays as a
+backstop at twice that (it also counts health and reflection calls, and refuses before
+any of our code runs, uncounted).
+
+Health: "liveness" is SERVING while the process runs (the store does not change it);
+"" and each of our services report readiness, which follows the store. On stop, readiness
+turns NOT_SERVING at once, the server keeps serving for the drain delay (load balancers
+notice), then stops within the grace.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
-from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from entitlements.v1 import (
@@ -37,7 +45,7 @@ from service.grpc_api.auth import (
     server_credentials,
 )
 from service.grpc_api.event_loop import LoopThread, loop_kind
-from service.grpc_api.guard import RpcGuard, tolerant
+from service.grpc_api.guard import RpcGuard, RpcObserver, tolerant
 from service.grpc_api.readiness import ReadinessMonitor, set_health
 from service.grpc_api.servicers import EntitlementServicer, OfferServicer, SubscriptionEventServicer
 from service.usecases.clock import Clock, utc_now
@@ -49,6 +57,10 @@ log = logging.getLogger(__name__)
 
 # In-flight RPCs a worker admits when max_concurrent_rpcs is 0 (see Settings).
 DEFAULT_MAX_CONCURRENT_RPCS = 256
+# grpc's own admission bound, a backstop above the guard's: this many times it.
+GRPC_BACKSTOP_FACTOR = 2
+# The health service name of liveness (SERVING while the process runs).
+LIVENESS_SERVICE = "liveness"
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -80,7 +92,7 @@ def build_aio_server(settings: Settings) -> grpc.aio.Server:
     control and the options above. Call on the loop that will run it."""
     return grpc.aio.server(
         options=server_options(settings),
-        maximum_concurrent_rpcs=max_concurrent_rpcs(settings),
+        maximum_concurrent_rpcs=max_concurrent_rpcs(settings) * GRPC_BACKSTOP_FACTOR,
     )
 
 
@@ -115,6 +127,9 @@ class RunningServer:
     readiness: ReadinessMonitor
     server: grpc.aio.Server
     loop_thread: LoopThread
+    guard: RpcGuard | None = None
+    # Copies the worker's counts into the metrics (None: metrics off).
+    metrics: Any = field(default=None)
 
     @property
     def reads(self) -> ReadService:
@@ -128,20 +143,31 @@ class RunningServer:
     def repository(self) -> AccountRepository:
         return self.app.repository
 
-    def stop(self, grace_seconds: float) -> None:
-        """Reports NOT_SERVING at once, refuses new RPCs, lets in-flight RPCs finish
-        within the grace, then closes the store."""
+    def stop(self, grace_seconds: float, drain_delay_seconds: float = 0.0) -> None:
+        """Reports readiness NOT_SERVING at once, keeps serving for the drain delay,
+        then refuses new RPCs, lets in-flight RPCs finish within the grace, and closes
+        the store."""
         try:
+            if drain_delay_seconds > 0:
+                self.loop_thread.run(self._drain(drain_delay_seconds))
             self.loop_thread.run(self._stop(grace_seconds))
         finally:
             self.loop_thread.stop()
             self.app.store_calls.close()
             self.app.repository.close()
 
+    async def _drain(self, delay_seconds: float) -> None:
+        await self.readiness.stop()  # it must not turn readiness back to SERVING
+        await set_health(self.health, serving=False)
+        log.info("draining: readiness NOT_SERVING, serving %g s more", delay_seconds)
+        await asyncio.sleep(delay_seconds)
+
     async def _stop(self, grace_seconds: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self.readiness.stop()
         await self.server.stop(grace_seconds)
+        if self.metrics is not None:
+            await self.metrics.stop()
 
 
 def start_server(
@@ -190,7 +216,18 @@ async def _start(
     loop_thread: LoopThread,
 ) -> RunningServer:
     server = build_aio_server(settings)
-    guard = RpcGuard(authenticator, settings.max_rpc_seconds)
+    observer: RpcObserver | None = None
+    if settings.metrics_port:
+        from service.grpc_api.metrics import RpcMetrics, StoreMetrics
+
+        observer = RpcMetrics()
+        app.store_calls.observer = StoreMetrics(settings.storage_url.split("://")[0])
+    guard = RpcGuard(
+        authenticator,
+        settings.max_rpc_seconds,
+        max_in_flight=max_concurrent_rpcs(settings),
+        observer=observer,
+    )
     services = (
         (entitlement_service_pb2, ENTITLEMENT_SERVICE, EntitlementServicer(app.reads)),
         (offer_service_pb2, OFFER_SERVICE, OfferServicer(app.reads)),
@@ -217,6 +254,7 @@ async def _start(
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     await server.start()
     await set_health(health_servicer, serving=True)
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     readiness = ReadinessMonitor(
         app.repository,
         health_servicer,
@@ -225,4 +263,19 @@ async def _start(
         settings.store_timeout_seconds,
     )
     readiness.start()
-    return RunningServer(port, app, health_servicer, readiness, server, loop_thread)
+    worker_metrics = None
+    if settings.metrics_port:
+        from service.grpc_api.metrics import WorkerMetrics
+
+        worker_metrics = WorkerMetrics(
+            cache_stats=lambda: app.cache.stats,
+            cache_entries=lambda: len(app.cache),
+            single_flight_waits=lambda: app.reads.single_flight_waits,
+            rpcs_shed=lambda: guard.shed,
+            store_ready=lambda: readiness.ready,
+            catalog_version=app.catalog.version,
+        )
+        worker_metrics.start()
+    return RunningServer(
+        port, app, health_servicer, readiness, server, loop_thread, guard, worker_metrics
+    )

@@ -14,10 +14,13 @@ port that anything else listens on or holds, instead of silently sharing it with
 server through SO_REUSEPORT. The claim stays bound (not listening) while the server runs,
 so the port stays ours while workers are replaced.
 
-A replacement that fails to start (the store locked for a moment, say) is retried with
-backoff; the supervisor gives up, stopping every worker, only when workers die or fail
-more than MAX_RESTARTS times in RESTART_WINDOW_SECONDS (a crash loop). Meanwhile the
-other workers keep serving.
+A worker that dies after it served is replaced at once. When it was killed from outside
+(SIGKILL: kill -9, the OOM killer) or had served for QUICK_DEATH_SECONDS, that is the
+world happening to it, and it is replaced however often. A replacement that fails to start
+(the store locked for a moment, say) is retried with backoff; the supervisor gives up,
+stopping every worker, only when failed starts and quick crashes happen more than
+MAX_RESTARTS times in RESTART_WINDOW_SECONDS (a crash loop). Meanwhile the other workers
+keep serving.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import ctypes
 import dataclasses
 import errno
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -35,6 +39,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkProcess
+from pathlib import Path
 from typing import Any
 
 from service.catalog import CatalogError
@@ -49,10 +54,12 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 STARTUP_TIMEOUT_SECONDS = 60.0
 PR_SET_PDEATHSIG = 1
-# A worker dying (or failing to start) more often than this is a crash loop: the
-# supervisor gives up. Below it, every dead worker is replaced.
+# A worker failing to start (or dying right after it started) more often than this is a
+# crash loop: the supervisor gives up. A worker that died after serving a while does not
+# count (a kill -9 loop must not stop the server).
 MAX_RESTARTS = 5
 RESTART_WINDOW_SECONDS = 30.0
+QUICK_DEATH_SECONDS = 2.0
 # A replacement that failed to start is retried after this delay, doubled on each
 # further failure up to the maximum (a worker that died while serving is replaced at once).
 RESTART_BACKOFF_SECONDS = 0.25
@@ -82,8 +89,28 @@ class WorkerStartError(Exception):
     """A worker failed to start when the server started: the server does not start."""
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The CPUs this process may use: those of its affinity mask, capped by the cgroup v2
+    CPU quota (`cpu.max` "QUOTA PERIOD": ceil(QUOTA / PERIOD); "max": no quota), not the
+    host's cores (a container limited to 2 CPUs on a 64-core node runs 2 workers)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):  # no cgroup v2 quota here
+        pass
+    return max(1, cpus)
+
+
 def worker_count(settings: Settings) -> int:
-    return settings.workers if settings.workers > 0 else (os.cpu_count() or 1)
+    return settings.workers if settings.workers > 0 else available_cpus()
 
 
 def serve(settings: Settings, announce: Announce) -> int:
@@ -93,14 +120,35 @@ def serve(settings: Settings, announce: Announce) -> int:
     # kernel delivered to another thread.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     claim = claim_port(settings.host, settings.port)
+    endpoint = folder = None
     try:
         settings = dataclasses.replace(settings, port=claim.getsockname()[1])
+        if settings.metrics_port:
+            # Before any worker forks and any metric exists: every process writes its
+            # values to `folder`, and this one serves their sum.
+            from service.grpc_api import metrics
+
+            folder = metrics.prepare_multiprocess()
+            try:
+                endpoint = metrics.start_endpoint(settings.host, settings.metrics_port)
+            except OSError as error:
+                raise AddressUnavailable(
+                    f"cannot serve metrics on {settings.host}:{settings.metrics_port}: "
+                    f"{error.strerror or error}"
+                ) from error
+            announce(f"metrics on http://{settings.host}:{endpoint.port}/metrics")
         workers = worker_count(settings)
         if workers == 1:
             return _serve_in_process(settings, announce)
         return Supervisor(settings, workers).run(announce, claim)
     finally:
         claim.close()
+        if endpoint is not None:
+            endpoint.close()
+        if folder is not None:
+            from service.grpc_api.metrics import cleanup_multiprocess
+
+            cleanup_multiprocess(folder)
 
 
 def _serve_in_process(settings: Settings, announce: Announce) -> int:
@@ -113,7 +161,7 @@ def _serve_in_process(settings: Settings, announce: Announce) -> int:
     )
     received = signal.sigwait(STOP_SIGNALS)
     announce(f"{signal.Signals(received).name}: draining")
-    running.stop(settings.shutdown_grace_seconds)
+    running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds)
     flush_audit_summaries()
     return 0
 
@@ -125,6 +173,10 @@ def _worker_main(settings: Settings, report: Connection, claim: socket.socket | 
 
     if claim is not None:
         claim.close()  # the parent's hold on the port; this worker's listener joins it
+    if settings.metrics_port:
+        from service.grpc_api.metrics import close_inherited_endpoint
+
+        close_inherited_endpoint()  # the supervisor's metrics port
     _stop_when_parent_dies()
     try:
         running = start_server(settings)
@@ -137,7 +189,7 @@ def _worker_main(settings: Settings, report: Connection, claim: socket.socket | 
     report.send(("ready", running.reads.catalog.version))
     report.close()
     signal.sigwait(STOP_SIGNALS)
-    running.stop(settings.shutdown_grace_seconds)
+    running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds)
     flush_audit_summaries()
 
 
@@ -361,7 +413,7 @@ class Supervisor:
                 process.kill()  # seen dead, and restarted, on a later round
             return True
         self._read_report(worker)  # a report sent just before it exited
-        if worker.ready:  # it was serving
+        if worker.ready:  # it was serving: replaced at once
             log.error(
                 "worker %d (pid %s) exited with %s; restarting",
                 worker.slot,
@@ -371,6 +423,16 @@ class Supervisor:
             what = f"worker {worker.slot} (pid {process.pid}) died"
             worker.failed_starts = 0
             delay = 0.0
+            # Killed from outside (kill -9, the OOM killer), or after serving a while: the
+            # world happening to the worker, not a crash loop; replaced however often.
+            killed = process.exitcode == -signal.SIGKILL
+            if killed or now - worker.started >= QUICK_DEATH_SECONDS:
+                worker.process = None
+                self._worker_gone(process)
+                announce(f"{what}; restarting it")
+                worker.restart_at = now
+                self._count_restart()
+                return True
         else:
             what = (
                 f"worker {worker.slot} (pid {process.pid}) failed to start: "
@@ -382,6 +444,7 @@ class Supervisor:
                 MAX_RESTART_BACKOFF_SECONDS,
             )
         worker.process = None
+        self._worker_gone(process)
         self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_SECONDS]
         self._restarts.append(now)
         if len(self._restarts) > MAX_RESTARTS:
@@ -389,7 +452,21 @@ class Supervisor:
             return False
         announce(f"{what}; restarting it" + (f" in {delay:g} s" if delay else ""))
         worker.restart_at = now + delay
+        self._count_restart()
         return True
+
+    def _count_restart(self) -> None:
+        if self._settings.metrics_port:
+            from service.grpc_api.metrics import supervisor_metrics
+
+            supervisor_metrics().worker_restarts.inc()
+
+    def _worker_gone(self, process: ForkProcess) -> None:
+        """A worker process exited: its live gauges leave the metrics' sums."""
+        if self._settings.metrics_port and process.pid is not None:
+            from service.grpc_api.metrics import mark_worker_dead
+
+            mark_worker_dead(process.pid)
 
     @staticmethod
     def _exit_description(worker: _Worker) -> str:
@@ -405,13 +482,19 @@ class Supervisor:
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self._settings.shutdown_grace_seconds + 10
+        deadline = (
+            time.monotonic()
+            + self._settings.drain_delay_seconds
+            + self._settings.shutdown_grace_seconds
+            + 10
+        )
         for process in processes:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 log.error("worker pid %s did not drain in time; killing it", process.pid)
                 process.kill()
                 process.join(5)
+            self._worker_gone(process)
         for worker in self._workers:
             if worker.report is not None:
                 worker.report.close()

@@ -53,9 +53,27 @@ class CachedUser:
 
 @dataclass(slots=True)
 class CacheStats:
+    """Counts since the cache was made (plain integers: the transport layer exports them
+    as metrics by reading them now and then, so the hit path pays no metrics call)."""
+
     hits: int = 0
     misses: int = 0
     stale_served: int = 0
+    # Entries dropped to make room for others (least recently used first).
+    evictions: int = 0
+
+
+class _CountingLRU(LRUCache[str, CachedUser]):
+    """An LRUCache that counts the entries it evicts."""
+
+    def __init__(self, maxsize: int, stats: CacheStats) -> None:
+        super().__init__(maxsize=maxsize)
+        self._stats = stats
+
+    def popitem(self) -> tuple[str, CachedUser]:
+        item = super().popitem()
+        self._stats.evictions += 1
+        return item
 
 
 class UserStateCache:
@@ -65,12 +83,12 @@ class UserStateCache:
         ttl_seconds: float,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._entries: LRUCache[str, CachedUser] = LRUCache(maxsize=max_entries)
+        self.stats = CacheStats()
+        self._entries: LRUCache[str, CachedUser] = _CountingLRU(max_entries, self.stats)
         self._ttl = ttl_seconds
         self._monotonic = monotonic
         # LRUCache reorders on every read, so reads need the lock too.
         self._lock = threading.Lock()
-        self.stats = CacheStats()
 
     def get(self, user_id: str, min_version: int = 0) -> CachedUser | None:
         """The fresh entry for the user holding at least `min_version`, or None."""

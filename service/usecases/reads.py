@@ -83,6 +83,11 @@ class ReadService:
         self._loads = SingleFlight[UserState]()
         self._unseen_decisions: dict[str, EntitlementDecision] = {}
 
+    @property
+    def single_flight_waits(self) -> int:
+        """Store reads a caller did not start because it shared another caller's."""
+        return self._loads.waits
+
     async def get_entitlement(
         self, user_id: str, feature_id: str, consistency: Consistency = Consistency()
     ) -> Answer[EntitlementDecision]:
@@ -196,7 +201,9 @@ class ReadService:
                     user_id, min_version, self._policy.max_staleness_seconds
                 )
                 if stale is not None:
-                    log.warning("store failed (%s); serving stale cached state", error)
+                    # Counted (CacheStats.stale_served, exported as a metric), not
+                    # logged per call: an outage would write a line per RPC.
+                    log.debug("store failed (%s); serving stale cached state", error)
                     return stale
             if isinstance(error, DeadlineExceeded) and (budget is None or budget.bound_by_rpc):
                 raise

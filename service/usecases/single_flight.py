@@ -26,6 +26,8 @@ class SingleFlight(Generic[T]):
         # Per key, the call that starts when the running one ends, for callers that may
         # not use a read begun before they arrived.
         self._next: dict[str, _Flight[T]] = {}
+        # Callers that joined a call another caller started (instead of starting one).
+        self.waits = 0
 
     async def do(
         self, key: str, start: Callable[[], Awaitable[T]], *, started_after: float = 0.0
@@ -43,8 +45,12 @@ class SingleFlight(Generic[T]):
             flight = self._begin(key, start)
         elif running.started is not None and running.started >= started_after:
             flight = running
+            self.waits += 1
         else:
-            flight = self._next.get(key) or self._after(key, running, start)
+            waiting = self._next.get(key)
+            if waiting is not None:
+                self.waits += 1
+            flight = waiting or self._after(key, running, start)
         return await asyncio.shield(flight.task)
 
     def _begin(self, key: str, start: Callable[[], Awaitable[T]]) -> _Flight[T]:

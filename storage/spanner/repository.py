@@ -19,6 +19,7 @@ from google.cloud.spanner_v1.transaction import Transaction
 
 from service.domain.account import AccountState, UserState
 from storage.deadline import remaining
+from storage.observers import transaction_aborted
 from storage.repository import (
     AccountChange,
     AccountMutation,
@@ -261,7 +262,8 @@ class SpannerRepository:
         def attempt(transaction: Transaction) -> T:
             nonlocal attempts
             attempts += 1
-            if attempts > 1:
+            if attempts > 1:  # the previous attempt aborted
+                transaction_aborted("spanner")
                 self._back_off(attempts - 1)
             return work(transaction)
 

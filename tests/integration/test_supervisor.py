@@ -154,7 +154,8 @@ def test_a_worker_that_cannot_start_is_retried_with_backoff_until_it_can(
 
 def test_past_the_crash_loop_budget_the_server_gives_up(tmp_path: Path) -> None:
     """A replacement that can never start is retried MAX_RESTARTS times in the restart
-    window, the other worker serving meanwhile; then the supervisor stops (exit 1)."""
+    window, the other worker serving meanwhile; then the supervisor stops (exit 1). (The
+    kill -9 that began it does not count: killed workers are the world's doing.)"""
     db = tmp_path / "loop.db"
     credentials = write_test_credentials(tmp_path / "credentials.yaml")
     catalog = tmp_path / "catalog.yaml"
@@ -170,7 +171,7 @@ def test_past_the_crash_loop_budget_the_server_gives_up(tmp_path: Path) -> None:
         )
         assert server.process.wait(timeout=30) == 1
         time.sleep(0.5)  # the output drained
-    assert len(lines_with(server, "worker 0", "failed to start")) == MAX_RESTARTS
+    assert len(lines_with(server, "worker 0", "failed to start")) == MAX_RESTARTS + 1
     assert lines_with(server, "giving up")
 
 
@@ -318,3 +319,28 @@ def test_a_stopped_server_s_port_can_be_served_again_at_once(tmp_path: Path) -> 
     finally:
         for channel in channels:
             channel.close()
+
+
+def test_a_kill_9_loop_does_not_stop_the_server(tmp_path: Path) -> None:
+    """Workers killed from outside (kill -9, the OOM killer) more often than the crash-loop
+    budget allows are still replaced: only failed starts count as a crash loop."""
+    db = tmp_path / "kill-loop.db"
+    credentials = write_test_credentials(tmp_path / "credentials.yaml")
+    with server_process(db, credentials, workers=2) as server:
+        pids = worker_pids(server)
+        for round_ in range(MAX_RESTARTS + 3):
+            victim = pids[round_ % 2]
+            kill_worker(server, victim)
+            restarted = f"worker {round_ % 2} restarted (pid "
+            times = round_ // 2 + 1
+            serve_while(
+                server,
+                lambda restarted=restarted, times=times: (  # type: ignore[misc]
+                    len(lines_with(server, restarted)) >= times
+                ),
+                timeout=20,
+            )
+            line = lines_with(server, restarted)[-1]
+            pids[round_ % 2] = int(re.search(r"\(pid (\d+)\)", line).group(1))  # type: ignore[union-attr]
+        assert server.process.poll() is None
+        assert read_on_a_new_connection(server.target) is grpc.StatusCode.OK

@@ -1,0 +1,395 @@
+"""Prometheus metrics, summed across the worker processes of `entitlements serve`.
+
+prometheus-client's multi-process mode: the supervisor sets PROMETHEUS_MULTIPROC_DIR to a
+fresh folder before it forks the workers (prepare_multiprocess); every process writes its
+values to memory-mapped files there, and the supervisor serves /metrics on
+`metrics_port`, adding the files up (MultiProcessCollector). A worker that dies is marked
+dead (its live gauges leave the sum; its counters stay in it, as counters must).
+
+Where the values come from, so that the hot paths pay little:
+- the RPC guard counts and times every RPC of our services (grpc_server_*), with the
+  label children resolved once per method at registration;
+- the store pool (StoreCalls) tells a StoreMetrics observer each call's latency and error;
+- the counts the use cases keep as plain integers (cache hits, misses, stale answers,
+  evictions, single-flight waits) and the guard's shed count are copied into the
+  metrics every SYNC_SECONDS by WorkerMetrics, which also sets the gauges (cache entries,
+  store readiness): the cache-hit path makes no metrics call for them;
+- Spanner's aborted transactions come through storage.observers (storage imports nothing
+  of this module).
+
+Names follow the conventional gRPC server metrics (grpc_server_started_total,
+grpc_server_handled_total, grpc_server_handling_seconds) and entitlements_* for the rest;
+docs/ and deploy/ (alerts, dashboard) use exactly these names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import grpc
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    values,
+)
+
+from service.domain.errors import DomainError
+from storage.observers import on_transaction_abort
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Fine below 1 ms: a cache hit is answered in well under a millisecond.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+)  # fmt: skip
+# How often a worker copies its use-case counts into the metrics (and on stop).
+SYNC_SECONDS = 1.0
+GRPC_TYPE = "unary"  # every method of our services is unary
+
+
+def build_version() -> str:
+    try:
+        return metadata.version("entitlement-offer-service")
+    except metadata.PackageNotFoundError:  # pragma: no cover - not installed
+        return "unknown"
+
+
+class Metrics:
+    """Every metric of a process (one instance per process: see metrics())."""
+
+    def __init__(self) -> None:
+        rpc_labels = ("grpc_service", "grpc_method", "grpc_type")
+        self.started = Counter(
+            "grpc_server_started_total", "RPCs started on the server.", rpc_labels
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, whatever their status.",
+            (*rpc_labels, "grpc_code"),
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the RPC reaching our code to its answer.",
+            rpc_labels,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.cache_lookups = Counter(
+            "entitlements_cache_lookups",
+            "User state cache lookups: hit, miss, or stale (served past freshness because "
+            "the store failed).",
+            ("result",),
+        )
+        self.cache_entries = Gauge(
+            "entitlements_cache_entries",
+            "Users in the state caches (all workers).",
+            multiprocess_mode="livesum",
+        )
+        self.cache_evictions = Counter(
+            "entitlements_cache_evictions", "Cache entries evicted to make room."
+        )
+        self.single_flight_waits = Counter(
+            "entitlements_single_flight_waits",
+            "Cache misses that shared another caller's store read instead of starting one.",
+        )
+        self.rpcs_shed = Counter(
+            "entitlements_rpcs_shed",
+            "RPCs refused RESOURCE_EXHAUSTED because a worker had max_concurrent_rpcs in flight.",
+        )
+        self.store_call_seconds = Histogram(
+            "entitlements_store_call_seconds",
+            "Duration of blocking store calls (in the store thread pool).",
+            ("backend", "operation"),
+            buckets=LATENCY_BUCKETS,
+        )
+        self.store_errors = Counter(
+            "entitlements_store_errors",
+            "Store calls that failed: kind is the error (StoreUnavailable, DeadlineExceeded, ...).",
+            ("backend", "operation", "kind"),
+        )
+        self.spanner_aborts = Counter(
+            "entitlements_spanner_transaction_aborts",
+            "Spanner read-write transactions aborted and re-run.",
+        )
+        # livemin, not min: a dead worker's last value must leave the minimum (the
+        # conventional "min" would keep a dead worker's 0 there for good).
+        self.store_ready = Gauge(
+            "entitlements_store_ready",
+            "1 when the store can serve (reads and writes), per worker; the minimum over "
+            "live workers.",
+            multiprocess_mode="livemin",
+        )
+        self.catalog_info = Gauge(
+            "entitlements_catalog_info",
+            "The catalog version the workers serve (value 1).",
+            ("version",),
+            multiprocess_mode="livemax",
+        )
+
+
+class SupervisorMetrics:
+    """The metrics of the supervising process. Kept apart from the workers' (Metrics): an
+    unlabelled gauge exists, at 0, in every process that makes it, and the supervisor's 0
+    would pin entitlements_store_ready's minimum."""
+
+    def __init__(self) -> None:
+        self.worker_restarts = Counter(
+            "entitlements_worker_restarts", "Worker processes replaced by the supervisor."
+        )
+        self.build_info = Gauge(
+            "entitlements_build_info",
+            "The service's version (value 1).",
+            ("version",),
+            multiprocess_mode="livemax",
+        )
+
+
+_metrics: Metrics | None = None
+_metrics_lock = threading.Lock()
+
+
+def metrics() -> Metrics:
+    """A worker's metrics, made on first use in the worker (after prepare_multiprocess,
+    when it is called at all); each process writes its own files."""
+    global _metrics
+    with _metrics_lock:
+        if _metrics is None:
+            _metrics = Metrics()
+            on_transaction_abort(_count_abort)
+        return _metrics
+
+
+_supervisor_metrics: SupervisorMetrics | None = None
+
+
+def supervisor_metrics() -> SupervisorMetrics:
+    """The supervising process's metrics (see SupervisorMetrics)."""
+    global _supervisor_metrics
+    with _metrics_lock:
+        if _supervisor_metrics is None:
+            _supervisor_metrics = SupervisorMetrics()
+        return _supervisor_metrics
+
+
+def _count_abort(backend: str) -> None:
+    if backend == "spanner":
+        metrics().spanner_aborts.inc()
+
+
+# --- the RPCs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MethodMetrics:
+    """The label children of one method, resolved once (labels() costs a dict lookup
+    and a lock per call)."""
+
+    started: Callable[[], None]
+    observe: Callable[[float], None]
+    handled: Callable[[grpc.StatusCode], None]
+
+
+class RpcMetrics:
+    """What the RPC guard counts (service.grpc_api.guard.RpcObserver)."""
+
+    def __init__(self, registry: Metrics | None = None) -> None:
+        self._metrics = registry or metrics()
+
+    def for_method(self, method: str) -> MethodMetrics:
+        """`method` is "/package.Service/Method"."""
+        service, _, name = method.lstrip("/").rpartition("/")
+        labels = (service, name, GRPC_TYPE)
+        handled = self._metrics.handled
+        by_code: dict[grpc.StatusCode, Any] = {}
+
+        def count_handled(code: grpc.StatusCode) -> None:
+            child = by_code.get(code)
+            if child is None:
+                child = by_code[code] = handled.labels(*labels, code.name)
+            child.inc()
+
+        return MethodMetrics(
+            started=self._metrics.started.labels(*labels).inc,
+            observe=self._metrics.handling.labels(*labels).observe,
+            handled=count_handled,
+        )
+
+
+# --- the store --------------------------------------------------------------------------
+
+
+class StoreMetrics:
+    """Observes every store call (service.usecases.store_calls.StoreCallObserver)."""
+
+    def __init__(self, backend: str, registry: Metrics | None = None) -> None:
+        self._backend = backend
+        self._metrics = registry or metrics()
+        self._latency: dict[str, Any] = {}
+
+    def store_call(self, operation: str, seconds: float, error: BaseException | None) -> None:
+        latency = self._latency.get(operation)
+        if latency is None:
+            latency = self._latency[operation] = self._metrics.store_call_seconds.labels(
+                self._backend, operation
+            )
+        latency.observe(seconds)
+        if error is not None and not isinstance(error, DomainError | asyncio.CancelledError):
+            # A refused write (DomainError) is the request's fault, not the store's; a
+            # cancelled call is the caller's going away.
+            self._metrics.store_errors.labels(self._backend, operation, type(error).__name__).inc()
+
+
+# --- the counts of the use cases, copied now and then --------------------------------------
+
+
+class WorkerMetrics:
+    """Copies a worker's counts into the metrics every SYNC_SECONDS (and once more when
+    it stops): cache lookups, evictions and entries, single-flight waits, RPCs shed, and
+    store readiness. Runs on the worker's event loop."""
+
+    def __init__(
+        self,
+        *,
+        cache_stats: Callable[[], Any],
+        cache_entries: Callable[[], int],
+        single_flight_waits: Callable[[], int],
+        rpcs_shed: Callable[[], int],
+        store_ready: Callable[[], bool],
+        catalog_version: str,
+        registry: Metrics | None = None,
+    ) -> None:
+        self._metrics = m = registry or metrics()
+        self._cache_stats = cache_stats
+        self._cache_entries = cache_entries
+        self._single_flight_waits = single_flight_waits
+        self._rpcs_shed = rpcs_shed
+        self._store_ready = store_ready
+        self._copied: dict[str, int] = {}
+        self._counters: dict[str, Any] = {
+            "hits": m.cache_lookups.labels("hit"),
+            "misses": m.cache_lookups.labels("miss"),
+            "stale": m.cache_lookups.labels("stale"),
+            "evictions": m.cache_evictions,
+            "waits": m.single_flight_waits,
+            "shed": m.rpcs_shed,
+        }
+        m.catalog_info.labels(catalog_version).set(1)
+        self._task: asyncio.Task[None] | None = None
+
+    def sync(self) -> None:
+        stats = self._cache_stats()
+        counts = {
+            "hits": stats.hits,
+            "misses": stats.misses,
+            "stale": stats.stale_served,
+            "evictions": stats.evictions,
+            "waits": self._single_flight_waits(),
+            "shed": self._rpcs_shed(),
+        }
+        for name, count in counts.items():
+            delta = count - self._copied.get(name, 0)
+            if delta > 0:
+                self._counters[name].inc(delta)
+                self._copied[name] = count
+        self._metrics.cache_entries.set(self._cache_entries())
+        self._metrics.store_ready.set(1 if self._store_ready() else 0)
+
+    def start(self) -> None:
+        self.sync()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="metrics")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.sync()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_SECONDS)
+            try:
+                self.sync()
+            except Exception:  # never let metrics end a worker
+                log.exception("cannot update the metrics")
+
+
+# --- the supervisor: multi-process mode and the HTTP endpoint ------------------------------
+
+
+def prepare_multiprocess() -> Path:
+    """Points prometheus-client at a fresh, empty folder for this server's processes (call
+    in the supervisor before any worker forks, and before any metric is made)."""
+    folder = Path(tempfile.mkdtemp(prefix="entitlements-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(folder)
+    # The value class is chosen when prometheus_client is imported: choose again, in
+    # case it was imported before the variable was set.
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    return folder
+
+
+def cleanup_multiprocess(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    if os.environ.get(MULTIPROC_ENV) == str(folder):
+        del os.environ[MULTIPROC_ENV]
+
+
+def mark_worker_dead(pid: int) -> None:
+    """A worker exited: its live gauges (cache entries, readiness, catalog) leave the sums."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+class MetricsEndpoint:
+    """The HTTP endpoint (/metrics) the supervisor serves, summing every process's files."""
+
+    def __init__(self, host: str, port: int) -> None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        address = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        self._server, self._thread = prometheus_client.start_http_server(
+            port, addr=address, registry=registry
+        )
+        self.port: int = self._server.server_port
+        supervisor_metrics().build_info.labels(build_version()).set(1)
+
+    def close_in_child(self) -> None:
+        """In a forked worker: closes its copy of the listening socket (the supervisor's
+        thread answers; a worker must not hold the port)."""
+        self._server.socket.close()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+# The supervisor's endpoint, closed in forked workers (service.grpc_api.workers).
+_endpoint: MetricsEndpoint | None = None
+
+
+def start_endpoint(host: str, port: int) -> MetricsEndpoint:
+    global _endpoint
+    _endpoint = MetricsEndpoint(host, port)
+    return _endpoint
+
+
+def close_inherited_endpoint() -> None:
+    """In a forked worker: lets go of the supervisor's endpoint socket."""
+    global _endpoint
+    if _endpoint is not None:
+        _endpoint.close_in_child()
+        _endpoint = None
