@@ -247,7 +247,7 @@ def _stop_when_parent_dies() -> None:
 
 def serve(settings: Settings, workers: int, kind: str = AIO) -> int:
     """Forks the workers of `kind`, announces the port, waits for a stop signal, drains."""
-    from service.grpc_api.workers import reserve_port
+    from service.grpc_api.ports import reserve_port
 
     if kind not in WORKERS:
         raise ValueError(f"unknown floor kind {kind!r} (one of {', '.join(KINDS)})")

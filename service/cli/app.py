@@ -12,7 +12,8 @@ from service.cli.parser import build_parser
 from service.cli.preflight import StoreConfigurationError
 from service.config import SettingsError
 from service.grpc_api.auth import CredentialsError
-from service.grpc_api.workers import AddressUnavailable, WorkerStartError
+from service.grpc_api.ports import AddressUnavailable
+from service.grpc_api.workers import WorkerStartError
 from storage.repository import StoreError
 from storage.urls import UnsupportedStorageUrl
 

@@ -28,9 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import errno
 import logging
-import math
 import multiprocessing
 import os
 import signal
@@ -39,13 +37,13 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkProcess
-from pathlib import Path
-from typing import Any
 
 from service.catalog import CatalogError
 from service.config import Settings, SettingsError
 from service.grpc_api.audit import flush_audit_summaries
 from service.grpc_api.auth import CredentialsError
+from service.grpc_api.cpus import available_cpus
+from service.grpc_api.ports import AddressUnavailable, claim_port
 from storage.repository import StoreError
 from storage.urls import UnsupportedStorageUrl
 
@@ -80,33 +78,8 @@ EXPECTED_START_ERRORS = (
 Announce = Callable[[str], None]
 
 
-class AddressUnavailable(Exception):
-    """The server's address cannot be claimed: the port is in use (by another server, or
-    anything else bound to it), or the address is not one of this host's."""
-
-
 class WorkerStartError(Exception):
     """A worker failed to start when the server started: the server does not start."""
-
-
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-
-
-def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
-    """The CPUs this process may use: those of its affinity mask, capped by the cgroup v2
-    CPU quota (`cpu.max` "QUOTA PERIOD": ceil(QUOTA / PERIOD); "max": no quota), not the
-    host's cores (a container limited to 2 CPUs on a 64-core node runs 2 workers)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max" and int(period) > 0:
-            cpus = min(cpus, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):  # no cgroup v2 quota here
-        pass
-    return max(1, cpus)
 
 
 def worker_count(settings: Settings) -> int:
@@ -210,57 +183,6 @@ def _stop_when_parent_dies() -> None:
         log.warning("cannot tie the worker's life to the supervisor's")
     if os.getppid() == 1:  # the supervisor died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def reserve_port(host: str) -> socket.socket:
-    """A bound (not listening) SO_REUSEPORT socket on a free port: it keeps the port ours
-    while the workers bind it too, and takes no connections itself."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    reservation = socket.socket(family, socket.SOCK_STREAM)
-    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    reservation.bind((host, 0))
-    return reservation
-
-
-def claim_port(host: str, port: int) -> socket.socket:
-    """Binds host:port (port 0: a free one) for this server, or raises AddressUnavailable
-    when anything else has the port: a listener (with SO_REUSEPORT or not: another
-    `serve`, on whatever store) or a socket holding it bound (another server's claim).
-
-    The claim is bound with SO_REUSEADDR and without SO_REUSEPORT, so the bind fails on
-    any such socket, but not on connections a previous server left in TIME_WAIT. Then
-    SO_REUSEADDR is cleared, so that a later claim conflicts with this one even while no
-    worker listens, and SO_REUSEPORT is set, so that our workers' listeners (gRPC binds
-    with SO_REUSEPORT) join it. It takes no connections itself: it never listens."""
-    family, address = _resolve(host, port)
-    claim = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        claim.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        claim.bind(address)
-        claim.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-        claim.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    except OSError as error:
-        claim.close()
-        if error.errno == errno.EADDRINUSE:
-            raise AddressUnavailable(
-                f"cannot serve on {host}:{port}: the port is already in use (another "
-                "server listens on it, or holds it); choose another port or stop that server"
-            ) from error
-        raise AddressUnavailable(f"cannot serve on {host}:{port}: {error.strerror}") from error
-    return claim
-
-
-def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, Any]:
-    """The family and socket address of the first address `host` names ("[::1]" too)."""
-    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        found = socket.getaddrinfo(
-            name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as error:
-        raise AddressUnavailable(f"cannot serve on {host}:{port}: {error.strerror}") from error
-    family, _type, _proto, _name, address = found[0]
-    return family, address
 
 
 @dataclasses.dataclass

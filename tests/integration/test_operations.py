@@ -28,8 +28,8 @@ from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.grpc_api.auth import bearer_metadata
+from service.grpc_api.cpus import available_cpus
 from service.grpc_api.server import LIVENESS_SERVICE
-from service.grpc_api.workers import available_cpus
 from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.integration.server_process import ENTITLEMENTS, await_serving, server_process
 from tests.integration.test_serving import NOT_SERVING, SERVING, code_of, faulty_server
