@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -45,3 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, WorkerStartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # Whoever read our output stopped (`entitlements get-offers ... | head`): not an
+        # error. Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
