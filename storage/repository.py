@@ -1,7 +1,8 @@
 """The repository interface every storage backend implements.
 
 A backend loads a user's whole state (with their household) in one call, and applies a
-change in one transaction that increments the user's version. The same contract test
+change in one transaction that increments the user's version (a write that changes
+nothing keeps it: see `Mutation`). The same contract test
 suite (tests/contract) runs unchanged against every backend.
 """
 
@@ -65,17 +66,31 @@ class HistoryEntry:
 @dataclass(frozen=True, slots=True)
 class Mutation:
     """What a write function returns: the new state, the response to keep for replays of
-    the same idempotency key (JSON-serialisable), and the history entries to append."""
+    the same idempotency key (JSON-serialisable), and the history entries to append.
 
-    state: AccountState
+    `state=None` says the write changes nothing (a second revocation, an event that adds
+    no new fact): the store keeps the key with the response, at the current version, and
+    writes no state, bumps no version and appends no history (so none may be given)."""
+
+    state: AccountState | None
     response: Mapping[str, Any]
     history: tuple[HistoryDraft, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.state is None and self.history:
+            raise ValueError("a write that changes nothing appends no history")
+
+    @classmethod
+    def unchanged(cls, response: Mapping[str, Any]) -> Mutation:
+        """A write that changes nothing, answered with `response`."""
+        return cls(None, response)
 
 
 @dataclass(frozen=True, slots=True)
 class Applied:
     """The outcome of `apply`. For a replay, `state` is the current state, `version` and
-    `response` those of the original write."""
+    `response` those of the original write. For a write that changed nothing, `state` and
+    `version` are the current ones."""
 
     state: AccountState
     version: int
@@ -121,7 +136,12 @@ class AccountRepository(Protocol):
           and version with `replayed=True`, writing nothing;
         - else call `mutate(current)`, store its state with version = previous + 1, keep
           the key with the response and new version, append its history entries (with that
-          version and `recorded_at`), and return `replayed=False`."""
+          version and `recorded_at`), and return `replayed=False`;
+        - but when the mutation's state is None (no change): keep the key with the response
+          and the CURRENT version, write no state and no history, and return the current
+          state and version with `replayed=False`. A user the store has never seen
+          (version 0) has no row to keep the key with: their unchanged state is stored as
+          version 1 (still without history)."""
         ...
 
     def history(self, user_id: str) -> list[HistoryEntry]:

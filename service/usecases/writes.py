@@ -170,6 +170,11 @@ class WriteService:
 
         def mutate(account: AccountState) -> Mutation:
             result = apply_event(account, event, self.catalog)
+            reply = EventReply(result.outcome).stored()
+            if result.outcome is not EventOutcome.APPLIED and result.account == account:
+                # A STALE or SUPERSEDED event that adds no new fact (a redelivery under
+                # another id, an event a revocation absorbed): no version, no history.
+                return Mutation.unchanged(reply)
             sub = result.subscription
             summary = (
                 f"{event_type.name} on {sub.subscription_id} "
@@ -178,7 +183,7 @@ class WriteService:
             )
             return Mutation(
                 state=result.account,
-                response=EventReply(result.outcome).stored(),
+                response=reply,
                 history=(HistoryDraft("subscription_event", event.event_id, occurred_at, summary),),
             )
 
@@ -229,23 +234,16 @@ class WriteService:
         check_id(grant_id, "grant_id", violations)
         _raise_if(violations)
         now = self._clock()
-        # Revoking a revoked grant changes nothing: no write, so no new version and no
-        # history. A revocation is permanent, so the state read outside a transaction
-        # stays true; a revocation racing this one is caught inside the transaction.
-        with self._budget():
-            current = self._repository.load(user_id).account
-        done = next(
-            (g for g in current.grants if g.grant_id == grant_id and g.revoked_at is not None),
-            None,
-        )
-        if done is not None:
-            return GrantAnswer(done, issue_token(user_id, current.version))
 
         def mutate(account: AccountState) -> Mutation:
-            account, revoked = revoke_grant(account, grant_id, now)
+            updated, revoked = revoke_grant(account, grant_id, now)
+            if updated == account:
+                # Revoking a revoked grant changes nothing: no version, no history; the
+                # answer is the grant as revoked first, with the current version's token.
+                return Mutation.unchanged(GrantReply(grant_id).stored())
             assert revoked.revoked_at is not None
             return Mutation(
-                state=account,
+                state=updated,
                 response=GrantReply(grant_id).stored(),
                 history=(
                     HistoryDraft(

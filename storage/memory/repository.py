@@ -71,8 +71,19 @@ class MemoryRepository:
             mutation = mutate(current)
             # Stored as JSON, like the durable backends, so replays answer identically.
             response = json.loads(json.dumps(mutation.response, sort_keys=True))
+            if mutation.state is None and current.version > 0:
+                # No change: the key is kept at the current version, nothing else written.
+                self._requests[(user_id, key.kind, key.id)] = (
+                    key.fingerprint,
+                    response,
+                    current.version,
+                )
+                return Applied(current, current.version, response, replayed=False)
+            # (A user never stored is stored unchanged as version 1, like the durable
+            # backends, which need the user's row to keep the key with.)
+            desired = current if mutation.state is None else mutation.state
             version = current.version + 1
-            stored = dataclasses.replace(mutation.state, user_id=user_id, version=version)
+            stored = dataclasses.replace(desired, user_id=user_id, version=version)
             self._accounts[user_id] = stored
             self._requests[(user_id, key.kind, key.id)] = (
                 key.fingerprint,

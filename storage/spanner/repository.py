@@ -146,9 +146,18 @@ class SpannerRepository:
                 return Applied(current, integer(version), load_response(response), replayed=True)
             # Whatever `mutate` raises rolls back and propagates unchanged.
             mutation = mutate(current)
-            version = current.version + 1
-            stored = dataclasses.replace(mutation.state, user_id=user_id, version=version)
             response = dump_response(mutation.response)
+            if mutation.state is None and current.version > 0:
+                # No change: the key is kept at the current version, nothing else written
+                # (history rows are keyed by version: none may be added to an old one).
+                mutations.write_request(
+                    transaction, user_id, key, response, current.version, recorded
+                )
+                return Applied(current, current.version, load_response(response), replayed=False)
+            # A user never stored needs their row to keep the key with: stored unchanged.
+            desired = current if mutation.state is None else mutation.state
+            version = current.version + 1
+            stored = dataclasses.replace(desired, user_id=user_id, version=version)
             mutations.write_account(transaction, current, stored)
             mutations.write_request(transaction, user_id, key, response, version, recorded)
             mutations.append_history(transaction, user_id, mutation.history, version, recorded)

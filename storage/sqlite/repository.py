@@ -138,9 +138,17 @@ class SqliteRepository:
                 return Applied(current, integer(version), load_response(response), replayed=True)
             # Whatever `mutate` raises propagates unchanged (and rolls back).
             mutation = mutate(current)
-            version = current.version + 1
-            stored = dataclasses.replace(mutation.state, user_id=user_id, version=version)
             response = dump_response(mutation.response)
+            if mutation.state is None and current.version > 0:
+                # No change: the key is kept at the current version, nothing else written.
+                queries.write_request(
+                    connection, user_id, key, response, current.version, recorded_at
+                )
+                return Applied(current, current.version, load_response(response), replayed=False)
+            # A user never stored needs their row to keep the key with: stored unchanged.
+            desired = current if mutation.state is None else mutation.state
+            version = current.version + 1
+            stored = dataclasses.replace(desired, user_id=user_id, version=version)
             queries.write_account(connection, stored)
             queries.write_request(connection, user_id, key, response, version, recorded_at)
             queries.append_history(connection, user_id, mutation.history, version, recorded_at)

@@ -706,6 +706,102 @@ def test_keys_and_history_survive_later_updates_of_the_state(
         repository.apply(RICH.user_id, key("r1", "fp-2"), redeem("o1"), RECORDED)
 
 
+def unchanged(
+    response: dict[str, object], calls: list[AccountState] | None = None
+) -> AccountMutation:
+    """A write that changes nothing (Mutation state None), answering `response`."""
+
+    def mutate(state: AccountState) -> Mutation:
+        if calls is not None:
+            calls.append(state)
+        return Mutation.unchanged(response)
+
+    return mutate
+
+
+def test_a_write_that_changes_nothing_keeps_its_key_at_the_current_version(
+    repository: AccountRepository,
+) -> None:
+    repository.apply("u1", key("r1"), redeem("o1"), RECORDED)
+    current = repository.update("u1", append_redemption("u2"))  # version 2
+    history = repository.history("u1")
+    calls: list[AccountState] = []
+    applied = repository.apply("u1", key("r2"), unchanged({"same": [1, 2]}, calls), RECORDED)
+    assert calls == [current]
+    assert applied == Applied(current, 2, {"same": [1, 2]}, replayed=False)
+    # Nothing written: no state, no version, no history.
+    assert repository.load("u1").account == current
+    assert repository.history("u1") == history
+    # The key was kept with its response and that version: a retry replays it...
+    calls.clear()
+    replay = repository.apply("u1", key("r2"), unchanged({"other": 0}, calls), RECORDED)
+    assert calls == []
+    assert replay == Applied(current, 2, {"same": [1, 2]}, replayed=True)
+    # ...a reused id with other content conflicts...
+    with pytest.raises(IdempotencyConflict):
+        repository.apply("u1", key("r2", "fp-2"), redeem("o3"), RECORDED)
+    # ...and the next write that changes something is the next version, still replayed
+    # afterwards with the version of the unchanged write.
+    assert repository.apply("u1", key("r3"), redeem("o3"), RECORDED).version == 3
+    later = repository.apply("u1", key("r2"), unchanged({}), RECORDED)
+    assert (later.replayed, later.version, later.state.version) == (True, 2, 3)
+    assert [e.version for e in repository.history("u1")] == [1, 3]
+    assert repository.update("u1", lambda s: s).version == 4
+
+
+def test_writes_that_change_nothing_never_move_the_version(
+    repository: AccountRepository,
+) -> None:
+    first = repository.apply("u1", key("r0"), redeem("o0"), RECORDED)
+    results = [
+        repository.apply("u1", key(f"r{n}", kind="revoke"), unchanged({"n": n}), RECORDED)
+        for n in range(1, 4)
+    ]
+    assert [(r.version, r.replayed, r.response) for r in results] == [
+        (1, False, {"n": n}) for n in range(1, 4)
+    ]
+    assert all(r.state == first.state for r in results)
+    assert repository.load("u1").account == first.state
+    assert [e.version for e in repository.history("u1")] == [1]
+
+
+def test_concurrent_writes_that_change_nothing_all_land_at_one_version(
+    repository: AccountRepository,
+) -> None:
+    repository.apply("hot", key("r0"), redeem("o0"), RECORDED)
+    count = 8
+    results = run_appliers(
+        count, lambda i: repository.apply("hot", key(f"n{i}"), unchanged({"i": i}), RECORDED)
+    )
+    assert sorted((r.version, r.replayed) for r in results) == [(1, False)] * count
+    assert repository.load("hot").account.version == 1
+    for i in range(count):
+        assert repository.apply("hot", key(f"n{i}"), unchanged({}), RECORDED).response == {"i": i}
+    assert len(repository.history("hot")) == 1
+
+
+def test_a_write_that_changes_nothing_for_an_unknown_user_stores_version_one(
+    repository: AccountRepository,
+) -> None:
+    # The user has no row to keep the key with: their unchanged state is stored.
+    applied = repository.apply("ghost", key("r1"), unchanged({"ok": True}), RECORDED)
+    assert applied == Applied(
+        dataclasses.replace(AccountState.new("ghost"), version=1), 1, {"ok": True}, False
+    )
+    assert repository.load("ghost").account == applied.state
+    assert repository.history("ghost") == []
+    assert repository.apply("ghost", key("r1"), unchanged({}), RECORDED) == Applied(
+        applied.state, 1, {"ok": True}, replayed=True
+    )
+
+
+def test_a_write_that_changes_nothing_appends_no_history() -> None:
+    draft = HistoryDraft("revoke", "g1", T0, "revoked")
+    with pytest.raises(ValueError, match="no history"):
+        Mutation(None, {}, (draft,))
+    assert Mutation.unchanged({"a": 1}) == Mutation(None, {"a": 1}, ())
+
+
 def run_appliers(count: int, apply_one: Callable[[int], Applied]) -> list[Applied]:
     barrier = threading.Barrier(count)
     results: list[Applied] = []

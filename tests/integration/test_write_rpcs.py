@@ -413,3 +413,61 @@ def test_revoking_a_revoked_grant_writes_nothing(
     assert second.consistency_token == first.consistency_token
     assert second.grant == first.grant
     assert history_versions(harness, user) == before
+
+
+def test_writes_that_change_nothing_keep_the_version_and_the_history(
+    harness: Harness, writes: ev_grpc.SubscriptionEventServiceStub
+) -> None:
+    """Problem 5: an event redelivered under another id that adds no new fact, and a
+    second revoke, leave the version (the token) and the history as they were; their
+    request ids are kept all the same."""
+    user = "no-change"
+    events = life(user)
+    deliver(writes, events)
+    last = writes.RecordSubscriptionEvent(events[-1], timeout=5)  # the same id: DUPLICATE
+    before = history_versions(harness, user)
+    for n, original in enumerate(events):
+        copy = ev.RecordSubscriptionEventRequest()
+        copy.CopyFrom(original)
+        copy.event_id = f"{user}-redelivered-{n}"
+        again = writes.RecordSubscriptionEvent(copy, timeout=5)
+        assert again.outcome == ev.EVENT_OUTCOME_STALE, n
+        assert again.consistency_token == last.consistency_token, n
+        assert again.subscription == last.subscription, n
+        # Its id is kept: delivered once more, it is a duplicate.
+        dup = writes.RecordSubscriptionEvent(copy, timeout=5)
+        assert dup.outcome == ev.EVENT_OUTCOME_DUPLICATE
+        assert dup.consistency_token == last.consistency_token
+    assert history_versions(harness, user) == before
+
+    grants = [
+        writes.GrantEntitlement(
+            ev.GrantEntitlementRequest(
+                request_id=f"{user}-g{n}",
+                user_id=user,
+                grant=ev.Grant(kind=ev.GRANT_KIND_SUPPORT, feature_id="high_fidelity_audio"),
+            ),
+            timeout=5,
+        ).grant
+        for n in (1, 2)
+    ]
+
+    def revoke(request_id: str, grant_id: str) -> ev.RevokeEntitlementResponse:
+        request = ev.RevokeEntitlementRequest(
+            request_id=request_id, user_id=user, grant_id=grant_id
+        )
+        return writes.RevokeEntitlement(request, timeout=5)
+
+    first = revoke(f"{user}-r1", grants[0].grant_id)
+    before = history_versions(harness, user)
+    second = revoke(f"{user}-r2", grants[0].grant_id)
+    assert second.consistency_token == first.consistency_token
+    assert second.grant == first.grant
+    assert history_versions(harness, user) == before
+    # The second revoke's request id was recorded: reused for another grant it is
+    # refused, and that grant stays granted.
+    with pytest.raises(grpc.RpcError) as raised:
+        revoke(f"{user}-r2", grants[1].grant_id)
+    assert raised.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert entitled(harness, user, "high_fidelity_audio", first.consistency_token)
+    assert history_versions(harness, user) == before

@@ -119,8 +119,44 @@ def test_stale_event_is_recorded_but_does_not_move_state_back(
     assert answer.outcome is RecordOutcome.STALE
     assert answer.subscription.status is SubscriptionStatus.ACTIVE
     assert reads.get_entitlement("u1", "offline_downloads").value.granted
+    # It adds no new fact: no version, no history, the current version's token; its
+    # id is kept, so a redelivery of it is a duplicate.
+    assert parse_token(answer.consistency_token).version == 2
     kinds = [(h.reference, h.version) for h in repository.history("u1")]
-    assert kinds == [("evt-1", 1), ("evt-3", 2), ("evt-2", 3)]
+    assert kinds == [("evt-1", 1), ("evt-3", 2)]
+    again = writes.record_event("u1", late_failure)
+    assert again.outcome is RecordOutcome.DUPLICATE
+    assert again.consistency_token == answer.consistency_token
+    # A late event that does add a fact (an earlier start) is written, STALE all the same.
+    earlier = SubscriptionEvent(
+        "evt-0", "sub-1", Store.GOOGLE_PLAY, EventType.PURCHASED, NOW - 2 * DAY,
+        plan_id="premium_individual", current_period_end=NOW + 28 * DAY,
+    )  # fmt: skip
+    late = writes.record_event("u1", earlier)
+    assert late.outcome is RecordOutcome.STALE
+    assert late.subscription.started_at == NOW - 2 * DAY
+    assert parse_token(late.consistency_token).version == 3
+    assert [h.reference for h in repository.history("u1")] == ["evt-1", "evt-3", "evt-0"]
+
+
+def test_an_event_a_revocation_absorbed_changes_nothing(
+    services: tuple[SyncReads, WriteService], repository: AccountRepository
+) -> None:
+    _, writes = services
+    writes.record_event("u1", purchase())
+    revoked = writes.record_event("u1", SubscriptionEvent(
+        "evt-2", "sub-1", Store.GOOGLE_PLAY, EventType.REVOKED, NOW - DAY / 2,
+    ))  # fmt: skip
+    # A later cancel can never apply and carries no new fact: SUPERSEDED, nothing written.
+    late = writes.record_event("u1", SubscriptionEvent(
+        "evt-3", "sub-1", Store.GOOGLE_PLAY, EventType.CANCELED, NOW - DAY / 4,
+        plan_id="premium_individual",
+    ))  # fmt: skip
+    assert late.outcome is RecordOutcome.SUPERSEDED
+    assert late.subscription == revoked.subscription
+    assert late.consistency_token == revoked.consistency_token
+    assert repository.load("u1").account.version == 2
+    assert [h.reference for h in repository.history("u1")] == ["evt-1", "evt-2"]
 
 
 def test_invalid_transition_writes_nothing(
@@ -151,6 +187,11 @@ def test_grant_and_revoke_are_idempotent(
     again = writes.revoke("req-3", "u1", granted.grant.grant_id)
     assert again.grant.revoked_at == NOW
     assert again.consistency_token == revoked.consistency_token
+    assert repository.load("u1").account.version == 2
+    # Its request id is kept: a retry replays it, another revoke with it conflicts.
+    assert writes.revoke("req-3", "u1", granted.grant.grant_id) == again
+    with pytest.raises(IdempotencyConflict):
+        writes.revoke("req-3", "u1", "grant-other")
     with pytest.raises(NotFound):
         writes.revoke("req-4", "u1", "grant-nope")
     assert [h.kind for h in repository.history("u1")] == ["grant", "revoke"]
