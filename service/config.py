@@ -18,6 +18,7 @@ DEFAULT_STORAGE_URL = "sqlite:///data/entitlements.db"
 DEFAULT_DATA_DIR = Path("data")
 ENV_PREFIX = "ENTITLEMENTS_"
 LOG_FORMATS = ("json", "text")
+TRACING_MODES = ("off", "console", "otlp")
 
 
 class SettingsError(ValueError):
@@ -92,6 +93,10 @@ class Settings:
     drain_delay_seconds: float = 0.0
     # Log lines as JSON (one object a line) or plain text for a terminal.
     log_format: str = "json"
+    # OpenTelemetry tracing: "off", "console" (spans printed to stdout) or "otlp" (to the
+    # collector of the standard OTEL_EXPORTER_OTLP_* variables); see
+    # service/grpc_api/tracing.py.
+    tracing: str = "off"
 
     def __post_init__(self) -> None:
         for name in _POSITIVE:
@@ -114,6 +119,10 @@ class Settings:
         if self.log_format not in LOG_FORMATS:
             raise SettingsError(
                 f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
+            )
+        if self.tracing not in TRACING_MODES:
+            raise SettingsError(
+                f"tracing must be one of {', '.join(TRACING_MODES)}, got {self.tracing!r}"
             )
 
     @classmethod

@@ -13,7 +13,9 @@ registered, that does per call what every RPC needs before and after the service
 6. admission: beyond `max_in_flight` calls in flight in this worker a call is refused
    RESOURCE_EXHAUSTED at once, before any other work, and counted (`shed`); grpc's own
    bound (maximum_concurrent_rpcs) stays as a backstop above it;
-7. with an observer (the metrics), count and time each call by method and status.
+7. with an observer (the metrics), count and time each call by method and status;
+8. with tracing (service.grpc_api.tracing), a SERVER span per call, child of the caller's
+   W3C traceparent. Off (the default), neither 7 nor 8 adds a wrapper.
 
 One wrapper at registration rather than a chain of grpc.aio interceptors: the work is the
 same, without an interceptor coroutine per call.
@@ -24,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -36,6 +38,9 @@ from service.grpc_api.auth.policy import DEFAULT_POLICY, AccessPolicy, Refusal, 
 from service.grpc_api.errors import status_for
 from service.grpc_api.logs import request_id_var
 from service.usecases.deadlines import rpc_deadline_in
+
+if TYPE_CHECKING:  # imported by the server only when tracing is on
+    from service.grpc_api.tracing import RpcTracing
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,7 @@ class RpcGuard:
         *,
         max_in_flight: int = 0,
         observer: RpcObserver | None = None,
+        tracing: RpcTracing | None = None,
     ) -> None:
         """`max_in_flight` 0: no admission bound of our own (grpc's alone)."""
         self._authenticator = authenticator
@@ -97,6 +103,7 @@ class RpcGuard:
         self._audit = audit or AuditLog()
         self._max_in_flight = max_in_flight or 2**62
         self._observer = observer
+        self._tracing = tracing
         # Calls of every guarded method in flight in this worker (all on its event loop:
         # no lock), and the calls refused because too many were.
         self.in_flight = 0
@@ -144,9 +151,42 @@ class RpcGuard:
                 self.in_flight -= 1
 
         behaviour: Behaviour = self._audited(method, guarded) if rule.audited else guarded
-        if self._observer is None:
-            return behaviour
-        return self._measured(self._observer.for_method(method), behaviour)
+        if self._observer is not None:
+            behaviour = self._measured(self._observer.for_method(method), behaviour)
+        if self._tracing is not None:
+            behaviour = self._traced(self._tracing, method, behaviour)
+        return behaviour
+
+    @staticmethod
+    def _traced(tracing: RpcTracing, method: str, inner: Behaviour) -> Behaviour:
+        from opentelemetry.trace import SpanKind
+
+        from service.grpc_api.tracing import end_rpc_span
+
+        start_span = tracing.tracer.start_as_current_span
+        parent_of = tracing.parent_of
+        name = method.lstrip("/")
+        attributes = tracing.attributes_of(method)
+        server = SpanKind.SERVER
+
+        async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            with start_span(
+                name,
+                context=parent_of(context.invocation_metadata()),
+                kind=server,
+                attributes=attributes,
+                record_exception=False,  # aborts are statuses, not errors
+                set_status_on_exception=False,
+            ) as span:
+                try:
+                    response = await inner(request, context)
+                except BaseException:
+                    end_rpc_span(span, _code(context, failed=True))
+                    raise
+                end_rpc_span(span, _code(context, failed=False))
+                return response
+
+        return traced
 
     @staticmethod
     def _measured(observer: MethodObserver, inner: Behaviour) -> Behaviour:

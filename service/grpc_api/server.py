@@ -130,6 +130,8 @@ class RunningServer:
     guard: RpcGuard | None = None
     # Copies the worker's counts into the metrics (None: metrics off).
     metrics: Any = field(default=None)
+    # The RpcTracing of service.grpc_api.tracing (None: tracing off).
+    tracing: Any = field(default=None)
 
     @property
     def reads(self) -> ReadService:
@@ -168,6 +170,8 @@ class RunningServer:
         await self.server.stop(grace_seconds)
         if self.metrics is not None:
             await self.metrics.stop()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.flush)
 
 
 def start_server(
@@ -176,9 +180,12 @@ def start_server(
     repository: AccountRepository | None = None,
     catalog: Catalog | None = None,
     clock: Clock = utc_now,
+    tracer_provider: Any = None,
 ) -> RunningServer:
     """Builds and starts the server on settings.host:settings.port (0 picks a free port)
-    and returns it with the port actually bound."""
+    and returns it with the port actually bound. With settings.tracing on, spans go to
+    `tracer_provider` when given (tests: an in-memory exporter), else to the process's
+    (service.grpc_api.tracing.tracer_provider)."""
     # Credentials and TLS material first: a configuration error leaves nothing open.
     authenticator = Authenticator(
         load_credentials(settings.credentials_file) if settings.credentials_file else ()
@@ -189,7 +196,9 @@ def start_server(
         log.warning("no credentials_file: every RPC but health and reflection is refused")
     loop_thread = LoopThread("grpc-server")
     try:
-        running = loop_thread.run(_start(settings, app, authenticator, tls, loop_thread))
+        running = loop_thread.run(
+            _start(settings, app, authenticator, tls, loop_thread, tracer_provider)
+        )
     except BaseException:
         loop_thread.stop()
         app.store_calls.close()
@@ -214,19 +223,34 @@ async def _start(
     authenticator: Authenticator,
     tls: grpc.ServerCredentials | None,
     loop_thread: LoopThread,
+    tracer_provider: Any,
 ) -> RunningServer:
     server = build_aio_server(settings)
     observer: RpcObserver | None = None
+    backend = settings.storage_url.split("://")[0]
     if settings.metrics_port:
         from service.grpc_api.metrics import RpcMetrics, StoreMetrics
 
         observer = RpcMetrics()
-        app.store_calls.observer = StoreMetrics(settings.storage_url.split("://")[0])
+        app.store_calls.observer = StoreMetrics(backend)
+    tracing = None
+    if settings.tracing != "off":  # off: OpenTelemetry is not even imported
+        from service.grpc_api.tracing import RpcTracing
+        from service.grpc_api.tracing import tracer_provider as process_tracer_provider
+
+        provider = (
+            process_tracer_provider(settings.tracing)
+            if tracer_provider is None
+            else tracer_provider
+        )
+        tracing = RpcTracing(provider)
+        app.store_calls.observer = tracing.store_observer(app.store_calls.observer, backend)
     guard = RpcGuard(
         authenticator,
         settings.max_rpc_seconds,
         max_in_flight=max_concurrent_rpcs(settings),
         observer=observer,
+        tracing=tracing,
     )
     services = (
         (entitlement_service_pb2, ENTITLEMENT_SERVICE, EntitlementServicer(app.reads)),
@@ -277,5 +301,5 @@ async def _start(
         )
         worker_metrics.start()
     return RunningServer(
-        port, app, health_servicer, readiness, server, loop_thread, guard, worker_metrics
+        port, app, health_servicer, readiness, server, loop_thread, guard, worker_metrics, tracing
     )
