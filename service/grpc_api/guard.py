@@ -36,7 +36,7 @@ from service.grpc_api.auth.authentication import Authenticator, current_principa
 from service.grpc_api.auth.credentials import Principal
 from service.grpc_api.auth.policy import DEFAULT_POLICY, AccessPolicy, Refusal, access_check
 from service.grpc_api.errors import status_for
-from service.grpc_api.logs import request_id_var
+from service.grpc_api.logs import request_id_var, trace_id_var
 from service.usecases.deadlines import rpc_deadline_in
 
 if TYPE_CHECKING:  # imported by the server only when tracing is on
@@ -178,6 +178,8 @@ class RpcGuard:
                 record_exception=False,  # aborts are statuses, not errors
                 set_status_on_exception=False,
             ) as span:
+                # The call's log lines carry its trace id (the call's own task).
+                trace_id_var.set(format(span.get_span_context().trace_id, "032x"))
                 try:
                     response = await inner(request, context)
                 except BaseException:

@@ -6,6 +6,8 @@ attributes and status, a child span for the store read of a cache miss; and none
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,8 +23,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import entitlement_service_pb2_grpc
 from service.config import Settings, SettingsError
+from service.domain.account import UserState
 from service.grpc_api.auth import bearer_metadata
+from service.grpc_api.logs import JsonFormatter
 from service.grpc_api.server import RunningServer, start_server
+from storage.faults import FaultInjectingRepository
 from storage.sqlite import SqliteRepository
 from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
 
@@ -145,3 +150,54 @@ def test_the_tracing_setting() -> None:
     assert Settings.load({"ENTITLEMENTS_TRACING": "otlp"}).tracing == "otlp"
     with pytest.raises(SettingsError, match="tracing must be one of off, console, otlp"):
         Settings(tracing="jaeger")
+
+
+class _Captured(logging.Handler):
+    """Formats each record as it is emitted (in the context of the code that logs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+class _LoggingStore(FaultInjectingRepository):
+    """The real SQLite store, saying when it loads (from the store thread)."""
+
+    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
+        logging.getLogger("tests.store").info("loading a user")
+        return super().load(user_id, min_version=min_version)
+
+
+def test_log_lines_of_a_traced_call_carry_its_trace_id(tmp_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        credentials_file=write_test_credentials(tmp_path / "credentials.yaml"),
+        tracing="console",
+    )
+    store = _LoggingStore(SqliteRepository(tmp_path / "logs.db"))
+    running = start_server(settings, repository=store, tracer_provider=provider)
+    captured = _Captured()
+    logger = logging.getLogger("tests.store")
+    logger.addHandler(captured)
+    logger.setLevel(logging.INFO)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            entitlement_service_pb2_grpc.EntitlementServiceStub(channel).GetEntitlement(
+                es.GetEntitlementRequest(user_id="logged-user", feature_id="offline_downloads"),
+                metadata=(*bearer_metadata(SERVICE_TOKEN), ("traceparent", TRACEPARENT)),
+                timeout=5,
+            )
+    finally:
+        logger.removeHandler(captured)
+        running.stop(grace_seconds=1)
+        provider.shutdown()
+    (line,) = [json.loads(line) for line in captured.lines if "loading a user" in line]
+    assert line["trace_id"] == f"{TRACE_ID:032x}"
