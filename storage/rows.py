@@ -312,16 +312,18 @@ class RowCodec:
             membership.manager_user_id,
             self.encode_ts(membership.joined_at),
             self.opt_ts(membership.left_at),
+            membership.member_user_id,
         )
 
     def membership(self, row: Sequence[Any]) -> HouseholdMembership:
-        household_id, role, manager_user_id, joined_at, left_at = row
+        household_id, role, manager_user_id, joined_at, left_at, member_user_id = row
         return HouseholdMembership(
             household_id=text(household_id),
             role=HouseholdRole(role),
             manager_user_id=text(manager_user_id),
             joined_at=self.decode_ts(joined_at),
             left_at=self.opt_decode_ts(left_at),
+            member_user_id=opt_text(member_user_id),
         )
 
     def request_row(
@@ -397,7 +399,7 @@ MEMBERSHIPS: ChildTable[HouseholdMembership] = ChildTable(
     "memberships",
     (
         ("household_id", _TEXT), ("role", _TEXT), ("manager_user_id", _TEXT),
-        ("joined_at", _TS), ("left_at", _TS),
+        ("joined_at", _TS), ("left_at", _TS), ("member_user_id", _TEXT),
     ),
     RowCodec.membership_row,
     RowCodec.membership,

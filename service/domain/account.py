@@ -84,11 +84,17 @@ class Redemption:
 
 @dataclass(frozen=True, slots=True)
 class HouseholdMembership:
+    """A user's place in a household. On a manager's account, besides their own MANAGER
+    membership, each member holds a seat: a MANAGER-role row naming `member_user_id` (the
+    roster, where the plan's size limit is enforced; see service.domain.households)."""
+
     household_id: str
     role: HouseholdRole
     manager_user_id: str
     joined_at: datetime
     left_at: datetime | None = None
+    # Set only on a seat of the manager's roster: the member the seat is for.
+    member_user_id: str | None = None
 
     def is_active(self, now: datetime) -> bool:
         return self.joined_at <= now and (self.left_at is None or now < self.left_at)

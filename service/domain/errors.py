@@ -48,6 +48,14 @@ class PreconditionReason(enum.Enum):
     REFUND_NOT_YET_RECORDED = enum.auto()
     # RedeemOffer: the subscription id is taken.
     SUBSCRIPTION_EXISTS = enum.auto()
+    # CreateHousehold, AddHouseholdMember: the manager has no current subscription on a
+    # plan shared with a household (household_size > 1).
+    NOT_A_HOUSEHOLD_PLAN = enum.auto()
+    # AddHouseholdMember: the plan's household size (manager included) is reached.
+    HOUSEHOLD_FULL = enum.auto()
+    # CreateHousehold, AddHouseholdMember: the user already manages or belongs to another
+    # household (one household per user).
+    ALREADY_IN_HOUSEHOLD = enum.auto()
 
 
 class PreconditionFailed(DomainError):

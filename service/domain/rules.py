@@ -126,8 +126,10 @@ def account_facts(
     currently_subscribed = current_plan_until is not None or suspended
     lapsed_since = None if currently_subscribed or not ended else max(ended)
     member_roles = [m for m in account.memberships if m.role is HouseholdRole.MEMBER]
-    household_changes = [m.joined_at for m in account.memberships] + [
-        m.left_at for m in account.memberships if m.left_at is not None
+    # The user's own joins and leaves; seats of a manager's roster are the members'.
+    own_memberships = [m for m in account.memberships if m.member_user_id is None]
+    household_changes = [m.joined_at for m in own_memberships] + [
+        m.left_at for m in own_memberships if m.left_at is not None
     ]
     if account.student_verified_until is not None and account.student_verified_until > now:
         change_times.append(account.student_verified_until)

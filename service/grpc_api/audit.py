@@ -55,9 +55,12 @@ def request_id_of(request: Any) -> str | None:
 
 
 def _user(request: Any) -> str | None:
-    user_id = getattr(request, "user_id", None)
-    if isinstance(user_id, str) and user_id:
-        return user_digest(user_id)
+    """The digest of the user a write is about: `user_id`, or for the household RPCs the
+    member (`member_user_id`), else the manager (`manager_user_id`)."""
+    for field in ("user_id", "member_user_id", "manager_user_id"):
+        user_id = getattr(request, field, None)
+        if isinstance(user_id, str) and user_id:
+            return user_digest(user_id)
     return None
 
 

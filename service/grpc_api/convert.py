@@ -186,6 +186,12 @@ def store_from_proto(value: int) -> Store | None:
     return _STORE_FROM_PROTO.get(value)
 
 
+def optional_time(message: Any, field: str) -> datetime | None:
+    """A request's optional timestamp field (None when unset; INVALID_ARGUMENT when out of
+    range)."""
+    return _optional_time(message, field)
+
+
 def _optional_time(message: Any, field: str, path: str = "") -> datetime | None:
     """The timestamp field as an aware datetime, None when unset; INVALID_ARGUMENT when it
     is outside Timestamp's range (years 1 to 9999, nanos 0 to 999,999,999)."""

@@ -166,6 +166,88 @@ class SubscriptionEventServicer(
             consistency_token=answer.consistency_token,
         )
 
+    async def CreateHousehold(
+        self,
+        request: subscription_event_service_pb2.CreateHouseholdRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> subscription_event_service_pb2.CreateHouseholdResponse:
+        answer = await self._offload(
+            self._writes.create_household, request.request_id, request.manager_user_id
+        )
+        return subscription_event_service_pb2.CreateHouseholdResponse(
+            household_id=answer.household_id,
+            plan_id=answer.plan_id,
+            household_size=answer.household_size,
+            consistency_token=answer.consistency_token,
+        )
+
+    async def AddHouseholdMember(
+        self,
+        request: subscription_event_service_pb2.AddHouseholdMemberRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> subscription_event_service_pb2.AddHouseholdMemberResponse:
+        answer = await self._offload(
+            self._writes.add_household_member,
+            request.request_id,
+            request.manager_user_id,
+            request.household_id,
+            request.member_user_id,
+        )
+        return subscription_event_service_pb2.AddHouseholdMemberResponse(
+            household_id=answer.household_id,
+            consistency_token=answer.consistency_token,
+            manager_consistency_token=answer.manager_consistency_token,
+        )
+
+    async def RemoveHouseholdMember(
+        self,
+        request: subscription_event_service_pb2.RemoveHouseholdMemberRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> subscription_event_service_pb2.RemoveHouseholdMemberResponse:
+        answer = await self._offload(
+            self._writes.remove_household_member,
+            request.request_id,
+            request.manager_user_id,
+            request.household_id,
+            request.member_user_id,
+        )
+        return subscription_event_service_pb2.RemoveHouseholdMemberResponse(
+            household_id=answer.household_id,
+            consistency_token=answer.consistency_token,
+            manager_consistency_token=answer.manager_consistency_token,
+        )
+
+    async def RecordStudentVerification(
+        self,
+        request: subscription_event_service_pb2.RecordStudentVerificationRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> subscription_event_service_pb2.RecordStudentVerificationResponse:
+        answer = await self._offload(
+            self._writes.record_student_verification,
+            request.request_id,
+            request.user_id,
+            convert.optional_time(request, "verified_until"),
+            request.provider_reference,
+        )
+        response = subscription_event_service_pb2.RecordStudentVerificationResponse(
+            consistency_token=answer.consistency_token
+        )
+        if answer.verified_until is not None:
+            response.verified_until.CopyFrom(convert.timestamp(answer.verified_until))
+        return response
+
+    async def RevokeStudentVerification(
+        self,
+        request: subscription_event_service_pb2.RevokeStudentVerificationRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> subscription_event_service_pb2.RevokeStudentVerificationResponse:
+        answer = await self._offload(
+            self._writes.revoke_student_verification, request.request_id, request.user_id
+        )
+        return subscription_event_service_pb2.RevokeStudentVerificationResponse(
+            consistency_token=answer.consistency_token
+        )
+
     async def _offload(self, write: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """A write runs in a store thread (the stores block), within the RPC's budget."""
         return await self._store.run(rpc_remaining(), write, *args, **kwargs)

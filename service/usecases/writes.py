@@ -15,7 +15,12 @@ from typing import Any
 
 from service.domain.account import AccountState, Grant, Store, Subscription, UserState
 from service.domain.catalog import Catalog
-from service.domain.errors import FieldViolation, InvalidRequest
+from service.domain.errors import (
+    FieldViolation,
+    InvalidRequest,
+    PreconditionFailed,
+    PreconditionReason,
+)
 from service.domain.events import (
     EventOutcome,
     SubscriptionEvent,
@@ -23,6 +28,15 @@ from service.domain.events import (
     validate_event,
 )
 from service.domain.grants import GrantRequest, new_grant, revoke_grant, validate_grant, with_grant
+from service.domain.households import (
+    create_household,
+    join_household,
+    leave_household,
+    release_seat,
+    reserve_seat,
+    revoke_student,
+    verify_student,
+)
 from service.domain.redemption import redeem_offer
 from service.domain.rules import Platform
 from service.domain.validation import check_id, check_market, check_user_id
@@ -118,6 +132,28 @@ class GrantAnswer:
 @dataclass(frozen=True, slots=True)
 class RedeemAnswer:
     subscription: Subscription
+    consistency_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class HouseholdAnswer:
+    household_id: str
+    plan_id: str
+    household_size: int
+    consistency_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipAnswer:
+    household_id: str
+    # The member's token: reads of the member with it see the change.
+    consistency_token: str
+    manager_consistency_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class StudentAnswer:
+    verified_until: datetime | None
     consistency_token: str
 
 
@@ -320,6 +356,216 @@ class WriteService:
             s for s in applied.state.subscriptions if s.subscription_id == reply.subscription_id
         )
         return RedeemAnswer(subscription, issue_token(user_id, applied.version))
+
+    def create_household(self, request_id: str, manager_user_id: str) -> HouseholdAnswer:
+        violations: list[FieldViolation] = []
+        check_id(request_id, "request_id", violations)
+        check_user_id(manager_user_id, "manager_user_id", violations)
+        _raise_if(violations)
+        now = self._clock()
+        # Derived from the request, so that a retried request names the same household.
+        household_id = "household-" + fingerprint(manager_user_id, request_id)[:20]
+
+        def mutate(account: AccountState) -> Mutation:
+            updated, plan = create_household(account, self.catalog, household_id, now)
+            reply = {"plan_id": plan.id, "household_size": plan.household_size}
+            if updated == account:
+                return Mutation.unchanged(reply)
+            summary = f"created household {household_id} on {plan.id} ({plan.household_size})"
+            return Mutation(
+                state=updated,
+                response=reply,
+                history=(HistoryDraft("household", household_id, now, summary),),
+            )
+
+        key = IdempotencyKey("household_create", request_id, fingerprint(manager_user_id))
+        applied = self._apply(manager_user_id, key, mutate, now)
+        return HouseholdAnswer(
+            household_id,
+            str(applied.response["plan_id"]),
+            int(applied.response["household_size"]),
+            issue_token(manager_user_id, applied.version),
+        )
+
+    def _membership_request(
+        self, request_id: str, manager_user_id: str, household_id: str, member_user_id: str
+    ) -> str:
+        violations: list[FieldViolation] = []
+        check_id(request_id, "request_id", violations)
+        check_user_id(manager_user_id, "manager_user_id", violations)
+        check_id(household_id, "household_id", violations)
+        check_user_id(member_user_id, "member_user_id", violations)
+        if member_user_id and member_user_id == manager_user_id:
+            violations.append(FieldViolation("member_user_id", "the manager cannot be a member"))
+        _raise_if(violations)
+        return fingerprint(manager_user_id, household_id, member_user_id)
+
+    def add_household_member(
+        self, request_id: str, manager_user_id: str, household_id: str, member_user_id: str
+    ) -> MembershipAnswer:
+        """Two transactions, each idempotent on request_id: the seat on the manager's
+        roster (size limit), then the member's membership (one household per user); a
+        refused membership releases the seat."""
+        digest = self._membership_request(request_id, manager_user_id, household_id, member_user_id)
+        now = self._clock()
+        summary = f"{member_user_id} joined household {household_id}"
+
+        def seat(account: AccountState) -> Mutation:
+            updated = reserve_seat(account, self.catalog, household_id, member_user_id, now)
+            if updated == account:
+                return Mutation.unchanged({})
+            return Mutation(
+                updated, {}, (HistoryDraft("household_seat", household_id, now, summary),)
+            )
+
+        def join(account: AccountState) -> Mutation:
+            try:
+                updated = join_household(account, household_id, manager_user_id, now)
+            except PreconditionFailed as refused:
+                # Kept with the key: a retry of this request is refused the same way, so
+                # the seat released below is never left behind by a later success.
+                return Mutation.unchanged(
+                    {
+                        "refused": refused.reason.name,
+                        "subject": refused.subject,
+                        "description": refused.description,
+                    }
+                )
+            if updated == account:
+                return Mutation.unchanged({})
+            return Mutation(
+                updated, {}, (HistoryDraft("household_join", household_id, now, summary),)
+            )
+
+        def undo(account: AccountState) -> Mutation:
+            updated = release_seat(account, household_id, member_user_id, now, undo=True)
+            if updated == account:
+                return Mutation.unchanged({})
+            note = f"seat of {member_user_id} released: the membership was refused"
+            return Mutation(updated, {}, (HistoryDraft("household_seat", household_id, now, note),))
+
+        manager = self._apply(
+            manager_user_id, IdempotencyKey("household_seat", request_id, digest), seat, now
+        )
+        member = self._apply(
+            member_user_id, IdempotencyKey("household_join", request_id, digest), join, now
+        )
+        refused = member.response.get("refused")
+        if refused is not None:
+            self._apply(
+                manager_user_id, IdempotencyKey("household_unseat", request_id, digest), undo, now
+            )
+            raise PreconditionFailed(
+                PreconditionReason[str(refused)],
+                str(member.response["subject"]),
+                str(member.response["description"]),
+            )
+        return MembershipAnswer(
+            household_id,
+            issue_token(member_user_id, member.version),
+            issue_token(manager_user_id, manager.version),
+        )
+
+    def remove_household_member(
+        self, request_id: str, manager_user_id: str, household_id: str, member_user_id: str
+    ) -> MembershipAnswer:
+        """Two transactions, each idempotent on request_id: the member's membership ends
+        (access goes first), then the seat on the manager's roster."""
+        digest = self._membership_request(request_id, manager_user_id, household_id, member_user_id)
+        now = self._clock()
+        summary = f"{member_user_id} left household {household_id}"
+
+        def unseat(account: AccountState) -> Mutation:
+            updated = release_seat(account, household_id, member_user_id, now)
+            if updated == account:
+                return Mutation.unchanged({})
+            return Mutation(
+                updated, {}, (HistoryDraft("household_seat", household_id, now, summary),)
+            )
+
+        def leave(account: AccountState) -> Mutation:
+            updated = leave_household(account, household_id, now)
+            if updated == account:
+                return Mutation.unchanged({})
+            return Mutation(
+                updated, {}, (HistoryDraft("household_leave", household_id, now, summary),)
+            )
+
+        # The manager must manage the household (NOT_FOUND) before anything is written.
+        with self._budget():
+            managed = self._repository.load(manager_user_id).account
+        release_seat(managed, household_id, member_user_id, now)
+        member = self._apply(
+            member_user_id, IdempotencyKey("household_leave", request_id, digest), leave, now
+        )
+        manager = self._apply(
+            manager_user_id, IdempotencyKey("household_release", request_id, digest), unseat, now
+        )
+        return MembershipAnswer(
+            household_id,
+            issue_token(member_user_id, member.version),
+            issue_token(manager_user_id, manager.version),
+        )
+
+    def record_student_verification(
+        self,
+        request_id: str,
+        user_id: str,
+        verified_until: datetime | None,
+        provider_reference: str,
+    ) -> StudentAnswer:
+        violations: list[FieldViolation] = []
+        check_id(request_id, "request_id", violations)
+        check_user_id(user_id, "user_id", violations)
+        check_id(provider_reference, "provider_reference", violations)
+        now = self._clock()
+        if verified_until is None:
+            violations.append(FieldViolation("verified_until", "must be set"))
+        elif verified_until <= now:
+            violations.append(FieldViolation("verified_until", "must be in the future"))
+        _raise_if(violations)
+        assert verified_until is not None
+        until = verified_until
+
+        def mutate(account: AccountState) -> Mutation:
+            updated = verify_student(account, until)
+            if updated == account:
+                return Mutation.unchanged({})
+            summary = f"student verified until {until.isoformat()} ({provider_reference})"
+            return Mutation(
+                updated,
+                {},
+                (HistoryDraft("student_verification", provider_reference, now, summary),),
+            )
+
+        key = IdempotencyKey("student_verify", request_id, fingerprint(until, provider_reference))
+        applied = self._apply(user_id, key, mutate, now)
+        return StudentAnswer(
+            applied.state.student_verified_until, issue_token(user_id, applied.version)
+        )
+
+    def revoke_student_verification(self, request_id: str, user_id: str) -> StudentAnswer:
+        violations: list[FieldViolation] = []
+        check_id(request_id, "request_id", violations)
+        check_user_id(user_id, "user_id", violations)
+        _raise_if(violations)
+        now = self._clock()
+
+        def mutate(account: AccountState) -> Mutation:
+            updated = revoke_student(account)
+            if updated == account:
+                return Mutation.unchanged({})
+            return Mutation(
+                updated,
+                {},
+                (HistoryDraft("student_revocation", user_id, now, "student verification revoked"),),
+            )
+
+        key = IdempotencyKey("student_revoke", request_id, fingerprint(user_id))
+        applied = self._apply(user_id, key, mutate, now)
+        return StudentAnswer(
+            applied.state.student_verified_until, issue_token(user_id, applied.version)
+        )
 
     def _apply(
         self,

@@ -1290,6 +1290,7 @@ def test_sqlite_database_from_before_0002_is_migrated_keeping_its_data(
     try:
         connection.execute("DROP TABLE history")
         connection.execute("DROP TABLE processed_requests")
+        connection.execute("ALTER TABLE household_memberships DROP COLUMN member_user_id")
         connection.execute("DELETE FROM schema_migrations WHERE version >= 2")
     finally:
         connection.close()

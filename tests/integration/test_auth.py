@@ -254,7 +254,10 @@ USER_ID = "audit-user-8c1f"
 
 
 def write_request(method: descriptor.MethodDescriptor, request_id: str) -> Any:
-    request = message_factory.GetMessageClass(method.input_type)(user_id=USER_ID)
+    fields = method.input_type.fields_by_name
+    # The household RPCs name the member (and the manager) instead of one user.
+    user_field = next(f for f in ("user_id", "member_user_id", "manager_user_id") if f in fields)
+    request = message_factory.GetMessageClass(method.input_type)(**{user_field: USER_ID})
     field = "event_id" if "event_id" in method.input_type.fields_by_name else "request_id"
     setattr(request, field, request_id)
     return request

@@ -682,3 +682,305 @@ class RedeemOfferResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RedeemOfferResponse: _TypeAlias = RedeemOfferResponse  # noqa: Y015
+
+@_typing.final
+class CreateHouseholdRequest(_message.Message):
+    """Request of SubscriptionEventService.CreateHousehold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MANAGER_USER_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Client-chosen idempotency key; the household id is derived from it."""
+    manager_user_id: _builtins.str
+    """The user who manages the household and whose subscription it shares."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        manager_user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager_user_id", b"manager_user_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateHouseholdRequest: _TypeAlias = CreateHouseholdRequest  # noqa: Y015
+
+@_typing.final
+class CreateHouseholdResponse(_message.Message):
+    """Response of SubscriptionEventService.CreateHousehold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    HOUSEHOLD_SIZE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    household_id: _builtins.str
+    """The new household's id."""
+    plan_id: _builtins.str
+    """The plan shared (the manager's current subscription's plan)."""
+    household_size: _builtins.int
+    """How many accounts the plan allows, manager included."""
+    consistency_token: _builtins.str
+    """Pass to later reads of the manager to see this write (ReadConsistency)."""
+    def __init__(
+        self,
+        *,
+        household_id: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+        household_size: _builtins.int = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "household_id", b"household_id", "household_size", b"household_size", "plan_id", b"plan_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateHouseholdResponse: _TypeAlias = CreateHouseholdResponse  # noqa: Y015
+
+@_typing.final
+class AddHouseholdMemberRequest(_message.Message):
+    """Request of SubscriptionEventService.AddHouseholdMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MANAGER_USER_ID_FIELD_NUMBER: _builtins.int
+    HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_USER_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Client-chosen idempotency key."""
+    manager_user_id: _builtins.str
+    """The household's manager."""
+    household_id: _builtins.str
+    """The household, as CreateHousehold answered it."""
+    member_user_id: _builtins.str
+    """The user to add; must not be the manager."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        manager_user_id: _builtins.str = ...,
+        household_id: _builtins.str = ...,
+        member_user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["household_id", b"household_id", "manager_user_id", b"manager_user_id", "member_user_id", b"member_user_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddHouseholdMemberRequest: _TypeAlias = AddHouseholdMemberRequest  # noqa: Y015
+
+@_typing.final
+class AddHouseholdMemberResponse(_message.Message):
+    """Response of SubscriptionEventService.AddHouseholdMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    MANAGER_CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    household_id: _builtins.str
+    """The household."""
+    consistency_token: _builtins.str
+    """Pass to later reads of the MEMBER to see this write (ReadConsistency)."""
+    manager_consistency_token: _builtins.str
+    """Pass to later reads of the manager to see the roster change."""
+    def __init__(
+        self,
+        *,
+        household_id: _builtins.str = ...,
+        consistency_token: _builtins.str = ...,
+        manager_consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "household_id", b"household_id", "manager_consistency_token", b"manager_consistency_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddHouseholdMemberResponse: _TypeAlias = AddHouseholdMemberResponse  # noqa: Y015
+
+@_typing.final
+class RemoveHouseholdMemberRequest(_message.Message):
+    """Request of SubscriptionEventService.RemoveHouseholdMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MANAGER_USER_ID_FIELD_NUMBER: _builtins.int
+    HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_USER_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Client-chosen idempotency key."""
+    manager_user_id: _builtins.str
+    """The household's manager."""
+    household_id: _builtins.str
+    """The household."""
+    member_user_id: _builtins.str
+    """The member to remove."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        manager_user_id: _builtins.str = ...,
+        household_id: _builtins.str = ...,
+        member_user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["household_id", b"household_id", "manager_user_id", b"manager_user_id", "member_user_id", b"member_user_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveHouseholdMemberRequest: _TypeAlias = RemoveHouseholdMemberRequest  # noqa: Y015
+
+@_typing.final
+class RemoveHouseholdMemberResponse(_message.Message):
+    """Response of SubscriptionEventService.RemoveHouseholdMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOUSEHOLD_ID_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    MANAGER_CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    household_id: _builtins.str
+    """The household."""
+    consistency_token: _builtins.str
+    """Pass to later reads of the MEMBER to see this write (ReadConsistency)."""
+    manager_consistency_token: _builtins.str
+    """Pass to later reads of the manager to see the roster change."""
+    def __init__(
+        self,
+        *,
+        household_id: _builtins.str = ...,
+        consistency_token: _builtins.str = ...,
+        manager_consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "household_id", b"household_id", "manager_consistency_token", b"manager_consistency_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveHouseholdMemberResponse: _TypeAlias = RemoveHouseholdMemberResponse  # noqa: Y015
+
+@_typing.final
+class RecordStudentVerificationRequest(_message.Message):
+    """Request of SubscriptionEventService.RecordStudentVerification."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    VERIFIED_UNTIL_FIELD_NUMBER: _builtins.int
+    PROVIDER_REFERENCE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Client-chosen idempotency key."""
+    user_id: _builtins.str
+    """The verified student."""
+    provider_reference: _builtins.str
+    """The verification provider's reference for the check (required; kept in the user's
+    history for support).
+    """
+    @_builtins.property
+    def verified_until(self) -> _timestamp_pb2.Timestamp:
+        """Until when the student status holds (required, in the future)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        verified_until: _timestamp_pb2.Timestamp | None = ...,
+        provider_reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["verified_until", b"verified_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider_reference", b"provider_reference", "request_id", b"request_id", "user_id", b"user_id", "verified_until", b"verified_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordStudentVerificationRequest: _TypeAlias = RecordStudentVerificationRequest  # noqa: Y015
+
+@_typing.final
+class RecordStudentVerificationResponse(_message.Message):
+    """Response of SubscriptionEventService.RecordStudentVerification."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERIFIED_UNTIL_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    """Pass to later reads of this user to see this write (ReadConsistency)."""
+    @_builtins.property
+    def verified_until(self) -> _timestamp_pb2.Timestamp:
+        """Until when the user is a verified student."""
+
+    def __init__(
+        self,
+        *,
+        verified_until: _timestamp_pb2.Timestamp | None = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["verified_until", b"verified_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "verified_until", b"verified_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordStudentVerificationResponse: _TypeAlias = RecordStudentVerificationResponse  # noqa: Y015
+
+@_typing.final
+class RevokeStudentVerificationRequest(_message.Message):
+    """Request of SubscriptionEventService.RevokeStudentVerification."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Client-chosen idempotency key."""
+    user_id: _builtins.str
+    """The user whose verification ends."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeStudentVerificationRequest: _TypeAlias = RevokeStudentVerificationRequest  # noqa: Y015
+
+@_typing.final
+class RevokeStudentVerificationResponse(_message.Message):
+    """Response of SubscriptionEventService.RevokeStudentVerification."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    """Pass to later reads of this user to see this write (ReadConsistency)."""
+    def __init__(
+        self,
+        *,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeStudentVerificationResponse: _TypeAlias = RevokeStudentVerificationResponse  # noqa: Y015

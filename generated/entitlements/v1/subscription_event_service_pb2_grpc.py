@@ -28,8 +28,9 @@ if _version_not_supported:
 class SubscriptionEventServiceStub:
     """The write side: store and checkout events, support grants and offer redemptions.
     Every RPC needs an admin credential, is idempotent on a client-supplied id, runs as one
-    transaction that increments the user's version, writes an audit record, and returns a
-    consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
+    transaction that increments the user's version (AddHouseholdMember and
+    RemoveHouseholdMember: one per user, see CreateHousehold), writes an audit record, and
+    returns a consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
     with the resources as they are now and the consistency token of the first write.
     """
 
@@ -59,13 +60,39 @@ class SubscriptionEventServiceStub:
                 request_serializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RedeemOfferRequest.SerializeToString,
                 response_deserializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RedeemOfferResponse.FromString,
                 _registered_method=True)
+        self.CreateHousehold = channel.unary_unary(
+                '/entitlements.v1.SubscriptionEventService/CreateHousehold',
+                request_serializer=entitlements_dot_v1_dot_subscription__event__service__pb2.CreateHouseholdRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_subscription__event__service__pb2.CreateHouseholdResponse.FromString,
+                _registered_method=True)
+        self.AddHouseholdMember = channel.unary_unary(
+                '/entitlements.v1.SubscriptionEventService/AddHouseholdMember',
+                request_serializer=entitlements_dot_v1_dot_subscription__event__service__pb2.AddHouseholdMemberRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_subscription__event__service__pb2.AddHouseholdMemberResponse.FromString,
+                _registered_method=True)
+        self.RemoveHouseholdMember = channel.unary_unary(
+                '/entitlements.v1.SubscriptionEventService/RemoveHouseholdMember',
+                request_serializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RemoveHouseholdMemberRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RemoveHouseholdMemberResponse.FromString,
+                _registered_method=True)
+        self.RecordStudentVerification = channel.unary_unary(
+                '/entitlements.v1.SubscriptionEventService/RecordStudentVerification',
+                request_serializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RecordStudentVerificationRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RecordStudentVerificationResponse.FromString,
+                _registered_method=True)
+        self.RevokeStudentVerification = channel.unary_unary(
+                '/entitlements.v1.SubscriptionEventService/RevokeStudentVerification',
+                request_serializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RevokeStudentVerificationRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RevokeStudentVerificationResponse.FromString,
+                _registered_method=True)
 
 
 class SubscriptionEventServiceServicer:
     """The write side: store and checkout events, support grants and offer redemptions.
     Every RPC needs an admin credential, is idempotent on a client-supplied id, runs as one
-    transaction that increments the user's version, writes an audit record, and returns a
-    consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
+    transaction that increments the user's version (AddHouseholdMember and
+    RemoveHouseholdMember: one per user, see CreateHousehold), writes an audit record, and
+    returns a consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
     with the resources as they are now and the consistency token of the first write.
     """
 
@@ -145,6 +172,90 @@ class SubscriptionEventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateHousehold(self, request, context):
+        """Creates a household managed by manager_user_id, on the plan of the manager's current
+        subscription, which must share with a household (household_size > 1). The household
+        id is derived from (manager_user_id, request_id). Idempotent on request_id.
+
+        Households across users: every write is one transaction of ONE user. The manager's
+        account holds the household (a MANAGER membership) and its roster of seats (one per
+        member, which is where the size limit is enforced atomically); each member's account
+        holds their own MEMBER membership, which is what reads use (a member's decision
+        follows the manager's subscription). AddHouseholdMember and RemoveHouseholdMember
+        write both in two steps, each idempotent on request_id: retrying a request that
+        failed with UNAVAILABLE or DEADLINE_EXCEEDED completes it.
+        Errors:
+        - INVALID_ARGUMENT (google.rpc.BadRequest): missing or malformed ids.
+        - FAILED_PRECONDITION (google.rpc.ErrorInfo reason and PreconditionFailure):
+        NOT_A_HOUSEHOLD_PLAN (the manager has no current subscription on a plan with
+        household_size > 1), ALREADY_IN_HOUSEHOLD (the manager manages another household or
+        is a member of one).
+        - ALREADY_EXISTS: request_id used before with a different request.
+        - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
+        PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddHouseholdMember(self, request, context):
+        """Adds member_user_id to the household: first a seat on the manager's roster (the
+        plan's size limit, counting the manager), then the membership on the member's
+        account (one household per member); if the second step is refused the seat is
+        released. The member's decisions then follow the manager's subscription: pass
+        consistency_token to reads of the member. The join time is recorded and starts the
+        catalog's household cooldown for offers with the not_in_household_cooldown rule (the
+        catalog has no cooldown on joining itself). Adding a current member changes nothing.
+        Idempotent on request_id.
+        Errors:
+        - INVALID_ARGUMENT: missing ids, member_user_id equal to manager_user_id.
+        - NOT_FOUND: the manager has no such current household.
+        - FAILED_PRECONDITION (ErrorInfo reason): HOUSEHOLD_FULL (the plan's household_size,
+        manager included, is reached), NOT_A_HOUSEHOLD_PLAN (the manager's current plan is
+        no longer a household plan), ALREADY_IN_HOUSEHOLD (the member belongs to or manages
+        another household).
+        - ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
+        UNAUTHENTICATED, PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveHouseholdMember(self, request, context):
+        """Removes member_user_id from the household: first the member's membership ends (the
+        member loses household access), then the seat on the manager's roster is freed. The
+        leave time is recorded (household cooldown for offers). Removing someone who is not
+        a current member changes nothing. Idempotent on request_id.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (the manager has no such household),
+        ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
+        PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordStudentVerification(self, request, context):
+        """Records that the user's student status was verified until verified_until (the
+        verified_student offer rule uses it). Replaces an earlier verification. Idempotent
+        on request_id.
+        Errors: INVALID_ARGUMENT (missing ids or provider_reference, verified_until unset or
+        not in the future), ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED,
+        RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeStudentVerification(self, request, context):
+        """Revokes the user's student verification at once. Revoking when there is none
+        changes nothing. Idempotent on request_id.
+        Errors: INVALID_ARGUMENT, ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED,
+        RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubscriptionEventServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +279,31 @@ def add_SubscriptionEventServiceServicer_to_server(servicer, server):
                     request_deserializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RedeemOfferRequest.FromString,
                     response_serializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RedeemOfferResponse.SerializeToString,
             ),
+            'CreateHousehold': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateHousehold,
+                    request_deserializer=entitlements_dot_v1_dot_subscription__event__service__pb2.CreateHouseholdRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_subscription__event__service__pb2.CreateHouseholdResponse.SerializeToString,
+            ),
+            'AddHouseholdMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddHouseholdMember,
+                    request_deserializer=entitlements_dot_v1_dot_subscription__event__service__pb2.AddHouseholdMemberRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_subscription__event__service__pb2.AddHouseholdMemberResponse.SerializeToString,
+            ),
+            'RemoveHouseholdMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveHouseholdMember,
+                    request_deserializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RemoveHouseholdMemberRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RemoveHouseholdMemberResponse.SerializeToString,
+            ),
+            'RecordStudentVerification': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordStudentVerification,
+                    request_deserializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RecordStudentVerificationRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RecordStudentVerificationResponse.SerializeToString,
+            ),
+            'RevokeStudentVerification': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeStudentVerification,
+                    request_deserializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RevokeStudentVerificationRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_subscription__event__service__pb2.RevokeStudentVerificationResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'entitlements.v1.SubscriptionEventService', rpc_method_handlers)
@@ -179,8 +315,9 @@ def add_SubscriptionEventServiceServicer_to_server(servicer, server):
 class SubscriptionEventService:
     """The write side: store and checkout events, support grants and offer redemptions.
     Every RPC needs an admin credential, is idempotent on a client-supplied id, runs as one
-    transaction that increments the user's version, writes an audit record, and returns a
-    consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
+    transaction that increments the user's version (AddHouseholdMember and
+    RemoveHouseholdMember: one per user, see CreateHousehold), writes an audit record, and
+    returns a consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
     with the resources as they are now and the consistency token of the first write.
     """
 
@@ -282,6 +419,141 @@ class SubscriptionEventService:
             '/entitlements.v1.SubscriptionEventService/RedeemOffer',
             entitlements_dot_v1_dot_subscription__event__service__pb2.RedeemOfferRequest.SerializeToString,
             entitlements_dot_v1_dot_subscription__event__service__pb2.RedeemOfferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateHousehold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/entitlements.v1.SubscriptionEventService/CreateHousehold',
+            entitlements_dot_v1_dot_subscription__event__service__pb2.CreateHouseholdRequest.SerializeToString,
+            entitlements_dot_v1_dot_subscription__event__service__pb2.CreateHouseholdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddHouseholdMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/entitlements.v1.SubscriptionEventService/AddHouseholdMember',
+            entitlements_dot_v1_dot_subscription__event__service__pb2.AddHouseholdMemberRequest.SerializeToString,
+            entitlements_dot_v1_dot_subscription__event__service__pb2.AddHouseholdMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveHouseholdMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/entitlements.v1.SubscriptionEventService/RemoveHouseholdMember',
+            entitlements_dot_v1_dot_subscription__event__service__pb2.RemoveHouseholdMemberRequest.SerializeToString,
+            entitlements_dot_v1_dot_subscription__event__service__pb2.RemoveHouseholdMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordStudentVerification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/entitlements.v1.SubscriptionEventService/RecordStudentVerification',
+            entitlements_dot_v1_dot_subscription__event__service__pb2.RecordStudentVerificationRequest.SerializeToString,
+            entitlements_dot_v1_dot_subscription__event__service__pb2.RecordStudentVerificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeStudentVerification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/entitlements.v1.SubscriptionEventService/RevokeStudentVerification',
+            entitlements_dot_v1_dot_subscription__event__service__pb2.RevokeStudentVerificationRequest.SerializeToString,
+            entitlements_dot_v1_dot_subscription__event__service__pb2.RevokeStudentVerificationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,8 +29,9 @@ GRPC_VERSION: str
 class SubscriptionEventServiceStub:
     """The write side: store and checkout events, support grants and offer redemptions.
     Every RPC needs an admin credential, is idempotent on a client-supplied id, runs as one
-    transaction that increments the user's version, writes an audit record, and returns a
-    consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
+    transaction that increments the user's version (AddHouseholdMember and
+    RemoveHouseholdMember: one per user, see CreateHousehold), writes an audit record, and
+    returns a consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
     with the resources as they are now and the consistency token of the first write.
     """
 
@@ -98,13 +99,78 @@ class SubscriptionEventServiceStub:
     - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
       PERMISSION_DENIED.
     """
+    CreateHousehold: _grpc.UnaryUnaryMultiCallable[_subscription_event_service_pb2.CreateHouseholdRequest, _subscription_event_service_pb2.CreateHouseholdResponse]
+    """Creates a household managed by manager_user_id, on the plan of the manager's current
+    subscription, which must share with a household (household_size > 1). The household
+    id is derived from (manager_user_id, request_id). Idempotent on request_id.
+
+    Households across users: every write is one transaction of ONE user. The manager's
+    account holds the household (a MANAGER membership) and its roster of seats (one per
+    member, which is where the size limit is enforced atomically); each member's account
+    holds their own MEMBER membership, which is what reads use (a member's decision
+    follows the manager's subscription). AddHouseholdMember and RemoveHouseholdMember
+    write both in two steps, each idempotent on request_id: retrying a request that
+    failed with UNAVAILABLE or DEADLINE_EXCEEDED completes it.
+    Errors:
+    - INVALID_ARGUMENT (google.rpc.BadRequest): missing or malformed ids.
+    - FAILED_PRECONDITION (google.rpc.ErrorInfo reason and PreconditionFailure):
+      NOT_A_HOUSEHOLD_PLAN (the manager has no current subscription on a plan with
+      household_size > 1), ALREADY_IN_HOUSEHOLD (the manager manages another household or
+      is a member of one).
+    - ALREADY_EXISTS: request_id used before with a different request.
+    - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
+      PERMISSION_DENIED.
+    """
+    AddHouseholdMember: _grpc.UnaryUnaryMultiCallable[_subscription_event_service_pb2.AddHouseholdMemberRequest, _subscription_event_service_pb2.AddHouseholdMemberResponse]
+    """Adds member_user_id to the household: first a seat on the manager's roster (the
+    plan's size limit, counting the manager), then the membership on the member's
+    account (one household per member); if the second step is refused the seat is
+    released. The member's decisions then follow the manager's subscription: pass
+    consistency_token to reads of the member. The join time is recorded and starts the
+    catalog's household cooldown for offers with the not_in_household_cooldown rule (the
+    catalog has no cooldown on joining itself). Adding a current member changes nothing.
+    Idempotent on request_id.
+    Errors:
+    - INVALID_ARGUMENT: missing ids, member_user_id equal to manager_user_id.
+    - NOT_FOUND: the manager has no such current household.
+    - FAILED_PRECONDITION (ErrorInfo reason): HOUSEHOLD_FULL (the plan's household_size,
+      manager included, is reached), NOT_A_HOUSEHOLD_PLAN (the manager's current plan is
+      no longer a household plan), ALREADY_IN_HOUSEHOLD (the member belongs to or manages
+      another household).
+    - ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
+      UNAUTHENTICATED, PERMISSION_DENIED.
+    """
+    RemoveHouseholdMember: _grpc.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RemoveHouseholdMemberRequest, _subscription_event_service_pb2.RemoveHouseholdMemberResponse]
+    """Removes member_user_id from the household: first the member's membership ends (the
+    member loses household access), then the seat on the manager's roster is freed. The
+    leave time is recorded (household cooldown for offers). Removing someone who is not
+    a current member changes nothing. Idempotent on request_id.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (the manager has no such household),
+    ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
+    PERMISSION_DENIED.
+    """
+    RecordStudentVerification: _grpc.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RecordStudentVerificationRequest, _subscription_event_service_pb2.RecordStudentVerificationResponse]
+    """Records that the user's student status was verified until verified_until (the
+    verified_student offer rule uses it). Replaces an earlier verification. Idempotent
+    on request_id.
+    Errors: INVALID_ARGUMENT (missing ids or provider_reference, verified_until unset or
+    not in the future), ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED,
+    RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
+    """
+    RevokeStudentVerification: _grpc.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RevokeStudentVerificationRequest, _subscription_event_service_pb2.RevokeStudentVerificationResponse]
+    """Revokes the user's student verification at once. Revoking when there is none
+    changes nothing. Idempotent on request_id.
+    Errors: INVALID_ARGUMENT, ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED,
+    RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
+    """
 
 @_typing.type_check_only
 class SubscriptionEventServiceAsyncStub(SubscriptionEventServiceStub):
     """The write side: store and checkout events, support grants and offer redemptions.
     Every RPC needs an admin credential, is idempotent on a client-supplied id, runs as one
-    transaction that increments the user's version, writes an audit record, and returns a
-    consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
+    transaction that increments the user's version (AddHouseholdMember and
+    RemoveHouseholdMember: one per user, see CreateHousehold), writes an audit record, and
+    returns a consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
     with the resources as they are now and the consistency token of the first write.
     """
 
@@ -169,12 +235,77 @@ class SubscriptionEventServiceAsyncStub(SubscriptionEventServiceStub):
     - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
       PERMISSION_DENIED.
     """
+    CreateHousehold: _aio.UnaryUnaryMultiCallable[_subscription_event_service_pb2.CreateHouseholdRequest, _subscription_event_service_pb2.CreateHouseholdResponse]  # type: ignore[assignment]
+    """Creates a household managed by manager_user_id, on the plan of the manager's current
+    subscription, which must share with a household (household_size > 1). The household
+    id is derived from (manager_user_id, request_id). Idempotent on request_id.
+
+    Households across users: every write is one transaction of ONE user. The manager's
+    account holds the household (a MANAGER membership) and its roster of seats (one per
+    member, which is where the size limit is enforced atomically); each member's account
+    holds their own MEMBER membership, which is what reads use (a member's decision
+    follows the manager's subscription). AddHouseholdMember and RemoveHouseholdMember
+    write both in two steps, each idempotent on request_id: retrying a request that
+    failed with UNAVAILABLE or DEADLINE_EXCEEDED completes it.
+    Errors:
+    - INVALID_ARGUMENT (google.rpc.BadRequest): missing or malformed ids.
+    - FAILED_PRECONDITION (google.rpc.ErrorInfo reason and PreconditionFailure):
+      NOT_A_HOUSEHOLD_PLAN (the manager has no current subscription on a plan with
+      household_size > 1), ALREADY_IN_HOUSEHOLD (the manager manages another household or
+      is a member of one).
+    - ALREADY_EXISTS: request_id used before with a different request.
+    - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
+      PERMISSION_DENIED.
+    """
+    AddHouseholdMember: _aio.UnaryUnaryMultiCallable[_subscription_event_service_pb2.AddHouseholdMemberRequest, _subscription_event_service_pb2.AddHouseholdMemberResponse]  # type: ignore[assignment]
+    """Adds member_user_id to the household: first a seat on the manager's roster (the
+    plan's size limit, counting the manager), then the membership on the member's
+    account (one household per member); if the second step is refused the seat is
+    released. The member's decisions then follow the manager's subscription: pass
+    consistency_token to reads of the member. The join time is recorded and starts the
+    catalog's household cooldown for offers with the not_in_household_cooldown rule (the
+    catalog has no cooldown on joining itself). Adding a current member changes nothing.
+    Idempotent on request_id.
+    Errors:
+    - INVALID_ARGUMENT: missing ids, member_user_id equal to manager_user_id.
+    - NOT_FOUND: the manager has no such current household.
+    - FAILED_PRECONDITION (ErrorInfo reason): HOUSEHOLD_FULL (the plan's household_size,
+      manager included, is reached), NOT_A_HOUSEHOLD_PLAN (the manager's current plan is
+      no longer a household plan), ALREADY_IN_HOUSEHOLD (the member belongs to or manages
+      another household).
+    - ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
+      UNAUTHENTICATED, PERMISSION_DENIED.
+    """
+    RemoveHouseholdMember: _aio.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RemoveHouseholdMemberRequest, _subscription_event_service_pb2.RemoveHouseholdMemberResponse]  # type: ignore[assignment]
+    """Removes member_user_id from the household: first the member's membership ends (the
+    member loses household access), then the seat on the manager's roster is freed. The
+    leave time is recorded (household cooldown for offers). Removing someone who is not
+    a current member changes nothing. Idempotent on request_id.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (the manager has no such household),
+    ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
+    PERMISSION_DENIED.
+    """
+    RecordStudentVerification: _aio.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RecordStudentVerificationRequest, _subscription_event_service_pb2.RecordStudentVerificationResponse]  # type: ignore[assignment]
+    """Records that the user's student status was verified until verified_until (the
+    verified_student offer rule uses it). Replaces an earlier verification. Idempotent
+    on request_id.
+    Errors: INVALID_ARGUMENT (missing ids or provider_reference, verified_until unset or
+    not in the future), ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED,
+    RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
+    """
+    RevokeStudentVerification: _aio.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RevokeStudentVerificationRequest, _subscription_event_service_pb2.RevokeStudentVerificationResponse]  # type: ignore[assignment]
+    """Revokes the user's student verification at once. Revoking when there is none
+    changes nothing. Idempotent on request_id.
+    Errors: INVALID_ARGUMENT, ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED,
+    RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
+    """
 
 class SubscriptionEventServiceServicer(metaclass=_abc_1.ABCMeta):
     """The write side: store and checkout events, support grants and offer redemptions.
     Every RPC needs an admin credential, is idempotent on a client-supplied id, runs as one
-    transaction that increments the user's version, writes an audit record, and returns a
-    consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
+    transaction that increments the user's version (AddHouseholdMember and
+    RemoveHouseholdMember: one per user, see CreateHousehold), writes an audit record, and
+    returns a consistency token to pass to later reads (see ReadConsistency). A replay of an id answers
     with the resources as they are now and the consistency token of the first write.
     """
 
@@ -260,6 +391,100 @@ class SubscriptionEventServiceServicer(metaclass=_abc_1.ABCMeta):
         - ALREADY_EXISTS: the request id was used before with a different request.
         - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
           PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateHousehold(
+        self,
+        request: _subscription_event_service_pb2.CreateHouseholdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_event_service_pb2.CreateHouseholdResponse, _abc.Awaitable[_subscription_event_service_pb2.CreateHouseholdResponse]]:
+        """Creates a household managed by manager_user_id, on the plan of the manager's current
+        subscription, which must share with a household (household_size > 1). The household
+        id is derived from (manager_user_id, request_id). Idempotent on request_id.
+
+        Households across users: every write is one transaction of ONE user. The manager's
+        account holds the household (a MANAGER membership) and its roster of seats (one per
+        member, which is where the size limit is enforced atomically); each member's account
+        holds their own MEMBER membership, which is what reads use (a member's decision
+        follows the manager's subscription). AddHouseholdMember and RemoveHouseholdMember
+        write both in two steps, each idempotent on request_id: retrying a request that
+        failed with UNAVAILABLE or DEADLINE_EXCEEDED completes it.
+        Errors:
+        - INVALID_ARGUMENT (google.rpc.BadRequest): missing or malformed ids.
+        - FAILED_PRECONDITION (google.rpc.ErrorInfo reason and PreconditionFailure):
+          NOT_A_HOUSEHOLD_PLAN (the manager has no current subscription on a plan with
+          household_size > 1), ALREADY_IN_HOUSEHOLD (the manager manages another household or
+          is a member of one).
+        - ALREADY_EXISTS: request_id used before with a different request.
+        - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
+          PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def AddHouseholdMember(
+        self,
+        request: _subscription_event_service_pb2.AddHouseholdMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_event_service_pb2.AddHouseholdMemberResponse, _abc.Awaitable[_subscription_event_service_pb2.AddHouseholdMemberResponse]]:
+        """Adds member_user_id to the household: first a seat on the manager's roster (the
+        plan's size limit, counting the manager), then the membership on the member's
+        account (one household per member); if the second step is refused the seat is
+        released. The member's decisions then follow the manager's subscription: pass
+        consistency_token to reads of the member. The join time is recorded and starts the
+        catalog's household cooldown for offers with the not_in_household_cooldown rule (the
+        catalog has no cooldown on joining itself). Adding a current member changes nothing.
+        Idempotent on request_id.
+        Errors:
+        - INVALID_ARGUMENT: missing ids, member_user_id equal to manager_user_id.
+        - NOT_FOUND: the manager has no such current household.
+        - FAILED_PRECONDITION (ErrorInfo reason): HOUSEHOLD_FULL (the plan's household_size,
+          manager included, is reached), NOT_A_HOUSEHOLD_PLAN (the manager's current plan is
+          no longer a household plan), ALREADY_IN_HOUSEHOLD (the member belongs to or manages
+          another household).
+        - ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
+          UNAUTHENTICATED, PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveHouseholdMember(
+        self,
+        request: _subscription_event_service_pb2.RemoveHouseholdMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_event_service_pb2.RemoveHouseholdMemberResponse, _abc.Awaitable[_subscription_event_service_pb2.RemoveHouseholdMemberResponse]]:
+        """Removes member_user_id from the household: first the member's membership ends (the
+        member loses household access), then the seat on the manager's roster is freed. The
+        leave time is recorded (household cooldown for offers). Removing someone who is not
+        a current member changes nothing. Idempotent on request_id.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (the manager has no such household),
+        ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
+        PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordStudentVerification(
+        self,
+        request: _subscription_event_service_pb2.RecordStudentVerificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_event_service_pb2.RecordStudentVerificationResponse, _abc.Awaitable[_subscription_event_service_pb2.RecordStudentVerificationResponse]]:
+        """Records that the user's student status was verified until verified_until (the
+        verified_student offer rule uses it). Replaces an earlier verification. Idempotent
+        on request_id.
+        Errors: INVALID_ARGUMENT (missing ids or provider_reference, verified_until unset or
+        not in the future), ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED,
+        RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeStudentVerification(
+        self,
+        request: _subscription_event_service_pb2.RevokeStudentVerificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_event_service_pb2.RevokeStudentVerificationResponse, _abc.Awaitable[_subscription_event_service_pb2.RevokeStudentVerificationResponse]]:
+        """Revokes the user's student verification at once. Revoking when there is none
+        changes nothing. Idempotent on request_id.
+        Errors: INVALID_ARGUMENT, ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED,
+        RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
         """
 
 def add_SubscriptionEventServiceServicer_to_server(servicer: SubscriptionEventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
