@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 _Domain = TypeVar("_Domain", bound=enum.Enum)
 _Proto = TypeVar("_Proto", bound=int)
+V = TypeVar("V")
 
 
 def enum_map(
@@ -186,24 +187,29 @@ def store_from_proto(value: int) -> Store | None:
     return _STORE_FROM_PROTO.get(value)
 
 
-def optional_time(message: Any, field: str) -> datetime | None:
-    """A request's optional timestamp field (None when unset; INVALID_ARGUMENT when out of
-    range)."""
-    return _optional_time(message, field)
-
-
-def _optional_time(message: Any, field: str, path: str = "") -> datetime | None:
+def optional_time(message: Any, field: str, path: str = "") -> datetime | None:
     """The timestamp field as an aware datetime, None when unset; INVALID_ARGUMENT when it
     is outside Timestamp's range (years 1 to 9999, nanos 0 to 999,999,999)."""
+    return _optional(message, field, path, "Timestamp", lambda ts: ts.ToDatetime(tzinfo=UTC))
+
+
+def optional_duration(message: Any, field: str, path: str = "") -> timedelta | None:
+    """The duration field as a timedelta, None when unset; INVALID_ARGUMENT when it is out
+    of Duration's range."""
+    return _optional(message, field, path, "Duration", lambda d: d.ToTimedelta())
+
+
+def _optional(
+    message: Any, field: str, path: str, type_name: str, read: Callable[[Any], V]
+) -> V | None:
     if not message.HasField(field):
         return None
     try:
-        value: datetime = getattr(message, field).ToDatetime(tzinfo=UTC)
+        return read(getattr(message, field))
     except (ValueError, OverflowError) as error:
         raise InvalidRequest(
-            [FieldViolation(path + field, "not a valid google.protobuf.Timestamp")]
+            [FieldViolation(path + field, f"not a valid google.protobuf.{type_name}")]
         ) from error
-    return value
 
 
 def event_from_proto(request: events_pb2.RecordSubscriptionEventRequest) -> SubscriptionEvent:
@@ -212,13 +218,13 @@ def event_from_proto(request: events_pb2.RecordSubscriptionEventRequest) -> Subs
         subscription_id=request.subscription_id,
         store=store_from_proto(request.store),
         type=_EVENT_TYPE_FROM_PROTO.get(request.event_type),
-        occurred_at=_optional_time(request, "occurred_at"),
+        occurred_at=optional_time(request, "occurred_at"),
         plan_id=request.plan_id or None,
-        current_period_end=_optional_time(request, "current_period_end"),
-        grace_period_end=_optional_time(request, "grace_period_end"),
+        current_period_end=optional_time(request, "current_period_end"),
+        grace_period_end=optional_time(request, "grace_period_end"),
         offer_id=request.offer_id or None,
         market=request.market or None,
-        refunded_period_end=_optional_time(request, "refunded_period_end"),
+        refunded_period_end=optional_time(request, "refunded_period_end"),
     )
 
 
@@ -232,22 +238,10 @@ def grant_request_from_proto(request: events_pb2.GrantEntitlementRequest) -> Gra
         feature_id=grant.feature_id if target == "feature_id" else None,
         plan_id=grant.plan_id if target == "plan_id" else None,
         quota_value=grant.quota_value,
-        starts_at=_optional_time(grant, "starts_at", "grant."),
-        expires_at=_optional_time(grant, "expires_at", "grant."),
-        duration=_optional_duration(request, "duration"),
+        starts_at=optional_time(grant, "starts_at", "grant."),
+        expires_at=optional_time(grant, "expires_at", "grant."),
+        duration=optional_duration(request, "duration"),
     )
-
-
-def _optional_duration(message: Any, field: str) -> timedelta | None:
-    if not message.HasField(field):
-        return None
-    try:
-        value: timedelta = getattr(message, field).ToTimedelta()
-    except (ValueError, OverflowError) as error:
-        raise InvalidRequest(
-            [FieldViolation(field, "not a valid google.protobuf.Duration")]
-        ) from error
-    return value
 
 
 def subscription_to_proto(sub: Subscription) -> events_pb2.Subscription:

@@ -81,6 +81,3 @@ class SingleFlight(Generic[T]):
             del self._next[key]
         if not flight.task.cancelled():
             flight.task.exception()  # retrieved: every waiter may have given up already
-
-    def __len__(self) -> int:
-        return len(self._running)
