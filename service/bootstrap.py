@@ -12,10 +12,12 @@ from service.config import Settings
 from service.domain.catalog import Catalog
 from service.usecases.cache import UserStateCache
 from service.usecases.clock import Clock, utc_now
+from service.usecases.freshness import FeedFollower
 from service.usecases.reads import CachePolicy, ReadService
 from service.usecases.store_calls import StoreCalls
 from service.usecases.writes import WriteService
 from storage.faults import FaultInjectingRepository
+from storage.feed import ChangeFeed
 from storage.repository import AccountRepository
 from storage.urls import open_repository
 
@@ -32,6 +34,9 @@ class Application:
     # The bounded pool every blocking store call runs in (reads, writes, readiness).
     store_calls: StoreCalls
     clock: Clock
+    # Follows the store's change feed into the cache (None: the store has no feed); the
+    # server runs it on its event loop.
+    feed: FeedFollower | None = None
 
 
 def build_application(
@@ -50,6 +55,18 @@ def build_application(
     cache = UserStateCache(settings.cache_max_entries, settings.cache_ttl_seconds)
     policy = CachePolicy(settings.store_timeout_seconds, settings.max_staleness_seconds)
     store_calls = StoreCalls(settings.threads)
+    feed = None
+    if isinstance(repository, ChangeFeed) and settings.cache_ttl_seconds > 0:
+        feed = FeedFollower(
+            repository,
+            cache,
+            store_calls,
+            poll_seconds=settings.feed_poll_seconds,
+            store_timeout_seconds=settings.store_timeout_seconds,
+            lost_after_seconds=max(1.0, 2 * settings.feed_poll_seconds),
+        )
+    else:
+        log.warning("no change feed: writes of other processes are seen after the cache TTL")
     return Application(
         catalog=catalog,
         repository=repository,
@@ -58,4 +75,5 @@ def build_application(
         writes=WriteService(catalog, repository, cache, clock, settings.write_timeout_seconds),
         store_calls=store_calls,
         clock=clock,
+        feed=feed,
     )

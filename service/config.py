@@ -33,9 +33,12 @@ class Settings:
     catalog_path: Path = EXAMPLE_CATALOG
     # Entries of the per-process user state cache (one entry per user).
     cache_max_entries: int = 100_000
-    # How long cached state may be served without a consistency token after a write made
-    # through another process. 0 disables the cache.
-    cache_ttl_seconds: float = 30.0
+    # The longest cached state is kept. Writes through other workers and replicas reach
+    # every cache through the store's change feed within feed_poll_seconds (plus the
+    # poll's time), so this is only a safety net. 0 disables the cache.
+    cache_ttl_seconds: float = 300.0
+    # How often each worker reads the store's change feed (service.usecases.freshness).
+    feed_poll_seconds: float = 0.1
     # Worker processes sharing the port (SO_REUSEPORT), each with its own cache.
     # 0: one per core. `entitlements serve` only; start_server always runs one.
     workers: int = 0
@@ -151,6 +154,7 @@ _POSITIVE = (
     "store_timeout_seconds",
     "write_timeout_seconds",
     "readiness_interval_seconds",
+    "feed_poll_seconds",
     "max_connection_age_seconds",
     "keepalive_seconds",
     "max_request_bytes",

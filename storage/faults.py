@@ -10,6 +10,7 @@ from datetime import datetime
 
 from service.domain.account import AccountState, UserState
 from storage.deadline import DeadlineExceeded, remaining
+from storage.feed import BATCH_LIMIT, ChangeBatch, ChangeFeed
 from storage.repository import (
     AccountChange,
     AccountMutation,
@@ -73,6 +74,22 @@ class FaultInjectingRepository:
     def history(self, user_id: str) -> list[HistoryEntry]:
         self._before()
         return self.inner.history(user_id)
+
+    # The change feed: faults and delays apply, but polls are not counted in `calls`
+    # (tests count the store reads their RPCs cause).
+
+    def feed_position(self) -> str:
+        self._inject()
+        return self._feed().feed_position()
+
+    def read_changes(self, after: str, limit: int = BATCH_LIMIT) -> ChangeBatch:
+        self._inject()
+        return self._feed().read_changes(after, limit)
+
+    def _feed(self) -> ChangeFeed:
+        if not isinstance(self.inner, ChangeFeed):
+            raise StoreUnavailable("the wrapped store has no change feed")
+        return self.inner
 
     def check(self) -> None:
         if self.failing:

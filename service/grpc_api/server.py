@@ -132,6 +132,8 @@ class RunningServer:
     metrics: Any = field(default=None)
     # The RpcTracing of service.grpc_api.tracing (None: tracing off).
     tracing: Any = field(default=None)
+    # The task following the store's change feed (None: the store has none).
+    feed_task: asyncio.Task[None] | None = None
 
     @property
     def reads(self) -> ReadService:
@@ -168,6 +170,9 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         await self.readiness.stop()
         await self.server.stop(grace_seconds)
+        if self.feed_task is not None:
+            self.feed_task.cancel()
+            await asyncio.gather(self.feed_task, return_exceptions=True)
         if self.metrics is not None:
             await self.metrics.stop()
         if self.tracing is not None:
@@ -276,6 +281,11 @@ async def _start(
     port = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
+    feed_task = None
+    if app.feed is not None:
+        # The feed's position first, so that nothing cached can miss a change after it.
+        await app.feed.poll_once()
+        feed_task = asyncio.create_task(app.feed.run(), name="change-feed")
     await server.start()
     await set_health(health_servicer, serving=True)
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -301,5 +311,14 @@ async def _start(
         )
         worker_metrics.start()
     return RunningServer(
-        port, app, health_servicer, readiness, server, loop_thread, guard, worker_metrics, tracing
+        port,
+        app,
+        health_servicer,
+        readiness,
+        server,
+        loop_thread,
+        guard,
+        worker_metrics,
+        tracing,
+        feed_task,
     )

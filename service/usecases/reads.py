@@ -80,7 +80,7 @@ class ReadService:
         self._clock = clock
         self._policy = policy
         self._store = store or StoreCalls(threads=4)
-        self._loads = SingleFlight[UserState]()
+        self._loads = SingleFlight[tuple[UserState, float]]()
         self._unseen_decisions: dict[str, EntitlementDecision] = {}
 
     @property
@@ -192,9 +192,13 @@ class ReadService:
                 # full-consistency read) shares only a store read begun after it arrived:
                 # concurrent fresh reads of a user cost one store read, and a token newer
                 # than anything stored (forged) costs no more than any other read.
+                # A read after a change of the user (a write, or the change feed) likewise
+                # shares no read begun before the change.
                 fresh = min_version > 0 or full
-                started_after = time.monotonic() if fresh else 0.0
-                state = await self._shared_load(user_id, budget.seconds, started_after)
+                started_after = time.monotonic() if fresh else self._cache.changed_at(user_id)
+                state, loaded_since = await self._shared_load(
+                    user_id, budget.seconds, started_after
+                )
         except (StoreUnavailable, DeadlineExceeded) as error:
             if not full and self._policy.max_staleness_seconds > 0:
                 stale = self._cache.get_stale(
@@ -208,18 +212,21 @@ class ReadService:
             if isinstance(error, DeadlineExceeded) and (budget is None or budget.bound_by_rpc):
                 raise
             raise StoreUnavailable("the store failed and no cached state can serve") from error
-        return self._cache.put(state)
+        return self._cache.put(state, loaded_since)
 
-    async def _shared_load(self, user_id: str, seconds: float, started_after: float) -> UserState:
+    async def _shared_load(
+        self, user_id: str, seconds: float, started_after: float
+    ) -> tuple[UserState, float]:
         """One store read for all concurrent misses of the user (begun at `started_after`
-        or later); each waits at most `seconds` (its own budget)."""
+        or later), and when it began; each waits at most `seconds` (its own budget)."""
+
+        async def load() -> tuple[UserState, float]:
+            began = time.monotonic()
+            return await self._store.run(seconds, self._repository.load, user_id), began
+
         try:
             return await asyncio.wait_for(
-                self._loads.do(
-                    user_id,
-                    lambda: self._store.run(seconds, self._repository.load, user_id),
-                    started_after=started_after,
-                ),
+                self._loads.do(user_id, load, started_after=started_after),
                 seconds,
             )
         except TimeoutError as error:

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from service.domain.account import AccountState, Household, UserState
+from storage.feed import BATCH_LIMIT, Change, ChangeBatch, changes_of
 from storage.repository import (
     AccountChange,
     AccountMutation,
@@ -20,6 +21,9 @@ from storage.repository import (
     household_membership,
 )
 
+# How many of the newest changes the feed keeps (as the SQLite backend).
+FEED_RETAINED = 100_000
+
 
 class MemoryRepository:
     def __init__(self) -> None:
@@ -27,6 +31,10 @@ class MemoryRepository:
         # (user_id, kind, id) -> (fingerprint, response, version)
         self._requests: dict[tuple[str, str, str], tuple[str, Mapping[str, Any], int]] = {}
         self._history: dict[str, list[HistoryEntry]] = {}
+        # The change feed: the newest changes, the first of them numbered _first_change
+        # (positions count changes from 1, like the SQLite backend's seqs).
+        self._changes: list[Change] = []
+        self._first_change = 1
         self._lock = threading.Lock()
 
     def load(self, user_id: str, *, min_version: int = 0) -> UserState:
@@ -51,6 +59,7 @@ class MemoryRepository:
             desired = change(current)
             stored = dataclasses.replace(desired, user_id=user_id, version=current.version + 1)
             self._accounts[user_id] = stored
+            self._publish(changes_of(current, stored))
             return stored
 
     def apply(
@@ -85,6 +94,7 @@ class MemoryRepository:
             version = current.version + 1
             stored = dataclasses.replace(desired, user_id=user_id, version=version)
             self._accounts[user_id] = stored
+            self._publish(changes_of(current, stored))
             self._requests[(user_id, key.kind, key.id)] = (
                 key.fingerprint,
                 response,
@@ -100,6 +110,28 @@ class MemoryRepository:
         with self._lock:
             return list(self._history.get(user_id, ()))
 
+    def _publish(self, changes: list[Change]) -> None:
+        self._changes.extend(changes)
+        excess = len(self._changes) - FEED_RETAINED
+        if excess > 0:
+            del self._changes[:excess]
+            self._first_change += excess
+
+    def feed_position(self) -> str:
+        with self._lock:
+            return str(self._first_change + len(self._changes) - 1)
+
+    def read_changes(self, after: str, limit: int = BATCH_LIMIT) -> ChangeBatch:
+        with self._lock:
+            last = self._first_change + len(self._changes) - 1
+            position = int(after)
+            if position > last:  # the store was emptied (close)
+                return ChangeBatch((), str(last), gap=True)
+            start = max(position + 1 - self._first_change, 0)
+            changes = tuple(self._changes[start : start + limit])
+            gap = position + 1 < self._first_change
+            return ChangeBatch(changes, str(start + self._first_change + len(changes) - 1), gap)
+
     def check(self) -> None:
         return None
 
@@ -108,3 +140,5 @@ class MemoryRepository:
             self._accounts.clear()
             self._requests.clear()
             self._history.clear()
+            self._first_change += len(self._changes)
+            self._changes.clear()

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from service.domain.account import AccountState, Household
+from storage.feed import Change, ChangeBatch
 from storage.repository import (
     HistoryDraft,
     HistoryEntry,
@@ -175,3 +176,43 @@ def append_history(
 def read_history(connection: sqlite3.Connection, user_id: str) -> list[HistoryEntry]:
     rows = connection.execute(_SELECT_HISTORY, (user_id,)).fetchall()
     return [CODEC.history_entry(row) for row in rows]
+
+
+# -- the change feed ---------------------------------------------------------------------
+
+# How many of the newest changes the feed keeps: a reader further behind than this (at
+# 1,000 writes/s, 100 s) finds a gap and drops its whole cache. Trimmed every
+# FEED_TRIM_EVERY changes, so the table holds at most FEED_RETAINED + FEED_TRIM_EVERY rows.
+FEED_RETAINED = 100_000
+FEED_TRIM_EVERY = 1024
+_INSERT_CHANGE = "INSERT INTO user_changes (user_id, version) VALUES (?, ?)"
+_SELECT_CHANGES = (
+    "SELECT seq, user_id, version FROM user_changes WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+_LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'user_changes'"
+
+
+def publish_changes(connection: sqlite3.Connection, changes: Iterable[Change]) -> None:
+    """Appends `changes` to the feed, in the caller's write transaction."""
+    for change in changes:
+        seq = connection.execute(_INSERT_CHANGE, (change.user_id, change.version)).lastrowid
+        if seq is not None and seq % FEED_TRIM_EVERY == 0:
+            connection.execute("DELETE FROM user_changes WHERE seq <= ?", (seq - FEED_RETAINED,))
+
+
+def last_change(connection: sqlite3.Connection) -> int:
+    """The seq of the newest change ever committed (0: none)."""
+    row = connection.execute(_LAST_SEQ).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def read_changes(connection: sqlite3.Connection, after: int, limit: int) -> ChangeBatch:
+    """The changes after seq `after` (see storage.feed.ChangeFeed.read_changes)."""
+    rows = connection.execute(_SELECT_CHANGES, (after, limit)).fetchall()
+    if not rows:
+        last = last_change(connection)
+        # Behind the newest seq ever committed: the database was replaced or reset.
+        return ChangeBatch((), str(last), gap=last < after)
+    changes = tuple(Change(row[1], row[2]) for row in rows)
+    # Committed seqs are contiguous: a first row past after + 1 means rows were trimmed.
+    return ChangeBatch(changes, str(rows[-1][0]), gap=rows[0][0] > after + 1)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from service.domain.account import AccountState, UserState
+from storage.feed import BATCH_LIMIT, ChangeBatch, changes_of
 from storage.repository import (
     AccountChange,
     AccountMutation,
@@ -114,6 +115,7 @@ class SqliteRepository:
             desired = change(current)
             stored = dataclasses.replace(desired, user_id=user_id, version=current.version + 1)
             queries.write_account(connection, stored)
+            queries.publish_changes(connection, changes_of(current, stored))
             return stored
 
         return self._write(write)
@@ -150,6 +152,7 @@ class SqliteRepository:
             version = current.version + 1
             stored = dataclasses.replace(desired, user_id=user_id, version=version)
             queries.write_account(connection, stored)
+            queries.publish_changes(connection, changes_of(current, stored))
             queries.write_request(connection, user_id, key, response, version, recorded_at)
             queries.append_history(connection, user_id, mutation.history, version, recorded_at)
             # Through JSON, like a replay, so the first answer and its replays are equal.
@@ -159,6 +162,15 @@ class SqliteRepository:
 
     def history(self, user_id: str) -> list[HistoryEntry]:
         return self._read(lambda connection: queries.read_history(connection, user_id))
+
+    # -- ChangeFeed (positions are change seqs) ------------------------------------------
+
+    def feed_position(self) -> str:
+        return str(self._read(queries.last_change))
+
+    def read_changes(self, after: str, limit: int = BATCH_LIMIT) -> ChangeBatch:
+        position = int(after)
+        return self._read(lambda connection: queries.read_changes(connection, position, limit))
 
     def check(self) -> None:
         """Raises StoreUnavailable unless the database answers a read (readiness)."""

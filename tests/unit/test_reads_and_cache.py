@@ -176,6 +176,51 @@ def test_cache_keeps_the_newer_of_two_racing_loads(clocks: Clocks) -> None:
     assert entry is not None and entry.state.account.version == 5
 
 
+def versioned(user_id: str, version: int) -> UserState:
+    return UserState(AccountState(user_id, version=version))
+
+
+def test_a_change_feed_drop_keeps_only_entries_already_that_new(clocks: Clocks) -> None:
+    cache = UserStateCache(10, 60, monotonic=lambda: clocks.monotonic)
+    cache.put(versioned("a", 5))
+    assert not cache.drop("a", 5)  # a read after the write got here first
+    assert cache.get("a") is not None
+    assert cache.drop("a", 6)
+    assert cache.get("a") is None
+    cache.put(versioned("m", 2))
+    assert cache.drop("m", None)  # a household member: whatever it holds
+    assert cache.stats.invalidations == 2
+
+
+def test_a_read_begun_before_a_drop_is_not_cached(clocks: Clocks) -> None:
+    cache = UserStateCache(10, 60, monotonic=lambda: clocks.monotonic)
+    began = clocks.monotonic
+    clocks.advance(timedelta(milliseconds=10))
+    cache.drop("a", 6)  # the feed: a's version 6 committed while the read was under way
+    clocks.advance(timedelta(milliseconds=10))
+    entry = cache.put(versioned("a", 5), loaded_since=began)
+    assert entry.state.account.version == 5  # returned to its callers...
+    assert cache.get("a") is None  # ...but not cached
+    cache.put(versioned("a", 6), loaded_since=clocks.monotonic)
+    assert cache.get("a") is not None
+    assert cache.changed_at("b") == float("-inf")
+
+
+def test_expiring_all_entries_leaves_them_for_stale_if_error_only(clocks: Clocks) -> None:
+    cache = UserStateCache(10, 60, monotonic=lambda: clocks.monotonic)
+    began = clocks.monotonic
+    cache.put(versioned("a", 1))
+    clocks.advance(timedelta(milliseconds=10))
+    cache.expire_all()
+    assert cache.get("a") is None
+    assert cache.get_stale("a", 0, 300) is not None
+    cache.put(versioned("b", 1), loaded_since=began)  # began before: may predate a change
+    assert cache.get("b") is None
+    clocks.advance(timedelta(milliseconds=10))
+    cache.put(versioned("b", 1), loaded_since=clocks.monotonic)
+    assert cache.get("b") is not None
+
+
 def test_token_round_trip_and_rejects() -> None:
     token = parse_token(issue_token("user-1", 42))
     assert token.version == 42 and token.applies_to("user-1") and not token.applies_to("x")

@@ -1,0 +1,102 @@
+"""Freshness across processes: a write through one server process is seen by token-less
+reads in every other process sharing the store, through the store's change feed
+(service.usecases.freshness), long before the cache TTL (300 s).
+
+The 1 s bound at p99 under load is measured by the benchmark (benchmarks/freshness.py);
+these tests prove the path with a generous bound, for a busy machine."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from entitlements.v1 import entitlement_service_pb2, entitlement_service_pb2_grpc
+from service.grpc_api.auth import with_bearer_token
+from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
+from tests.integration.server_process import server_process
+from tests.integration.test_write_processes import grant_request, writer
+
+# Far below the cache TTL, far above the feed's poll interval (0.1 s).
+SEEN_WITHIN_SECONDS = 5.0
+
+
+def granted(target: str, user_id: str, feature_id: str = "offline_downloads") -> Callable[[], bool]:
+    channel = with_bearer_token(grpc.insecure_channel(target), SERVICE_TOKEN)
+    stub = entitlement_service_pb2_grpc.EntitlementServiceStub(channel)
+
+    def read() -> bool:
+        response = stub.GetEntitlement(
+            entitlement_service_pb2.GetEntitlementRequest(user_id=user_id, feature_id=feature_id),
+            timeout=10,
+        )
+        return bool(response.entitlement.granted)
+
+    return read
+
+
+def seconds_until(condition: Callable[[], bool], limit: float = SEEN_WITHIN_SECONDS) -> float:
+    began = time.monotonic()
+    while not condition():
+        elapsed = time.monotonic() - began
+        assert elapsed < limit, f"not seen after {elapsed:.1f} s"
+        time.sleep(0.02)
+    return time.monotonic() - began
+
+
+def test_a_write_in_one_process_is_seen_without_token_in_another(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    credentials = write_test_credentials(tmp_path / "credentials.yaml")
+    with server_process(db, credentials) as a, server_process(db, credentials) as b:
+        on_b = granted(b.target, "roamer")
+        assert not on_b()  # B caches the free state
+        writer(a.target).GrantEntitlement(grant_request("roamer", "w-1"), timeout=10)
+        seconds_until(on_b)
+        assert on_b()
+
+
+def test_a_feed_gap_empties_the_cache_and_says_so(tmp_path: Path) -> None:
+    """The feed loses changes B has not read (trimmed while B was behind: made here by
+    deleting them): B cannot know what changed, so it drops everything it cached, logs
+    it, and serves the store's state."""
+    db = tmp_path / "shared.db"
+    credentials = write_test_credentials(tmp_path / "credentials.yaml")
+    env = {"ENTITLEMENTS_FEED_POLL_SECONDS": "2"}
+    with server_process(db, credentials) as a, server_process(db, credentials, env=env) as b:
+        on_b = granted(b.target, "roamer")
+        assert not on_b()
+        writer(a.target).GrantEntitlement(grant_request("roamer", "w-1"), timeout=10)
+        writer(a.target).GrantEntitlement(grant_request("other", "w-2"), timeout=10)
+        with sqlite3.connect(db) as connection:  # before B's next poll (every 2 s)
+            connection.execute("DELETE FROM user_changes WHERE user_id = 'roamer'")
+        seconds_until(on_b, limit=SEEN_WITHIN_SECONDS + 2)
+        assert any("change feed gap" in line for line in b.output)
+
+
+def test_a_lost_feed_never_serves_stale_state_silently(tmp_path: Path) -> None:
+    """B cannot read the feed (its table gone; the rest of the store answers): B logs
+    that the feed is lost and expires its cache at every poll, so a change made behind
+    the feed's back (here by SQL on the file) is still seen within about a poll; when
+    the feed is back B says so and follows it again."""
+    db = tmp_path / "shared.db"
+    credentials = write_test_credentials(tmp_path / "credentials.yaml")
+    with server_process(db, credentials) as a, server_process(db, credentials) as b:
+        writer(a.target).GrantEntitlement(grant_request("roamer", "w-1"), timeout=10)
+        on_b = granted(b.target, "roamer")
+        seconds_until(on_b)  # B caches the granted state
+        with sqlite3.connect(db) as connection:
+            connection.execute("ALTER TABLE user_changes RENAME TO user_changes_away")
+        try:
+            seconds_until(lambda: any("change feed lost" in line for line in b.output))
+            with sqlite3.connect(db) as connection:
+                connection.execute("DELETE FROM grants WHERE user_id = 'roamer'")
+            seconds_until(lambda: not on_b())
+        finally:
+            with sqlite3.connect(db) as connection:
+                connection.execute("ALTER TABLE user_changes_away RENAME TO user_changes")
+        seconds_until(lambda: any("change feed back" in line for line in b.output))
+        writer(a.target).GrantEntitlement(grant_request("roamer", "w-2"), timeout=10)
+        seconds_until(on_b)
