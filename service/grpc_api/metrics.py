@@ -133,6 +133,21 @@ class Metrics:
             "live workers.",
             multiprocess_mode="livemin",
         )
+        self.feed_lag = Gauge(
+            "entitlements_change_feed_lag_seconds",
+            "Seconds since a worker last read the store's change feed; the maximum over "
+            "live workers (a worker this far behind may serve other workers' writes late).",
+            multiprocess_mode="livemax",
+        )
+        self.feed_changes = Counter(
+            "entitlements_change_feed_changes",
+            "Changes read from the store's change feed (summed over workers).",
+        )
+        self.feed_resets = Counter(
+            "entitlements_change_feed_cache_resets",
+            "Whole-cache expirations: the feed had a gap, or was lost (once per poll while lost).",
+            ("reason",),
+        )
         self.catalog_info = Gauge(
             "entitlements_catalog_info",
             "The catalog version the workers serve (value 1).",
@@ -258,8 +273,9 @@ class StoreMetrics:
 
 class WorkerMetrics:
     """Copies a worker's counts into the metrics every SYNC_SECONDS (and once more when
-    it stops): cache lookups, evictions and entries, single-flight waits, RPCs shed, and
-    store readiness. Runs on the worker's event loop."""
+    it stops): cache lookups, evictions and entries, single-flight waits, RPCs shed,
+    store readiness and the change feed's lag and resets. Runs on the worker's event
+    loop."""
 
     def __init__(
         self,
@@ -270,6 +286,7 @@ class WorkerMetrics:
         rpcs_shed: Callable[[], int],
         store_ready: Callable[[], bool],
         catalog_version: str,
+        feed_stats: Callable[[], Any] | None = None,
         registry: Metrics | None = None,
     ) -> None:
         self._metrics = m = registry or metrics()
@@ -278,6 +295,8 @@ class WorkerMetrics:
         self._single_flight_waits = single_flight_waits
         self._rpcs_shed = rpcs_shed
         self._store_ready = store_ready
+        # The FeedStats of service.usecases.freshness (None: the store has no feed).
+        self._feed_stats = feed_stats
         self._copied: dict[str, int] = {}
         self._counters: dict[str, Any] = {
             "hits": m.cache_lookups.labels("hit"),
@@ -286,6 +305,9 @@ class WorkerMetrics:
             "evictions": m.cache_evictions,
             "waits": m.single_flight_waits,
             "shed": m.rpcs_shed,
+            "feed_changes": m.feed_changes,
+            "feed_gaps": m.feed_resets.labels("gap"),
+            "feed_lost": m.feed_resets.labels("lost"),
         }
         m.catalog_info.labels(catalog_version).set(1)
         self._task: asyncio.Task[None] | None = None
@@ -300,6 +322,12 @@ class WorkerMetrics:
             "waits": self._single_flight_waits(),
             "shed": self._rpcs_shed(),
         }
+        if self._feed_stats is not None:
+            feed = self._feed_stats()
+            counts.update(
+                feed_changes=feed.changes, feed_gaps=feed.gaps, feed_lost=feed.lost_expirations
+            )
+            self._metrics.feed_lag.set(min(feed.lag_seconds(), 1e9))
         for name, count in counts.items():
             delta = count - self._copied.get(name, 0)
             if delta > 0:

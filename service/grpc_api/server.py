@@ -308,6 +308,7 @@ async def _start(
             rpcs_shed=lambda: guard.shed,
             store_ready=lambda: readiness.ready,
             catalog_version=app.catalog.version,
+            feed_stats=(lambda: feed.stats) if (feed := app.feed) is not None else None,
         )
         worker_metrics.start()
     return RunningServer(

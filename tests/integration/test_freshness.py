@@ -10,16 +10,21 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 
-from entitlements.v1 import entitlement_service_pb2, entitlement_service_pb2_grpc
+from entitlements.v1 import common_pb2, entitlement_service_pb2, entitlement_service_pb2_grpc
+from entitlements.v1 import subscription_event_service_pb2 as ev
 from service.grpc_api.auth import with_bearer_token
 from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
 from tests.integration.server_process import server_process
+from tests.integration.test_operations import free_port, scrape, value
 from tests.integration.test_write_processes import grant_request, writer
+from tests.integration.test_write_rpcs import DAY, ts
 
+FAMILY_ONLY = "family_content_filter"  # a feature of the family plan only
 # Far below the cache TTL, far above the feed's poll interval (0.1 s).
 SEEN_WITHIN_SECONDS = 5.0
 
@@ -64,7 +69,8 @@ def test_a_feed_gap_empties_the_cache_and_says_so(tmp_path: Path) -> None:
     it, and serves the store's state."""
     db = tmp_path / "shared.db"
     credentials = write_test_credentials(tmp_path / "credentials.yaml")
-    env = {"ENTITLEMENTS_FEED_POLL_SECONDS": "2"}
+    metrics_port = free_port()
+    env = {"ENTITLEMENTS_FEED_POLL_SECONDS": "2", "ENTITLEMENTS_METRICS_PORT": str(metrics_port)}
     with server_process(db, credentials) as a, server_process(db, credentials, env=env) as b:
         on_b = granted(b.target, "roamer")
         assert not on_b()
@@ -74,6 +80,13 @@ def test_a_feed_gap_empties_the_cache_and_says_so(tmp_path: Path) -> None:
             connection.execute("DELETE FROM user_changes WHERE user_id = 'roamer'")
         seconds_until(on_b, limit=SEEN_WITHIN_SECONDS + 2)
         assert any("change feed gap" in line for line in b.output)
+
+        def gap_counted() -> bool:
+            samples = scrape(metrics_port)
+            resets = value(samples, "entitlements_change_feed_cache_resets_total", reason="gap")
+            return resets >= 1 and value(samples, "entitlements_change_feed_lag_seconds") < 60
+
+        seconds_until(gap_counted)  # metrics are copied every second
 
 
 def test_a_lost_feed_never_serves_stale_state_silently(tmp_path: Path) -> None:
@@ -100,3 +113,62 @@ def test_a_lost_feed_never_serves_stale_state_silently(tmp_path: Path) -> None:
         seconds_until(lambda: any("change feed back" in line for line in b.output))
         writer(a.target).GrantEntitlement(grant_request("roamer", "w-2"), timeout=10)
         seconds_until(on_b)
+
+
+def manager_event(
+    event_id: str, subscription_id: str, type_: int, at: datetime, period_end: datetime
+) -> ev.RecordSubscriptionEventRequest:
+    return ev.RecordSubscriptionEventRequest(
+        event_id=event_id,
+        user_id="hh-manager",
+        subscription_id=subscription_id,
+        store=common_pb2.STORE_GOOGLE_PLAY,
+        event_type=type_,  # type: ignore[arg-type]
+        occurred_at=ts(at),
+        plan_id="premium_family",
+        current_period_end=ts(period_end),
+    )
+
+
+def test_a_member_in_another_process_follows_the_managers_writes(tmp_path: Path) -> None:
+    """The manager's writes change the member's decisions: B drops the member's cached
+    state when the manager's subscription is revoked, and again when they buy anew."""
+    db = tmp_path / "shared.db"
+    credentials = write_test_credentials(tmp_path / "credentials.yaml")
+    now = datetime.now(UTC)
+    with server_process(db, credentials) as a, server_process(db, credentials) as b:
+        writes = writer(a.target)
+        writes.RecordSubscriptionEvent(
+            manager_event("buy-1", "sub-1", ev.SUBSCRIPTION_EVENT_TYPE_PURCHASED, now - DAY,
+                          now + 29 * DAY),
+            timeout=10,
+        )  # fmt: skip
+        household = writes.CreateHousehold(
+            ev.CreateHouseholdRequest(request_id="create-1", manager_user_id="hh-manager"),
+            timeout=10,
+        )
+        writes.AddHouseholdMember(
+            ev.AddHouseholdMemberRequest(
+                request_id="add-1",
+                manager_user_id="hh-manager",
+                household_id=household.household_id,
+                member_user_id="hh-kid",
+            ),
+            timeout=10,
+        )
+        member_on_b = granted(b.target, "hh-kid", FAMILY_ONLY)
+        seconds_until(member_on_b)  # B caches the member with the household
+
+        writes.RecordSubscriptionEvent(
+            manager_event("revoke-1", "sub-1", ev.SUBSCRIPTION_EVENT_TYPE_REVOKED, now,
+                          now + 29 * DAY),
+            timeout=10,
+        )  # fmt: skip
+        seconds_until(lambda: not member_on_b())
+
+        writes.RecordSubscriptionEvent(
+            manager_event("buy-2", "sub-2", ev.SUBSCRIPTION_EVENT_TYPE_PURCHASED,
+                          now + timedelta(seconds=1), now + 30 * DAY),
+            timeout=10,
+        )  # fmt: skip
+        seconds_until(member_on_b)
