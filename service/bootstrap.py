@@ -15,6 +15,7 @@ from service.usecases.clock import Clock, utc_now
 from service.usecases.freshness import FeedFollower
 from service.usecases.reads import CachePolicy, ReadService
 from service.usecases.store_calls import StoreCalls
+from service.usecases.watch import WatchService
 from service.usecases.writes import WriteService
 from storage.faults import FaultInjectingRepository
 from storage.feed import ChangeFeed
@@ -34,6 +35,8 @@ class Application:
     # The bounded pool every blocking store call runs in (reads, writes, readiness).
     store_calls: StoreCalls
     clock: Clock
+    # Open WatchEntitlements streams, woken by the change feed.
+    watches: WatchService
     # Follows the store's change feed into the cache (None: the store has no feed); the
     # server runs it on its event loop.
     feed: FeedFollower | None = None
@@ -67,13 +70,15 @@ def build_application(
         )
     else:
         log.warning("no change feed: writes of other processes are seen after the cache TTL")
+    reads = ReadService(catalog, repository, cache, clock, policy, store_calls)
     return Application(
         catalog=catalog,
         repository=repository,
         cache=cache,
-        reads=ReadService(catalog, repository, cache, clock, policy, store_calls),
+        reads=reads,
         writes=WriteService(catalog, repository, cache, clock, settings.write_timeout_seconds),
         store_calls=store_calls,
         clock=clock,
+        watches=WatchService(reads, settings.max_watch_streams, clock),
         feed=feed,
     )

@@ -39,6 +39,9 @@ class Settings:
     cache_ttl_seconds: float = 300.0
     # How often each worker reads the store's change feed (service.usecases.freshness).
     feed_poll_seconds: float = 0.1
+    # WatchEntitlements streams a worker holds open at once; more are refused
+    # RESOURCE_EXHAUSTED.
+    max_watch_streams: int = 1000
     # Worker processes sharing the port (SO_REUSEPORT), each with its own cache.
     # 0: one per core. `entitlements serve` only; start_server always runs one.
     workers: int = 0
@@ -149,6 +152,7 @@ class Settings:
 
 _POSITIVE = (
     "cache_max_entries",
+    "max_watch_streams",
     "threads",
     "max_rpc_seconds",
     "store_timeout_seconds",

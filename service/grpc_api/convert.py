@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from entitlements.v1 import (
+    admin_service_pb2,
     common_pb2,
     entitlement_service_pb2,
     offer_service_pb2,
@@ -29,7 +30,9 @@ from service.domain.events import EventType, SubscriptionEvent
 from service.domain.grants import GrantRequest
 from service.domain.rules import IneligibilityReason, Platform
 from service.usecases.reads import Consistency
+from service.usecases.watch import WatchReason, WatchUpdate
 from service.usecases.writes import EventAnswer, RecordOutcome
+from storage.repository import HistoryEntry
 
 if TYPE_CHECKING:
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
@@ -85,6 +88,7 @@ _STATUS_TO_PROTO = enum_map(
     SubscriptionStatus, events_pb2.SubscriptionStatus, "SUBSCRIPTION_STATUS_"
 )
 _OUTCOME_TO_PROTO = enum_map(RecordOutcome, events_pb2.EventOutcome, "EVENT_OUTCOME_")
+_WATCH_REASON_TO_PROTO = enum_map(WatchReason, entitlement_service_pb2.WatchReason, "WATCH_REASON_")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -122,6 +126,7 @@ def entitlement_to_proto(decision: EntitlementDecision) -> entitlement_service_p
         quota_value=decision.value or 0,
         feature_kind=_FEATURE_KIND_TO_PROTO[decision.feature.kind],
         plan_id=decision.plan_id or "",
+        user_never_seen=decision.user_never_seen,
     )
     if decision.source is not None:
         source = message.source
@@ -144,6 +149,18 @@ def entitlements_to_proto(
     decisions: Sequence[EntitlementDecision],
 ) -> list[entitlement_service_pb2.Entitlement]:
     return [entitlement_to_proto(d) for d in decisions]
+
+
+def watch_update_to_proto(
+    update: WatchUpdate, catalog_version: str
+) -> entitlement_service_pb2.WatchEntitlementsResponse:
+    return entitlement_service_pb2.WatchEntitlementsResponse(
+        entitlements=entitlements_to_proto(update.decisions),
+        consistency_token=update.token,
+        reason=_WATCH_REASON_TO_PROTO[update.reason],
+        catalog_version=catalog_version,
+        stale=update.stale,
+    )
 
 
 def offers_to_proto(
@@ -284,3 +301,12 @@ def event_answer_to_proto(answer: EventAnswer) -> events_pb2.RecordSubscriptionE
         subscription=subscription_to_proto(answer.subscription),
         consistency_token=answer.consistency_token,
     )
+
+
+def history_entry_to_proto(entry: HistoryEntry) -> admin_service_pb2.HistoryEntry:
+    message = admin_service_pb2.HistoryEntry(
+        kind=entry.kind, reference=entry.reference, version=entry.version, summary=entry.summary
+    )
+    set_timestamp(message.effective_at, entry.effective_at)
+    set_timestamp(message.recorded_at, entry.recorded_at)
+    return message

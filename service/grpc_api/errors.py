@@ -14,6 +14,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service.domain.errors import InvalidRequest, NotFound, PreconditionFailed
+from service.usecases.watch import TooManyWatches, WatchClosed
 from storage.deadline import DeadlineExceeded
 from storage.repository import IdempotencyConflict, StoreUnavailable
 
@@ -105,6 +106,10 @@ def status_for(error: Exception) -> ErrorStatus | None:
                 ]
             ),
         )
+    if isinstance(error, TooManyWatches):
+        return ErrorStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+    if isinstance(error, WatchClosed):
+        return ErrorStatus(grpc.StatusCode.UNAVAILABLE, str(error))
     if isinstance(error, NotFound):
         return ErrorStatus(grpc.StatusCode.NOT_FOUND, str(error))
     if isinstance(error, IdempotencyConflict):

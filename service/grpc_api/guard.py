@@ -23,9 +23,10 @@ same, without an interceptor coroutine per call.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # imported by the server only when tracing is on
 log = logging.getLogger(__name__)
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncGenerator[Any, None]]
 
 
 class MethodObserver(Protocol):
@@ -156,6 +158,45 @@ class RpcGuard:
         if self._tracing is not None:
             behaviour = self._traced(self._tracing, method, behaviour)
         return behaviour
+
+    def wrap_stream(self, method: str, inner: StreamBehaviour) -> StreamBehaviour:
+        """The guarded behaviour of server-streaming method `method`: as `wrap`, but a
+        stream is long-lived, so it neither counts against nor is refused by the unary
+        in-flight bound (the use case bounds open streams), and gets no deadline budget
+        of its own (each store call in it has the store's); errors end it with their
+        status. Audit, metrics and tracing do not wrap streams."""
+        rule = self._policy.rule_for(method)
+        check = access_check(method, rule)
+        authenticate = self._authenticator.authenticate
+
+        async def guarded(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncGenerator[Any, None]:
+            principal = authenticate(context.invocation_metadata())
+            if not rule.open:
+                decision = check(principal)
+                if isinstance(decision, Refusal):
+                    await context.abort(decision.code, decision.details)
+            if request is MALFORMED:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid protobuf message"
+                )
+            current_principal_var.set(principal)
+            responses = inner(request, context)
+            try:
+                async with contextlib.aclosing(responses):
+                    async for response in responses:
+                        yield response
+            except Exception as error:
+                if isinstance(error, grpc.aio.AbortError):
+                    raise
+                status = status_for(error)
+                if status is None:
+                    log.exception("unexpected error in %s", method)
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                await context.abort(status.code, status.details, status.trailing_metadata)
+
+        return guarded
 
     @staticmethod
     def _traced(tracing: RpcTracing, method: str, inner: Behaviour) -> Behaviour:

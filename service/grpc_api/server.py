@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from entitlements.v1 import (
+    admin_service_pb2,
     entitlement_service_pb2,
     offer_service_pb2,
     subscription_event_service_pb2,
@@ -36,7 +37,9 @@ from entitlements.v1 import (
 from service.bootstrap import Application, build_application
 from service.config import Settings
 from service.domain.catalog import Catalog
+from service.grpc_api.admin import AdminServicer
 from service.grpc_api.auth import (
+    ADMIN_SERVICE,
     ENTITLEMENT_SERVICE,
     EVENT_SERVICE,
     OFFER_SERVICE,
@@ -99,14 +102,24 @@ def build_aio_server(settings: Settings) -> grpc.aio.Server:
 def register(
     server: grpc.aio.Server, service: ServiceDescriptor, servicer: object, guard: RpcGuard
 ) -> None:
-    """Registers every method of `service` (unary) with the servicer's method of the same
-    name, wrapped by the guard, with a deserializer that tolerates bad bytes."""
+    """Registers every method of `service` (unary, or server-streaming) with the
+    servicer's method of the same name, wrapped by the guard, with a deserializer that
+    tolerates bad bytes."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
+        name = f"/{service.full_name}/{method.name}"
+        behaviour = getattr(servicer, method.name)
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                guard.wrap_stream(name, behaviour),
+                request_deserializer=tolerant(request_class.FromString),
+                response_serializer=response_class.SerializeToString,
+            )
+            continue
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            guard.wrap(f"/{service.full_name}/{method.name}", getattr(servicer, method.name)),
+            guard.wrap(name, behaviour),
             request_deserializer=tolerant(request_class.FromString),
             response_serializer=response_class.SerializeToString,
         )
@@ -169,6 +182,9 @@ class RunningServer:
     async def _stop(self, grace_seconds: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self.readiness.stop()
+        # Watch streams never end by themselves: ended first, UNAVAILABLE, so that their
+        # clients resume on another server instead of holding this one for the grace.
+        self.app.watches.close()
         await self.server.stop(grace_seconds)
         if self.feed_task is not None:
             self.feed_task.cancel()
@@ -258,13 +274,18 @@ async def _start(
         tracing=tracing,
     )
     services = (
-        (entitlement_service_pb2, ENTITLEMENT_SERVICE, EntitlementServicer(app.reads)),
+        (
+            entitlement_service_pb2,
+            ENTITLEMENT_SERVICE,
+            EntitlementServicer(app.reads, app.watches),
+        ),
         (offer_service_pb2, OFFER_SERVICE, OfferServicer(app.reads)),
         (
             subscription_event_service_pb2,
             EVENT_SERVICE,
             SubscriptionEventServicer(app.writes, app.store_calls),
         ),
+        (admin_service_pb2, ADMIN_SERVICE, AdminServicer(app.repository, app.store_calls)),
     )
     for module, name, servicer in services:
         register(
@@ -273,7 +294,7 @@ async def _start(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (ENTITLEMENT_SERVICE, OFFER_SERVICE, EVENT_SERVICE, health.SERVICE_NAME,
+        (ENTITLEMENT_SERVICE, OFFER_SERVICE, EVENT_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME,
          reflection.SERVICE_NAME),
         server,
     )  # fmt: skip
@@ -285,6 +306,7 @@ async def _start(
     if app.feed is not None:
         # The feed's position first, so that nothing cached can miss a change after it.
         await app.feed.poll_once()
+        app.feed.listen(app.watches.on_changes)
         feed_task = asyncio.create_task(app.feed.run(), name="change-feed")
     await server.start()
     await set_health(health_servicer, serving=True)

@@ -5,7 +5,8 @@ authenticates, sets the deadline budget and maps errors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
@@ -22,6 +23,7 @@ from service.grpc_api import convert
 from service.usecases.deadlines import rpc_remaining
 from service.usecases.reads import ReadService
 from service.usecases.store_calls import StoreCalls
+from service.usecases.watch import WatchService
 from service.usecases.writes import WriteService
 
 P = ParamSpec("P")
@@ -29,8 +31,9 @@ T = TypeVar("T")
 
 
 class EntitlementServicer(entitlement_service_pb2_grpc.EntitlementServiceServicer):
-    def __init__(self, reads: ReadService) -> None:
+    def __init__(self, reads: ReadService, watches: WatchService) -> None:
         self._reads = reads
+        self._watches = watches
 
     async def GetEntitlement(
         self,
@@ -76,6 +79,21 @@ class EntitlementServicer(entitlement_service_pb2_grpc.EntitlementServiceService
             catalog_version=self._reads.catalog.version,
             stale=answer.stale,
         )
+
+    async def WatchEntitlements(
+        self,
+        request: entitlement_service_pb2.WatchEntitlementsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[entitlement_service_pb2.WatchEntitlementsResponse]:
+        version = self._reads.catalog.version
+        updates = self._watches.watch(
+            request.user_id, list(request.feature_ids), request.resume_token
+        )
+        # Closed at once when the client goes away (the call is cancelled), not when the
+        # generator is collected: the watch's slot is given back then.
+        async with contextlib.aclosing(updates):
+            async for update in updates:
+                yield convert.watch_update_to_proto(update, version)
 
 
 class OfferServicer(offer_service_pb2_grpc.OfferServiceServicer):

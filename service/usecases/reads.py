@@ -20,6 +20,7 @@ from service.domain.decisions import (
     decide_offers,
 )
 from service.domain.errors import FieldViolation, InvalidRequest
+from service.domain.identity import user_digest
 from service.domain.rules import Platform
 from service.domain.validation import (
     MAX_BATCH_QUERIES,
@@ -32,7 +33,7 @@ from service.usecases.clock import Clock, utc_now
 from service.usecases.deadlines import StoreBudget, store_budget
 from service.usecases.single_flight import SingleFlight
 from service.usecases.store_calls import StoreCalls
-from service.usecases.tokens import ConsistencyToken, check_token
+from service.usecases.tokens import ConsistencyToken, check_token, household_behind
 from storage.deadline import DeadlineExceeded
 from storage.repository import AccountRepository, StoreUnavailable
 
@@ -54,6 +55,15 @@ class Answer(Generic[T]):
     # Computed from cached state past its freshness because the store failed or was too
     # slow (stale-if-error); see Settings.max_staleness_seconds.
     stale: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Decisions for a user's features, with the version of the state they came from."""
+
+    decisions: tuple[EntitlementDecision, ...]
+    version: int
+    stale: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,15 +185,30 @@ class ReadService:
                 entry.remember_offers(key, decisions)
         return Answer(decisions, entry.stale)
 
+    async def snapshot(
+        self, user_id: str, feature_ids: Sequence[str], min_version: int = 0
+    ) -> Snapshot:
+        """The decisions of `feature_ids` (validated by the caller) for the user, from
+        state at least `min_version` new, with that state's version (for watches)."""
+        token = ConsistencyToken(user_digest(user_id), min_version) if min_version else None
+        entry = await self._user(user_id, token, False)
+        now = self._clock()
+        decisions = tuple(self._decide(entry, feature_id, now) for feature_id in feature_ids)
+        return Snapshot(decisions, entry.state.account.version, entry.stale)
+
     async def _user(self, user_id: str, token: ConsistencyToken | None, full: bool) -> CachedUser:
         """The user's state: from the cache when fresh enough (on the event loop, no
         thread), else from the store in a store thread (one read for concurrent misses of
         the same user), else - when the store fails or is too slow - from cache past its
         freshness within max_staleness, marked stale."""
-        min_version = token.version if token is not None and token.applies_to(user_id) else 0
+        own_token = token is not None and token.applies_to(user_id)
+        min_version = token.version if token is not None and own_token else 0
+        # Another user's token may be the manager's of the user's household: the state
+        # must then hold at least that manager version (tokens.household_behind).
+        manager_token = None if own_token else token
         if not full:
             entry = self._cache.get(user_id, min_version)
-            if entry is not None:
+            if entry is not None and not household_behind(manager_token, entry.state):
                 return entry
         budget: StoreBudget | None = None
         try:
@@ -194,7 +219,7 @@ class ReadService:
                 # than anything stored (forged) costs no more than any other read.
                 # A read after a change of the user (a write, or the change feed) likewise
                 # shares no read begun before the change.
-                fresh = min_version > 0 or full
+                fresh = min_version > 0 or full or manager_token is not None
                 started_after = time.monotonic() if fresh else self._cache.changed_at(user_id)
                 state, loaded_since = await self._shared_load(
                     user_id, budget.seconds, started_after
@@ -204,7 +229,7 @@ class ReadService:
                 stale = self._cache.get_stale(
                     user_id, min_version, self._policy.max_staleness_seconds
                 )
-                if stale is not None:
+                if stale is not None and not household_behind(manager_token, stale.state):
                     # Counted (CacheStats.stale_served, exported as a metric), not
                     # logged per call: an outage would write a line per RPC.
                     log.debug("store failed (%s); serving stale cached state", error)

@@ -23,7 +23,13 @@ def test_node_client_from_protos_alone(harness: Harness) -> None:
             pytest.fail(reason)
         pytest.skip(reason)
     result = subprocess.run(
-        [node, str(NODE_CLIENT / "client.js"), harness.target, harness.service_token],
+        [
+            node,
+            str(NODE_CLIENT / "client.js"),
+            harness.target,
+            harness.service_token,
+            harness.admin_token,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -39,3 +45,9 @@ def test_node_client_from_protos_alone(harness: Harness) -> None:
     assert {o["regular_price"]["currency_code"] for o in answer["offers"]["offers"]} == {"SEK"}
     assert answer["invalid"]["code"] == 3  # INVALID_ARGUMENT
     assert answer["anonymous"]["code"] == 16  # UNAUTHENTICATED
+    first, then = answer["watch"]["messages"]
+    assert first["reason"] == "WATCH_REASON_INITIAL"
+    assert first["entitlements"][0]["granted"] is False
+    assert then["reason"] == "WATCH_REASON_WRITE"
+    assert then["entitlements"][0]["granted"] is True
+    assert then["consistency_token"] != first["consistency_token"]

@@ -21,6 +21,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _WatchReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WatchReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WatchReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WATCH_REASON_UNSPECIFIED: _WatchReason.ValueType  # 0
+    """Not set."""
+    WATCH_REASON_INITIAL: _WatchReason.ValueType  # 1
+    """The first message of a stream: the current decisions."""
+    WATCH_REASON_WRITE: _WatchReason.ValueType  # 2
+    """A write changed a watched decision."""
+    WATCH_REASON_TIME: _WatchReason.ValueType  # 3
+    """Time passed a decision's valid_until (a trial, period, grace or grant ended)."""
+
+class WatchReason(_WatchReason, metaclass=_WatchReasonEnumTypeWrapper):
+    """Why a WatchEntitlementsResponse was sent."""
+
+WATCH_REASON_UNSPECIFIED: WatchReason.ValueType  # 0
+"""Not set."""
+WATCH_REASON_INITIAL: WatchReason.ValueType  # 1
+"""The first message of a stream: the current decisions."""
+WATCH_REASON_WRITE: WatchReason.ValueType  # 2
+"""A write changed a watched decision."""
+WATCH_REASON_TIME: WatchReason.ValueType  # 3
+"""Time passed a decision's valid_until (a trial, period, grace or grant ended)."""
+Global___WatchReason: _TypeAlias = WatchReason  # noqa: Y015
+
 class _FeatureKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -379,6 +407,88 @@ class BatchGetEntitlementsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BatchGetEntitlementsResponse: _TypeAlias = BatchGetEntitlementsResponse  # noqa: Y015
+
+@_typing.final
+class WatchEntitlementsRequest(_message.Message):
+    """Request of EntitlementService.WatchEntitlements."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    FEATURE_IDS_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user. 1 to 128 printable characters."""
+    resume_token: _builtins.str
+    """When resuming: the consistency_token of the last message received (or any
+    consistency token of the user, such as a write's). Empty on a first call.
+    """
+    @_builtins.property
+    def feature_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Feature ids of the catalog to watch, at most one per feature; empty watches every
+        feature of the catalog (in catalog order).
+        """
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        feature_ids: _abc.Iterable[_builtins.str] | None = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_ids", b"feature_ids", "resume_token", b"resume_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEntitlementsRequest: _TypeAlias = WatchEntitlementsRequest  # noqa: Y015
+
+@_typing.final
+class WatchEntitlementsResponse(_message.Message):
+    """A message of EntitlementService.WatchEntitlements."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITLEMENTS_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CATALOG_VERSION_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    """A token for the user's state these decisions were made from: pass it as resume_token
+    to resume, or as a read's consistency token.
+    """
+    reason: Global___WatchReason.ValueType
+    """Why this message was sent."""
+    catalog_version: _builtins.str
+    """Content hash of the catalog the decisions were made with."""
+    stale: _builtins.bool
+    """True when the store could not be reached and the decisions come from cached state
+    past its normal freshness (see GetEntitlementResponse.stale).
+    """
+    @_builtins.property
+    def entitlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entitlement]:
+        """The current decision of every watched feature, in request order (catalog order when
+        every feature is watched).
+        """
+
+    def __init__(
+        self,
+        *,
+        entitlements: _abc.Iterable[Global___Entitlement] | None = ...,
+        consistency_token: _builtins.str = ...,
+        reason: Global___WatchReason.ValueType = ...,
+        catalog_version: _builtins.str = ...,
+        stale: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "consistency_token", b"consistency_token", "entitlements", b"entitlements", "reason", b"reason", "stale", b"stale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEntitlementsResponse: _TypeAlias = WatchEntitlementsResponse  # noqa: Y015
 
 @_typing.final
 class Entitlement(_message.Message):

@@ -60,6 +60,11 @@ class EntitlementServiceStub:
                 request_serializer=entitlements_dot_v1_dot_entitlement__service__pb2.BatchGetEntitlementsRequest.SerializeToString,
                 response_deserializer=entitlements_dot_v1_dot_entitlement__service__pb2.BatchGetEntitlementsResponse.FromString,
                 _registered_method=True)
+        self.WatchEntitlements = channel.unary_stream(
+                '/entitlements.v1.EntitlementService/WatchEntitlements',
+                request_serializer=entitlements_dot_v1_dot_entitlement__service__pb2.WatchEntitlementsRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_entitlement__service__pb2.WatchEntitlementsResponse.FromString,
+                _registered_method=True)
 
 
 class EntitlementServiceServicer:
@@ -105,6 +110,31 @@ class EntitlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEntitlements(self, request, context):
+        """Streams a user's decisions: the current ones at once, then a new message whenever
+        one of them changes, whether by a write (a purchase, a refund, a grant, the household
+        manager's plan: seen within about a second, whichever replica took the write) or by
+        time (a trial, period, grace or grant ending: sent when the decision's valid_until
+        passes). Every message holds all watched decisions (a snapshot, not a delta): a client
+        keeps the last one. Writes that change no watched decision send nothing.
+
+        Resuming: after a disconnect, call again with resume_token set to the last message's
+        consistency_token. The first message is then the current state, never older than
+        what the client saw; as every message is a whole snapshot, nothing is missed.
+
+        Bounded: each server process holds a limited number of open streams; beyond it the
+        call ends RESOURCE_EXHAUSTED (retry with backoff). Streams are kept alive with HTTP/2
+        pings. A server shutting down ends its streams with UNAVAILABLE ("reconnect"): call
+        again with the last token, and another server answers. Callers should set no deadline
+        (or a long one) on the stream.
+        Errors: INVALID_ARGUMENT (user id, feature ids, token), UNAVAILABLE (the store cannot
+        be reached for the first snapshot, or the server is shutting down),
+        RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EntitlementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +152,11 @@ def add_EntitlementServiceServicer_to_server(servicer, server):
                     servicer.BatchGetEntitlements,
                     request_deserializer=entitlements_dot_v1_dot_entitlement__service__pb2.BatchGetEntitlementsRequest.FromString,
                     response_serializer=entitlements_dot_v1_dot_entitlement__service__pb2.BatchGetEntitlementsResponse.SerializeToString,
+            ),
+            'WatchEntitlements': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEntitlements,
+                    request_deserializer=entitlements_dot_v1_dot_entitlement__service__pb2.WatchEntitlementsRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_entitlement__service__pb2.WatchEntitlementsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +251,33 @@ class EntitlementService:
             '/entitlements.v1.EntitlementService/BatchGetEntitlements',
             entitlements_dot_v1_dot_entitlement__service__pb2.BatchGetEntitlementsRequest.SerializeToString,
             entitlements_dot_v1_dot_entitlement__service__pb2.BatchGetEntitlementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEntitlements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/entitlements.v1.EntitlementService/WatchEntitlements',
+            entitlements_dot_v1_dot_entitlement__service__pb2.WatchEntitlementsRequest.SerializeToString,
+            entitlements_dot_v1_dot_entitlement__service__pb2.WatchEntitlementsResponse.FromString,
             options,
             channel_credentials,
             insecure,

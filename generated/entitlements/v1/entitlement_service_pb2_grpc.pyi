@@ -61,6 +61,27 @@ class EntitlementServiceStub:
     Errors: INVALID_ARGUMENT, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
     UNAUTHENTICATED, PERMISSION_DENIED.
     """
+    WatchEntitlements: _grpc.UnaryStreamMultiCallable[_entitlement_service_pb2.WatchEntitlementsRequest, _entitlement_service_pb2.WatchEntitlementsResponse]
+    """Streams a user's decisions: the current ones at once, then a new message whenever
+    one of them changes, whether by a write (a purchase, a refund, a grant, the household
+    manager's plan: seen within about a second, whichever replica took the write) or by
+    time (a trial, period, grace or grant ending: sent when the decision's valid_until
+    passes). Every message holds all watched decisions (a snapshot, not a delta): a client
+    keeps the last one. Writes that change no watched decision send nothing.
+
+    Resuming: after a disconnect, call again with resume_token set to the last message's
+    consistency_token. The first message is then the current state, never older than
+    what the client saw; as every message is a whole snapshot, nothing is missed.
+
+    Bounded: each server process holds a limited number of open streams; beyond it the
+    call ends RESOURCE_EXHAUSTED (retry with backoff). Streams are kept alive with HTTP/2
+    pings. A server shutting down ends its streams with UNAVAILABLE ("reconnect"): call
+    again with the last token, and another server answers. Callers should set no deadline
+    (or a long one) on the stream.
+    Errors: INVALID_ARGUMENT (user id, feature ids, token), UNAVAILABLE (the store cannot
+    be reached for the first snapshot, or the server is shutting down),
+    RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
+    """
 
 @_typing.type_check_only
 class EntitlementServiceAsyncStub(EntitlementServiceStub):
@@ -94,6 +115,27 @@ class EntitlementServiceAsyncStub(EntitlementServiceStub):
     whose field violations name each bad query (e.g. "queries[3].feature_id").
     Errors: INVALID_ARGUMENT, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
     UNAUTHENTICATED, PERMISSION_DENIED.
+    """
+    WatchEntitlements: _aio.UnaryStreamMultiCallable[_entitlement_service_pb2.WatchEntitlementsRequest, _entitlement_service_pb2.WatchEntitlementsResponse]  # type: ignore[assignment]
+    """Streams a user's decisions: the current ones at once, then a new message whenever
+    one of them changes, whether by a write (a purchase, a refund, a grant, the household
+    manager's plan: seen within about a second, whichever replica took the write) or by
+    time (a trial, period, grace or grant ending: sent when the decision's valid_until
+    passes). Every message holds all watched decisions (a snapshot, not a delta): a client
+    keeps the last one. Writes that change no watched decision send nothing.
+
+    Resuming: after a disconnect, call again with resume_token set to the last message's
+    consistency_token. The first message is then the current state, never older than
+    what the client saw; as every message is a whole snapshot, nothing is missed.
+
+    Bounded: each server process holds a limited number of open streams; beyond it the
+    call ends RESOURCE_EXHAUSTED (retry with backoff). Streams are kept alive with HTTP/2
+    pings. A server shutting down ends its streams with UNAVAILABLE ("reconnect"): call
+    again with the last token, and another server answers. Callers should set no deadline
+    (or a long one) on the stream.
+    Errors: INVALID_ARGUMENT (user id, feature ids, token), UNAVAILABLE (the store cannot
+    be reached for the first snapshot, or the server is shutting down),
+    RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
     """
 
 class EntitlementServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -143,6 +185,33 @@ class EntitlementServiceServicer(metaclass=_abc_1.ABCMeta):
         whose field violations name each bad query (e.g. "queries[3].feature_id").
         Errors: INVALID_ARGUMENT, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
         UNAUTHENTICATED, PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchEntitlements(
+        self,
+        request: _entitlement_service_pb2.WatchEntitlementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_entitlement_service_pb2.WatchEntitlementsResponse], _abc.AsyncIterator[_entitlement_service_pb2.WatchEntitlementsResponse]]:
+        """Streams a user's decisions: the current ones at once, then a new message whenever
+        one of them changes, whether by a write (a purchase, a refund, a grant, the household
+        manager's plan: seen within about a second, whichever replica took the write) or by
+        time (a trial, period, grace or grant ending: sent when the decision's valid_until
+        passes). Every message holds all watched decisions (a snapshot, not a delta): a client
+        keeps the last one. Writes that change no watched decision send nothing.
+
+        Resuming: after a disconnect, call again with resume_token set to the last message's
+        consistency_token. The first message is then the current state, never older than
+        what the client saw; as every message is a whole snapshot, nothing is missed.
+
+        Bounded: each server process holds a limited number of open streams; beyond it the
+        call ends RESOURCE_EXHAUSTED (retry with backoff). Streams are kept alive with HTTP/2
+        pings. A server shutting down ends its streams with UNAVAILABLE ("reconnect"): call
+        again with the last token, and another server answers. Callers should set no deadline
+        (or a long one) on the stream.
+        Errors: INVALID_ARGUMENT (user id, feature ids, token), UNAVAILABLE (the store cannot
+        be reached for the first snapshot, or the server is shutting down),
+        RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
         """
 
 def add_EntitlementServiceServicer_to_server(servicer: EntitlementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
