@@ -59,7 +59,8 @@ def build_application(
     policy = CachePolicy(settings.store_timeout_seconds, settings.max_staleness_seconds)
     store_calls = StoreCalls(settings.threads)
     feed = None
-    if isinstance(repository, ChangeFeed) and settings.cache_ttl_seconds > 0:
+    follow = settings.cache_ttl_seconds > 0 and settings.feed_poll_seconds > 0
+    if isinstance(repository, ChangeFeed) and follow:
         feed = FeedFollower(
             repository,
             cache,
@@ -68,7 +69,7 @@ def build_application(
             store_timeout_seconds=settings.store_timeout_seconds,
             lost_after_seconds=max(1.0, 2 * settings.feed_poll_seconds),
         )
-    else:
+    elif settings.cache_ttl_seconds > 0:
         log.warning("no change feed: writes of other processes are seen after the cache TTL")
     reads = ReadService(catalog, repository, cache, clock, policy, store_calls)
     return Application(

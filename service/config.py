@@ -38,6 +38,8 @@ class Settings:
     # poll's time), so this is only a safety net. 0 disables the cache.
     cache_ttl_seconds: float = 300.0
     # How often each worker reads the store's change feed (service.usecases.freshness).
+    # 0 turns the feed off (only to measure its cost: writes of other processes are then
+    # seen after cache_ttl_seconds, and watches see only this process's writes late).
     feed_poll_seconds: float = 0.1
     # WatchEntitlements streams a worker holds open at once; more are refused
     # RESOURCE_EXHAUSTED.
@@ -158,7 +160,6 @@ _POSITIVE = (
     "store_timeout_seconds",
     "write_timeout_seconds",
     "readiness_interval_seconds",
-    "feed_poll_seconds",
     "max_connection_age_seconds",
     "keepalive_seconds",
     "max_request_bytes",
@@ -166,6 +167,7 @@ _POSITIVE = (
 )
 _NOT_NEGATIVE = (
     "port",
+    "feed_poll_seconds",
     "cache_ttl_seconds",
     "workers",
     "max_concurrent_rpcs",

@@ -1,7 +1,9 @@
 """End-to-end load benchmark of the service against the empty-handler floor.
 
-    python -m benchmarks.load            # full run (~5 minutes): JSON, Markdown, PNG
+    python -m benchmarks.load            # full run (~5 minutes): JSON, Markdown, PNGs
     python -m benchmarks.load --smoke    # CI smoke (~50 s): fails past the stated bounds
+    python -m benchmarks.load --smoke --compare benchmarks/baselines/smoke.json
+                                         # also fails past the thresholds against a baseline
 
 Closed-loop saturation and 1-in-flight latency come from h2load (a C load generator,
 Debian package nghttp2-client); latency at fixed arrival rates from the Python open-loop
@@ -25,7 +27,7 @@ from typing import Any
 
 from benchmarks.data import seed, write_credentials
 from benchmarks.floor_server import KINDS
-from benchmarks.load import fixed, h2load, report, runner, scenarios
+from benchmarks.load import compare, fixed, h2load, report, runner, scenarios
 from benchmarks.load.plan import CLOSED, OPEN, Phase
 from benchmarks.load.runner import Generators, RawPhase
 from benchmarks.load.scenarios import (
@@ -109,11 +111,19 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="Python open-loop rates as fractions of the floor's h2load saturation",
     )
     parser.add_argument(
-        "--compare",
+        "--compare-fraction",
         type=float,
         default=scenarios.COMPARE_FRACTION,
         help="the open-loop fraction at which p99 is compared with the floor's",
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="BASELINE",
+        help="a baseline run's JSON (e.g. benchmarks/baselines/smoke.json): print each "
+        "scenario's ratios to the floor beside the baseline's; exit 1 past the thresholds",
+    )
+    compare.add_threshold_arguments(parser)
     parser.add_argument(
         "--seconds", type=float, default=5.0, help="Python phases: measured seconds"
     )
@@ -130,8 +140,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.smoke:
         args.check = True
         args.scenarios = args.scenarios or ",".join(scenarios.SMOKE_SCENARIOS)
-        args.compare = scenarios.SMOKE_COMPARE_FRACTION
-        args.loads = str(args.compare)
+        args.compare_fraction = scenarios.SMOKE_COMPARE_FRACTION
+        args.loads = str(args.compare_fraction)
         args.seconds = scenarios.SMOKE_SECONDS
         args.warmup = scenarios.SMOKE_WARMUP_SECONDS
         args.h2load_seconds = scenarios.SMOKE_H2LOAD_SECONDS
@@ -164,8 +174,8 @@ class Run:
         self.skipped: dict[str, str] = {}
         self.records: list[dict[str, Any]] = []
         self.fractions = tuple(float(f) for f in args.loads.split(",") if f.strip())
-        if args.compare not in self.fractions:
-            self.fractions = (*self.fractions, args.compare)
+        if args.compare_fraction not in self.fractions:
+            self.fractions = (*self.fractions, args.compare_fraction)
             args.loads = ",".join(str(f) for f in self.fractions)
         # The answers each (scenario, server) gave a real client before any load.
         self.answers: dict[tuple[str, str], list[bytes]] = {}
@@ -173,6 +183,9 @@ class Run:
         self.floors: dict[tuple[int, str], tuple[str, float]] = {}
         # (repeat, floor scenario): the floor's Python closed loop was measured.
         self.python_floors: set[tuple[int, str]] = set()
+        # Open-loop rounds so far: the records of one round (a floor and the scenarios
+        # measured at one rate, interleaved) carry its number (the plot pairs by it).
+        self.open_rounds = 0
         self._generators: Generators | None = None
         self._stack: contextlib.ExitStack | None = None
 
@@ -422,8 +435,10 @@ class Run:
                 scenario, kind = items[item]
                 _name, server = self._server(scenario, kind)
                 runs[item].append(self.generators().measure(phases[item], server))
+        self.open_rounds += 1
         for item, (scenario, kind) in enumerate(items):
             record = self._python_record(scenario, kind, phases[item], runs[item], repeat, fraction)
+            record["open_round"] = self.open_rounds
             # Each slice's p99, in slice order (paired with the other servers').
             record["slice_p99_us"] = [
                 runner.record(phases[item], self.args.generators, [raw])["methods"]
@@ -526,6 +541,9 @@ def _stopping(server: ServerProcess) -> Iterator[ServerProcess]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
     selected = _selected(args)
+    # Read before a run of minutes, so that a wrong path fails at once.
+    baseline = compare.load(args.compare) if args.compare else None
+    compare.thresholds_from(args)  # rejects a negative threshold before the run
     try:
         h2load.find_h2load()
     except h2load.H2loadMissing as error:
@@ -547,17 +565,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"benchmarks.load: {error}", file=sys.stderr)
             return 2
         elapsed = time.monotonic() - started
-        result = report.build(run.records, selected, run.skipped, args, elapsed)
+        result = report.build(run.records, selected, run.skipped, args, elapsed, baseline)
     paths = report.write(result, args.out, smoke=args.smoke)
     print(paths.markdown.read_text())
-    run.log(f"results: {paths.json}, {paths.markdown}" + (f", {paths.plot}" if paths.plot else ""))
-    if args.check:
-        verdict = result["smoke"]
-        for failure in verdict["failures"]:
-            print(f"BENCHMARK REGRESSION: {failure}", file=sys.stderr)
-        if not verdict["passed"]:
-            return 1
+    run.log(
+        f"results: {paths.json}, {paths.markdown}" + "".join(f", {path}" for path in paths.plots)
+    )
+    if result["comparison"] is not None:
+        print(compare.text_table(result["comparison"]))
+    verdict = result["verdict"]
+    for part in verdict["parts"]:
+        prefix = "BENCHMARK REGRESSION" if part["enforced"] else "benchmark (not enforced)"
+        for failure in part["failures"]:
+            print(f"{prefix}: {part['name']}: {failure}", file=sys.stderr)
+    if args.check and result["smoke"]["passed"]:
         print("benchmark smoke: within bounds")
+    if verdict["exit_code"]:
+        return int(verdict["exit_code"])
     return 0
 
 

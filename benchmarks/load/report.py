@@ -1,5 +1,6 @@
 """The run's output: one JSON file (environment, settings, every phase, the summary against
-the floor, the targets), a Markdown table and a latency-versus-offered-load PNG."""
+the floor, the targets, the verdict against the smoke bounds and a baseline run), a Markdown
+report of the same and one latency-versus-offered-load PNG per scenario (plot.py)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.floor_server import KINDS
+from benchmarks.load import compare as baseline_comparison
 from benchmarks.load import h2load, scenarios
 from benchmarks.load.plan import CLOSED, NOT_SENT, OPEN
 from benchmarks.load.scenarios import H2LOAD, PYTHON, SCENARIOS, Scenario
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_VERSION = 2
+# 3: `verdict`, `comparison`, settings.scenarios; `smoke` (the bounds' verdict) in every run
+# that measured the cache hit; open-loop records carry their measuring round (open_round).
+SCHEMA_VERSION = 3
 # An open-loop phase that answered fewer than this fraction of its offered rate is overloaded.
 OVERLOAD_ACHIEVED = 0.95
 # Open-loop sends this late (p99, us): every sending thread was waiting on slow answers, or
@@ -427,10 +431,13 @@ def build(
     skipped: dict[str, str],
     args: argparse.Namespace,
     elapsed: float,
+    baseline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The run's result. `args.check` makes the smoke bounds decide the exit code;
+    `baseline` (a run's JSON, named by args.compare) adds the comparison, which does too."""
     fractions = tuple(float(f) for f in args.loads.split(",") if f.strip())
     summary = summarize(
-        records, [s for s in selected if s.floor], args.repeat, fractions, args.compare
+        records, [s for s in selected if s.floor], args.repeat, fractions, args.compare_fraction
     )
     result = {
         "schema_version": SCHEMA_VERSION,
@@ -439,6 +446,7 @@ def build(
         "environment": environment(),
         "settings": {
             "smoke": args.smoke,
+            "scenarios": [s.key for s in selected if s.floor],
             "workers": args.workers,
             "h2load": {
                 "version": h2load_version(),
@@ -458,7 +466,7 @@ def build(
             "open_loop_fractions": args.loads,
             "open_loop_slices": args.open_slices,
             "repeat": args.repeat,
-            "compare_fraction": args.compare,
+            "compare_fraction": args.compare_fraction,
             "server_env": {
                 "ENTITLEMENTS_MAX_CONCURRENT_RPCS": 64,
                 "ENTITLEMENTS_CACHE_TTL_SECONDS": "3600 (cached), 0 (uncached)",
@@ -468,7 +476,7 @@ def build(
         "skipped": skipped,
         "floors": floors(records, args.repeat),
         "summary": summary,
-        "targets": targets(summary, args.compare) if not args.smoke else [],
+        "targets": targets(summary, args.compare_fraction) if not args.smoke else [],
         "smoke_bounds": {
             "min_throughput_ratio": scenarios.SMOKE_MIN_THROUGHPUT_RATIO,
             "max_latency_p99_ratio": scenarios.SMOKE_MAX_LATENCY_P99_RATIO,
@@ -479,8 +487,47 @@ def build(
         },
         "phases": records,
     }
-    result["smoke"] = check_smoke(result) if args.check else None
+    checked = args.check or any(s.key == SMOKE_SCENARIO for s in selected)
+    result["smoke"] = check_smoke(result) if checked else None
+    result["comparison"] = (
+        baseline_comparison.compare(
+            result, baseline, baseline_comparison.thresholds_from(args), str(args.compare)
+        )
+        if baseline is not None
+        else None
+    )
+    result["verdict"] = verdict(result, bounds_enforced=args.check)
     return result
+
+
+def verdict(result: dict[str, Any], *, bounds_enforced: bool) -> dict[str, Any]:
+    """The run's pass/fail: the smoke bounds (when the cache hit was measured) and the
+    comparison with a baseline (when asked). `exit_code` is 1 when a part that decides
+    it failed: the bounds with --check (--smoke), the comparison always."""
+    parts = []
+    failures = []
+    exit_code = 0
+    for name, part, enforced in (
+        ("smoke bounds", result.get("smoke"), bounds_enforced),
+        ("baseline", result.get("comparison"), True),
+    ):
+        if part is None:
+            continue
+        parts.append(
+            {"name": name, "passed": part["passed"], "enforced": enforced,
+             "failures": part["failures"]}
+        )  # fmt: skip
+        failures += [f"{name}: {failure}" for failure in part["failures"]]
+        if enforced and not part["passed"]:
+            exit_code = 1
+    met = [t["met"] for t in result.get("targets", []) if t["met"] is not None]
+    return {
+        "passed": all(part["passed"] for part in parts) if parts else None,
+        "parts": parts,
+        "failures": failures,
+        "exit_code": exit_code,
+        "targets_met": f"{sum(met)} of {len(met)}" if met else None,
+    }
 
 
 def h2load_version() -> str:
@@ -494,14 +541,24 @@ def h2load_version() -> str:
     return output.strip().splitlines()[0] if output.strip() else ""
 
 
+SMOKE_SCENARIO = "get_hit"
+
+
 def check_smoke(result: dict[str, Any]) -> dict[str, Any]:
     """The smoke's verdict on the cache-hit scenario (medians of the repeats) against
     the bounds of scenarios.py: every check with its bound, the measured value and
-    whether it passed; `failures` says why in words."""
-    hit = result["summary"].get("get_hit")
+    whether it passed; `failures` says why in words. A full run measures the same figures
+    (its open loop includes the smoke's fraction), so it is checked as well."""
+    hit = result["summary"].get(SMOKE_SCENARIO)
     figures = hit["median"] if hit else {}
-    compare = result["settings"]["compare_fraction"]
-    worst = max(result["phases"], key=lambda r: r["error_fraction"], default=None)
+    fraction = scenarios.SMOKE_COMPARE_FRACTION
+    tag = f"{round(fraction * 100)}pct"
+    smoke_phases = (SMOKE_SCENARIO, SCENARIOS[SMOKE_SCENARIO].floor)
+    worst = max(
+        (r for r in result["phases"] if r["scenario"] in smoke_phases),
+        key=lambda r: r["error_fraction"],
+        default=None,
+    )
     # (check, figure checked, measured, op, bound, the median of the slices' ratios)
     rows = [
         ("cache-hit throughput / floor (h2load saturation)", "throughput_ratio",
@@ -510,9 +567,9 @@ def check_smoke(result: dict[str, Any]) -> dict[str, Any]:
         ("cache-hit p99 / floor p99, 1 RPC in flight (h2load)", "latency_p99_ratio",
          figures.get("latency_p99_ratio"), "<=", scenarios.SMOKE_MAX_LATENCY_P99_RATIO,
          figures.get("latency_p99_ratio_by_slice")),
-        (f"cache-hit p99 / floor p99, open loop at {compare:.0%} of floor saturation",
-         "p99_ratio_at_compare", figures.get("p99_ratio_at_compare"),
-         "<=", scenarios.SMOKE_MAX_P99_RATIO, figures.get("p99_ratio_by_slice_at_compare")),
+        (f"cache-hit p99 / floor p99, open loop at {fraction:.0%} of floor saturation",
+         f"p99_ratio_at_{tag}", figures.get(f"p99_ratio_at_{tag}"),
+         "<=", scenarios.SMOKE_MAX_P99_RATIO, figures.get(f"p99_ratio_by_slice_at_{tag}")),
         ("calls failing, the worst phase (fraction)", "max_error_fraction",
          worst["error_fraction"] if worst else None, "<=", scenarios.SMOKE_MAX_ERROR_FRACTION,
          None),
@@ -521,8 +578,12 @@ def check_smoke(result: dict[str, Any]) -> dict[str, Any]:
     failures = []
     if hit is None:
         failures.append(
-            "the get_hit scenario did not run"
-            + (f": {result['skipped']['get_hit']}" if "get_hit" in result["skipped"] else "")
+            f"the {SMOKE_SCENARIO} scenario did not run"
+            + (
+                f": {result['skipped'][SMOKE_SCENARIO]}"
+                if SMOKE_SCENARIO in result["skipped"]
+                else ""
+            )
         )
     for name, key, measured, op, bound, by_slice in rows:
         passed = bool(_holds(measured, op, bound))
@@ -545,21 +606,24 @@ def check_smoke(result: dict[str, Any]) -> dict[str, Any]:
 class Written:
     json: Path
     markdown: Path
-    plot: Path | None
+    plots: list[Path]
 
 
 def write(result: dict[str, Any], folder: Path, *, smoke: bool) -> Written:
+    """The run's JSON, Markdown and one PNG per scenario (when matplotlib is installed)."""
     import json
+
+    from benchmarks.load import plot
 
     folder.mkdir(parents=True, exist_ok=True)
     commit = result["environment"]["git_commit"][:8] or "nogit"
     stem = f"{'smoke' if smoke else 'load'}-{time.strftime('%Y%m%d-%H%M%S')}-{commit}"
     json_path = folder / f"{stem}.json"
     json_path.write_text(json.dumps(result, indent=1) + "\n")
-    plot_path = None if smoke else plot(result, folder / f"{stem}.png")
+    plots = plot.plot_scenarios(result, folder, stem)
     markdown_path = folder / f"{stem}.md"
-    markdown_path.write_text(markdown(result, plot_path))
-    return Written(json_path, markdown_path, plot_path)
+    markdown_path.write_text(markdown(result, plots))
+    return Written(json_path, markdown_path, plots)
 
 
 def _fmt(value: Any, digits: int = 0, suffix: str = "") -> str:
@@ -577,7 +641,7 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{float(value) / 1000:.2f}"
 
 
-def markdown(result: dict[str, Any], plot_path: Path | None) -> str:
+def markdown(result: dict[str, Any], plots: list[Path]) -> str:
     env = result["environment"]
     settings = result["settings"]
     h2 = settings["h2load"]
@@ -612,22 +676,25 @@ def markdown(result: dict[str, Any], plot_path: Path | None) -> str:
         "with several repeats each figure is the median of the per-repeat values.",
         "",
     ]
-    verdict = result.get("smoke")
-    if verdict:
+    lines += _verdict_lines(result)
+    bounds = result.get("smoke")
+    if bounds:
         lines += [
-            f"## Smoke verdict: {'PASSED' if verdict['passed'] else '**FAILED**'}",
+            f"## Smoke bounds: {'PASSED' if bounds['passed'] else '**FAILED**'}",
             "",
             "| check | bound | measured | passed | median of the slices' ratios |",
             "|---|---|---:|---|---:|",
         ]
-        for check in verdict["checks"]:
+        for check in bounds["checks"]:
             lines.append(
                 f"| {check['check']} | {check['bound']} | {_fmt(check['measured'], 3)} | "
                 f"{'yes' if check['passed'] else '**no**'} | "
                 f"{_fmt(check.get('median_of_slice_ratios'), 3)} |"
             )
-        lines += [f"- {failure}" for failure in verdict["failures"] if "did not run" in failure]
+        lines += [f"- {failure}" for failure in bounds["failures"] if "did not run" in failure]
         lines += ["", f"Bounds: {result['smoke_bounds']['calibration']}", ""]
+    if result.get("comparison"):
+        lines += baseline_comparison.markdown_lines(result["comparison"])
     if result["floors"]:
         lines += [
             "## Floors (h2load)",
@@ -715,9 +782,30 @@ def markdown(result: dict[str, Any], plot_path: Path | None) -> str:
             f"{', '.join(f'{k} {v}' for k, v in r['errors'].items()) or '-'} |"
         )
     lines += ["", "Latencies in µs unless marked ms."]
-    if plot_path is not None:
-        lines += ["", f"![latency versus offered load]({plot_path.name})"]
+    if plots:
+        lines += ["", "## Latency versus offered load", ""]
+        lines += [f"![{path.stem}: latency versus offered load]({path.name})" for path in plots]
     return "\n".join(lines) + "\n"
+
+
+def _verdict_lines(result: dict[str, Any]) -> list[str]:
+    """The run's verdict first: what was checked, whether it decides the exit code."""
+    verdict = result.get("verdict")
+    if not verdict or verdict["passed"] is None:
+        return []
+    lines = [f"## Verdict: {'PASSED' if verdict['passed'] else '**FAILED**'}", ""]
+    for part in verdict["parts"]:
+        state = "passed" if part["passed"] else "**failed**"
+        role = (
+            "decides the exit code"
+            if part["enforced"]
+            else "recorded only (--check or --smoke makes it decide the exit code)"
+        )
+        lines.append(f"- {part['name']}: {state}; {role}")
+    lines += [f"- {failure}" for failure in verdict["failures"]]
+    if verdict.get("targets_met"):
+        lines.append(f"- targets of issue 10 met: {verdict['targets_met']} (reported, not checked)")
+    return [*lines, ""]
 
 
 def _open_loop_table(result: dict[str, Any]) -> list[str]:
@@ -761,61 +849,3 @@ def _open_loop_table(result: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---|",
         *rows,
     ]
-
-
-def plot(result: dict[str, Any], path: Path) -> Path | None:
-    """p50 (dashed) and p99 (solid) against offered load, one panel per floor group."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install -e '.[bench]'): no plot", flush=True)
-        return None
-    records = [r for r in result["phases"] if r["shape"] == OPEN]
-    merged: dict[str, list[str]] = {}
-    for group_floor, group_members in scenarios.GROUPS:
-        merged.setdefault(group_floor, []).extend(group_members)
-    groups = [(f, m) for f, m in merged.items() if any(r["scenario"] == f for r in records)]
-    if not groups:
-        return None
-    figure, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 5), squeeze=False)
-    for axis, (floor_key, members) in zip(axes[0], groups, strict=True):
-        for key in (floor_key, *members):
-            scenario = SCENARIOS[key]
-            mine = [r for r in records if r["scenario"] == key and r["repeat"] == 0]
-            mine.sort(key=lambda r: r["offered_rps"])
-            points = [
-                (r["offered_rps"], r["methods"][scenario.method])
-                for r in mine
-                if scenario.method in r["methods"]
-            ]
-            if not points:
-                continue
-            color = "black" if key == floor_key else None
-            xs = [x for x, _ in points]
-            (line,) = axis.plot(
-                xs, [m["p99_us"] / 1000 for _, m in points], "o-", color=color,
-                label=f"{scenario.title} p99",
-            )  # fmt: skip
-            axis.plot(
-                xs, [m["p50_us"] / 1000 for _, m in points], "s--", color=line.get_color(),
-                alpha=0.7, label=f"{scenario.title} p50",
-            )  # fmt: skip
-        axis.set_yscale("log")
-        axis.set_xlabel("offered load (requests per second, open loop)")
-        axis.set_ylabel("latency from intended send (ms)")
-        axis.set_title(SCENARIOS[floor_key].method)
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
-    env = result["environment"]
-    figure.suptitle(
-        f"Latency vs offered load, {env['cpu_count']} CPUs, commit {env['git_commit'][:8]}, "
-        f"{result['created']}",
-        fontsize=10,
-    )
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path

@@ -17,6 +17,7 @@ from service.grpc_api.auth import Authenticator, Credential, Principal, Role, to
 from service.grpc_api.servicers import EntitlementServicer, OfferServicer
 from service.usecases.reads import ReadService
 from service.usecases.tokens import issue_token
+from service.usecases.watch import WatchService
 
 GET_REQUEST = entitlement_service_pb2.GetEntitlementRequest(
     user_id=user_id(3, "active"), feature_id="ad_free_playback"
@@ -83,7 +84,7 @@ def test_authenticate_bearer_token(benchmark: Any) -> None:
 def test_get_entitlement_handler(benchmark: Any, warm_reads: ReadService) -> None:
     """The servicer end to end without gRPC: parse bytes, read (cache hit), convert,
     serialize (interceptors excluded)."""
-    servicer = EntitlementServicer(warm_reads)
+    servicer = EntitlementServicer(warm_reads, WatchService(warm_reads, max_watches=1))
 
     def handle() -> bytes:
         request = entitlement_service_pb2.GetEntitlementRequest.FromString(GET_REQUEST)
