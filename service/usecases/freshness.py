@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from service.usecases.cache import UserStateCache
 from service.usecases.store_calls import StoreCalls
+from storage.deadline import deadline_in
 from storage.feed import BATCH_LIMIT, Change, ChangeBatch, ChangeFeed
 
 log = logging.getLogger(__name__)
@@ -105,23 +106,28 @@ class FeedFollower:
     async def poll_once(self) -> bool:
         """One read of the feed, applied; True when the batch was full (read on at once)."""
         try:
-            if self._position is None:
-                # A worker starting with an empty cache needs no change before this.
-                position = await self._store.run(self._timeout, self._feed.feed_position)
-                # Anything cached before (while the feed could not be read) may predate
-                # a change before this position.
-                if len(self._cache):
-                    self._cache.expire_all()
-                batch = ChangeBatch((), position)
-            else:
-                batch = await self._store.run(
-                    self._timeout, self._feed.read_changes, self._position, BATCH_LIMIT
-                )
+            # The deadline travels into the store thread (its context is copied): the
+            # call ends there too, never holding a store thread past its budget.
+            with deadline_in(self._timeout):
+                batch = await self._read()
         except Exception as error:  # whatever the store raised: the feed is not readable
             self._failed(error)
             return False
         self._apply(batch)
         return len(batch.changes) >= BATCH_LIMIT
+
+    async def _read(self) -> ChangeBatch:
+        if self._position is not None:
+            return await self._store.run(
+                self._timeout, self._feed.read_changes, self._position, BATCH_LIMIT
+            )
+        # A worker starting with an empty cache needs no change before this.
+        position = await self._store.run(self._timeout, self._feed.feed_position)
+        # Anything cached before (while the feed could not be read) may predate a change
+        # before this position.
+        if len(self._cache):
+            self._cache.expire_all()
+        return ChangeBatch((), position)
 
     def _failed(self, error: Exception) -> None:
         self.stats.errors += 1

@@ -21,6 +21,9 @@ one locality group.
   and the history rows keyed by (user, version, index)), so a re-run or a re-sent commit
   writes the same rows and never a duplicate. Exceptions from `change`/`mutate` roll the
   transaction back and propagate unchanged.
+- Every write that stores a user's state publishes its changes (storage.feed) to the
+  UserChanges table in the same transaction, with the commit timestamp; `read_changes`
+  reads them back with strong reads of key ranges, exactly in commit order (changes.py).
 - Every call runs within the RPC's remaining budget (storage.deadline), or within
   `default_timeout` when the RPC set none, the client's own retries and session
   creation included: with Spanner unreachable a call fails (StoreUnavailable, or
@@ -36,10 +39,10 @@ one locality group.
   fork) and kept; `close()` only detaches this repository (see client.py).
 
 Modules: repository.py (SpannerRepository), queries.py (the queries and reading their
-results), mutations.py (the writes), codec.py (Spanner's names and values for the rows
-of storage.rows), client.py (handles, budgets, errors), schema.py (migrations and
-`migrate`). Running an emulator for tests and benchmarks is in testing/, which is not
-part of the installed package.
+results), mutations.py (the writes), changes.py (the change feed), codec.py (Spanner's
+names and values for the rows of storage.rows), client.py (handles, budgets, errors),
+schema.py (migrations and `migrate`). Running an emulator for tests and benchmarks is
+in testing/, which is not part of the installed package.
 """
 
 from storage.spanner.client import URL_PREFIX, DatabasePath, SchemaNotReady

@@ -15,8 +15,10 @@ from google.cloud.spanner_v1 import KeyRange, KeySet
 from google.cloud.spanner_v1.transaction import Transaction
 
 from service.domain.account import AccountState
+from storage.feed import changes_of
 from storage.repository import HistoryDraft, IdempotencyKey
 from storage.rows import CHILD_TABLES, HISTORY, PROCESSED_REQUESTS, USER_ID, USERS
+from storage.spanner import changes
 from storage.spanner.codec import CODEC, name, names
 
 _USER_WRITE_COLUMNS = names((USER_ID, *USERS.column_names))
@@ -36,7 +38,8 @@ def _user_rows(user_id: str) -> KeySet:
 def write_account(transaction: Transaction, current: AccountState, stored: AccountState) -> None:
     """Buffers mutations that store `stored` (version included) in place of `current`,
     the state read in this transaction: the user row, and each child table's rows
-    deleted (if there were any) and written again."""
+    deleted (if there were any) and written again; and publishes the write's changes to
+    the change feed (storage.feed.changes_of), in the same transaction."""
     user_id = stored.user_id
     transaction.insert_or_update(
         name(USERS.name),
@@ -52,6 +55,7 @@ def write_account(transaction: Transaction, current: AccountState, stored: Accou
             transaction.replace(
                 name(table.name), columns=_CHILD_WRITE_COLUMNS[table.name], values=rows
             )
+    changes.publish(transaction, user_id, changes_of(current, stored))
 
 
 def write_request(

@@ -19,6 +19,7 @@ from google.cloud.spanner_v1.transaction import Transaction
 
 from service.domain.account import AccountState, UserState
 from storage.deadline import remaining
+from storage.feed import BATCH_LIMIT, ChangeBatch
 from storage.observers import transaction_aborted
 from storage.repository import (
     AccountChange,
@@ -30,7 +31,7 @@ from storage.repository import (
     StoreUnavailable,
 )
 from storage.rows import dump_response, integer, load_response, utc
-from storage.spanner import mutations, queries, schema
+from storage.spanner import changes, mutations, queries, schema
 from storage.spanner.client import DatabasePath, SchemaNotReady, database_handle, store_call
 from storage.spanner.codec import CODEC
 
@@ -55,7 +56,9 @@ class SpannerRepository:
     call made without an RPC deadline (storage.deadline). `abort_retry_delay` is the
     first backoff before re-running an aborted transaction (doubling on each re-run).
     `stale_read` is the staleness bound of reads that carry a consistency token (None:
-    always strong reads).
+    always strong reads). `feed_retention` is how old a change feed position may be
+    before reading from it reports a gap: at most what UserChanges keeps (its ROW
+    DELETION POLICY, changes.FEED_RETENTION); tests make it short.
     """
 
     def __init__(
@@ -66,7 +69,11 @@ class SpannerRepository:
         default_timeout: float = DEFAULT_TIMEOUT,
         abort_retry_delay: float = DEFAULT_ABORT_RETRY_DELAY,
         stale_read: timedelta | None = DEFAULT_STALE_READ,
+        feed_retention: timedelta = changes.FEED_RETENTION,
     ) -> None:
+        if not timedelta(0) < feed_retention <= changes.FEED_RETENTION:
+            raise ValueError(f"feed_retention must be in (0, {changes.FEED_RETENTION}]")
+        self._feed_retention = feed_retention
         self._path = path if isinstance(path, DatabasePath) else DatabasePath.parse(path)
         self._stale_read = stale_read
         self._endpoint = endpoint
@@ -177,6 +184,17 @@ class SpannerRepository:
                 timeout=remaining(),
             )
             return [CODEC.history_entry(row) for row in rows]
+
+    # -- ChangeFeed (storage.feed; see changes.py for the table, positions and gaps) ------
+
+    def feed_position(self) -> str:
+        with self._call("feed-position") as database:
+            return changes.feed_position(database, self._feed_retention)
+
+    def read_changes(self, after: str, limit: int = BATCH_LIMIT) -> ChangeBatch:
+        """A strong read of the changes after `after` (exact: see changes.py)."""
+        with self._call("feed-read") as database:
+            return changes.read_changes(database, after, limit, self._feed_retention)
 
     def check(self) -> None:
         """Raises StoreUnavailable (SchemaNotReady for a missing migration) unless the

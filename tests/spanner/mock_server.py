@@ -31,6 +31,7 @@ from google.protobuf import duration_pb2, struct_pb2
 from google.rpc import error_details_pb2
 
 from storage.spanner import Query
+from storage.spanner.queries import CHECK_QUERY
 from storage.spanner.schema import MIGRATIONS_TABLE, TABLES_QUERY, VERSIONS_QUERY, migrations
 
 PROJECT = "mock-project"
@@ -214,7 +215,10 @@ class MockSpanner:
         self.servicer.mock_spanner.add_error(method, error)
 
     def answer_schema_checks(self) -> None:
-        """Answers the repository's schema check: every migration applied."""
+        """Answers the repository's schema check (every migration applied) and the cheap
+        check after it (`check()` once the schema was seen: a server's first store call,
+        such as its change feed's, may come before the test's)."""
+        self.answer(CHECK_QUERY, rows_result([("", TypeCode.INT64)], [[1]]))
         self.answer(
             TABLES_QUERY, rows_result([("TABLE_NAME", TypeCode.STRING)], [[MIGRATIONS_TABLE]])
         )

@@ -28,7 +28,7 @@ from google.cloud import spanner
 from google.cloud.spanner_v1 import KeySet
 from google.cloud.spanner_v1.transaction import Transaction
 
-from storage.spanner import DatabasePath, migrate
+from storage.spanner import DatabasePath, changes, migrate
 from storage.spanner.client import (
     EMULATOR_HOST_ENV,
     MULTIPLEXED_RW_ENV,
@@ -109,10 +109,12 @@ class SpannerEmulator:
         return self._shared[purpose]
 
     def clear(self, path: DatabasePath) -> None:
-        """Deletes every user, and with them all their rows (ON DELETE CASCADE)."""
+        """Deletes every user, and with them all their rows (ON DELETE CASCADE), and the
+        change feed."""
 
         def delete_all(transaction: Transaction) -> None:
             transaction.delete("Users", KeySet(all_=True))
+            transaction.delete(changes.TABLE, KeySet(all_=True))
 
         database_handle(path, self.host).run_in_transaction(delete_all)
 
