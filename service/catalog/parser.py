@@ -149,8 +149,11 @@ class _Parser:
         self.check_keys(
             doc,
             "catalog",
-            {"schema_version", "free_plan", "features", "plans", "markets", "offers"},
-        )
+            {
+                "schema_version", "free_plan", "features", "plans", "markets", "offers",
+                "household_join_cooldown_days",
+            },
+        )  # fmt: skip
         if type(doc.get("schema_version")) is not int or doc.get("schema_version") != 1:
             self.problem("schema_version", f"must be 1, got {doc.get('schema_version')!r}")
         features = self.features(doc)
@@ -162,6 +165,9 @@ class _Parser:
             self.problem("free_plan", f"plan '{free_plan_id}' is premium")
         markets = self.markets(doc, plans)
         offers = self.offers(doc, plans, markets)
+        join_cooldown_days = self.integer(
+            doc, "household_join_cooldown_days", "household_join_cooldown_days", default=0
+        )
         if self.problems:
             return None
         return Catalog(
@@ -173,6 +179,7 @@ class _Parser:
             offers=offers,
             premium_plan_ids=frozenset(p.id for p in plans.values() if p.premium),
             household_plan_ids=frozenset(p.id for p in plans.values() if p.household_size > 1),
+            household_join_cooldown_days=join_cooldown_days,
         )
 
     def features(self, doc: dict[str, Any]) -> dict[str, Feature]:
@@ -196,7 +203,18 @@ class _Parser:
     def plans(self, doc: dict[str, Any], features: Mapping[str, Feature]) -> dict[str, Plan]:
         plans: dict[str, Plan] = {}
         for where, entry in self.entries(doc, "plans"):
-            self.check_keys(entry, where, {"id", "name", "premium", "household_size", "features"})
+            self.check_keys(
+                entry,
+                where,
+                {
+                    "id",
+                    "name",
+                    "premium",
+                    "household_size",
+                    "requires_verified_student",
+                    "features",
+                },
+            )
             plan_id = self.identifier(entry, "id", where)
             if plan_id in plans:
                 self.problem(where, f"duplicate plan id '{plan_id}'")
@@ -205,6 +223,14 @@ class _Parser:
             if not isinstance(premium, bool):
                 self.problem(where, f"'premium' must be true or false, got {premium!r}")
             household_size = self.integer(entry, "household_size", where, default=1, low=1)
+            student_only = entry.get("requires_verified_student", False)
+            if not isinstance(student_only, bool):
+                self.problem(
+                    where,
+                    f"'requires_verified_student' must be true or false, got {student_only!r}",
+                )
+            elif student_only and household_size > 1:
+                self.problem(where, "a plan requiring a verified student is not a household plan")
             plan_features: dict[str, PlanFeature] = {}
             raw_features = entry.get("features") or {}
             if not isinstance(raw_features, dict):
@@ -240,6 +266,7 @@ class _Parser:
                     bool(premium),
                     household_size,
                     plan_features,
+                    requires_verified_student=student_only is True,
                 )
         if not plans:
             self.problem("plans", "the catalog needs at least one plan")

@@ -131,6 +131,9 @@ class Household:
     household_id: str
     manager_user_id: str
     manager_subscriptions: tuple[Subscription, ...] = field(default_factory=tuple)
+    # The manager's state version the subscriptions were read at, so that a read of the
+    # member holding the manager's consistency token can tell whether it sees that write.
+    manager_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,9 @@ class Plan:
     premium: bool
     household_size: int
     features: Mapping[str, PlanFeature]
+    # A student plan: its subscriptions entitle only while the subscriber's student status
+    # is verified (AccountState.student_verified_until); the store keeps billing it.
+    requires_verified_student: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,9 @@ class Catalog:
     premium_plan_ids: frozenset[str] = field(default=frozenset())
     # Plans whose features household members share (household size > 1).
     household_plan_ids: frozenset[str] = field(default=frozenset())
+    # A member who left a household joins no other one for this many days (0: no limit),
+    # so that household plans cannot be shared around by hopping between households.
+    household_join_cooldown_days: int = 0
 
 
 def catalog_version(raw: Any) -> str:

@@ -56,6 +56,9 @@ class PreconditionReason(enum.Enum):
     # CreateHousehold, AddHouseholdMember: the user already manages or belongs to another
     # household (one household per user).
     ALREADY_IN_HOUSEHOLD = enum.auto()
+    # AddHouseholdMember: the member left another household less than the catalog's
+    # household_join_cooldown_days ago.
+    HOUSEHOLD_COOLDOWN = enum.auto()
 
 
 class PreconditionFailed(DomainError):

@@ -9,12 +9,14 @@ account holds its own part:
   subscriptions (storage.repository.household_membership).
 Adding a member reserves the seat first and then writes the membership (a refused
 membership releases the seat); removing one ends the membership first, then the seat.
+A member who left a household joins no other one within the catalog's
+`household_join_cooldown_days` (checked with the membership, on the member's account).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from service.domain.account import (
     Access,
@@ -156,11 +158,34 @@ def release_seat(
     return dataclasses.replace(manager, memberships=tuple(kept))
 
 
+def join_cooldown_end(
+    member: AccountState, household_id: str, cooldown_days: int
+) -> datetime | None:
+    """Until when the member may join no household but `household_id`: the catalog's
+    cooldown after their latest leave of another household (None: no cooldown). Coming
+    back to the household one left is not hopping, so it is not held back."""
+    if cooldown_days <= 0:
+        return None
+    left = [
+        m.left_at
+        for m in member.memberships
+        if m.role is HouseholdRole.MEMBER
+        and m.left_at is not None
+        and m.household_id != household_id
+    ]
+    latest = max(left, default=None)
+    return None if latest is None else latest + timedelta(days=cooldown_days)
+
+
 def join_household(
-    member: AccountState, household_id: str, manager_user_id: str, now: datetime
+    member: AccountState,
+    household_id: str,
+    manager_user_id: str,
+    now: datetime,
+    cooldown_days: int = 0,
 ) -> AccountState:
-    """The member's state with a membership of the household (one household per user);
-    unchanged if already a member of it."""
+    """The member's state with a membership of the household (one household per user,
+    none within `cooldown_days` of leaving another); unchanged if already a member."""
     current = member_household(member)
     if current is not None:
         if current.household_id == household_id:
@@ -168,6 +193,14 @@ def join_household(
         raise _in_household(member.user_id, "is a member of another household")
     if managed_household(member) is not None:
         raise _in_household(member.user_id, "manages a household")
+    cooldown_end = join_cooldown_end(member, household_id, cooldown_days)
+    if cooldown_end is not None and now < cooldown_end:
+        raise PreconditionFailed(
+            PreconditionReason.HOUSEHOLD_COOLDOWN,
+            f"user:{member.user_id}",
+            f"left a household less than {cooldown_days} days ago: may join another from "
+            f"{cooldown_end.isoformat()}",
+        )
     membership = HouseholdMembership(household_id, HouseholdRole.MEMBER, manager_user_id, now)
     return dataclasses.replace(member, memberships=(*member.memberships, membership))
 

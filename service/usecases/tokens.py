@@ -3,6 +3,11 @@ write, so that a later read is never answered from older state in any process.
 
 Format: base64url("1.<user digest>.<version>"). The user digest binds a token to its user
 without putting the user id in it (tokens end up in logs of other systems).
+
+A household member's state includes their manager's subscriptions, so a read of a member
+may also pass the manager's token (from a write of the manager, or CreateHousehold's):
+it is answered from state whose household part is at least that manager version
+(`household_behind`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 
+from service.domain.account import UserState
 from service.domain.errors import FieldViolation
 from service.domain.identity import user_digest
 
@@ -29,6 +35,19 @@ class ConsistencyToken:
 
     def applies_to(self, user_id: str) -> bool:
         return self.user_digest == user_digest(user_id)
+
+
+def household_behind(token: ConsistencyToken | None, state: UserState) -> bool:
+    """Whether `token` is the token of the manager of the household `state` follows and
+    `state` was read at an older version of the manager: it misses the manager's write,
+    so a read with the token must read the member's state again."""
+    household = state.household
+    return (
+        token is not None
+        and household is not None
+        and household.manager_version < token.version
+        and token.applies_to(household.manager_user_id)
+    )
 
 
 def issue_token(user_id: str, version: int) -> str:

@@ -50,6 +50,7 @@ from storage.repository import (
     AccountRepository,
     Applied,
     HistoryDraft,
+    IdempotencyConflict,
     IdempotencyKey,
     Mutation,
     StoreUnavailable,
@@ -404,8 +405,14 @@ class WriteService:
         self, request_id: str, manager_user_id: str, household_id: str, member_user_id: str
     ) -> MembershipAnswer:
         """Two transactions, each idempotent on request_id: the seat on the manager's
-        roster (size limit), then the member's membership (one household per user); a
-        refused membership releases the seat."""
+        roster (size limit), then the member's membership (one household per user, the
+        join cooldown); a refused membership releases the seat.
+
+        Between the two, a failure (UNAVAILABLE, a deadline) leaves a seat without a
+        member: a retry with the same request_id replays the seat and completes (or
+        refuses and releases) the membership; a manager who gives up frees it with
+        RemoveHouseholdMember. A request id the member's account used for another add
+        (IdempotencyConflict, ALREADY_EXISTS) releases the seat too."""
         digest = self._membership_request(request_id, manager_user_id, household_id, member_user_id)
         now = self._clock()
         summary = f"{member_user_id} joined household {household_id}"
@@ -420,7 +427,13 @@ class WriteService:
 
         def join(account: AccountState) -> Mutation:
             try:
-                updated = join_household(account, household_id, manager_user_id, now)
+                updated = join_household(
+                    account,
+                    household_id,
+                    manager_user_id,
+                    now,
+                    self.catalog.household_join_cooldown_days,
+                )
             except PreconditionFailed as refused:
                 # Kept with the key: a retry of this request is refused the same way, so
                 # the seat released below is never left behind by a later success.
@@ -444,17 +457,22 @@ class WriteService:
             note = f"seat of {member_user_id} released: the membership was refused"
             return Mutation(updated, {}, (HistoryDraft("household_seat", household_id, now, note),))
 
+        unseat_key = IdempotencyKey("household_unseat", request_id, digest)
         manager = self._apply(
             manager_user_id, IdempotencyKey("household_seat", request_id, digest), seat, now
         )
-        member = self._apply(
-            member_user_id, IdempotencyKey("household_join", request_id, digest), join, now
-        )
+        try:
+            member = self._apply(
+                member_user_id, IdempotencyKey("household_join", request_id, digest), join, now
+            )
+        except IdempotencyConflict:
+            # The member's account used this request id for another add (another
+            # household): this request can never join, so its seat must not stay behind.
+            self._apply(manager_user_id, unseat_key, undo, now)
+            raise
         refused = member.response.get("refused")
         if refused is not None:
-            self._apply(
-                manager_user_id, IdempotencyKey("household_unseat", request_id, digest), undo, now
-            )
+            self._apply(manager_user_id, unseat_key, undo, now)
             raise PreconditionFailed(
                 PreconditionReason[str(refused)],
                 str(member.response["subject"]),

@@ -51,6 +51,7 @@ class MemoryRepository:
             membership.household_id,
             membership.manager_user_id,
             manager.subscriptions if manager is not None else (),
+            manager.version if manager is not None else 0,
         )
 
     def update(self, user_id: str, change: AccountChange) -> AccountState:

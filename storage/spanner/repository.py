@@ -29,6 +29,7 @@ from storage.repository import (
     IdempotencyConflict,
     IdempotencyKey,
     StoreUnavailable,
+    household_membership,
 )
 from storage.rows import dump_response, integer, load_response, utc
 from storage.spanner import changes, mutations, queries, schema
@@ -266,17 +267,31 @@ class SpannerRepository:
     ) -> UserState:
         options = {} if max_staleness is None else {"max_staleness": max_staleness}
         with database.snapshot(**options) as snapshot:
+            results = snapshot.execute_sql(
+                queries.LOAD_QUERY.sql,
+                params={"user_id": user_id},
+                param_types=queries.USER_PARAM_TYPES,
+                request_options={"request_tag": tag},
+                timeout=remaining(),
+            )
+            row = queries.first_row(results)
+        account = queries.account(user_id, row)
+        membership = household_membership(account)
+        if membership is None:
+            return UserState(account, None)
+        # The manager's rows as of the same snapshot: at the first read's timestamp.
+        read_at = results.metadata.transaction.read_timestamp
+        with database.snapshot(read_timestamp=read_at) as snapshot:
             row = queries.first_row(
                 snapshot.execute_sql(
-                    queries.LOAD_QUERY.sql,
-                    params={"user_id": user_id},
-                    param_types=queries.USER_PARAM_TYPES,
-                    request_options={"request_tag": tag},
+                    queries.MANAGER_QUERY.sql,
+                    params={"manager_id": membership.manager_user_id},
+                    param_types=queries.MANAGER_PARAM_TYPES,
+                    request_options={"request_tag": f"{tag}-household"},
                     timeout=remaining(),
                 )
             )
-        account = queries.account(user_id, row)
-        return UserState(account, queries.household(account, row))
+        return UserState(account, queries.household(membership, row))
 
     def _transact(self, database: Database, work: Callable[[Transaction], T], tag: str) -> T:
         """Runs `work` in a read-write transaction, re-run after ABORTED until the call's

@@ -73,6 +73,7 @@ _UPSERT_USER = (
     + ", ".join(f"{name} = excluded.{name}" for name in USERS.column_names)
 )
 _SELECT_CHILDREN = {table.name: _select_children(table) for table in CHILD_TABLES}
+_SELECT_VERSION = f"SELECT version FROM {USERS.name} WHERE {USER_ID} = ?"
 _DELETE_CHILDREN = {
     table.name: f"DELETE FROM {table.name} WHERE {USER_ID} = ?" for table in CHILD_TABLES
 }
@@ -112,15 +113,18 @@ def _read_children(
 
 def read_household(connection: sqlite3.Connection, account: AccountState) -> Household | None:
     """The household of `account` (see household_membership), with the manager's
-    subscriptions read in the caller's transaction."""
+    subscriptions and version read in the caller's transaction."""
     membership = household_membership(account)
     if membership is None:
         return None
-    rows = _read_children(connection, SUBSCRIPTIONS, membership.manager_user_id)
+    manager_user_id = membership.manager_user_id
+    rows = _read_children(connection, SUBSCRIPTIONS, manager_user_id)
+    version = connection.execute(_SELECT_VERSION, (manager_user_id,)).fetchone()
     return Household(
         membership.household_id,
-        membership.manager_user_id,
+        manager_user_id,
         SUBSCRIPTIONS.read(CODEC, rows),
+        0 if version is None else int(version[0]),
     )
 
 

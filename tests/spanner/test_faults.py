@@ -115,7 +115,7 @@ def test_aborted_commit_is_retried_at_once_and_writes_the_same_rows(mock: MockSp
     first, second = ([(type(m._pb).__name__, str(m)) for m in c.mutations] for c in commits)
     assert first == second
     tables = {str(m.insert_or_update.table or m.replace.table) for m in commits[1].mutations}
-    assert tables == {"Users", "Redemptions", "ProcessedRequests", "History"}
+    assert tables == {"Users", "Redemptions", "ProcessedRequests", "History", "UserChanges"}
     history = next(
         m.insert_or_update for m in commits[1].mutations if m.insert_or_update.table == "History"
     )
@@ -130,7 +130,12 @@ def test_unavailable_read_is_retried(mock: MockSpanner) -> None:
         "sub-1", "premium", "active", "web", T0, T0 + timedelta(days=30), None, True, None, None
     ]  # fmt: skip
     assert len(subscription) == len(SUBSCRIPTION_COLUMNS)
-    state = [[[3, "SE", None]], [subscription], [], [], [], []]
+    # The user row and one subscription; every other column of the load query empty.
+    state: list[list[list[object]]] = [
+        [[3, "SE", None]],
+        [subscription],
+        *([] for _ in LOAD_QUERY.columns[2:]),
+    ]
     mock.answer(LOAD_QUERY.sql, query_result(LOAD_QUERY, state))
     repo = repository(mock)
     repo.check()  # the schema check, before the fault
@@ -147,7 +152,7 @@ def test_unavailable_read_is_retried(mock: MockSpanner) -> None:
 
 
 def test_stale_read_too_old_for_the_token_falls_back_to_a_strong_read(mock: MockSpanner) -> None:
-    state = [[[3, None, None]], [], [], [], [], []]
+    state = [[[3, None, None]], *([] for _ in LOAD_QUERY.columns[1:])]
     mock.answer(LOAD_QUERY.sql, query_result(LOAD_QUERY, state))
     repo = repository(mock)
     repo.check()

@@ -8,14 +8,17 @@ import pytest
 
 from service.domain.account import (
     AccountState,
+    Household,
     HouseholdRole,
     SubscriptionStatus,
     UserState,
 )
+from service.domain.decisions import DenialReason, decide_entitlement
 from service.domain.errors import NotFound, PreconditionFailed, PreconditionReason
 from service.domain.households import (
     active_seats,
     create_household,
+    join_cooldown_end,
     join_household,
     leave_household,
     managed_household,
@@ -26,6 +29,7 @@ from service.domain.households import (
     verify_student,
 )
 from service.domain.rules import AccountFacts, account_facts
+from service.usecases.tokens import household_behind, issue_token, parse_token
 from storage.repository import household_membership
 from tests.unit.factories import CATALOG, DAY, NOW, subscription
 
@@ -110,7 +114,72 @@ def test_join_and_leave_one_household_per_member() -> None:
     assert member_household(left) is None and household_membership(left) is None
     assert leave_household(left, "hh", NOW + 2 * DAY) == left
     assert facts(left, NOW + 2 * DAY).last_household_change == NOW + DAY
-    join_household(left, "other", "boss-2", NOW + 2 * DAY)
+    join_household(left, "other", "boss-2", NOW + 2 * DAY)  # no cooldown by default
+
+
+def test_the_catalogs_join_cooldown_holds_back_another_household() -> None:
+    cooldown = CATALOG.household_join_cooldown_days
+    assert cooldown == 30  # the example catalog's
+    left = leave_household(join_household(AccountState("kid"), "hh", "boss", NOW), "hh", NOW)
+    assert join_cooldown_end(left, "other", cooldown) == NOW + 30 * DAY
+    with pytest.raises(PreconditionFailed) as raised:
+        join_household(left, "other", "boss-2", NOW + 29 * DAY, cooldown)
+    assert reason(raised) is PreconditionReason.HOUSEHOLD_COOLDOWN
+    assert raised.value.subject == "user:kid"
+    # From the cooldown's end on, and back into the household one left at any time.
+    assert member_household(join_household(left, "other", "boss-2", NOW + 30 * DAY, cooldown))
+    assert member_household(join_household(left, "hh", "boss", NOW + DAY, cooldown))
+    # The latest leave counts; a current member is refused for being one, not cooled.
+    back = join_household(left, "hh", "boss", NOW + DAY, cooldown)
+    again = leave_household(back, "hh", NOW + 10 * DAY)
+    assert join_cooldown_end(again, "other", cooldown) == NOW + 40 * DAY
+    with pytest.raises(PreconditionFailed) as raised:
+        join_household(back, "other", "boss-2", NOW + 100 * DAY, cooldown)
+    assert reason(raised) is PreconditionReason.ALREADY_IN_HOUSEHOLD
+    # A manager's seats are not leaves of the manager.
+    boss, _ = create_household(manager(), CATALOG, "hh-2", NOW)
+    freed = release_seat(reserve_seat(boss, CATALOG, "hh-2", "a", NOW), "hh-2", "a", NOW)
+    assert join_cooldown_end(freed, "hh-3", cooldown) is None
+
+
+def test_a_managers_token_is_behind_a_household_read_at_an_older_manager_version() -> None:
+    member = AccountState("kid", version=3)
+    read_at_5 = UserState(member, Household("hh", "boss", (subscription("premium_duo"),), 5))
+    boss_5, boss_6 = parse_token(issue_token("boss", 5)), parse_token(issue_token("boss", 6))
+    assert not household_behind(boss_5, read_at_5)
+    assert household_behind(boss_6, read_at_5)
+    # Another user's token, no token, or no household: nothing to wait for.
+    assert not household_behind(parse_token(issue_token("stranger", 99)), read_at_5)
+    assert not household_behind(None, read_at_5)
+    assert not household_behind(boss_6, UserState(member))
+
+
+def student(verified_until: datetime | None, **kwargs: object) -> UserState:
+    sub = subscription("premium_student", **kwargs)  # type: ignore[arg-type]
+    return UserState(AccountState("s", subscriptions=(sub,), student_verified_until=verified_until))
+
+
+def test_the_student_plan_entitles_only_while_the_student_status_is_verified() -> None:
+    """A renewal of the student plan is recorded whatever the verification (the store
+    billed it); the decision grants its features only until the verification ends."""
+    period_end = NOW + 20 * DAY
+    assert CATALOG.plans["premium_student"].requires_verified_student
+    verified = decide_entitlement(CATALOG, student(NOW + 200 * DAY), "offline_downloads", NOW)
+    assert verified.granted and verified.expires_at == period_end
+    # Verification ending inside the paid period: access (and the decision) end with it.
+    ending = decide_entitlement(CATALOG, student(NOW + 5 * DAY), "offline_downloads", NOW)
+    assert ending.granted
+    assert ending.expires_at == ending.valid_until == NOW + 5 * DAY
+    after = decide_entitlement(CATALOG, student(NOW + 5 * DAY), "offline_downloads", NOW + 6 * DAY)
+    assert not after.granted and after.denial is DenialReason.STUDENT_NOT_VERIFIED
+    # The denial changes by itself when the paid period ends (then: expired).
+    assert after.valid_until == period_end
+    revoked = decide_entitlement(CATALOG, student(None), "offline_downloads", NOW)
+    assert not revoked.granted and revoked.denial is DenialReason.STUDENT_NOT_VERIFIED
+    # The free tier's features stay; other plans need no verification.
+    assert decide_entitlement(CATALOG, student(None), "shuffle_play", NOW).granted
+    individual = UserState(AccountState("i", subscriptions=(subscription(),)))
+    assert decide_entitlement(CATALOG, individual, "offline_downloads", NOW).granted
 
 
 def test_student_verification() -> None:
