@@ -2,7 +2,7 @@
 reads in every other process sharing the store, through the store's change feed
 (service.usecases.freshness), long before the cache TTL (300 s).
 
-The 1 s bound at p99 under load is measured by the benchmark (benchmarks/freshness.py);
+The 1 s bound at p99 under load is measured by `make bench-freshness` (benchmarks/freshness/);
 these tests prove the path with a generous bound, for a busy machine."""
 
 from __future__ import annotations
