@@ -11,15 +11,43 @@ PROTOC := $(BIN)/python -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
-.PHONY: release-api-image fuzz interop-deps setup run run-spanner-emulator test generate check-generated lint typecheck buf-lint breaking ci clean \
+.PHONY: release-api-image fuzz interop-deps setup lock run run-spanner-emulator test generate check-generated lint typecheck buf-lint breaking ci clean \
 	bench bench-setup bench-h2load bench-micro bench-smoke bench-memory
+
+# requirements-lock.txt pins every package of the venv, pip included, with its hashes: the
+# pip-compile of pyproject.toml with all its extras (README, "Dependencies"). After changing
+# the dependencies in pyproject.toml: `make lock`, then `make setup`.
+LOCK := requirements-lock.txt
+# `make setup` installs only when pyproject.toml or the lock is newer than this stamp.
+SETUP_STAMP := $(VENV)/.setup-stamp
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-setup: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+setup: $(SETUP_STAMP)
+
+# The lock first (-qq: the WARNING lines pip prints there come from the machine's pip
+# configuration, an extra index lacking some packages; errors still show), then this
+# project, editable, without dependencies, built offline by the locked setuptools. -W: a
+# note of setuptools that folders named like our packages in the working directory could
+# shadow them (they are those very folders). pip check: the lock satisfies pyproject.toml.
+$(SETUP_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install -qq --require-hashes -r $(LOCK)
+	$(BIN)/python -W 'ignore:Editable installation' -m pip install --quiet --no-deps \
+		--no-index --no-build-isolation -e .
+	@$(BIN)/python -m pip check >/dev/null || { $(BIN)/python -m pip check; \
+		echo "$(LOCK) does not satisfy pyproject.toml: run make lock"; exit 1; }
+	touch $@
+
+# Regenerates the lock from pyproject.toml, keeping the locked versions that still satisfy
+# it. LOCK_ARGS=--upgrade moves every package to its newest allowed version,
+# LOCK_ARGS='--upgrade-package NAME' one package.
+LOCK_ARGS ?=
+lock: | $(BIN)/python
+	@test -x $(BIN)/pip-compile || $(BIN)/python -m pip install -qq --require-hashes -r $(LOCK)
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --extra dev --extra bench \
+		--strip-extras --allow-unsafe --generate-hashes --no-emit-index-url \
+		--no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml
 
 # The development credentials go beside the database (ENTITLEMENTS_DATA_DIR).
 run: setup
@@ -52,10 +80,18 @@ chaos: setup bench-h2load
 # Benchmarks (README, "Performance"); results go to $(BENCH_RESULTS) (git-ignored).
 #   bench         the end-to-end load run against the empty-handler floors (~6 minutes)
 #   bench-smoke   its CI smoke (~45 s): exits 1 past the bounds of benchmarks/load/scenarios.py
+#                 or, against the baseline run $(BENCH_COMPARE), past the thresholds of the
+#                 ratios to the floor (BENCH_COMPARE= skips the comparison)
+#   bench-compare compares a finished run, $(BENCH_RUN) (default: the newest smoke), with
+#                 $(BENCH_BASELINE); exits 1 past the thresholds
 #   bench-micro   pytest-benchmark of the hot paths (not part of `make test`)
 #   bench-memory  the memory of a warm cache of 1,000,000 users (~1 minute)
+#   bench-freshness  write-to-visible and watch latency, the feed's cost, hit rate by TTL
 #   bench-h2load  installs h2load (Debian package nghttp2-client), the load tool's C loader
 BENCH_RESULTS ?= benchmarks/results
+BENCH_BASELINE ?= benchmarks/baselines/smoke.json
+BENCH_COMPARE ?= $(BENCH_BASELINE)
+BENCH_RUN ?= $$(ls -t $(BENCH_RESULTS)/smoke-*.json | head -n 1)
 # apt-get needs root: CI runs as root, elsewhere it goes through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
@@ -67,14 +103,19 @@ bench-h2load:
 	@command -v h2load >/dev/null 2>&1 \
 		|| { echo "h2load is still missing: install the Debian package nghttp2-client"; exit 1; }
 
+# matplotlib (the bench extra) comes with the lock.
 bench-setup: setup bench-h2load
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 
 bench: bench-setup
 	$(BIN)/python -m benchmarks.load --out $(BENCH_RESULTS)
 
 bench-smoke: setup bench-h2load
-	$(BIN)/python -m benchmarks.load --smoke --out $(BENCH_RESULTS)
+	$(BIN)/python -m benchmarks.load --smoke $(if $(BENCH_COMPARE),--compare $(BENCH_COMPARE)) \
+		--out $(BENCH_RESULTS)
+
+.PHONY: bench-compare
+bench-compare: setup
+	$(BIN)/python -m benchmarks.load.compare "$(BENCH_RUN)" $(BENCH_BASELINE)
 
 bench-micro: setup
 	mkdir -p $(BENCH_RESULTS)
@@ -85,6 +126,14 @@ bench-micro: setup
 bench-memory: setup
 	$(BIN)/python -m benchmarks.memory --out $(BENCH_RESULTS)
 
+# Write-to-visible and watch latency across workers (SQLite and the Spanner emulator, under
+# a background load), the change feed's cost on the cache-hit path, and the hit rate by
+# cache TTL (benchmarks/freshness; ~3-4 minutes). BENCH_FRESHNESS_ARGS=--no-spanner etc.
+.PHONY: bench-freshness
+BENCH_FRESHNESS_ARGS ?=
+bench-freshness: setup bench-h2load
+	$(BIN)/python -m benchmarks.freshness --out $(BENCH_RESULTS) $(BENCH_FRESHNESS_ARGS)
+
 # The Node.js client of tests/interop proves other languages need only protos/.
 NODE_DEPS := tests/interop/node/node_modules/.package-lock.json
 interop-deps: $(NODE_DEPS)
@@ -92,6 +141,44 @@ $(NODE_DEPS): tests/interop/node/package-lock.json
 	@if command -v npm >/dev/null; then \
 		cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the Node.js interop test will be skipped"; fi
+
+# Stubs in other languages for client teams (buf.gen.yaml; README, "For client teams"):
+#   generate-clients  installs the plugins (Debian packages protoc-gen-go and
+#                     protoc-gen-go-grpc; ts-proto from npm into clients/typescript), then
+#                     writes Go and TypeScript stubs to clients/{go,typescript}/generated/
+#   check-clients     also compiles them (CI): go vet against Debian's Go gRPC and protobuf
+#                     libraries, tsc --noEmit against @grpc/grpc-js
+#   stubs-wheel       builds the Python stubs package (clients/python) into dist/
+.PHONY: client-plugins generate-clients check-clients stubs-wheel
+CLIENT_PLUGIN_DEBS := protoc-gen-go protoc-gen-go-grpc
+CLIENT_CHECK_DEBS := golang-go golang-google-grpc-dev golang-google-protobuf-dev
+TS_PLUGIN_DEPS := clients/typescript/node_modules/.package-lock.json
+GO_CHECK := $(VENV)/go-check
+client-plugins: $(TS_PLUGIN_DEPS)
+	@command -v protoc-gen-go >/dev/null && command -v protoc-gen-go-grpc >/dev/null || { \
+		$(APT_GET) install -y -q --no-install-recommends $(CLIENT_PLUGIN_DEBS) \
+			|| { $(APT_GET) update -q \
+				&& $(APT_GET) install -y -q --no-install-recommends $(CLIENT_PLUGIN_DEBS); }; }
+$(TS_PLUGIN_DEPS): clients/typescript/package-lock.json
+	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error
+
+generate-clients: setup client-plugins
+	$(BIN)/buf generate
+
+check-clients: generate-clients
+	@command -v go >/dev/null && [ -d /usr/share/gocode/src/google.golang.org/grpc ] || { \
+		$(APT_GET) install -y -q --no-install-recommends $(CLIENT_CHECK_DEBS) \
+			|| { $(APT_GET) update -q \
+				&& $(APT_GET) install -y -q --no-install-recommends $(CLIENT_CHECK_DEBS); }; }
+	cd clients/typescript && node_modules/.bin/tsc -p tsconfig.json
+	rm -rf $(GO_CHECK)/src && mkdir -p $(GO_CHECK)/src/stubs
+	cp -r clients/go/generated/entitlements $(GO_CHECK)/src/stubs/
+	GO111MODULE=off GOPATH=$(abspath $(GO_CHECK)):/usr/share/gocode \
+		GOCACHE=$(abspath $(GO_CHECK))/cache GOFLAGS= go vet stubs/entitlements/v1
+	@echo "Go and TypeScript stubs generated and compiled"
+
+stubs-wheel: setup
+	$(BIN)/python -m pip wheel --quiet --no-deps clients/python -w dist
 
 # Regenerates generated/ from protos/ (messages, gRPC stubs and their .pyi type stubs).
 generate: setup

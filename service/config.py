@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -27,9 +30,18 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """Every setting. The comment above a field is its documentation: `entitlements serve
+    --help` and docs/SETTINGS.md are generated from it (setting_docs), so each field
+    needs one."""
+
+    # Address the gRPC port binds (0.0.0.0 or :: for every interface).
     host: str = "127.0.0.1"
+    # Port of the gRPC server; 0 picks a free one. $PORT, when set, is the default.
     port: int = 50051
+    # The store: sqlite:///relative/path.db, sqlite:////absolute/path.db, memory:// or
+    # spanner://projects/P/instances/I/databases/D.
     storage_url: str = DEFAULT_STORAGE_URL
+    # The catalog YAML file (default: the example catalog shipped with the service).
     catalog_path: Path = EXAMPLE_CATALOG
     # Entries of the per-process user state cache (one entry per user).
     cache_max_entries: int = 100_000
@@ -71,12 +83,14 @@ class Settings:
     # Connections are closed after this age (plus a grace for in-flight RPCs), so clients
     # reconnect and rebalance across replicas and workers.
     max_connection_age_seconds: float = 300.0
+    # How long in-flight RPCs of a connection past its max_connection_age_seconds may take.
     max_connection_age_grace_seconds: float = 30.0
     # Server-initiated keepalive pings on idle connections.
     keepalive_seconds: float = 60.0
     # Largest request accepted (bytes) and largest metadata (bytes); larger requests are
     # RESOURCE_EXHAUSTED. A full batch of 100 queries with 128-character ids is ~30 KB.
     max_request_bytes: int = 256 * 1024
+    # Largest call metadata (headers) accepted, in bytes.
     max_metadata_bytes: int = 16 * 1024
     # Fault injection for drills and tests only: every store call waits this long first.
     fault_store_delay_ms: int = 0
@@ -91,7 +105,10 @@ class Settings:
     # TLS on the server port: certificate chain and private key (PEM). With a client CA as
     # well, clients must present a certificate signed by it (mutual TLS).
     tls_cert_file: Path | None = None
+    # The private key of tls_cert_file (PEM); set both or neither.
     tls_key_file: Path | None = None
+    # Clients must present a certificate signed by this CA (PEM): mutual TLS. Needs
+    # tls_cert_file and tls_key_file.
     tls_client_ca_file: Path | None = None
     # Prometheus metrics over HTTP on this port (same host as the gRPC port), summed across
     # worker processes by the supervisor; 0: no metrics (see service/grpc_api/metrics.py).
@@ -203,3 +220,52 @@ def _from_environment(name: str, kind: Any, raw: str, env_name: str | None = Non
         raise SettingsError(
             f"{env_name or ENV_PREFIX + name.upper()}: expected a {converter.__name__}, got {raw!r}"
         ) from exc
+
+
+# Variables of the ENTITLEMENTS_ prefix that are not settings: the CLI's client commands
+# read them (service.cli).
+CREDENTIAL_ENV = ENV_PREFIX + "CREDENTIAL"
+TARGET_ENV = ENV_PREFIX + "TARGET"
+CLIENT_ENVIRONMENT = (CREDENTIAL_ENV, TARGET_ENV)
+# The settings whose values are one of a few words.
+SETTING_CHOICES: dict[str, tuple[str, ...]] = {"log_format": LOG_FORMATS, "tracing": TRACING_MODES}
+
+
+def setting_environment_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def setting_docs() -> dict[str, str]:
+    """Each setting's documentation: the comment lines right above its field in Settings,
+    joined into one paragraph (the one source of `serve --help` and docs/SETTINGS.md)."""
+    docs: dict[str, str] = {}
+    comment: list[str] = []
+    for line in inspect.getsource(Settings).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment.append(stripped.lstrip("#").strip())
+            continue
+        field = re.match(r"    (\w+): ", line)
+        if field and field.group(1) in _FIELD_TYPES:
+            docs[field.group(1)] = " ".join(comment)
+        comment = []
+    return docs
+
+
+def unknown_environment_variables(
+    environ: Mapping[str, str] = os.environ,
+) -> list[tuple[str, str | None]]:
+    """ENTITLEMENTS_* variables that name no setting (nor a variable of the CLI), each with
+    the closest known name (None when nothing is close): a misspelled setting is otherwise
+    silently ignored."""
+    known = [setting_environment_name(name) for name in _FIELD_TYPES] + list(CLIENT_ENVIRONMENT)
+    # Compared without the prefix, which every name shares.
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    unknown = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            closest = difflib.get_close_matches(
+                name.removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.6
+            )
+            unknown.append((name, suffixes[closest[0]] if closest else None))
+    return unknown

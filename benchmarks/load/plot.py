@@ -41,7 +41,7 @@ def plot_scenarios(result: dict[str, Any], folder: Path, stem: str) -> list[Path
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed (pip install -e '.[bench]'): no plots", flush=True)
+        print("matplotlib is not installed (make setup installs it): no plots", flush=True)
         return []
     paths = []
     for key in result["summary"]:

@@ -1,155 +1,450 @@
 """The command line of `entitlements`: its subcommands, their flags, and the command each
-runs (`args.run(args)`)."""
+runs (`args.run(args)`). Every subcommand has a description, examples (its epilog) and
+help on every argument; `serve`'s flags are generated from the settings
+(service.cli.settings_flags)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import textwrap
+from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
-from service.cli.call import CREDENTIAL_ENV
+import service
 from service.cli.choices import EVENT_TYPES, GRANT_KINDS, PLATFORMS, STORES
+from service.cli.locations import DATA_DIR_ENV
 from service.cli.rpc_commands import (
+    DEFAULT_TARGET,
+    batch_get_entitlements,
     get_entitlement,
     get_offers,
     grant,
+    history,
     list_entitlements,
     record_event,
     redeem_offer,
     revoke,
 )
-from service.cli.store_commands import history, migrate, seed_demo, serve
-from service.config import DEFAULT_DATA_DIR, DEFAULT_STORAGE_URL
-from service.grpc_api.auth import Role
+from service.cli.settings_flags import add_setting_flags
+from service.cli.store_commands import migrate, seed_demo, serve, show_settings_reference
+from service.config import CREDENTIAL_ENV, DEFAULT_STORAGE_URL, TARGET_ENV
+from service.domain.validation import MAX_BATCH_QUERIES
+from service.grpc_api.admin import DEFAULT_HISTORY_ENTRIES, MAX_HISTORY_ENTRIES
+from service.grpc_api.auth import DEV_TOKENS_FILE, Role
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+DISTRIBUTION = "entitlement-offer-service"
+API_VERSION = "entitlements.v1"
+
+if TYPE_CHECKING:
+    Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def server_version() -> str:
+    """The version of this server (and CLI): service.__version__ where the package
+    defines it, else the installed distribution's."""
+    version = getattr(service, "__version__", None)
+    if isinstance(version, str):
+        return version
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="entitlements", description="Entitlement and offer service."
+        prog="entitlements",
+        description="The entitlement and offer service: run the server, prepare its store, "
+        "and call it by hand.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_examples(
+            "entitlements serve                                  # on 127.0.0.1:50051",
+            "entitlements get-entitlement demo-active offline_downloads",
+            "entitlements grant newbie --feature audiobook_hours --quota 30 --days 14",
+            "entitlements history newbie",
+            "entitlements COMMAND --help                         # each command's flags",
+        ),
     )
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
-
-    server = commands.add_parser("serve", help="run the gRPC server")
-    server.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    server.add_argument("--port", type=int, help="port to bind, 0 for any (default 50051)")
-    server.add_argument("--storage", help=f"storage URL (default {DEFAULT_STORAGE_URL})")
-    server.add_argument("--catalog", help="catalog YAML file (default: the example catalog)")
-    server.add_argument(
-        "--workers", type=int, help="worker processes sharing the port (default: one per core)"
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"entitlements {server_version()} (API {API_VERSION})",
+        help="print the version of the server and CLI, and of the API it serves",
     )
-    server.set_defaults(run=serve)
-
-    seed = commands.add_parser("seed-demo", help="write the demo users to the store")
-    seed.add_argument("--storage", help=f"storage URL (default {DEFAULT_STORAGE_URL})")
-    seed.set_defaults(run=seed_demo)
-
-    migration = commands.add_parser(
-        "migrate", help="apply the store's pending schema migrations (needed for spanner://)"
+    commands = parser.add_subparsers(
+        required=True, metavar="COMMAND", title="commands", dest="command"
     )
-    migration.add_argument("--storage", help=f"storage URL (default {DEFAULT_STORAGE_URL})")
-    migration.set_defaults(run=migrate)
-
+    _add_server_commands(commands)
     _add_read_commands(commands)
     _add_write_commands(commands)
-
-    user_history = commands.add_parser(
-        "history", help="USER's append-only history (support: why does USER have Premium?)"
-    )
-    user_history.add_argument("--storage", help=f"storage URL (default {DEFAULT_STORAGE_URL})")
-    user_history.add_argument("user_id", metavar="USER")
-    user_history.set_defaults(run=history)
+    _add_support_commands(commands)
     return parser
 
 
-def _add_read_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def client(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text)
-        add_connection_arguments(sub, Role.SERVICE)
-        sub.add_argument("--token", default="", help="consistency token from a write")
-        sub.add_argument("--fresh", action="store_true", help="bypass the server's cache")
-        sub.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
-        sub.add_argument("user_id", metavar="USER")
-        return sub
+def _command(
+    commands: Commands, name: str, summary: str, description: str, *examples: str
+) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, 88),
+        epilog=_examples(*examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return sub
 
-    get = client("get-entitlement", "may USER use FEATURE now?")
-    get.add_argument("feature_id", metavar="FEATURE")
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _storage_flag(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--storage",
+        metavar="URL",
+        help=f"storage URL (default $ENTITLEMENTS_STORAGE_URL, else {DEFAULT_STORAGE_URL}): "
+        "sqlite:///relative.db, sqlite:////absolute.db, memory:// or spanner://projects/P/"
+        "instances/I/databases/D",
+    )
+
+
+# -- server and store --------------------------------------------------------------------
+
+
+def _add_server_commands(commands: Commands) -> None:
+    server = _command(
+        commands,
+        "serve",
+        "run the gRPC server",
+        "Runs the gRPC server (one worker process per core by default, sharing the port). "
+        "Without a credentials file it generates development credentials in the data "
+        "folder (printed once) that the client commands pick up. Every setting is a flag "
+        "below and an ENTITLEMENTS_* environment variable; see docs/SETTINGS.md.",
+        "entitlements serve",
+        "entitlements serve --port 0 --storage memory://          # any free port, no files",
+        "entitlements serve --workers 2 --cache-ttl-seconds 60 --log-format text",
+        "ENTITLEMENTS_STORAGE_URL=spanner://projects/p/instances/i/databases/d entitlements serve",
+    )
+    add_setting_flags(server)
+    server.set_defaults(run=serve)
+
+    seed = _command(
+        commands,
+        "seed-demo",
+        "write the demo users to the store",
+        "Writes the demo users (demo-free, demo-trial, demo-active, demo-grace, "
+        "demo-canceled, demo-lapsed, demo-on-hold, demo-family-manager, demo-family-member, "
+        "demo-student, demo-promo) to the store, with times relative to now.",
+        "entitlements seed-demo",
+        "entitlements seed-demo --storage sqlite:///data/entitlements.db",
+    )
+    _storage_flag(seed)
+    seed.set_defaults(run=seed_demo)
+
+    migration = _command(
+        commands,
+        "migrate",
+        "apply the store's pending schema migrations (needed for spanner://)",
+        "Applies the store's pending schema migrations. A Cloud Spanner database needs it "
+        "before the first `serve`; SQLite migrates itself when opened.",
+        "entitlements migrate --storage spanner://projects/p/instances/i/databases/d",
+    )
+    _storage_flag(migration)
+    migration.set_defaults(run=migrate)
+
+    reference = _command(
+        commands,
+        "settings-reference",
+        "print the settings reference (docs/SETTINGS.md) as Markdown",
+        "Prints the reference of every setting (flag, environment variable, type, default, "
+        "description) as Markdown, generated from service/config.py. docs/SETTINGS.md is "
+        "its output.",
+        "entitlements settings-reference > docs/SETTINGS.md",
+    )
+    reference.set_defaults(run=show_settings_reference)
+
+
+# -- client commands ---------------------------------------------------------------------
+
+
+def add_connection_arguments(sub: argparse.ArgumentParser, role: Role, timeout: float) -> None:
+    """--target, the bearer credential, TLS, --timeout and --json of a client command.
+    `role` picks the development token sent when neither --credential nor
+    $ENTITLEMENTS_CREDENTIAL is given (Role.ADMIN for writes and history)."""
+    group = sub.add_argument_group("server and authentication")
+    group.add_argument(
+        "--target",
+        default=os.environ.get(TARGET_ENV, DEFAULT_TARGET),
+        metavar="HOST:PORT",
+        help=f"server address (default ${TARGET_ENV}, else {DEFAULT_TARGET})",
+    )
+    group.add_argument(
+        "--credential",
+        metavar="BEARER_TOKEN",
+        help=f"the bearer token that authenticates the call (sent as 'authorization: Bearer "
+        f"...'; not a consistency token). Default ${CREDENTIAL_ENV}, else the "
+        f"{role.value} token of the development credentials: data/{DEV_TOKENS_FILE} found "
+        f"in ${DATA_DIR_ENV}, in this folder or one above, or in the checkout",
+    )
+    group.add_argument("--tls-ca", type=Path, metavar="PEM", help="use TLS, trusting this CA")
+    group.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="client certificate (mutual TLS)"
+    )
+    group.add_argument("--tls-key", type=Path, metavar="PEM", help="the client certificate's key")
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=timeout,
+        metavar="SECONDS",
+        help=f"deadline of the call (default {timeout:g})",
+    )
+    sub.add_argument(
+        "--json",
+        action="store_true",
+        help="print the response as JSON (protobuf's JSON mapping, proto field names, "
+        "every field) instead of text",
+    )
+    sub.set_defaults(credential_role=role)
+
+
+def _add_consistency_arguments(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group(
+        "read-your-writes",
+        "By default a read passes the consistency token of this checkout's last write to "
+        "the user (remembered in the data folder), so it sees that write whichever server "
+        "process answers.",
+    )
+    group.add_argument(
+        "--consistency-token",
+        "--token",
+        dest="token",
+        default="",
+        metavar="CONSISTENCY_TOKEN",
+        help="the consistency token a write printed: the answer is never older than that "
+        "write (not the bearer credential; that is --credential)",
+    )
+    group.add_argument(
+        "--fresh",
+        action="store_true",
+        help="bypass the server's cache: read the user's state from the store",
+    )
+
+
+def _read_command(
+    commands: Commands, name: str, summary: str, description: str, *examples: str
+) -> argparse.ArgumentParser:
+    sub = _command(commands, name, summary, description, *examples)
+    add_connection_arguments(sub, Role.SERVICE, timeout=5.0)
+    _add_consistency_arguments(sub)
+    return sub
+
+
+def _add_read_commands(commands: Commands) -> None:
+    get = _read_command(
+        commands,
+        "get-entitlement",
+        "may USER use FEATURE now?",
+        "Decides one feature for one user: granted or denied, why (source, state or denial "
+        "reason), and until when the answer holds. A user the service has never seen is "
+        "answered as a free user, with a note on stderr.",
+        "entitlements get-entitlement demo-active offline_downloads",
+        "entitlements get-entitlement newbie offline_downloads --consistency-token TOKEN",
+        "entitlements get-entitlement demo-trial ad_free_playback --json",
+    )
+    get.add_argument("user_id", metavar="USER", help="the user id")
+    get.add_argument(
+        "feature_id",
+        metavar="FEATURE",
+        help="a feature id of the server's catalog (an unknown one lists them)",
+    )
     get.set_defaults(run=get_entitlement)
 
-    listing = client("list-entitlements", "every feature of the catalog for USER")
+    listing = _read_command(
+        commands,
+        "list-entitlements",
+        "every feature of the catalog for USER",
+        "Decides every feature of the server's catalog for one user, in catalog order.",
+        "entitlements list-entitlements demo-family-member",
+        "entitlements list-entitlements demo-grace --json",
+    )
+    listing.add_argument("user_id", metavar="USER", help="the user id")
     listing.set_defaults(run=list_entitlements)
 
-    offers = client("get-offers", "offers USER may see")
-    offers.add_argument("--market", required=True, help="ISO 3166-1 alpha-2, e.g. SE")
-    offers.add_argument("--platform", required=True, choices=sorted(PLATFORMS))
+    batch = _read_command(
+        commands,
+        "batch-get-entitlements",
+        "decide many USER:FEATURE pairs (arguments or stdin)",
+        "Decides many (user, feature) pairs with BatchGetEntitlements, in order, "
+        f"{MAX_BATCH_QUERIES} pairs a call. The pairs come as arguments, or with none (or "
+        "-) one a line on stdin, as USER:FEATURE or USER FEATURE (blank lines and # "
+        "comments skipped). Remembered consistency tokens: one user's is passed; when "
+        "several users of a call have one, the call reads fresh instead.",
+        "entitlements batch-get-entitlements demo-active:offline_downloads "
+        "demo-free:offline_downloads",
+        "printf 'demo-trial ad_free_playback\\ndemo-grace offline_downloads\\n' | "
+        "entitlements batch-get-entitlements",
+        "entitlements batch-get-entitlements --json < pairs.txt",
+    )
+    batch.add_argument(
+        "pairs",
+        nargs="*",
+        metavar="USER:FEATURE",
+        help="a user id and a feature id joined by a colon; none or - reads stdin",
+    )
+    batch.set_defaults(run=batch_get_entitlements)
+
+    offers = _read_command(
+        commands,
+        "get-offers",
+        "offers USER may see",
+        "Lists the subscription offers the user may see in a market on a platform, with "
+        "local prices; --include-ineligible also lists the others with the reason.",
+        "entitlements get-offers demo-free --market US --platform web --include-ineligible",
+        "entitlements get-offers demo-lapsed --market SE --platform ios --json",
+    )
+    offers.add_argument("user_id", metavar="USER", help="the user id")
     offers.add_argument(
-        "--include-ineligible", action="store_true", help="also list excluded offers"
+        "--market", required=True, metavar="COUNTRY", help="ISO 3166-1 alpha-2, e.g. SE"
+    )
+    offers.add_argument(
+        "--platform", required=True, choices=sorted(PLATFORMS), help="where the offer is shown"
+    )
+    offers.add_argument(
+        "--include-ineligible",
+        action="store_true",
+        help="also list the offers the user may not see, and why",
     )
     offers.set_defaults(run=get_offers)
 
 
-def _add_write_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def admin(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text)
-        add_connection_arguments(sub, Role.ADMIN)
-        sub.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
-        sub.add_argument(
-            "--request-id", help="idempotency key (default: a new one, so no retry dedup)"
-        )
-        sub.add_argument("user_id", metavar="USER")
-        return sub
+def _write_command(
+    commands: Commands, name: str, summary: str, description: str, *examples: str
+) -> argparse.ArgumentParser:
+    sub = _command(
+        commands,
+        name,
+        summary,
+        description + " Needs the admin credential. Prints the write's consistency token "
+        "and the command that reads it back; later reads of the user from this checkout "
+        "pass the token by themselves.",
+        *examples,
+    )
+    add_connection_arguments(sub, Role.ADMIN, timeout=10.0)
+    sub.add_argument(
+        "--request-id",
+        metavar="ID",
+        help="idempotency key: the same command with the same id replays the first answer "
+        "(default: a new id, so a repeated command is a new write)",
+    )
+    sub.add_argument("user_id", metavar="USER", help="the user id")
+    return sub
 
-    event = admin("record-event", "record a store or checkout event for USER")
-    event.add_argument("--type", required=True, choices=sorted(EVENT_TYPES), dest="event_type")
+
+def _add_write_commands(commands: Commands) -> None:
+    event = _write_command(
+        commands,
+        "record-event",
+        "record a store or checkout event for USER",
+        "Records a subscription lifecycle event (as the App Store, Google Play or the web "
+        "checkout would send it). Idempotent on the event id (--request-id).",
+        "entitlements record-event newbie --type purchased --subscription sub-1 --store web "
+        "--plan premium_individual --period-days 30 --market SE",
+        "entitlements record-event newbie --type canceled --subscription sub-1 --store web",
+    )
+    event.add_argument(
+        "--type", required=True, choices=sorted(EVENT_TYPES), dest="event_type", help="event"
+    )
     event.add_argument("--subscription", required=True, help="the store's subscription id")
-    event.add_argument("--store", required=True, choices=sorted(STORES))
-    event.add_argument("--occurred-at", help="ISO 8601 time (default: now)")
+    event.add_argument("--store", required=True, choices=sorted(STORES), help="where it was bought")
+    event.add_argument("--occurred-at", metavar="TIME", help="ISO 8601 time (default: now)")
     event.add_argument("--plan", help="plan after the event (purchased, trial, plan change)")
-    event.add_argument("--period-days", type=float, help="current period ends in N days")
-    event.add_argument("--grace-days", type=float, help="grace period ends in N days")
+    event.add_argument(
+        "--period-days", type=float, metavar="N", help="current period ends in N days"
+    )
+    event.add_argument("--grace-days", type=float, metavar="N", help="grace period ends in N days")
     event.add_argument("--offer", help="the offer the subscription started with")
-    event.add_argument("--market", help="ISO 3166-1 alpha-2 country of the purchase")
+    event.add_argument("--market", metavar="COUNTRY", help="ISO 3166-1 alpha-2 of the purchase")
     event.set_defaults(run=record_event)
 
-    new_grant = admin("grant", "grant USER a feature or a plan")
+    new_grant = _write_command(
+        commands,
+        "grant",
+        "grant USER a feature or a plan",
+        "Grants a feature (with an amount for a quota feature) or a whole plan, from now, "
+        "for --days or without end.",
+        "entitlements grant newbie --feature audiobook_hours --quota 30 --days 14 "
+        "--request-id promo-newbie-1",
+        "entitlements grant newbie --plan premium_individual --kind promotional --days 30",
+    )
     target = new_grant.add_mutually_exclusive_group(required=True)
-    target.add_argument("--feature")
-    target.add_argument("--plan")
-    new_grant.add_argument("--kind", choices=sorted(GRANT_KINDS), default="support")
-    new_grant.add_argument("--quota", type=int, default=0, help="amount for a quota feature")
-    new_grant.add_argument("--days", type=float, help="ends in N days (default: no end)")
+    target.add_argument("--feature", help="a feature id of the catalog")
+    target.add_argument("--plan", help="a plan id of the catalog (all its features)")
+    new_grant.add_argument(
+        "--kind", choices=sorted(GRANT_KINDS), default="support", help="why (default support)"
+    )
+    new_grant.add_argument(
+        "--quota", type=int, default=0, metavar="N", help="amount for a quota feature"
+    )
+    new_grant.add_argument(
+        "--days", type=float, metavar="N", help="ends in N days (default: never)"
+    )
     new_grant.set_defaults(run=grant)
 
-    revocation = admin("revoke", "revoke one of USER's grants")
-    revocation.add_argument("grant_id", metavar="GRANT")
+    revocation = _write_command(
+        commands,
+        "revoke",
+        "revoke one of USER's grants",
+        "Revokes a grant from now on. Revoking a revoked grant changes nothing.",
+        "entitlements revoke newbie grant-0b6f...",
+    )
+    revocation.add_argument("grant_id", metavar="GRANT", help="the grant id a grant printed")
     revocation.set_defaults(run=revoke)
 
-    redeem = admin("redeem-offer", "redeem OFFER for USER (starts the trial or offer)")
-    redeem.add_argument("offer_id", metavar="OFFER")
-    redeem.add_argument("--market", required=True)
-    redeem.add_argument("--platform", required=True, choices=sorted(PLATFORMS))
-    redeem.add_argument("--store", required=True, choices=sorted(STORES))
+    redeem = _write_command(
+        commands,
+        "redeem-offer",
+        "redeem OFFER for USER (starts the trial or offer)",
+        "Redeems an offer the user may see (see get-offers): starts its trial or discounted "
+        "period as a new subscription. Atomic: two redemptions of a one-per-lifetime offer "
+        "cannot both win.",
+        "entitlements redeem-offer demo-free premium-individual-trial-1m --market US "
+        "--platform ios --store app_store",
+    )
+    redeem.add_argument("offer_id", metavar="OFFER", help="an offer id of the catalog")
+    redeem.add_argument("--market", required=True, metavar="COUNTRY", help="ISO 3166-1 alpha-2")
+    redeem.add_argument(
+        "--platform", required=True, choices=sorted(PLATFORMS), help="where it is redeemed"
+    )
+    redeem.add_argument("--store", required=True, choices=sorted(STORES), help="who bills it")
     redeem.add_argument("--subscription", help="subscription id (default: a new one)")
     redeem.set_defaults(run=redeem_offer)
 
 
-def add_connection_arguments(sub: argparse.ArgumentParser, role: Role) -> None:
-    """--target, the credential and the TLS flags of a client subcommand. `role` picks the
-    development token used when neither --credential nor $ENTITLEMENTS_CREDENTIAL is given
-    (Role.ADMIN for the write commands)."""
-    sub.add_argument(
-        "--target",
-        default=os.environ.get("ENTITLEMENTS_TARGET", DEFAULT_TARGET),
-        help=f"server address (default {DEFAULT_TARGET} or $ENTITLEMENTS_TARGET)",
+def _add_support_commands(commands: Commands) -> None:
+    user_history = _command(
+        commands,
+        "history",
+        "USER's append-only history (support: why does USER have Premium?)",
+        "Prints the user's history, oldest first: every store event, grant, revocation, "
+        "redemption and household change, with the user's version after each. Asks the "
+        "server (AdminService.GetUserHistory, admin credential), so it shows what the "
+        "server reads from its own store.",
+        "entitlements history newbie",
+        "entitlements history demo-family-member --json",
+        "entitlements history newbie --target 10.0.0.5:50051 --credential $ADMIN_TOKEN",
     )
-    sub.add_argument(
-        "--credential",
-        metavar="TOKEN",
-        help=f"bearer token (default ${CREDENTIAL_ENV}, else the {role.value} token of "
-        f"the development credentials in {DEFAULT_DATA_DIR}/dev-tokens.json)",
+    add_connection_arguments(user_history, Role.ADMIN, timeout=10.0)
+    user_history.add_argument(
+        "--max-entries",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"only the newest N entries (default {DEFAULT_HISTORY_ENTRIES}, at most "
+        f"{MAX_HISTORY_ENTRIES})",
     )
-    sub.add_argument("--tls-ca", type=Path, metavar="PEM", help="use TLS, trusting this CA")
-    sub.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (mTLS)")
-    sub.add_argument("--tls-key", type=Path, metavar="PEM", help="client certificate's key")
-    sub.set_defaults(credential_role=role)
+    # Before history asked the server it opened a store itself; refused with the reason.
+    user_history.add_argument("--storage", help=argparse.SUPPRESS)
+    user_history.add_argument("user_id", metavar="USER", help="the user id")
+    user_history.set_defaults(run=history)

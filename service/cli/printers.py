@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable
 from datetime import UTC
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from entitlements.v1 import common_pb2, entitlement_service_pb2, offer_service_pb2
+from entitlements.v1 import (
+    admin_service_pb2,
+    common_pb2,
+    entitlement_service_pb2,
+    offer_service_pb2,
+)
 from entitlements.v1 import subscription_event_service_pb2 as events_pb2
-from storage.repository import HistoryEntry
 
 # ISO 4217 currencies without minor units among those a catalog is likely to use.
 _ZERO_DECIMAL_CURRENCIES = frozenset({"JPY", "KRW", "CLP", "ISK", "VND", "HUF", "TWD"})
@@ -19,12 +24,31 @@ _ZERO_DECIMAL_CURRENCIES = frozenset({"JPY", "KRW", "CLP", "ISK", "VND", "HUF", 
 def print_entitlement_answer(response: entitlement_service_pb2.GetEntitlementResponse) -> None:
     print_entitlement(response.entitlement)
     print(f"  catalog: {response.catalog_version}")
+    note_never_seen([response.entitlement])
 
 
-def print_entitlement_list(response: entitlement_service_pb2.ListEntitlementsResponse) -> None:
+def print_entitlement_list(
+    response: (
+        entitlement_service_pb2.ListEntitlementsResponse
+        | entitlement_service_pb2.BatchGetEntitlementsResponse
+    ),
+) -> None:
     for entitlement in response.entitlements:
         print_entitlement(entitlement)
     print(f"catalog: {response.catalog_version}")
+    note_never_seen(response.entitlements)
+
+
+def note_never_seen(entitlements: Iterable[entitlement_service_pb2.Entitlement]) -> None:
+    """On stderr (stdout stays the answer): users the service holds no state for, whose
+    answers are those of any free user; a mistyped user id looks exactly like that."""
+    users = dict.fromkeys(e.user_id for e in entitlements if e.user_never_seen)
+    for user_id in users:
+        print(
+            f"note: the service has never seen user {user_id!r} (nothing was ever written "
+            "about them): answered as a free user. A mistyped user id?",
+            file=sys.stderr,
+        )
 
 
 def print_entitlement(e: entitlement_service_pb2.Entitlement) -> None:
@@ -85,15 +109,23 @@ def print_offers(
 def print_event_answer(
     request: events_pb2.RecordSubscriptionEventRequest,
     response: events_pb2.RecordSubscriptionEventResponse,
+    read_back: str,
+    remembered: bool,
 ) -> None:
     outcome = _enum(events_pb2.EventOutcome, response.outcome, "EVENT_OUTCOME_")
-    print_written(f"event {request.event_id}: {outcome}", response.consistency_token)
+    print_written(
+        f"event {request.event_id}: {outcome}", response.consistency_token, read_back, remembered
+    )
     print_subscription(response.subscription)
 
 
-def print_written(kind: str, token: str) -> None:
+def print_written(kind: str, token: str, read_back: str, remembered: bool) -> None:
+    """The write's outcome, its consistency token and the command that reads it back
+    fresh from any server process (`read_back`, without the token)."""
     print(f"{kind}; consistency token: {token}")
-    print("  (pass it to reads with --token to see this write from any server process)")
+    print(f"  read it back: {read_back} --consistency-token {token}")
+    if remembered:
+        print("  (reads of this user from this checkout pass the token by themselves)")
 
 
 def print_subscription(sub: events_pb2.Subscription) -> None:
@@ -109,7 +141,10 @@ def print_subscription(sub: events_pb2.Subscription) -> None:
 def print_grant(grant: events_pb2.Grant) -> None:
     target = grant.feature_id or f"plan {grant.plan_id}"
     kind = _enum(events_pb2.GrantKind, grant.kind, "GRANT_KIND_")
-    line = f"  grant {grant.grant_id}: {kind} grant of {target} from {_time(grant.starts_at)}"
+    quota = f" (quota {grant.quota_value})" if grant.quota_value else ""
+    line = (
+        f"  grant {grant.grant_id}: {kind} grant of {target}{quota} from {_time(grant.starts_at)}"
+    )
     if grant.HasField("expires_at"):
         line += f" until {_time(grant.expires_at)}"
     if grant.HasField("revoked_at"):
@@ -117,16 +152,27 @@ def print_grant(grant: events_pb2.Grant) -> None:
     print(line)
 
 
-def print_history(user_id: str, version: int, entries: Sequence[HistoryEntry]) -> None:
-    print(f"history of {user_id} (version {version}), oldest first:")
-    if not entries:
+def print_history(response: admin_service_pb2.GetUserHistoryResponse) -> None:
+    print(f"history of {response.user_id} (version {response.version}), oldest first:")
+    if response.total_entries > len(response.entries):
+        print(f"  ({response.total_entries - len(response.entries)} older entries not shown)")
+    if not response.entries:
         print("  (nothing recorded)")
-    for entry in entries:
+    for entry in response.entries:
         print(
-            f"  v{entry.version} {entry.recorded_at.isoformat(timespec='seconds')} "
-            f"{entry.kind} {entry.reference} (effective "
-            f"{entry.effective_at.isoformat(timespec='seconds')}): {entry.summary}"
+            f"  v{entry.version} {_time(entry.recorded_at)} {entry.kind} {entry.reference} "
+            f"(effective {_time(entry.effective_at)}): {entry.summary}"
         )
+    if response.version == 0:
+        note_never_seen_user(response.user_id)
+
+
+def note_never_seen_user(user_id: str) -> None:
+    print(
+        f"note: the service has never seen user {user_id!r} (nothing was ever written about "
+        "them). A mistyped user id?",
+        file=sys.stderr,
+    )
 
 
 def _enum(enum_type: Any, value: int, prefix: str) -> str:

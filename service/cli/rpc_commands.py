@@ -1,15 +1,27 @@
 """The commands that call a server: the reads (get-entitlement, list-entitlements,
-get-offers) and the writes (record-event, grant, revoke, redeem-offer)."""
+batch-get-entitlements, get-offers), the writes (record-event, grant, revoke,
+redeem-offer) and support's history (AdminService).
+
+Read-your-writes: a write remembers its consistency token for its user (service.cli.
+remembered) and prints the command that reads it back; a later read of that user through
+the same server address passes the token unless --consistency-token or --fresh is given."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from entitlements.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
     common_pb2,
     entitlement_service_pb2,
     entitlement_service_pb2_grpc,
@@ -18,19 +30,31 @@ from entitlements.v1 import (
 )
 from entitlements.v1 import subscription_event_service_pb2 as events_pb2
 from entitlements.v1 import subscription_event_service_pb2_grpc as events_pb2_grpc
-from service.cli.call import call
+from service.cli.call import build, call, invoke, print_json
 from service.cli.choices import EVENT_TYPES, GRANT_KINDS, PLATFORMS, STORES
 from service.cli.errors import UsageError
+from service.cli.locations import find_data_dir
 from service.cli.printers import (
     print_entitlement_answer,
     print_entitlement_list,
     print_event_answer,
     print_grant,
+    print_history,
     print_offers,
     print_subscription,
     print_written,
 )
+from service.cli.remembered import RememberedTokens
+from service.domain.validation import MAX_BATCH_QUERIES
 from service.grpc_api.convert import timestamp
+
+if TYPE_CHECKING:
+    from service.cli.call import Method
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+Request = TypeVar("Request", bound=Message)
+Response = TypeVar("Response", bound=Message)
 
 # -- reads -------------------------------------------------------------------------------
 
@@ -40,7 +64,9 @@ def get_entitlement(args: argparse.Namespace) -> int:
         args,
         lambda channel: entitlement_service_pb2_grpc.EntitlementServiceStub(channel).GetEntitlement,
         lambda: entitlement_service_pb2.GetEntitlementRequest(
-            user_id=args.user_id, feature_id=args.feature_id, consistency=_consistency(args)
+            user_id=args.user_id,
+            feature_id=args.feature_id,
+            consistency=_consistency(args, [args.user_id]),
         ),
         lambda _, response: print_entitlement_answer(response),
     )
@@ -53,10 +79,73 @@ def list_entitlements(args: argparse.Namespace) -> int:
             entitlement_service_pb2_grpc.EntitlementServiceStub(channel).ListEntitlements
         ),
         lambda: entitlement_service_pb2.ListEntitlementsRequest(
-            user_id=args.user_id, consistency=_consistency(args)
+            user_id=args.user_id, consistency=_consistency(args, [args.user_id])
         ),
         lambda _, response: print_entitlement_list(response),
     )
+
+
+def batch_get_entitlements(args: argparse.Namespace, stdin: TextIO = sys.stdin) -> int:
+    """Asks the pairs in calls of at most MAX_BATCH_QUERIES; prints once all answered."""
+    pairs = parse_pairs(args.pairs, stdin)
+    merged = entitlement_service_pb2.BatchGetEntitlementsResponse()
+    for start in range(0, len(pairs), MAX_BATCH_QUERIES):
+        chunk = pairs[start : start + MAX_BATCH_QUERIES]
+        request = entitlement_service_pb2.BatchGetEntitlementsRequest(
+            queries=[
+                entitlement_service_pb2.EntitlementQuery(user_id=user_id, feature_id=feature_id)
+                for user_id, feature_id in chunk
+            ],
+            consistency=_consistency(args, [user_id for user_id, _ in chunk]),
+        )
+        response = invoke(
+            args,
+            lambda channel: (
+                entitlement_service_pb2_grpc.EntitlementServiceStub(channel).BatchGetEntitlements
+            ),
+            request,
+        )
+        if response is None:
+            if len(pairs) > MAX_BATCH_QUERIES:
+                print(
+                    f"  (in the call asking pairs {start + 1} to {start + len(chunk)}: "
+                    f"queries[i] is pair {start + 1}+i)",
+                    file=sys.stderr,
+                )
+            return 1
+        merged.entitlements.extend(response.entitlements)
+        merged.catalog_version = response.catalog_version
+        merged.stale = merged.stale or response.stale
+    if args.json:
+        print_json(merged)
+    else:
+        print_entitlement_list(merged)
+    return 0
+
+
+def parse_pairs(values: Sequence[str], stdin: TextIO) -> list[tuple[str, str]]:
+    """USER:FEATURE arguments, or with none (or `-`) lines of stdin, each `USER:FEATURE` or
+    `USER FEATURE` (blank lines and # comments skipped). The last colon splits a pair:
+    feature ids have none, user ids may."""
+    from_stdin = not values or list(values) == ["-"]
+    lines: Iterable[str] = stdin if from_stdin else values
+    pairs = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if from_stdin and (not line or line.startswith("#")):
+            continue
+        fields = line.split()
+        if len(fields) == 2:
+            user_id, feature_id = fields
+        else:
+            user_id, _, feature_id = line.rpartition(":")
+        if not user_id or not feature_id:
+            where = f"line {number} of stdin" if from_stdin else f"argument {raw!r}"
+            raise UsageError(f"{where}: expected USER:FEATURE")
+        pairs.append((user_id, feature_id))
+    if not pairs:
+        raise UsageError("no USER:FEATURE pairs (as arguments, or one a line on stdin)")
+    return pairs
 
 
 def get_offers(args: argparse.Namespace) -> int:
@@ -68,14 +157,23 @@ def get_offers(args: argparse.Namespace) -> int:
             market=args.market,
             platform=PLATFORMS[args.platform],
             include_ineligible=args.include_ineligible,
-            consistency=_consistency(args),
+            consistency=_consistency(args, [args.user_id]),
         ),
         lambda request, response: print_offers(request, response, args.platform),
     )
 
 
-def _consistency(args: argparse.Namespace) -> common_pb2.ReadConsistency:
-    return common_pb2.ReadConsistency(consistency_token=args.token, full_consistency=args.fresh)
+def _consistency(args: argparse.Namespace, user_ids: Sequence[str]) -> common_pb2.ReadConsistency:
+    """--consistency-token and --fresh as given; else the remembered token of the last
+    write to the user (one token per request: for a batch of several users with
+    remembered tokens, a full-consistency read instead)."""
+    if args.token or args.fresh:
+        return common_pb2.ReadConsistency(consistency_token=args.token, full_consistency=args.fresh)
+    remembered = RememberedTokens(find_data_dir())
+    tokens = {u: t for u in dict.fromkeys(user_ids) if (t := remembered.get(args.target, u))}
+    if len(tokens) > 1:
+        return common_pb2.ReadConsistency(full_consistency=True)
+    return common_pb2.ReadConsistency(consistency_token=next(iter(tokens.values()), ""))
 
 
 # -- writes ------------------------------------------------------------------------------
@@ -105,11 +203,20 @@ def record_event(args: argparse.Namespace) -> int:
             message.grace_period_end.CopyFrom(timestamp(occurred + timedelta(days=args.grace_days)))
         return message
 
-    return call(
+    def show(
+        request: events_pb2.RecordSubscriptionEventRequest,
+        response: events_pb2.RecordSubscriptionEventResponse,
+        read_back: str,
+        remembered: bool,
+    ) -> None:
+        print_event_answer(request, response, read_back, remembered)
+
+    return _write(
         args,
         lambda channel: _events(channel).RecordSubscriptionEvent,
         request,
-        print_event_answer,
+        show,
+        _read_back(args, "list-entitlements"),
     )
 
 
@@ -131,39 +238,56 @@ def grant(args: argparse.Namespace) -> int:
         return message
 
     def show(
-        _: events_pb2.GrantEntitlementRequest, response: events_pb2.GrantEntitlementResponse
+        _: events_pb2.GrantEntitlementRequest,
+        response: events_pb2.GrantEntitlementResponse,
+        read_back: str,
+        remembered: bool,
     ) -> None:
-        print_written("granted", response.consistency_token)
+        print_written("granted", response.consistency_token, read_back, remembered)
         print_grant(response.grant)
 
-    return call(args, lambda channel: _events(channel).GrantEntitlement, request, show)
+    read_back = (
+        _read_back(args, "get-entitlement", args.feature)
+        if args.feature
+        else _read_back(args, "list-entitlements")
+    )
+    return _write(args, lambda channel: _events(channel).GrantEntitlement, request, show, read_back)
 
 
 def revoke(args: argparse.Namespace) -> int:
     def show(
-        _: events_pb2.RevokeEntitlementRequest, response: events_pb2.RevokeEntitlementResponse
+        _: events_pb2.RevokeEntitlementRequest,
+        response: events_pb2.RevokeEntitlementResponse,
+        read_back: str,
+        remembered: bool,
     ) -> None:
-        print_written("revoked", response.consistency_token)
+        print_written("revoked", response.consistency_token, read_back, remembered)
         print_grant(response.grant)
 
-    return call(
+    return _write(
         args,
         lambda channel: _events(channel).RevokeEntitlement,
         lambda: events_pb2.RevokeEntitlementRequest(
             request_id=_request_id(args), user_id=args.user_id, grant_id=args.grant_id
         ),
         show,
+        _read_back(args, "list-entitlements"),
     )
 
 
 def redeem_offer(args: argparse.Namespace) -> int:
     def show(
-        request: events_pb2.RedeemOfferRequest, response: events_pb2.RedeemOfferResponse
+        request: events_pb2.RedeemOfferRequest,
+        response: events_pb2.RedeemOfferResponse,
+        read_back: str,
+        remembered: bool,
     ) -> None:
-        print_written(f"redeemed {request.offer_id}", response.consistency_token)
+        print_written(
+            f"redeemed {request.offer_id}", response.consistency_token, read_back, remembered
+        )
         print_subscription(response.subscription)
 
-    return call(
+    return _write(
         args,
         lambda channel: _events(channel).RedeemOffer,
         lambda: events_pb2.RedeemOfferRequest(
@@ -176,7 +300,37 @@ def redeem_offer(args: argparse.Namespace) -> int:
             subscription_id=args.subscription or f"sub-{uuid.uuid4()}",
         ),
         show,
+        _read_back(args, "list-entitlements"),
     )
+
+
+def _write(
+    args: argparse.Namespace,
+    method: Method[Request, Response],
+    request: Callable[[], Request],
+    show: Callable[[Request, Response, str, bool], None],
+    read_back: str,
+) -> int:
+    """Calls the write, remembers its consistency token for the user (data folder), and
+    prints the answer with the command that reads it back."""
+    message = build(request)
+    response = invoke(args, method, message)
+    if response is None:
+        return 1
+    token: str = getattr(response, "consistency_token", "")
+    remembered = RememberedTokens(find_data_dir()).remember(args.target, args.user_id, token)
+    if args.json:
+        print_json(response)
+    else:
+        show(message, response, read_back, remembered)
+    return 0
+
+
+def _read_back(args: argparse.Namespace, command: str, *operands: str) -> str:
+    words = ["entitlements", command]
+    if args.target != DEFAULT_TARGET:
+        words += ["--target", args.target]
+    return shlex.join([*words, args.user_id, *operands])
 
 
 def _events(channel: grpc.Channel) -> events_pb2_grpc.SubscriptionEventServiceStub:
@@ -189,3 +343,22 @@ def _request_id(args: argparse.Namespace) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+# -- support -----------------------------------------------------------------------------
+
+
+def history(args: argparse.Namespace) -> int:
+    if args.storage is not None:
+        raise UsageError(
+            "history asks the server now (--target): it reads the store the server is "
+            "configured with; --storage is no longer taken"
+        )
+    return call(
+        args,
+        lambda channel: admin_service_pb2_grpc.AdminServiceStub(channel).GetUserHistory,
+        lambda: admin_service_pb2.GetUserHistoryRequest(
+            user_id=args.user_id, max_entries=args.max_entries
+        ),
+        lambda _, response: print_history(response),
+    )

@@ -1,33 +1,32 @@
-"""The commands that open the store (or serve it): serve, migrate, seed-demo, history."""
+"""The commands that open the store (or serve it): serve, migrate, seed-demo; and the
+settings reference."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from datetime import UTC, datetime
 
 from service.catalog.demo import seed_demo as seed_demo_users
 from service.cli.preflight import check_serving_configuration
-from service.cli.printers import print_history
-from service.config import ENV_PREFIX, Settings
+from service.cli.settings_flags import setting_overrides, settings_reference
+from service.config import ENV_PREFIX, Settings, unknown_environment_variables
 from service.grpc_api.audit import configure_audit_logging
 from service.grpc_api.auth import Role, ensure_dev_credentials
 from service.grpc_api.logs import configure_logging
 from storage.urls import migrate as migrate_storage
 from storage.urls import open_repository
 
+log = logging.getLogger(__name__)
+
 
 def serve(args: argparse.Namespace) -> int:
     from service.grpc_api import workers
 
-    settings = Settings.load(
-        host=args.host,
-        port=args.port,
-        storage_url=args.storage,
-        catalog_path=args.catalog,
-        workers=args.workers,
-    )
+    settings = Settings.load(**setting_overrides(args))
     configure_logging(settings.log_format)
+    warn_unknown_environment()
     if settings.credentials_file is None:
         settings = _bootstrap_dev_credentials(settings)
     # Once, here, before any worker is forked: a configuration error is one `error:` line.
@@ -71,6 +70,7 @@ def _bootstrap_dev_credentials(settings: Settings) -> Settings:
 
 def migrate(args: argparse.Namespace) -> int:
     settings = Settings.load(storage_url=args.storage)
+    warn_unknown_environment()
     applied = migrate_storage(settings.storage_url)
     if applied is None:
         print(f"{settings.storage_url}: schema up to date (this store migrates itself on open)")
@@ -83,6 +83,7 @@ def migrate(args: argparse.Namespace) -> int:
 
 def seed_demo(args: argparse.Namespace) -> int:
     settings = Settings.load(storage_url=args.storage)
+    warn_unknown_environment()
     repository = open_repository(settings.storage_url, create=True)
     try:
         user_ids = seed_demo_users(repository, datetime.now(UTC))
@@ -94,13 +95,14 @@ def seed_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def history(args: argparse.Namespace) -> int:
-    settings = Settings.load(storage_url=args.storage)
-    repository = open_repository(settings.storage_url)
-    try:
-        state = repository.load(args.user_id).account
-        entries = repository.history(args.user_id)
-    finally:
-        repository.close()
-    print_history(args.user_id, state.version, entries)
+def show_settings_reference(args: argparse.Namespace) -> int:
+    print(settings_reference(), end="")
     return 0
+
+
+def warn_unknown_environment() -> None:
+    """A warning line per ENTITLEMENTS_* variable that names no setting: a misspelled
+    setting would otherwise be silently ignored."""
+    for name, closest in unknown_environment_variables():
+        hint = f"; did you mean {closest}?" if closest else ""
+        log.warning("unknown environment variable %s ignored%s", name, hint)

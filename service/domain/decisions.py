@@ -52,17 +52,21 @@ class DenialReason(enum.StrEnum):
     SUBSCRIPTION_PAUSED = "subscription_paused"
     EXPIRED = "expired"
     REVOKED = "revoked"
+    # A paid subscription to a student plan (Plan.requires_verified_student) while the
+    # user's student status is not verified (expired or revoked).
+    STUDENT_NOT_VERIFIED = "student_not_verified"
 
 
 # When several reasons apply, the most specific one is reported (lowest rank first).
 _DENIAL_RANK = {
     DenialReason.HOUSEHOLD_ROLE: 0,
     DenialReason.PLAN_LACKS_FEATURE: 1,
-    DenialReason.SUBSCRIPTION_ON_HOLD: 2,
-    DenialReason.SUBSCRIPTION_PAUSED: 3,
-    DenialReason.REVOKED: 4,
-    DenialReason.EXPIRED: 5,
-    DenialReason.NO_ENTITLING_SOURCE: 6,
+    DenialReason.STUDENT_NOT_VERIFIED: 2,
+    DenialReason.SUBSCRIPTION_ON_HOLD: 3,
+    DenialReason.SUBSCRIPTION_PAUSED: 4,
+    DenialReason.REVOKED: 5,
+    DenialReason.EXPIRED: 6,
+    DenialReason.NO_ENTITLING_SOURCE: 7,
 }
 
 _ACCESS_DENIAL = {
@@ -108,6 +112,9 @@ class EntitlementDecision:
     expires_at: datetime | None = None
     valid_until: datetime | None = None
     denial: DenialReason | None = None
+    # The store holds no state for the user (version 0): nothing was ever written about
+    # them, so they are decided as a free user (as is a mistyped user id).
+    user_never_seen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +149,15 @@ class _Collector:
         self.denials: list[DenialReason] = []
         self.boundaries: list[datetime] = []
 
-    def plan_subscription(self, sub: Subscription, role: HouseholdRole, source: Source) -> None:
+    def plan_subscription(
+        self,
+        sub: Subscription,
+        role: HouseholdRole,
+        source: Source,
+        student_verified_until: datetime | None = None,
+    ) -> None:
+        """`student_verified_until`: the subscriber's student verification, which a
+        student plan's subscription needs besides being paid for."""
         plan = self.catalog.plans.get(sub.plan_id)
         if plan is None or self.feature.id not in plan.features:
             if plan is not None and plan.premium:
@@ -155,6 +170,15 @@ class _Collector:
         assert access.entitled_until is not None
         # Whether granted or denied for the role, the answer changes when access ends.
         self.boundaries.append(access.entitled_until)
+        until = access.entitled_until
+        if plan.requires_verified_student:
+            # The store bills (and renews) the student plan whatever our verification
+            # says; access to it lasts only while the student status is verified.
+            if student_verified_until is None or student_verified_until <= self.now:
+                self.denials.append(DenialReason.STUDENT_NOT_VERIFIED)
+                return
+            self.boundaries.append(student_verified_until)
+            until = min(until, student_verified_until)
         plan_feature = plan.features[self.feature.id]
         if role not in plan_feature.roles:
             self.denials.append(DenialReason.HOUSEHOLD_ROLE)
@@ -165,7 +189,7 @@ class _Collector:
                 _STATUS_STATE[sub.status],
                 plan.id,
                 plan_feature.value,
-                access.entitled_until,
+                until,
             )
         )
 
@@ -184,6 +208,7 @@ def decide_entitlement(
             sub,
             HouseholdRole.MANAGER,
             Source(SourceType.SUBSCRIPTION, sub.subscription_id, sub.store),
+            account.student_verified_until,
         )
 
     household = user.household
@@ -256,6 +281,7 @@ def decide_entitlement(
             granted=False,
             valid_until=valid_until,
             denial=denial,
+            user_never_seen=account.version == 0,
         )
     best = max(collect.candidates, key=_Candidate.sort_key)
     return EntitlementDecision(
@@ -268,6 +294,7 @@ def decide_entitlement(
         plan_id=best.plan_id,
         expires_at=best.until,
         valid_until=valid_until,
+        user_never_seen=account.version == 0,
     )
 
 

@@ -175,9 +175,15 @@ def test_credential_flag_and_environment(served: Served) -> None:
     assert "GRANTED" in run_cli(*args, "--credential", admin, cwd=served.folder).stdout
     env = {"ENTITLEMENTS_CREDENTIAL": admin}
     assert "GRANTED" in run_cli(*args, cwd=served.folder, env=env).stdout
-    # Elsewhere (no data/dev-tokens.json) and without a credential: refused.
-    elsewhere = run_cli(*args, cwd=served.folder / "data", check=False)
+    # With a data folder holding no development tokens and without a credential: refused,
+    # saying where the tokens were looked for.
+    empty = served.folder / "empty-data"
+    empty.mkdir(exist_ok=True)
+    elsewhere = run_cli(
+        *args, cwd=served.folder, check=False, env={"ENTITLEMENTS_DATA_DIR": str(empty)}
+    )
     assert "UNAUTHENTICATED" in elsewhere.stderr
+    assert "no development tokens found" in elsewhere.stderr
 
 
 def test_admin_calls_are_audited_on_stderr(served: Served) -> None:
@@ -296,8 +302,11 @@ def test_bad_input_is_an_error_message(capsys: pytest.CaptureFixture[str]) -> No
     )
     assert out_of_range == 2
     assert capsys.readouterr().err.startswith("error: ")
-    assert cli.main(["history", "--storage", "nosuch://", "u-1"]) == 2
+    assert cli.main(["seed-demo", "--storage", "nosuch://"]) == 2
     assert capsys.readouterr().err.startswith("error: unsupported storage URL 'nosuch://'")
+    # history asks the server; the store flag it once took is refused with the reason.
+    assert cli.main(["history", "--storage", "sqlite:///x.db", "u-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: history asks the server now")
 
 
 @pytest.mark.usefixtures("no_settings_from_environment")
@@ -316,7 +325,7 @@ def test_a_bug_is_not_reported_as_bad_input(
     connection.close()
     capsys.readouterr()
     with pytest.raises(ValueError, match="no-such-status"):
-        cli.main(["history", "--storage", storage, "demo-active"])
+        cli.main(["seed-demo", "--storage", storage])  # reads demo-active's row again
     assert "error:" not in capsys.readouterr().err
 
 

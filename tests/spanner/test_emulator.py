@@ -6,9 +6,11 @@ itself runs on Spanner in tests/contract."""
 from __future__ import annotations
 
 import dataclasses
+import signal
 import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from google.cloud.spanner_v1 import KeySet
@@ -25,7 +27,8 @@ from storage.spanner import DatabasePath, SchemaNotReady, SpannerRepository, mig
 from storage.spanner.client import database_handle
 from storage.spanner.schema import MIGRATIONS_TABLE, migrations
 from storage.urls import UnsupportedStorageUrl, open_repository
-from tests.integration.server_process import ENTITLEMENTS
+from tests.integration.conftest import ADMIN_TOKEN, write_test_credentials
+from tests.integration.server_process import ENTITLEMENTS, await_serving
 from tests.spanner_emulator import SpannerEmulator
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -209,7 +212,9 @@ def test_aborted_transactions_are_rerun_without_duplicates(
     pytest.fail("the emulator aborted no transaction in 5 rounds of 12 concurrent writes")
 
 
-def test_cli_migrates_seeds_and_reads_history(spanner_emulator: SpannerEmulator) -> None:
+def test_cli_migrates_seeds_and_reads_history(
+    spanner_emulator: SpannerEmulator, tmp_path: Path
+) -> None:
     # Neither the instance nor the database exists: against an emulator, migrate makes them.
     path = DatabasePath(spanner_emulator.project, "cli-instance", "cli-db")
     env = spanner_emulator.child_env()
@@ -238,13 +243,29 @@ def test_cli_migrates_seeds_and_reads_history(spanner_emulator: SpannerEmulator)
     assert "demo-trial" in seeded.stdout
     repo = SpannerRepository(path, endpoint=spanner_emulator.host)
     assert repo.load("demo-trial").account.subscriptions
-    history = subprocess.run(
-        [ENTITLEMENTS, "history", "--storage", path.url, "demo-trial"],
-        capture_output=True,
+    # Support tooling reads what the server reads: `history` asks a server on the emulator.
+    credentials = write_test_credentials(tmp_path / "credentials.yaml")
+    server = subprocess.Popen(
+        [ENTITLEMENTS, "serve", "--port", "0", "--workers", "1", "--storage", path.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=60,
-        env=env,
-        check=False,
+        env={**env, "ENTITLEMENTS_CREDENTIALS_FILE": str(credentials), "PYTHONUNBUFFERED": "1"},
     )
+    try:
+        target, _, drain = await_serving(server)
+        history = subprocess.run(
+            [ENTITLEMENTS, "history", "demo-trial", "--target", target,
+             "--credential", ADMIN_TOKEN],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )  # fmt: skip
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    drain.join(timeout=5)
     assert history.returncode == 0, history.stderr
     assert "history of demo-trial (version 1)" in history.stdout

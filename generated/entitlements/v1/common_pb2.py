@@ -24,14 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65ntitlements/v1/common.proto\x12\x0f\x65ntitlements.v1\"4\n\x05Money\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\x15\n\rcurrency_code\x18\x02 \x01(\t\"F\n\x0fReadConsistency\x12\x19\n\x11\x63onsistency_token\x18\x01 \x01(\t\x12\x18\n\x10\x66ull_consistency\x18\x02 \x01(\x08*l\n\x05Store\x12\x15\n\x11STORE_UNSPECIFIED\x10\x00\x12\r\n\tSTORE_WEB\x10\x01\x12\x13\n\x0fSTORE_APP_STORE\x10\x02\x12\x15\n\x11STORE_GOOGLE_PLAY\x10\x03\x12\x11\n\rSTORE_PARTNER\x10\x04*t\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x10\n\x0cPLATFORM_WEB\x10\x01\x12\x10\n\x0cPLATFORM_IOS\x10\x02\x12\x14\n\x10PLATFORM_ANDROID\x10\x03\x12\x14\n\x10PLATFORM_DESKTOP\x10\x04\x42G\n\x13\x63om.entitlements.v1P\x01Z.example.invalid/entitlements/v1;entitlementsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65ntitlements/v1/common.proto\x12\x0f\x65ntitlements.v1\"4\n\x05Money\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\x15\n\rcurrency_code\x18\x02 \x01(\t\"F\n\x0fReadConsistency\x12\x19\n\x11\x63onsistency_token\x18\x01 \x01(\t\x12\x18\n\x10\x66ull_consistency\x18\x02 \x01(\x08*l\n\x05Store\x12\x15\n\x11STORE_UNSPECIFIED\x10\x00\x12\r\n\tSTORE_WEB\x10\x01\x12\x13\n\x0fSTORE_APP_STORE\x10\x02\x12\x15\n\x11STORE_GOOGLE_PLAY\x10\x03\x12\x11\n\rSTORE_PARTNER\x10\x04*t\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x10\n\x0cPLATFORM_WEB\x10\x01\x12\x10\n\x0cPLATFORM_IOS\x10\x02\x12\x14\n\x10PLATFORM_ANDROID\x10\x03\x12\x14\n\x10PLATFORM_DESKTOP\x10\x04\x42\x17\n\x13\x63om.entitlements.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'entitlements.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'\n\023com.entitlements.v1P\001Z.example.invalid/entitlements/v1;entitlementsv1'
+  _globals['DESCRIPTOR']._serialized_options = b'\n\023com.entitlements.v1P\001'
   _globals['_STORE']._serialized_start=175
   _globals['_STORE']._serialized_end=283
   _globals['_PLATFORM']._serialized_start=285

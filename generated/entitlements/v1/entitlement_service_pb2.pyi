@@ -163,6 +163,11 @@ class _DenialReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DenialRe
     """The subscription or grant has expired."""
     DENIAL_REASON_REVOKED: _DenialReason.ValueType  # 7
     """The subscription was refunded or the grant revoked."""
+    DENIAL_REASON_STUDENT_NOT_VERIFIED: _DenialReason.ValueType  # 8
+    """The subscription is to a student plan and is paid for, but the user's student
+    status is not verified (the verification expired or was revoked): a new
+    verification (RecordStudentVerification) restores access for the paid period.
+    """
 
 class DenialReason(_DenialReason, metaclass=_DenialReasonEnumTypeWrapper):
     """Why a feature is not granted."""
@@ -183,6 +188,11 @@ DENIAL_REASON_EXPIRED: DenialReason.ValueType  # 6
 """The subscription or grant has expired."""
 DENIAL_REASON_REVOKED: DenialReason.ValueType  # 7
 """The subscription was refunded or the grant revoked."""
+DENIAL_REASON_STUDENT_NOT_VERIFIED: DenialReason.ValueType  # 8
+"""The subscription is to a student plan and is paid for, but the user's student
+status is not verified (the verification expired or was revoked): a new
+verification (RecordStudentVerification) restores access for the paid period.
+"""
 Global___DenialReason: _TypeAlias = DenialReason  # noqa: Y015
 
 @_typing.final
@@ -507,6 +517,7 @@ class Entitlement(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     DENIAL_REASON_FIELD_NUMBER: _builtins.int
+    USER_NEVER_SEEN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user asked about."""
     feature_id: _builtins.str
@@ -527,6 +538,12 @@ class Entitlement(_message.Message):
     """
     denial_reason: Global___DenialReason.ValueType
     """Why the feature is not granted. DENIAL_REASON_UNSPECIFIED when granted."""
+    user_never_seen: _builtins.bool
+    """True when the service holds no state for the user: no write (store event, grant,
+    redemption, household, student verification) has ever named them. Such a user is
+    decided as a free user, which is also how a mistyped user id is answered: tools may
+    say so. False for every user with state, and from servers older than this field.
+    """
     @_builtins.property
     def source(self) -> Global___EntitlementSource:
         """Where the grant comes from. Unset when not granted."""
@@ -557,10 +574,11 @@ class Entitlement(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         valid_until: _timestamp_pb2.Timestamp | None = ...,
         denial_reason: Global___DenialReason.ValueType = ...,
+        user_never_seen: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "source", b"source", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["denial_reason", b"denial_reason", "expires_at", b"expires_at", "feature_id", b"feature_id", "feature_kind", b"feature_kind", "granted", b"granted", "plan_id", b"plan_id", "quota_value", b"quota_value", "source", b"source", "state", b"state", "user_id", b"user_id", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["denial_reason", b"denial_reason", "expires_at", b"expires_at", "feature_id", b"feature_id", "feature_kind", b"feature_kind", "granted", b"granted", "plan_id", b"plan_id", "quota_value", b"quota_value", "source", b"source", "state", b"state", "user_id", b"user_id", "user_never_seen", b"user_never_seen", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

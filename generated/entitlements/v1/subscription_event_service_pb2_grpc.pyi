@@ -126,17 +126,21 @@ class SubscriptionEventServiceStub:
     plan's size limit, counting the manager), then the membership on the member's
     account (one household per member); if the second step is refused the seat is
     released. The member's decisions then follow the manager's subscription: pass
-    consistency_token to reads of the member. The join time is recorded and starts the
-    catalog's household cooldown for offers with the not_in_household_cooldown rule (the
-    catalog has no cooldown on joining itself). Adding a current member changes nothing.
-    Idempotent on request_id.
+    consistency_token to reads of the member (reads of the member with the manager's
+    token also see every write of the manager before it). A member who left another
+    household less than the catalog's household_join_cooldown_days ago is refused;
+    coming back to the household one left is not. The join time is recorded and starts
+    the household cooldown of offers with the not_in_household_cooldown rule. Adding a
+    current member changes nothing. Idempotent on request_id: after UNAVAILABLE or
+    DEADLINE_EXCEEDED, retry with the same request_id to complete or undo the seat.
     Errors:
     - INVALID_ARGUMENT: missing ids, member_user_id equal to manager_user_id.
     - NOT_FOUND: the manager has no such current household.
     - FAILED_PRECONDITION (ErrorInfo reason): HOUSEHOLD_FULL (the plan's household_size,
       manager included, is reached), NOT_A_HOUSEHOLD_PLAN (the manager's current plan is
       no longer a household plan), ALREADY_IN_HOUSEHOLD (the member belongs to or manages
-      another household).
+      another household), HOUSEHOLD_COOLDOWN (the member left another household within
+      the catalog's household_join_cooldown_days).
     - ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
       UNAUTHENTICATED, PERMISSION_DENIED.
     """
@@ -151,8 +155,10 @@ class SubscriptionEventServiceStub:
     """
     RecordStudentVerification: _grpc.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RecordStudentVerificationRequest, _subscription_event_service_pb2.RecordStudentVerificationResponse]
     """Records that the user's student status was verified until verified_until (the
-    verified_student offer rule uses it). Replaces an earlier verification. Idempotent
-    on request_id.
+    verified_student offer rule uses it, and a subscription to a student plan entitles
+    only while it lasts: past it, or once revoked, its features are denied with
+    DENIAL_REASON_STUDENT_NOT_VERIFIED whatever the store renews). Replaces an earlier
+    verification. Idempotent on request_id.
     Errors: INVALID_ARGUMENT (missing ids or provider_reference, verified_until unset or
     not in the future), ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED,
     RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
@@ -262,17 +268,21 @@ class SubscriptionEventServiceAsyncStub(SubscriptionEventServiceStub):
     plan's size limit, counting the manager), then the membership on the member's
     account (one household per member); if the second step is refused the seat is
     released. The member's decisions then follow the manager's subscription: pass
-    consistency_token to reads of the member. The join time is recorded and starts the
-    catalog's household cooldown for offers with the not_in_household_cooldown rule (the
-    catalog has no cooldown on joining itself). Adding a current member changes nothing.
-    Idempotent on request_id.
+    consistency_token to reads of the member (reads of the member with the manager's
+    token also see every write of the manager before it). A member who left another
+    household less than the catalog's household_join_cooldown_days ago is refused;
+    coming back to the household one left is not. The join time is recorded and starts
+    the household cooldown of offers with the not_in_household_cooldown rule. Adding a
+    current member changes nothing. Idempotent on request_id: after UNAVAILABLE or
+    DEADLINE_EXCEEDED, retry with the same request_id to complete or undo the seat.
     Errors:
     - INVALID_ARGUMENT: missing ids, member_user_id equal to manager_user_id.
     - NOT_FOUND: the manager has no such current household.
     - FAILED_PRECONDITION (ErrorInfo reason): HOUSEHOLD_FULL (the plan's household_size,
       manager included, is reached), NOT_A_HOUSEHOLD_PLAN (the manager's current plan is
       no longer a household plan), ALREADY_IN_HOUSEHOLD (the member belongs to or manages
-      another household).
+      another household), HOUSEHOLD_COOLDOWN (the member left another household within
+      the catalog's household_join_cooldown_days).
     - ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
       UNAUTHENTICATED, PERMISSION_DENIED.
     """
@@ -287,8 +297,10 @@ class SubscriptionEventServiceAsyncStub(SubscriptionEventServiceStub):
     """
     RecordStudentVerification: _aio.UnaryUnaryMultiCallable[_subscription_event_service_pb2.RecordStudentVerificationRequest, _subscription_event_service_pb2.RecordStudentVerificationResponse]  # type: ignore[assignment]
     """Records that the user's student status was verified until verified_until (the
-    verified_student offer rule uses it). Replaces an earlier verification. Idempotent
-    on request_id.
+    verified_student offer rule uses it, and a subscription to a student plan entitles
+    only while it lasts: past it, or once revoked, its features are denied with
+    DENIAL_REASON_STUDENT_NOT_VERIFIED whatever the store renews). Replaces an earlier
+    verification. Idempotent on request_id.
     Errors: INVALID_ARGUMENT (missing ids or provider_reference, verified_until unset or
     not in the future), ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED,
     RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
@@ -431,17 +443,21 @@ class SubscriptionEventServiceServicer(metaclass=_abc_1.ABCMeta):
         plan's size limit, counting the manager), then the membership on the member's
         account (one household per member); if the second step is refused the seat is
         released. The member's decisions then follow the manager's subscription: pass
-        consistency_token to reads of the member. The join time is recorded and starts the
-        catalog's household cooldown for offers with the not_in_household_cooldown rule (the
-        catalog has no cooldown on joining itself). Adding a current member changes nothing.
-        Idempotent on request_id.
+        consistency_token to reads of the member (reads of the member with the manager's
+        token also see every write of the manager before it). A member who left another
+        household less than the catalog's household_join_cooldown_days ago is refused;
+        coming back to the household one left is not. The join time is recorded and starts
+        the household cooldown of offers with the not_in_household_cooldown rule. Adding a
+        current member changes nothing. Idempotent on request_id: after UNAVAILABLE or
+        DEADLINE_EXCEEDED, retry with the same request_id to complete or undo the seat.
         Errors:
         - INVALID_ARGUMENT: missing ids, member_user_id equal to manager_user_id.
         - NOT_FOUND: the manager has no such current household.
         - FAILED_PRECONDITION (ErrorInfo reason): HOUSEHOLD_FULL (the plan's household_size,
           manager included, is reached), NOT_A_HOUSEHOLD_PLAN (the manager's current plan is
           no longer a household plan), ALREADY_IN_HOUSEHOLD (the member belongs to or manages
-          another household).
+          another household), HOUSEHOLD_COOLDOWN (the member left another household within
+          the catalog's household_join_cooldown_days).
         - ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
           UNAUTHENTICATED, PERMISSION_DENIED.
         """
@@ -468,8 +484,10 @@ class SubscriptionEventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_subscription_event_service_pb2.RecordStudentVerificationResponse, _abc.Awaitable[_subscription_event_service_pb2.RecordStudentVerificationResponse]]:
         """Records that the user's student status was verified until verified_until (the
-        verified_student offer rule uses it). Replaces an earlier verification. Idempotent
-        on request_id.
+        verified_student offer rule uses it, and a subscription to a student plan entitles
+        only while it lasts: past it, or once revoked, its features are denied with
+        DENIAL_REASON_STUDENT_NOT_VERIFIED whatever the store renews). Replaces an earlier
+        verification. Idempotent on request_id.
         Errors: INVALID_ARGUMENT (missing ids or provider_reference, verified_until unset or
         not in the future), ALREADY_EXISTS, UNAVAILABLE, DEADLINE_EXCEEDED,
         RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.

@@ -48,6 +48,7 @@ from service.grpc_api.auth.dev import (
 )
 from service.grpc_api.auth.policy import (
     ADMIN,
+    ADMIN_SERVICE,
     DEFAULT_POLICY,
     DENY,
     ENTITLEMENT_SERVICE,
@@ -65,6 +66,7 @@ from service.grpc_api.auth.tls import channel_credentials, server_credentials
 
 __all__ = [
     "ADMIN",
+    "ADMIN_SERVICE",
     "AUTHORIZATION",
     "DEFAULT_POLICY",
     "DENY",

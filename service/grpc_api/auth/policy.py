@@ -1,10 +1,10 @@
 """The access policy: which role may call which service, and the decision for one call.
 
 Deny by default: the read services need the role `service` or `admin`, the write service
-`admin`; only health checks and server reflection are open; any other method is refused. A
-missing, malformed or unknown credential is refused UNAUTHENTICATED, a known one lacking the
-role PERMISSION_DENIED. The decision is a pure function of the rule and the principal, free
-of any call context.
+and the admin service (support tooling) `admin`; only health checks and server reflection
+are open; any other method is refused. A missing, malformed or unknown credential is
+refused UNAUTHENTICATED, a known one lacking the role PERMISSION_DENIED. The decision is a
+pure function of the rule and the principal, free of any call context.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import grpc
 
 from entitlements.v1 import (
+    admin_service_pb2,
     entitlement_service_pb2,
     offer_service_pb2,
     subscription_event_service_pb2,
@@ -41,6 +42,8 @@ OFFER_SERVICE = offer_service_pb2.DESCRIPTOR.services_by_name["OfferService"].fu
 EVENT_SERVICE = subscription_event_service_pb2.DESCRIPTOR.services_by_name[
     "SubscriptionEventService"
 ].full_name
+# Support tooling (`entitlements history`): admin credentials only, audited.
+ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 # Load balancers probe health, and grpcurl needs reflection, without credentials.
 OPEN_SERVICES = (
     "grpc.health.v1.Health",
@@ -68,6 +71,7 @@ DEFAULT_POLICY = AccessPolicy(
         ENTITLEMENT_SERVICE: READ,
         OFFER_SERVICE: READ,
         EVENT_SERVICE: ADMIN,
+        ADMIN_SERVICE: ADMIN,
         **dict.fromkeys(OPEN_SERVICES, OPEN),
     }
 )
