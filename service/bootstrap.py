@@ -64,7 +64,9 @@ def build_application(
         feed = FeedFollower(
             repository,
             cache,
-            store_calls,
+            # A thread of its own: behind a pool saturated by slow store calls the
+            # feed would look lost and expire every cache (more store load, not less).
+            StoreCalls(threads=1),
             poll_seconds=settings.feed_poll_seconds,
             store_timeout_seconds=settings.store_timeout_seconds,
             lost_after_seconds=max(1.0, 2 * settings.feed_poll_seconds),

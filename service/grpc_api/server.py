@@ -171,6 +171,8 @@ class RunningServer:
         finally:
             self.loop_thread.stop()
             self.app.store_calls.close()
+            if self.app.feed is not None:
+                self.app.feed.close()
             self.app.repository.close()
 
     async def _drain(self, delay_seconds: float) -> None:
@@ -223,6 +225,8 @@ def start_server(
     except BaseException:
         loop_thread.stop()
         app.store_calls.close()
+        if app.feed is not None:
+            app.feed.close()
         app.repository.close()
         raise
     log.info(

@@ -2,7 +2,7 @@
 state another worker or replica changed, within a poll interval of the commit.
 
 A `FeedFollower` runs on the server's event loop: every `poll_seconds` it reads the
-changes after its position (in a store thread, within `store_timeout_seconds`), drops
+changes after its position (in its own store thread, within `store_timeout_seconds`), drops
 the cache entries they name and tells its listeners (open watch streams). It never
 serves stale state silently:
 
@@ -90,6 +90,10 @@ class FeedFollower:
     @property
     def lost(self) -> bool:
         return self._lost
+
+    def close(self) -> None:
+        """Releases the store thread(s) of the polls (after the task is cancelled)."""
+        self._store.close()
 
     async def run(self) -> None:
         """Follows the feed until cancelled."""

@@ -8,6 +8,7 @@ these tests prove the path with a generous bound, for a busy machine."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,8 @@ from service.grpc_api.auth import with_bearer_token
 from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
 from tests.integration.server_process import server_process
 from tests.integration.test_operations import free_port, scrape, value
+from tests.integration.test_serving import code_of
+from tests.integration.test_sqlite_faults import create_database, lock_held_elsewhere, serving
 from tests.integration.test_write_processes import grant_request, writer
 from tests.integration.test_write_rpcs import DAY, ts
 
@@ -172,3 +175,22 @@ def test_a_member_in_another_process_follows_the_managers_writes(tmp_path: Path)
             timeout=10,
         )  # fmt: skip
         seconds_until(member_on_b)
+
+
+def test_the_feed_keeps_its_own_thread_when_the_store_pool_is_saturated(tmp_path: Path) -> None:
+    """The only store thread waits for a write lock held elsewhere (reads still work in
+    WAL mode): the feed's polls do not queue behind it, so the feed is not taken for
+    lost, which would expire every cache and send every read to the store at once."""
+    db = create_database(tmp_path / "entitlements.db")
+    with serving(tmp_path, db, threads=1, write_timeout_seconds=4) as (running, client):
+        feed = running.app.feed
+        assert feed is not None
+        with lock_held_elsewhere(db):
+            waiting = threading.Thread(
+                target=lambda: code_of(lambda: client.grant("blocked", "b-1"))
+            )
+            waiting.start()
+            time.sleep(2.5)  # over lost_after_seconds (1 s) of the store thread held
+            assert feed.stats.lost_expirations == 0 and not feed.lost
+            assert feed.stats.lag_seconds() < 1.0
+        waiting.join(timeout=10)
