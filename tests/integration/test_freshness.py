@@ -15,15 +15,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+import pytest
 
+from benchmarks.load import balance
 from entitlements.v1 import common_pb2, entitlement_service_pb2, entitlement_service_pb2_grpc
+from entitlements.v1 import entitlement_service_pb2 as es
+from entitlements.v1 import entitlement_service_pb2_grpc as es_grpc
 from entitlements.v1 import subscription_event_service_pb2 as ev
-from service.grpc_api.auth import with_bearer_token
-from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
+from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
+from service.grpc_api.auth import bearer_metadata, with_bearer_token
+from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.integration.server_process import server_process
 from tests.integration.test_operations import free_port, scrape, value
 from tests.integration.test_serving import code_of
-from tests.integration.test_sqlite_faults import create_database, lock_held_elsewhere, serving
+from tests.integration.test_sqlite_faults import (
+    create_database,
+    lock_held_elsewhere,
+    serving,
+    worker_pids,
+)
 from tests.integration.test_write_processes import grant_request, writer
 from tests.integration.test_write_rpcs import DAY, ts
 
@@ -194,3 +204,57 @@ def test_the_feed_keeps_its_own_thread_when_the_store_pool_is_saturated(tmp_path
             assert feed.stats.lost_expirations == 0 and not feed.lost
             assert feed.stats.lag_seconds() < 1.0
         waiting.join(timeout=10)
+
+
+def channels_to_each_worker(target: str, worker_pids: list[int]) -> dict[int, grpc.Channel]:
+    """A channel (its own connection) held by each worker of `serve --workers N`; calls
+    on it send their credential themselves."""
+    port = int(target.rsplit(":", 1)[1])
+    held: dict[int, grpc.Channel] = {}
+    for _ in range(64):
+        if len(held) == len(worker_pids):
+            return held
+        before = balance.own_socket_inodes()
+        channel = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        grpc.channel_ready_future(channel).result(timeout=20)
+        pid = balance.worker_of(balance.own_socket_inodes() - before, port, tuple(worker_pids))
+        if pid is not None and pid not in held:
+            held[pid] = channel
+        else:
+            channel.close()
+    pytest.fail(f"no connection to every worker: {sorted(held)} of {worker_pids}")
+
+
+def test_workers_of_one_server_see_each_others_writes_and_wake_each_others_watches(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "shared.db"
+    credentials = write_test_credentials(tmp_path / "credentials.yaml")
+    with server_process(db, credentials, workers=2) as server:
+        channels = channels_to_each_worker(server.target, worker_pids(server))
+        (_, into_first), (second, into_second) = channels.items()
+        stubs = {pid: es_grpc.EntitlementServiceStub(c) for pid, c in channels.items()}
+        request = es.GetEntitlementRequest(user_id="roamer", feature_id="offline_downloads")
+        reader = bearer_metadata(SERVICE_TOKEN)
+
+        def granted_on(pid: int) -> bool:
+            response = stubs[pid].GetEntitlement(request, metadata=reader, timeout=10)
+            return bool(response.entitlement.granted)
+
+        assert not any(granted_on(pid) for pid in stubs)
+        watch = stubs[second].WatchEntitlements(
+            es.WatchEntitlementsRequest(user_id="roamer", feature_ids=["offline_downloads"]),
+            metadata=reader,
+            timeout=30,
+        )
+        assert not next(watch).entitlements[0].granted
+        # The write through the first worker's connection (the admin token per call).
+        ev_grpc.SubscriptionEventServiceStub(into_first).GrantEntitlement(
+            grant_request("roamer", "w-1"), metadata=bearer_metadata(ADMIN_TOKEN), timeout=10
+        )
+        seconds_until(lambda: granted_on(second))
+        woken = next(watch)
+        assert woken.reason == es.WATCH_REASON_WRITE and woken.entitlements[0].granted
+        watch.cancel()
+        for channel in (into_first, into_second):
+            channel.close()
