@@ -97,7 +97,9 @@ def test_hostile_request_gets_the_right_status(
 # while it passed within the suite. Single cases repeated 3,000 times (malformed bytes, bad
 # ids, batches of 101 and 5,000) showed no steady growth, so it is the mix (the connection
 # resets of the oversize cases?). Not strict: the rest of the test still guards the statuses
-# and that the server stays up and SERVING.
+# and that the server stays up and SERVING. Since the lock moved the grpcio family to
+# 1.85.1 (from grpcio 1.85.3) it passed alone 3 runs of 3 and in CI: make it strict once
+# more runs agree (the growth may have been grpcio 1.85.3's).
 @pytest.mark.xfail(strict=False, reason="RSS growth under the mixed barrage on grpc.aio")
 def test_server_survives_a_hostile_barrage_without_growing(server: ServerProcess) -> None:
     with with_bearer_token(grpc.insecure_channel(server.target), SERVICE_TOKEN) as channel:
