@@ -133,6 +133,11 @@ class Metrics:
             "live workers.",
             multiprocess_mode="livemin",
         )
+        self.watch_streams = Gauge(
+            "entitlements_watch_streams",
+            "WatchEntitlements streams open (all workers).",
+            multiprocess_mode="livesum",
+        )
         self.feed_lag = Gauge(
             "entitlements_change_feed_lag_seconds",
             "Seconds since a worker last read the store's change feed; the maximum over "
@@ -287,6 +292,7 @@ class WorkerMetrics:
         store_ready: Callable[[], bool],
         catalog_version: str,
         feed_stats: Callable[[], Any] | None = None,
+        watch_streams: Callable[[], int] | None = None,
         registry: Metrics | None = None,
     ) -> None:
         self._metrics = m = registry or metrics()
@@ -297,6 +303,7 @@ class WorkerMetrics:
         self._store_ready = store_ready
         # The FeedStats of service.usecases.freshness (None: the store has no feed).
         self._feed_stats = feed_stats
+        self._watch_streams = watch_streams
         self._copied: dict[str, int] = {}
         self._counters: dict[str, Any] = {
             "hits": m.cache_lookups.labels("hit"),
@@ -334,6 +341,8 @@ class WorkerMetrics:
                 self._counters[name].inc(delta)
                 self._copied[name] = count
         self._metrics.cache_entries.set(self._cache_entries())
+        if self._watch_streams is not None:
+            self._metrics.watch_streams.set(self._watch_streams())
         self._metrics.store_ready.set(1 if self._store_ready() else 0)
 
     def start(self) -> None:

@@ -335,6 +335,7 @@ async def _start(
             store_ready=lambda: readiness.ready,
             catalog_version=app.catalog.version,
             feed_stats=(lambda: feed.stats) if (feed := app.feed) is not None else None,
+            watch_streams=lambda: app.watches.open_watches,
         )
         worker_metrics.start()
     return RunningServer(

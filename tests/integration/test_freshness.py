@@ -94,12 +94,22 @@ def test_a_feed_gap_empties_the_cache_and_says_so(tmp_path: Path) -> None:
         seconds_until(on_b, limit=SEEN_WITHIN_SECONDS + 2)
         assert any("change feed gap" in line for line in b.output)
 
-        def gap_counted() -> bool:
+        watch = es_grpc.EntitlementServiceStub(
+            with_bearer_token(grpc.insecure_channel(b.target), SERVICE_TOKEN)
+        ).WatchEntitlements(es.WatchEntitlementsRequest(user_id="roamer"), timeout=30)
+        next(watch)
+
+        def counted() -> bool:
             samples = scrape(metrics_port)
             resets = value(samples, "entitlements_change_feed_cache_resets_total", reason="gap")
-            return resets >= 1 and value(samples, "entitlements_change_feed_lag_seconds") < 60
+            return (
+                resets >= 1
+                and value(samples, "entitlements_change_feed_lag_seconds") < 60
+                and value(samples, "entitlements_watch_streams") == 1
+            )
 
-        seconds_until(gap_counted)  # metrics are copied every second
+        seconds_until(counted)  # metrics are copied every second
+        watch.cancel()
 
 
 def test_a_lost_feed_never_serves_stale_state_silently(tmp_path: Path) -> None:
