@@ -134,22 +134,22 @@ class Metrics:
             multiprocess_mode="livemin",
         )
         self.watch_streams = Gauge(
-            "entitlements_watch_streams",
+            "entitlements_watch_streams_open",
             "WatchEntitlements streams open (all workers).",
             multiprocess_mode="livesum",
         )
         self.feed_lag = Gauge(
-            "entitlements_change_feed_lag_seconds",
+            "entitlements_feed_lag_seconds",
             "Seconds since a worker last read the store's change feed; the maximum over "
             "live workers (a worker this far behind may serve other workers' writes late).",
             multiprocess_mode="livemax",
         )
         self.feed_changes = Counter(
-            "entitlements_change_feed_changes",
+            "entitlements_feed_changes",
             "Changes read from the store's change feed (summed over workers).",
         )
         self.feed_resets = Counter(
-            "entitlements_change_feed_cache_resets",
+            "entitlements_feed_cache_resets",
             "Whole-cache expirations: the feed had a gap, or was lost (once per poll while lost).",
             ("reason",),
         )

@@ -101,11 +101,11 @@ def test_a_feed_gap_empties_the_cache_and_says_so(tmp_path: Path) -> None:
 
         def counted() -> bool:
             samples = scrape(metrics_port)
-            resets = value(samples, "entitlements_change_feed_cache_resets_total", reason="gap")
+            resets = value(samples, "entitlements_feed_cache_resets_total", reason="gap")
             return (
                 resets >= 1
-                and value(samples, "entitlements_change_feed_lag_seconds") < 60
-                and value(samples, "entitlements_watch_streams") == 1
+                and value(samples, "entitlements_feed_lag_seconds") < 60
+                and value(samples, "entitlements_watch_streams_open") == 1
             )
 
         seconds_until(counted)  # metrics are copied every second
