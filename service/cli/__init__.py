@@ -3,9 +3,10 @@ the service by hand.
 
 Modules: `app` (run one command, report configuration and input errors), `parser` (the
 command line), `store_commands` (the commands that open the store: serve, migrate, seed-demo,
-history), `rpc_commands` (the commands that call a server), `call` (the one way they call:
-channel, credential, TLS, the printed RPC error), `choices` (enum flags from the domain
-enums), `printers` (the output), `errors` (UsageError).
+history), `rpc_commands` (the commands that call a server), `watch` (the streaming `watch`
+command), `call` (the one way they call: channel, credential, TLS, the printed RPC error),
+`choices` (enum flags from the domain enums), `printers` (the output), `errors`
+(UsageError).
 """
 
 from service.cli.app import main

@@ -186,7 +186,7 @@ def _feature_hints(
     unknown = [
         v.description.split("'")[1]
         for v in violations
-        if v.field.endswith("feature_id") and v.description.startswith("unknown feature '")
+        if "feature_id" in v.field and v.description.startswith("unknown feature '")
     ]
     if not unknown:
         return []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import textwrap
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -17,7 +18,9 @@ from service.cli.choices import EVENT_TYPES, GRANT_KINDS, PLATFORMS, STORES
 from service.cli.locations import DATA_DIR_ENV
 from service.cli.rpc_commands import (
     DEFAULT_TARGET,
+    add_household_member,
     batch_get_entitlements,
+    create_household,
     get_entitlement,
     get_offers,
     grant,
@@ -25,10 +28,14 @@ from service.cli.rpc_commands import (
     list_entitlements,
     record_event,
     redeem_offer,
+    remove_household_member,
     revoke,
+    revoke_student,
+    verify_student,
 )
 from service.cli.settings_flags import add_setting_flags
 from service.cli.store_commands import migrate, seed_demo, serve, show_settings_reference
+from service.cli.watch import watch
 from service.config import CREDENTIAL_ENV, DEFAULT_STORAGE_URL, TARGET_ENV
 from service.domain.validation import MAX_BATCH_QUERIES
 from service.grpc_api.admin import DEFAULT_HISTORY_ENTRIES, MAX_HISTORY_ENTRIES
@@ -64,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
             "entitlements get-entitlement demo-active offline_downloads",
             "entitlements grant newbie --feature audiobook_hours --quota 30 --days 14",
             "entitlements history newbie",
+            "entitlements watch newbie offline_downloads          # a message on every change",
             "entitlements COMMAND --help                         # each command's flags",
         ),
     )
@@ -169,10 +177,21 @@ def _add_server_commands(commands: Commands) -> None:
 # -- client commands ---------------------------------------------------------------------
 
 
-def add_connection_arguments(sub: argparse.ArgumentParser, role: Role, timeout: float) -> None:
+# The deadline of a stream's side calls (the catalog for an unknown feature's hint).
+SIDE_CALL_TIMEOUT = 5.0
+
+
+def add_connection_arguments(
+    sub: argparse.ArgumentParser,
+    role: Role,
+    timeout: float | None,
+    json_help: str = "print the response as JSON (protobuf's JSON mapping, proto field "
+    "names, every field) instead of text",
+) -> None:
     """--target, the bearer credential, TLS, --timeout and --json of a client command.
     `role` picks the development token sent when neither --credential nor
-    $ENTITLEMENTS_CREDENTIAL is given (Role.ADMIN for writes and history)."""
+    $ENTITLEMENTS_CREDENTIAL is given (Role.ADMIN for writes and history). A stream has
+    no --timeout (`timeout` None): it lasts until the command ends it."""
     group = sub.add_argument_group("server and authentication")
     group.add_argument(
         "--target",
@@ -193,19 +212,17 @@ def add_connection_arguments(sub: argparse.ArgumentParser, role: Role, timeout: 
         "--tls-cert", type=Path, metavar="PEM", help="client certificate (mutual TLS)"
     )
     group.add_argument("--tls-key", type=Path, metavar="PEM", help="the client certificate's key")
-    group.add_argument(
-        "--timeout",
-        type=float,
-        default=timeout,
-        metavar="SECONDS",
-        help=f"deadline of the call (default {timeout:g})",
-    )
-    sub.add_argument(
-        "--json",
-        action="store_true",
-        help="print the response as JSON (protobuf's JSON mapping, proto field names, "
-        "every field) instead of text",
-    )
+    if timeout is None:
+        sub.set_defaults(timeout=SIDE_CALL_TIMEOUT)
+    else:
+        group.add_argument(
+            "--timeout",
+            type=float,
+            default=timeout,
+            metavar="SECONDS",
+            help=f"deadline of the call (default {timeout:g})",
+        )
+    sub.add_argument("--json", action="store_true", help=json_help)
     sub.set_defaults(credential_role=role)
 
 
@@ -318,10 +335,83 @@ def _add_read_commands(commands: Commands) -> None:
     )
     offers.set_defaults(run=get_offers)
 
+    watching = _command(
+        commands,
+        "watch",
+        "stream USER's decisions: now, then on every change",
+        "Streams the user's decisions (WatchEntitlements): the current ones at once, then a "
+        "new message whenever one changes, by a write (a purchase, a grant, the household "
+        "manager's plan) or by time (a trial, period or grant ending). Each message shows "
+        "why it came and its consistency token. Runs until --max-messages, --seconds or "
+        "Ctrl-C (exit status 0). A stream the server ends with UNAVAILABLE (shutting down, "
+        "or the connection's maximum age) is resumed from the last message; when no server "
+        "answers that, it prints the command that resumes where it stopped "
+        "(--resume-token) and exits with status 1.",
+        "entitlements watch newbie",
+        "entitlements watch newbie offline_downloads ad_free_playback --max-messages 2",
+        "entitlements watch newbie --seconds 60 --json | jq .reason",
+        "entitlements watch newbie --resume-token TOKEN      # after a disconnect",
+    )
+    add_connection_arguments(
+        watching,
+        Role.SERVICE,
+        timeout=None,
+        json_help="print each message as one line of JSON (protobuf's JSON mapping, proto "
+        "field names, every field) instead of text",
+    )
+    watching.add_argument("user_id", metavar="USER", help="the user id")
+    watching.add_argument(
+        "feature_ids",
+        nargs="*",
+        metavar="FEATURE",
+        help="feature ids of the server's catalog to watch (default: every feature)",
+    )
+    watching.add_argument(
+        "--resume-token",
+        default="",
+        metavar="CONSISTENCY_TOKEN",
+        help="resume after a disconnect: the consistency token of the last message "
+        "received (default: the token of this checkout's last write to USER, if any)",
+    )
+    watching.add_argument(
+        "--max-messages",
+        type=_positive(int),
+        metavar="N",
+        help="end after N messages, the first included (default: no limit)",
+    )
+    watching.add_argument(
+        "--seconds",
+        type=_positive(float),
+        metavar="S",
+        help="end after S seconds (default: no limit)",
+    )
+    watching.set_defaults(run=watch)
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` above 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
+        return value
+
+    return parse
+
 
 def _write_command(
-    commands: Commands, name: str, summary: str, description: str, *examples: str
+    commands: Commands,
+    name: str,
+    summary: str,
+    description: str,
+    *examples: str,
+    user: tuple[str, str] = ("USER", "the user id"),
 ) -> argparse.ArgumentParser:
+    """A write command; `user` is the metavar and help of the user it writes to."""
     sub = _command(
         commands,
         name,
@@ -338,7 +428,7 @@ def _write_command(
         help="idempotency key: the same command with the same id replays the first answer "
         "(default: a new id, so a repeated command is a new write)",
     )
-    sub.add_argument("user_id", metavar="USER", help="the user id")
+    sub.add_argument("user_id", metavar=user[0], help=user[1])
     return sub
 
 
@@ -352,6 +442,8 @@ def _add_write_commands(commands: Commands) -> None:
         "entitlements record-event newbie --type purchased --subscription sub-1 --store web "
         "--plan premium_individual --period-days 30 --market SE",
         "entitlements record-event newbie --type canceled --subscription sub-1 --store web",
+        "entitlements record-event newbie --type refunded --subscription sub-1 --store web "
+        "--refunded-period-end 2026-12-26T10:00:00+00:00",
     )
     event.add_argument(
         "--type", required=True, choices=sorted(EVENT_TYPES), dest="event_type", help="event"
@@ -366,6 +458,14 @@ def _add_write_commands(commands: Commands) -> None:
     event.add_argument("--grace-days", type=float, metavar="N", help="grace period ends in N days")
     event.add_argument("--offer", help="the offer the subscription started with")
     event.add_argument("--market", metavar="COUNTRY", help="ISO 3166-1 alpha-2 of the purchase")
+    event.add_argument(
+        "--refunded-period-end",
+        metavar="TIME",
+        help="for refunded and refund_reversed (required there): the end of the period the "
+        "refunded transaction paid for, exactly as recorded (ISO 8601 with zone; the "
+        "'period ends' a write printed, or the store's expiresDate / expiryTime). The "
+        "current period's end takes access away; a past one changes nothing",
+    )
     event.set_defaults(run=record_event)
 
     new_grant = _write_command(
@@ -420,6 +520,109 @@ def _add_write_commands(commands: Commands) -> None:
     redeem.add_argument("--store", required=True, choices=sorted(STORES), help="who bills it")
     redeem.add_argument("--subscription", help="subscription id (default: a new one)")
     redeem.set_defaults(run=redeem_offer)
+    _add_household_commands(commands)
+    _add_student_commands(commands)
+
+
+_MANAGER = ("MANAGER", "the user id of the household's manager")
+
+
+def _add_household_commands(commands: Commands) -> None:
+    household = _write_command(
+        commands,
+        "create-household",
+        "create a household that MANAGER's family plan shares",
+        "Creates a household managed by MANAGER, sharing the plan of MANAGER's current "
+        "subscription, which must be a plan for several accounts (premium_duo, "
+        "premium_family). Prints the household id that add-household-member takes; the id "
+        "derives from MANAGER and --request-id, so the same command with the same id "
+        "answers the same household.",
+        "entitlements create-household parent-1",
+        "entitlements create-household parent-1 --request-id household-parent-1",
+        user=_MANAGER,
+    )
+    household.set_defaults(run=create_household)
+
+    for name, summary, description, example, run in (
+        (
+            "add-household-member",
+            "add MEMBER to MANAGER's household",
+            "Adds MEMBER to the household: a seat on the manager's roster (the plan's size "
+            "counts the manager), then MEMBER's membership; MEMBER's decisions then follow "
+            "the manager's subscription. Adding a current member changes nothing; a member "
+            "of another household, or one who left one lately (cooldown), is refused. "
+            "Remembers both the member's and the manager's consistency token.",
+            "entitlements add-household-member parent-1 HOUSEHOLD kid-1",
+            add_household_member,
+        ),
+        (
+            "remove-household-member",
+            "remove MEMBER from MANAGER's household",
+            "Removes MEMBER from the household: MEMBER loses household access, then the seat "
+            "is freed. Removing someone who is not a member changes nothing. Remembers both "
+            "the member's and the manager's consistency token.",
+            "entitlements remove-household-member parent-1 HOUSEHOLD kid-1",
+            remove_household_member,
+        ),
+    ):
+        membership = _write_command(
+            commands,
+            name,
+            summary,
+            description,
+            example,
+            f"{example} --request-id {name}-kid-1      # a retry completes it",
+            user=_MANAGER,
+        )
+        membership.add_argument(
+            "household_id", metavar="HOUSEHOLD", help="the household id create-household printed"
+        )
+        membership.add_argument("member_id", metavar="MEMBER", help="the member's user id")
+        membership.set_defaults(run=run)
+
+
+def _add_student_commands(commands: Commands) -> None:
+    verification = _write_command(
+        commands,
+        "verify-student",
+        "record that USER is a verified student",
+        "Records that the verification provider confirmed USER as a student until a time: "
+        "the student offers become eligible (get-offers), and a student plan entitles "
+        "only while it lasts. Replaces an earlier verification.",
+        "entitlements verify-student newbie --days 365 --provider-reference sheerid-4711",
+        "entitlements verify-student newbie --until 2027-06-30 --provider-reference "
+        "sheerid-4711 --request-id verify-newbie-2026",
+    )
+    until = verification.add_mutually_exclusive_group(required=True)
+    until.add_argument(
+        "--until",
+        metavar="DATE",
+        help="verified through this day (YYYY-MM-DD, UTC) or until this ISO 8601 time with zone",
+    )
+    until.add_argument(
+        "--days",
+        type=_positive(float),
+        metavar="N",
+        help="verified for N days from now (with --request-id, prefer --until: a repeat "
+        "later sends another time and is refused as a different request)",
+    )
+    verification.add_argument(
+        "--provider-reference",
+        required=True,
+        metavar="REF",
+        help="the verification provider's reference for the check (kept in the history)",
+    )
+    verification.set_defaults(run=verify_student)
+
+    revocation = _write_command(
+        commands,
+        "revoke-student",
+        "end USER's student verification now",
+        "Revokes USER's student verification at once: student offers stop being eligible "
+        "and a student plan stops entitling. Revoking when there is none changes nothing.",
+        "entitlements revoke-student newbie",
+    )
+    revocation.set_defaults(run=revoke_student)
 
 
 def _add_support_commands(commands: Commands) -> None:

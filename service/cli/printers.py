@@ -51,7 +51,19 @@ def note_never_seen(entitlements: Iterable[entitlement_service_pb2.Entitlement])
         )
 
 
-def print_entitlement(e: entitlement_service_pb2.Entitlement) -> None:
+def print_watch_message(message: entitlement_service_pb2.WatchEntitlementsResponse) -> None:
+    """One message of a watch as a block: why it came and its token, then the decisions."""
+    reason = _enum(entitlement_service_pb2.WatchReason, message.reason, "WATCH_REASON_")
+    stale = " (stale: the store could not be reached)" if message.stale else ""
+    print(f"{reason}; consistency token: {message.consistency_token}{stale}")
+    for entitlement in message.entitlements:
+        print_entitlement(entitlement, indent="  ")
+    print(f"  catalog: {message.catalog_version}")
+    if message.reason == entitlement_service_pb2.WATCH_REASON_INITIAL:
+        note_never_seen(message.entitlements)
+
+
+def print_entitlement(e: entitlement_service_pb2.Entitlement, indent: str = "") -> None:
     if e.granted:
         value = (
             f" = {e.quota_value}"
@@ -67,13 +79,13 @@ def print_entitlement(e: entitlement_service_pb2.Entitlement) -> None:
         plan = e.plan_id or "-"
         line = f"{e.user_id} {e.feature_id}: GRANTED{value} ({state}, plan {plan}, from {source})"
         if e.HasField("expires_at"):
-            line += f", expires {_time(e.expires_at)}"
+            line += f", expires {format_time(e.expires_at)}"
     else:
         reason = _enum(entitlement_service_pb2.DenialReason, e.denial_reason, "DENIAL_REASON_")
         line = f"{e.user_id} {e.feature_id}: DENIED ({reason})"
     if e.HasField("valid_until"):
-        line += f"; valid until {_time(e.valid_until)}"
-    print(line)
+        line += f"; valid until {format_time(e.valid_until)}"
+    print(indent + line)
 
 
 def print_offers(
@@ -103,7 +115,7 @@ def print_offers(
             )
             print(f"  {ineligible.offer_id}: {reason} ({ineligible.detail})")
     if response.HasField("valid_until"):
-        print(f"valid until {_time(response.valid_until)}")
+        print(f"valid until {format_time(response.valid_until)}")
 
 
 def print_event_answer(
@@ -132,9 +144,9 @@ def print_subscription(sub: events_pb2.Subscription) -> None:
     status = _enum(events_pb2.SubscriptionStatus, sub.status, "SUBSCRIPTION_STATUS_")
     store = _enum(common_pb2.Store, sub.store, "STORE_")
     line = f"  subscription {sub.subscription_id}: {status} on {sub.plan_id} via {store}"
-    line += f", period ends {_time(sub.current_period_end)}"
+    line += f", period ends {exact_time(sub.current_period_end)}"
     if sub.HasField("grace_period_end"):
-        line += f", grace ends {_time(sub.grace_period_end)}"
+        line += f", grace ends {format_time(sub.grace_period_end)}"
     print(line + ("" if sub.auto_renew else ", not renewing"))
 
 
@@ -142,13 +154,12 @@ def print_grant(grant: events_pb2.Grant) -> None:
     target = grant.feature_id or f"plan {grant.plan_id}"
     kind = _enum(events_pb2.GrantKind, grant.kind, "GRANT_KIND_")
     quota = f" (quota {grant.quota_value})" if grant.quota_value else ""
-    line = (
-        f"  grant {grant.grant_id}: {kind} grant of {target}{quota} from {_time(grant.starts_at)}"
-    )
+    starts = format_time(grant.starts_at)
+    line = f"  grant {grant.grant_id}: {kind} grant of {target}{quota} from {starts}"
     if grant.HasField("expires_at"):
-        line += f" until {_time(grant.expires_at)}"
+        line += f" until {format_time(grant.expires_at)}"
     if grant.HasField("revoked_at"):
-        line += f", revoked {_time(grant.revoked_at)}"
+        line += f", revoked {format_time(grant.revoked_at)}"
     print(line)
 
 
@@ -160,8 +171,8 @@ def print_history(response: admin_service_pb2.GetUserHistoryResponse) -> None:
         print("  (nothing recorded)")
     for entry in response.entries:
         print(
-            f"  v{entry.version} {_time(entry.recorded_at)} {entry.kind} {entry.reference} "
-            f"(effective {_time(entry.effective_at)}): {entry.summary}"
+            f"  v{entry.version} {format_time(entry.recorded_at)} {entry.kind} {entry.reference} "
+            f"(effective {format_time(entry.effective_at)}): {entry.summary}"
         )
     if response.version == 0:
         note_never_seen_user(response.user_id)
@@ -185,8 +196,16 @@ def _enum(enum_type: Any, value: int, prefix: str) -> str:
     return name.removeprefix(prefix).lower()
 
 
-def _time(ts: Timestamp) -> str:
+def format_time(ts: Timestamp) -> str:
+    """To the second: what a person reads."""
     return ts.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds")
+
+
+def exact_time(ts: Timestamp) -> str:
+    """To the microsecond when not a whole second: a value to pass back exactly (a
+    refund names the period it refunds by its exact end)."""
+    moment = ts.ToDatetime(tzinfo=UTC)
+    return moment.isoformat(timespec="seconds" if moment.microsecond == 0 else "microseconds")
 
 
 def _money(money: common_pb2.Money) -> str:

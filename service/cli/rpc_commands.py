@@ -1,6 +1,7 @@
 """The commands that call a server: the reads (get-entitlement, list-entitlements,
 batch-get-entitlements, get-offers), the writes (record-event, grant, revoke,
-redeem-offer) and support's history (AdminService).
+redeem-offer, the household and student verification writes) and support's history
+(AdminService). `watch` streams (service.cli.watch).
 
 Read-your-writes: a write remembers its consistency token for its user (service.cli.
 remembered) and prints the command that reads it back; a later read of that user through
@@ -13,7 +14,7 @@ import shlex
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import grpc
@@ -35,6 +36,7 @@ from service.cli.choices import EVENT_TYPES, GRANT_KINDS, PLATFORMS, STORES
 from service.cli.errors import UsageError
 from service.cli.locations import find_data_dir
 from service.cli.printers import (
+    format_time,
     print_entitlement_answer,
     print_entitlement_list,
     print_event_answer,
@@ -181,9 +183,13 @@ def _consistency(args: argparse.Namespace, user_ids: Sequence[str]) -> common_pb
 
 def record_event(args: argparse.Namespace) -> int:
     def request() -> events_pb2.RecordSubscriptionEventRequest:
-        occurred = datetime.fromisoformat(args.occurred_at) if args.occurred_at else _now()
-        if occurred.tzinfo is None:
-            raise UsageError("--occurred-at needs a time zone, e.g. 2026-11-26T10:00:00Z")
+        # Whole seconds: the period end printed is then the exact one a later REFUNDED
+        # event names with --refunded-period-end.
+        occurred = (
+            parse_time(args.occurred_at, "--occurred-at")
+            if args.occurred_at
+            else _now().replace(microsecond=0)
+        )
         message = events_pb2.RecordSubscriptionEventRequest(
             event_id=_request_id(args),
             user_id=args.user_id,
@@ -201,6 +207,10 @@ def record_event(args: argparse.Namespace) -> int:
             )
         if args.grace_days is not None:
             message.grace_period_end.CopyFrom(timestamp(occurred + timedelta(days=args.grace_days)))
+        if args.refunded_period_end:
+            message.refunded_period_end.CopyFrom(
+                timestamp(parse_time(args.refunded_period_end, "--refunded-period-end"))
+            )
         return message
 
     def show(
@@ -304,21 +314,202 @@ def redeem_offer(args: argparse.Namespace) -> int:
     )
 
 
+def create_household(args: argparse.Namespace) -> int:
+    def show(
+        _: events_pb2.CreateHouseholdRequest,
+        response: events_pb2.CreateHouseholdResponse,
+        read_back: str,
+        remembered: bool,
+    ) -> None:
+        print_written(
+            f"created household {response.household_id} ({response.plan_id}, up to "
+            f"{response.household_size} accounts with the manager)",
+            response.consistency_token,
+            read_back,
+            remembered,
+        )
+        add = command_line(
+            args, "add-household-member", args.user_id, response.household_id, "MEMBER"
+        )
+        print(f"  add a member: {add}")
+
+    return _write(
+        args,
+        lambda channel: _events(channel).CreateHousehold,
+        lambda: events_pb2.CreateHouseholdRequest(
+            request_id=_request_id(args), manager_user_id=args.user_id
+        ),
+        show,
+        _read_back(args, "list-entitlements"),
+    )
+
+
+def add_household_member(args: argparse.Namespace) -> int:
+    def show(
+        request: events_pb2.AddHouseholdMemberRequest,
+        response: events_pb2.AddHouseholdMemberResponse,
+        read_back: str,
+        remembered: bool,
+    ) -> None:
+        print_written(
+            f"{request.member_user_id} is in household {response.household_id}",
+            response.consistency_token,
+            read_back,
+            remembered,
+        )
+        print(f"  the manager's consistency token: {response.manager_consistency_token}")
+
+    return _write(
+        args,
+        lambda channel: _events(channel).AddHouseholdMember,
+        lambda: events_pb2.AddHouseholdMemberRequest(
+            request_id=_request_id(args),
+            manager_user_id=args.user_id,
+            household_id=args.household_id,
+            member_user_id=args.member_id,
+        ),
+        show,
+        _read_back(args, "list-entitlements", user_id=args.member_id),
+        _household_tokens(args),
+    )
+
+
+def remove_household_member(args: argparse.Namespace) -> int:
+    def show(
+        request: events_pb2.RemoveHouseholdMemberRequest,
+        response: events_pb2.RemoveHouseholdMemberResponse,
+        read_back: str,
+        remembered: bool,
+    ) -> None:
+        print_written(
+            f"{request.member_user_id} is not in household {response.household_id}",
+            response.consistency_token,
+            read_back,
+            remembered,
+        )
+        print(f"  the manager's consistency token: {response.manager_consistency_token}")
+
+    return _write(
+        args,
+        lambda channel: _events(channel).RemoveHouseholdMember,
+        lambda: events_pb2.RemoveHouseholdMemberRequest(
+            request_id=_request_id(args),
+            manager_user_id=args.user_id,
+            household_id=args.household_id,
+            member_user_id=args.member_id,
+        ),
+        show,
+        _read_back(args, "list-entitlements", user_id=args.member_id),
+        _household_tokens(args),
+    )
+
+
+def _household_tokens(
+    args: argparse.Namespace,
+) -> Callable[
+    [events_pb2.AddHouseholdMemberResponse | events_pb2.RemoveHouseholdMemberResponse],
+    list[tuple[str, str]],
+]:
+    """A membership write returns two tokens: the member's and the manager's (roster)."""
+    return lambda response: [
+        (args.member_id, response.consistency_token),
+        (args.user_id, response.manager_consistency_token),
+    ]
+
+
+def verify_student(args: argparse.Namespace) -> int:
+    def request() -> events_pb2.RecordStudentVerificationRequest:
+        if args.until:
+            until = _end_of(args.until)
+        else:
+            # Relative to now, so a repeat with the same --request-id sends another time
+            # (ALREADY_EXISTS): --until is the form that repeats exactly.
+            until = _now().replace(microsecond=0) + timedelta(days=args.days)
+        return events_pb2.RecordStudentVerificationRequest(
+            request_id=_request_id(args),
+            user_id=args.user_id,
+            verified_until=timestamp(until),
+            provider_reference=args.provider_reference,
+        )
+
+    def show(
+        _: events_pb2.RecordStudentVerificationRequest,
+        response: events_pb2.RecordStudentVerificationResponse,
+        read_back: str,
+        remembered: bool,
+    ) -> None:
+        until = format_time(response.verified_until)
+        print_written(
+            f"verified student until {until}", response.consistency_token, read_back, remembered
+        )
+
+    return _write(
+        args,
+        lambda channel: _events(channel).RecordStudentVerification,
+        request,
+        show,
+        _read_back(args, "get-offers", "--market", "US", "--platform", "web"),
+    )
+
+
+def _end_of(text: str) -> datetime:
+    """--until: a date means through that day (UTC), else an ISO 8601 time with zone."""
+    if len(text) == len("2027-06-30"):
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            return datetime.combine(day + timedelta(days=1), time.min, tzinfo=UTC)
+    return parse_time(text, "--until")
+
+
+def revoke_student(args: argparse.Namespace) -> int:
+    def show(
+        _: events_pb2.RevokeStudentVerificationRequest,
+        response: events_pb2.RevokeStudentVerificationResponse,
+        read_back: str,
+        remembered: bool,
+    ) -> None:
+        print_written(
+            "student verification revoked", response.consistency_token, read_back, remembered
+        )
+
+    return _write(
+        args,
+        lambda channel: _events(channel).RevokeStudentVerification,
+        lambda: events_pb2.RevokeStudentVerificationRequest(
+            request_id=_request_id(args), user_id=args.user_id
+        ),
+        show,
+        _read_back(args, "list-entitlements"),
+    )
+
+
 def _write(
     args: argparse.Namespace,
     method: Method[Request, Response],
     request: Callable[[], Request],
     show: Callable[[Request, Response, str, bool], None],
     read_back: str,
+    tokens: Callable[[Response], Sequence[tuple[str, str]]] | None = None,
 ) -> int:
-    """Calls the write, remembers its consistency token for the user (data folder), and
-    prints the answer with the command that reads it back."""
+    """Calls the write, remembers its consistency tokens (data folder), and prints the
+    answer with the command that reads it back. `tokens(response)` names each user whose
+    token the write returned with that token; by default USER's, consistency_token."""
     message = build(request)
     response = invoke(args, method, message)
     if response is None:
         return 1
-    token: str = getattr(response, "consistency_token", "")
-    remembered = RememberedTokens(find_data_dir()).remember(args.target, args.user_id, token)
+    written = (
+        tokens(response)
+        if tokens is not None
+        else [(args.user_id, str(getattr(response, "consistency_token", "")))]
+    )
+    remembered_tokens = RememberedTokens(find_data_dir())
+    remembered = all(
+        [remembered_tokens.remember(args.target, user_id, token) for user_id, token in written]
+    )
     if args.json:
         print_json(response)
     else:
@@ -326,11 +517,30 @@ def _write(
     return 0
 
 
-def _read_back(args: argparse.Namespace, command: str, *operands: str) -> str:
+def _read_back(
+    args: argparse.Namespace, command: str, *operands: str, user_id: str | None = None
+) -> str:
+    """The command line reading USER (or `user_id`) back from the same server."""
+    return command_line(args, command, user_id or args.user_id, *operands)
+
+
+def command_line(args: argparse.Namespace, command: str, *operands: str) -> str:
+    """`entitlements COMMAND [--target T] OPERANDS...`, quoted for a shell."""
     words = ["entitlements", command]
     if args.target != DEFAULT_TARGET:
         words += ["--target", args.target]
-    return shlex.join([*words, args.user_id, *operands])
+    return shlex.join([*words, *operands])
+
+
+def parse_time(text: str, flag: str) -> datetime:
+    """An ISO 8601 time with its zone (a `Z` suffix is UTC)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise UsageError(f"{flag}: {error}; e.g. 2026-11-26T10:00:00Z") from error
+    if moment.tzinfo is None:
+        raise UsageError(f"{flag} needs a time zone, e.g. 2026-11-26T10:00:00Z")
+    return moment
 
 
 def _events(channel: grpc.Channel) -> events_pb2_grpc.SubscriptionEventServiceStub:
