@@ -76,8 +76,10 @@ class EntitlementServiceStub:
     Bounded: each server process holds a limited number of open streams; beyond it the
     call ends RESOURCE_EXHAUSTED (retry with backoff). Streams are kept alive with HTTP/2
     pings. A server shutting down ends its streams with UNAVAILABLE ("reconnect"): call
-    again with the last token, and another server answers. Callers should set no deadline
-    (or a long one) on the stream.
+    again with the last token, and another server answers. Servers also close each
+    connection after a maximum age (5 minutes by default, so that clients rebalance),
+    which ends its streams with UNAVAILABLE too: resume the same way. Callers should set
+    no deadline (or a long one) on the stream.
     Errors: INVALID_ARGUMENT (user id, feature ids, token), UNAVAILABLE (the store cannot
     be reached for the first snapshot, or the server is shutting down),
     RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
@@ -131,8 +133,10 @@ class EntitlementServiceAsyncStub(EntitlementServiceStub):
     Bounded: each server process holds a limited number of open streams; beyond it the
     call ends RESOURCE_EXHAUSTED (retry with backoff). Streams are kept alive with HTTP/2
     pings. A server shutting down ends its streams with UNAVAILABLE ("reconnect"): call
-    again with the last token, and another server answers. Callers should set no deadline
-    (or a long one) on the stream.
+    again with the last token, and another server answers. Servers also close each
+    connection after a maximum age (5 minutes by default, so that clients rebalance),
+    which ends its streams with UNAVAILABLE too: resume the same way. Callers should set
+    no deadline (or a long one) on the stream.
     Errors: INVALID_ARGUMENT (user id, feature ids, token), UNAVAILABLE (the store cannot
     be reached for the first snapshot, or the server is shutting down),
     RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
@@ -207,8 +211,10 @@ class EntitlementServiceServicer(metaclass=_abc_1.ABCMeta):
         Bounded: each server process holds a limited number of open streams; beyond it the
         call ends RESOURCE_EXHAUSTED (retry with backoff). Streams are kept alive with HTTP/2
         pings. A server shutting down ends its streams with UNAVAILABLE ("reconnect"): call
-        again with the last token, and another server answers. Callers should set no deadline
-        (or a long one) on the stream.
+        again with the last token, and another server answers. Servers also close each
+        connection after a maximum age (5 minutes by default, so that clients rebalance),
+        which ends its streams with UNAVAILABLE too: resume the same way. Callers should set
+        no deadline (or a long one) on the stream.
         Errors: INVALID_ARGUMENT (user id, feature ids, token), UNAVAILABLE (the store cannot
         be reached for the first snapshot, or the server is shutting down),
         RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
