@@ -210,9 +210,11 @@ def test_the_feed_keeps_its_own_thread_when_the_store_pool_is_saturated(tmp_path
                 target=lambda: code_of(lambda: client.grant("blocked", "b-1"))
             )
             waiting.start()
+            held_since = time.monotonic()
             time.sleep(2.5)  # over lost_after_seconds (1 s) of the store thread held
-            assert feed.stats.lost_expirations == 0 and not feed.lost
-            assert feed.stats.lag_seconds() < 1.0
+            # Polls went on while the only store thread was held (behind it, none could
+            # have: the write waits for the lock for up to 4 s).
+            assert feed.stats.last_success > held_since + 1.5
         waiting.join(timeout=10)
 
 
