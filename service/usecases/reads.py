@@ -249,11 +249,9 @@ class ReadService:
             began = time.monotonic()
             return await self._store.run(seconds, self._repository.load, user_id), began
 
-        try:
-            return await asyncio.wait_for(
-                self._loads.do(user_id, load, started_after=started_after),
-                seconds,
-            )
+        try:  # asyncio.timeout: wait_for can swallow a cancellation (see store_calls)
+            async with asyncio.timeout(seconds):
+                return await self._loads.do(user_id, load, started_after=started_after)
         except TimeoutError as error:
             raise DeadlineExceeded("waited too long for the store read") from error
 

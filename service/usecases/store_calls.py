@@ -62,8 +62,12 @@ class StoreCalls:
         context = contextvars.copy_context()
         call = functools.partial(context.run, fn, *args, **kwargs)
         future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+        # that arrives as the call completes (it returns the result), and a loop that
+        # calls the store (readiness, the change feed) then never ends on cancel.
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         except TimeoutError as error:
             raise DeadlineExceeded("the store call did not finish within its budget") from error
 

@@ -166,8 +166,9 @@ class WatchService:
         if seconds is None:
             await wake.wait()
             return True
-        try:
-            await asyncio.wait_for(wake.wait(), seconds)
+        try:  # asyncio.timeout: wait_for can swallow a cancellation (see store_calls)
+            async with asyncio.timeout(seconds):
+                await wake.wait()
         except TimeoutError:
             return wake.is_set()
         return True
