@@ -38,8 +38,8 @@ from service.cli.store_commands import migrate, seed_demo, serve, show_settings_
 from service.cli.watch import watch
 from service.config import CREDENTIAL_ENV, DEFAULT_STORAGE_URL, TARGET_ENV
 from service.domain.validation import MAX_BATCH_QUERIES
-from service.grpc_api.admin import DEFAULT_HISTORY_ENTRIES, MAX_HISTORY_ENTRIES
 from service.grpc_api.auth import DEV_TOKENS_FILE, Role
+from service.usecases.support import DEFAULT_HISTORY_ENTRIES, MAX_HISTORY_ENTRIES
 
 DISTRIBUTION = "entitlement-offer-service"
 API_VERSION = "entitlements.v1"

@@ -53,6 +53,7 @@ from service.grpc_api.readiness import ReadinessMonitor, set_health
 from service.grpc_api.servicers import EntitlementServicer, OfferServicer, SubscriptionEventServicer
 from service.usecases.clock import Clock, utc_now
 from service.usecases.reads import ReadService
+from service.usecases.support import SupportService
 from service.usecases.writes import WriteService
 from storage.repository import AccountRepository
 
@@ -289,7 +290,11 @@ async def _start(
             EVENT_SERVICE,
             SubscriptionEventServicer(app.writes, app.store_calls),
         ),
-        (admin_service_pb2, ADMIN_SERVICE, AdminServicer(app.repository, app.store_calls)),
+        (
+            admin_service_pb2,
+            ADMIN_SERVICE,
+            AdminServicer(SupportService(app.repository, app.store_calls)),
+        ),
     )
     for module, name, servicer in services:
         register(
