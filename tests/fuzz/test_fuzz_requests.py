@@ -81,9 +81,24 @@ def call(channel: grpc.Channel, method: str, payload: bytes) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+def call_stream(channel: grpc.Channel, method: str, payload: bytes) -> grpc.StatusCode:
+    """A server-streaming call's status at its start: its first message, or its error."""
+    rpc: Callable[..., Any] = channel.unary_stream(method)
+    stream = rpc(payload, timeout=10)
+    try:
+        next(stream)
+    except grpc.RpcError as error:
+        code: grpc.StatusCode = error.code()
+        return code
+    finally:
+        stream.cancel()
+    return grpc.StatusCode.OK
+
+
 def assert_deliberate(channel: grpc.Channel, method: str, message: Message | bytes) -> None:
     payload = message if isinstance(message, bytes) else message.SerializeToString()
-    code = call(channel, method, payload)
+    streaming = method in STREAMING_METHODS
+    code = call_stream(channel, method, payload) if streaming else call(channel, method, payload)
     assert code not in BAD_CODES, (method, message)
 
 
@@ -94,6 +109,7 @@ def set_time(field: Any, value: dict[str, int]) -> None:
 
 
 ENTITLEMENTS = "/entitlements.v1.EntitlementService/"
+STREAMING_METHODS = {ENTITLEMENTS + "WatchEntitlements"}
 OFFERS = "/entitlements.v1.OfferService/"
 EVENTS = "/entitlements.v1.SubscriptionEventService/"
 
@@ -111,6 +127,17 @@ def test_get_entitlement(
     assert_deliberate(channel, ENTITLEMENTS + "GetEntitlement", request)
     list_request = entitlement_service_pb2.ListEntitlementsRequest(user_id=user)
     assert_deliberate(channel, ENTITLEMENTS + "ListEntitlements", list_request)
+
+
+@FUZZ
+@given(user=texts, features=st.lists(texts, max_size=12), token=texts)
+def test_watch_entitlements(
+    channel: grpc.Channel, user: str, features: list[str], token: str
+) -> None:
+    request = entitlement_service_pb2.WatchEntitlementsRequest(
+        user_id=user, feature_ids=features, resume_token=token
+    )
+    assert_deliberate(channel, ENTITLEMENTS + "WatchEntitlements", request)
 
 
 @FUZZ
@@ -231,6 +258,13 @@ METHODS = [
     EVENTS + "GrantEntitlement",
     EVENTS + "RevokeEntitlement",
     EVENTS + "RedeemOffer",
+    EVENTS + "CreateHousehold",
+    EVENTS + "AddHouseholdMember",
+    EVENTS + "RemoveHouseholdMember",
+    EVENTS + "RecordStudentVerification",
+    EVENTS + "RevokeStudentVerification",
+    ENTITLEMENTS + "WatchEntitlements",
+    "/entitlements.v1.AdminService/GetUserHistory",
 ]
 
 
