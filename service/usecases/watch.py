@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import random
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -29,7 +30,9 @@ from storage.repository import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-# After a failed re-read (the store unavailable), the watch tries again this much later.
+# After a failed re-read (the store unavailable), the watch tries again about this much
+# later: jittered by +-50%, so that watches woken together (a lost feed wakes them all) do
+# not retry in step.
 RETRY_SECONDS = 1.0
 # Wakes a little after a valid_until, so that the decision made then is the new one.
 AFTER_VALID_UNTIL_SECONDS = 0.005
@@ -125,11 +128,15 @@ class WatchService:
             last = await self._reads.snapshot(user_id, features, min_version)
             yield self._update(user_id, last, WatchReason.INITIAL)
             retry = False
+            # A write woke the watch since its last successful re-read (kept across a
+            # failed re-read, so that the retry's update still says WRITE).
+            written = False
             while True:
                 woken = await self._wait(wake, self._seconds_to_next(last, retry))
                 if self._closed:
                     raise WatchClosed("the server is shutting down: resume on another server")
                 wake.clear()
+                written = written or woken
                 try:
                     current = await self._reads.snapshot(user_id, features, last.version)
                 except (StoreUnavailable, DeadlineExceeded) as error:
@@ -138,8 +145,9 @@ class WatchService:
                     continue
                 retry = False
                 if current.decisions != last.decisions:
-                    reason = WatchReason.WRITE if woken else WatchReason.TIME
+                    reason = WatchReason.WRITE if written else WatchReason.TIME
                     yield self._update(user_id, current, reason)
+                written = False
                 last = current
         finally:
             self._open -= 1
@@ -157,7 +165,8 @@ class WatchService:
             seconds = max(0.0, (min(ends) - self._clock()).total_seconds())
             seconds += AFTER_VALID_UNTIL_SECONDS
         if retry:
-            seconds = RETRY_SECONDS if seconds is None else min(seconds, RETRY_SECONDS)
+            retry_in = RETRY_SECONDS * random.uniform(0.5, 1.5)
+            seconds = retry_in if seconds is None else min(seconds, retry_in)
         return seconds
 
     @staticmethod
