@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -35,7 +35,13 @@ from google.protobuf.message import DecodeError
 from service.grpc_api.audit import AuditLog, request_id_of
 from service.grpc_api.auth.authentication import Authenticator, current_principal_var
 from service.grpc_api.auth.credentials import Principal
-from service.grpc_api.auth.policy import DEFAULT_POLICY, AccessPolicy, Refusal, access_check
+from service.grpc_api.auth.policy import (
+    DEFAULT_POLICY,
+    AccessPolicy,
+    MethodRule,
+    Refusal,
+    access_check,
+)
 from service.grpc_api.errors import status_for
 from service.grpc_api.logs import request_id_var, trace_id_var
 from service.usecases.deadlines import rpc_deadline_in
@@ -47,6 +53,7 @@ log = logging.getLogger(__name__)
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamBehaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncGenerator[Any, None]]
+Admission = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], "Principal | Refusal | None"]
 
 
 class MethodObserver(Protocol):
@@ -65,6 +72,9 @@ class RpcObserver(Protocol):
 
 
 SHED_DETAILS = "the server is at capacity; retry with backoff"
+MALFORMED_REQUEST = Refusal(
+    grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid protobuf message"
+)
 
 
 class _Malformed:
@@ -114,8 +124,7 @@ class RpcGuard:
     def wrap(self, method: str, inner: Behaviour) -> Behaviour:
         """The guarded behaviour of unary method `method` ("/package.Service/Method")."""
         rule = self._policy.rule_for(method)
-        check = access_check(method, rule)
-        authenticate = self._authenticator.authenticate
+        admit = self._admission(method, rule)
         cap = self._max_rpc_seconds
         limit = self._max_in_flight
 
@@ -125,16 +134,9 @@ class RpcGuard:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, SHED_DETAILS)
             self.in_flight += 1
             try:
-                principal = authenticate(context.invocation_metadata())
-                if not rule.open:
-                    decision = check(principal)
-                    if isinstance(decision, Refusal):
-                        await context.abort(decision.code, decision.details)
-                if request is MALFORMED:
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        "the request is not a valid protobuf message",
-                    )
+                principal = admit(request, context)
+                if isinstance(principal, Refusal):
+                    await context.abort(principal.code, principal.details)
                 remaining = context.time_remaining()
                 budget = cap if remaining is None else min(cap, remaining)
                 current_principal_var.set(principal)  # the call's own task: no reset needed
@@ -142,13 +144,7 @@ class RpcGuard:
                     with rpc_deadline_in(budget):
                         return await inner(request, context)
                 except Exception as error:  # mapped, or reported as INTERNAL
-                    if isinstance(error, grpc.aio.AbortError):
-                        raise
-                    status = status_for(error)
-                    if status is None:
-                        log.exception("unexpected error in %s", method)
-                        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-                    await context.abort(status.code, status.details, status.trailing_metadata)
+                    await _abort_for(error, context, method)
             finally:
                 self.in_flight -= 1
 
@@ -165,38 +161,44 @@ class RpcGuard:
         in-flight bound (the use case bounds open streams), and gets no deadline budget
         of its own (each store call in it has the store's); errors end it with their
         status. Audit, metrics and tracing do not wrap streams."""
-        rule = self._policy.rule_for(method)
-        check = access_check(method, rule)
-        authenticate = self._authenticator.authenticate
+        admit = self._admission(method, self._policy.rule_for(method))
 
         async def guarded(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncGenerator[Any, None]:
-            principal = authenticate(context.invocation_metadata())
-            if not rule.open:
-                decision = check(principal)
-                if isinstance(decision, Refusal):
-                    await context.abort(decision.code, decision.details)
-            if request is MALFORMED:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid protobuf message"
-                )
+            principal = admit(request, context)
+            if isinstance(principal, Refusal):
+                await context.abort(principal.code, principal.details)
             current_principal_var.set(principal)
             responses = inner(request, context)
             try:
                 async with contextlib.aclosing(responses):
                     async for response in responses:
                         yield response
-            except Exception as error:
-                if isinstance(error, grpc.aio.AbortError):
-                    raise
-                status = status_for(error)
-                if status is None:
-                    log.exception("unexpected error in %s", method)
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-                await context.abort(status.code, status.details, status.trailing_metadata)
+            except Exception as error:  # mapped, or reported as INTERNAL
+                await _abort_for(error, context, method)
 
         return guarded
+
+    def _admission(self, method: str, rule: MethodRule) -> Admission:
+        """Steps 1 and 2 for calls of `method`, unary or streaming: the caller's principal
+        (None under an open rule without a credential), or the refusal to end it with."""
+        check = access_check(method, rule)
+        authenticate = self._authenticator.authenticate
+
+        def admit(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Principal | Refusal | None:
+            principal = authenticate(context.invocation_metadata())
+            if not rule.open:
+                decision = check(principal)
+                if isinstance(decision, Refusal):
+                    return decision
+            if request is MALFORMED:
+                return MALFORMED_REQUEST
+            return principal
+
+        return admit
 
     @staticmethod
     def _traced(tracing: RpcTracing, method: str, inner: Behaviour) -> Behaviour:
@@ -271,6 +273,21 @@ class RpcGuard:
             return response
 
         return audited
+
+
+async def _abort_for(
+    error: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str
+) -> NoReturn:
+    """Step 4: ends the call with the status of `error` (an abort stays as it is); an
+    unexpected error is logged and answered INTERNAL without details. Call it from the
+    `except` block that caught `error` (the log line carries its traceback)."""
+    if isinstance(error, grpc.aio.AbortError):
+        raise error
+    status = status_for(error)
+    if status is None:
+        log.exception("unexpected error in %s", method)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _code(context: grpc.aio.ServicerContext[Any, Any], *, failed: bool) -> grpc.StatusCode:
