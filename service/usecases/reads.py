@@ -20,7 +20,6 @@ from service.domain.decisions import (
     decide_offers,
 )
 from service.domain.errors import FieldViolation, InvalidRequest
-from service.domain.identity import user_digest
 from service.domain.rules import Platform
 from service.domain.validation import (
     MAX_BATCH_QUERIES,
@@ -190,22 +189,30 @@ class ReadService:
     ) -> Snapshot:
         """The decisions of `feature_ids` (validated by the caller) for the user, from
         state at least `min_version` new, with that state's version (for watches)."""
-        token = ConsistencyToken(user_digest(user_id), min_version) if min_version else None
-        entry = await self._user(user_id, token, False)
+        entry = await self._state_of(user_id, min_version, None, False)
         now = self._clock()
         decisions = tuple(self._decide(entry, feature_id, now) for feature_id in feature_ids)
         return Snapshot(decisions, entry.state.account.version, entry.stale)
 
     async def _user(self, user_id: str, token: ConsistencyToken | None, full: bool) -> CachedUser:
-        """The user's state: from the cache when fresh enough (on the event loop, no
-        thread), else from the store in a store thread (one read for concurrent misses of
-        the same user), else - when the store fails or is too slow - from cache past its
-        freshness within max_staleness, marked stale."""
-        own_token = token is not None and token.applies_to(user_id)
-        min_version = token.version if token is not None and own_token else 0
+        """The user's state for a read with `token` (see _state_of)."""
+        if token is not None and token.applies_to(user_id):
+            return await self._state_of(user_id, token.version, None, full)
         # Another user's token may be the manager's of the user's household: the state
         # must then hold at least that manager version (tokens.household_behind).
-        manager_token = None if own_token else token
+        return await self._state_of(user_id, 0, token, full)
+
+    async def _state_of(
+        self,
+        user_id: str,
+        min_version: int,
+        manager_token: ConsistencyToken | None,
+        full: bool,
+    ) -> CachedUser:
+        """The user's state, at least `min_version` new: from the cache when fresh enough
+        (on the event loop, no thread), else from the store in a store thread (one read
+        for concurrent misses of the same user), else - when the store fails or is too
+        slow - from cache past its freshness within max_staleness, marked stale."""
         if not full:
             entry = self._cache.get(user_id, min_version)
             if entry is not None and not household_behind(manager_token, entry.state):
