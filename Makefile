@@ -15,7 +15,7 @@ PROTOC := $(BIN)/python -m grpc_tools.protoc -I protos \
 	bench bench-setup bench-h2load bench-micro bench-smoke bench-memory
 
 # requirements-lock.txt pins every package of the venv, pip included, with its hashes: the
-# pip-compile of pyproject.toml with all its extras (README, "Dependencies"). After changing
+# pip-compile of pyproject.toml with all its extras (docs/DEVELOPMENT.md, "Dependencies"). After changing
 # the dependencies in pyproject.toml: `make lock`, then `make setup`.
 LOCK := requirements-lock.txt
 # `make setup` installs only when pyproject.toml or the lock is newer than this stamp.
@@ -77,7 +77,7 @@ fuzz: setup
 chaos: setup bench-h2load
 	$(BIN)/python -m benchmarks.chaos --out $(BENCH_RESULTS)
 
-# Benchmarks (README, "Performance"); results go to $(BENCH_RESULTS) (git-ignored).
+# Benchmarks (docs/PERFORMANCE.md); results go to $(BENCH_RESULTS) (git-ignored).
 #   bench         the end-to-end load run against the empty-handler floors (~6 minutes)
 #   bench-smoke   its CI smoke (~45 s): exits 1 past the bounds of benchmarks/load/scenarios.py
 #                 or, against the baseline run $(BENCH_COMPARE), past the thresholds of the
@@ -142,7 +142,7 @@ $(NODE_DEPS): tests/interop/node/package-lock.json
 		cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the Node.js interop test will be skipped"; fi
 
-# Stubs in other languages for client teams (buf.gen.yaml; README, "For client teams"):
+# Stubs in other languages for client teams (buf.gen.yaml; docs/API.md, "For client teams"):
 #   generate-clients  installs the plugins (Debian packages protoc-gen-go and
 #                     protoc-gen-go-grpc; ts-proto from npm into clients/typescript), then
 #                     writes Go and TypeScript stubs to clients/{go,typescript}/generated/

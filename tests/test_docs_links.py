@@ -132,7 +132,7 @@ def test_the_checker_finds_dead_files_and_anchors(tmp_path: Path) -> None:
     external link and links inside code are not."""
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "B.md").write_text(
-        "# Page B\n\n## The `write` path, step 1\n\n## Again\n\n## Again\n\n<a id=\"kept\"></a>\n",
+        '# Page B\n\n## The `write` path, step 1\n\n## Again\n\n## Again\n\n<a id="kept"></a>\n',
         encoding="utf-8",
     )
     page = tmp_path / "README.md"

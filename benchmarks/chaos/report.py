@@ -97,7 +97,7 @@ def _sent(result: DrillResult) -> str:
 
 
 def summary_markdown(results: Sequence[DrillResult]) -> str:
-    """One row per drill (the README's reliability table)."""
+    """One row per drill (the reliability table of docs/OPERATIONS.md)."""
     lines = [
         "| drill | RPCs sent | answers by status | p99 during the fault (ms) "
         "| writes acked / lost | serves normally again after (s) |",

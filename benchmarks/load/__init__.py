@@ -1,2 +1,2 @@
 """The end-to-end load benchmark against the empty-handler floor: `python -m benchmarks.load`
-(see __main__.py and the README's Performance section)."""
+(see __main__.py and docs/PERFORMANCE.md)."""

@@ -8,7 +8,7 @@
 Closed-loop saturation and 1-in-flight latency come from h2load (a C load generator,
 Debian package nghttp2-client); latency at fixed arrival rates from the Python open-loop
 generator. The floor is measured in the same run as both kinds (sync and aio) with the
-same worker count; the faster is the floor. See the README's Performance section and
+same worker count; the faster is the floor. See docs/PERFORMANCE.md and
 benchmarks/load/scenarios.py for what is measured, the targets and the smoke bounds.
 """
 

@@ -2,7 +2,7 @@
 
 Store events arrive late, twice and out of order. The ordering model makes the state of a
 subscription a function of the *set* of its events, never of their delivery order
-(README, "The write path", has the same table):
+(docs/WRITE_PATH.md has the same table):
 
 - facts (every event): `started_at` is the earliest occurrence, `current_period_end`
   the latest period end any event carried, `offer_id` the least offer id carried; the

@@ -3,7 +3,7 @@
 A store integration receives App Store Server Notifications v2 and Google Play real-time
 developer notifications (RTDN) and records each as one RecordSubscriptionEvent. This
 table says which event type each notification becomes and where its payload comes from
-(README, "The write path", shows the same tables). Every notification carries the
+(docs/WRITE_PATH.md shows the same tables). Every notification carries the
 product (our plan_id) and the current expiry (current_period_end): the App Store in the
 signed transaction info (productId, expiresDate), Google Play in the subscription
 resource the integration fetches (purchases.subscriptionsv2: lineItems[].productId,

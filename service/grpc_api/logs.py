@@ -22,7 +22,7 @@ from typing import Any
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
-# The trace of the call, when tracing is on (not yet: see README, "Operations").
+# The trace of the call, when tracing is on (docs/OPERATIONS.md, "Tracing").
 trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

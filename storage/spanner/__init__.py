@@ -3,7 +3,7 @@
 Selected with the storage URL `spanner://projects/P/instances/I/databases/D`. Works
 unchanged against Cloud Spanner (credentials from the environment: Application Default
 Credentials) and against the emulator ($SPANNER_EMULATOR_HOST; with emulator 1.5.28 also
-GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW=false, see the README).
+GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW=false, see docs/SPANNER.md).
 
 Schema (migrations/, applied by `entitlements migrate`, see schema.py): one Users row per
 user and every per-user table interleaved in it (ON DELETE CASCADE), so a user's state is

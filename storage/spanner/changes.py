@@ -31,7 +31,7 @@ once no reader of an older build runs.
 
 The cost: each worker polls (every poll_seconds, see service.usecases.freshness) with
 one strong Read RPC of FEED_SHARDS key ranges, which takes no lock; measured on the
-emulator in the README (Consistency and freshness).
+emulator in docs/SPANNER.md ("The change feed on Spanner").
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 URL_PREFIX = "spanner://"
 EMULATOR_HOST_ENV = "SPANNER_EMULATOR_HOST"
 # Emulator 1.5.28 loses read-write transactions on multiplexed sessions ("Transaction not
-# found" under concurrency): against it, set this to "false" (see README).
+# found" under concurrency): against it, set this to "false" (see docs/SPANNER.md).
 MULTIPLEXED_RW_ENV = "GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW"
 SPANNER_DATA_SCOPE = "https://www.googleapis.com/auth/spanner.data"
 

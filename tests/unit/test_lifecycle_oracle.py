@@ -1,5 +1,5 @@
 """A reference model of one subscription's lifecycle, written from the ordering table
-(README, "The write path"; service/domain/events.py docstring) without calling the
+(docs/WRITE_PATH.md; service/domain/events.py docstring) without calling the
 production code, and generated realistic lives delivered in random orders with
 redeliveries. For each life: every delivery order ends in the same state, and the
 decision for a premium feature at sampled times equals the oracle's.
@@ -95,7 +95,7 @@ def oracle(events: list[SubscriptionEvent]) -> OracleState:
 class Life:
     events: list[SubscriptionEvent] = field(default_factory=list)
     # (time, status) of every snapshot, to keep refunds clear of what the model leaves
-    # out (README: a refund of the current period lasts until a later period is paid).
+    # out (docs/WRITE_PATH.md: a refund of the current period lasts until a later period is paid).
     statuses: list[tuple[datetime, str]] = field(default_factory=list)
     periods: list[tuple[datetime, datetime]] = field(default_factory=list)
 
@@ -194,7 +194,7 @@ def build_life(rng: random.Random) -> Life:
 def _clear_for_refund(life: Life, at: datetime) -> bool:
     """False when after `at` the subscription leaves access (hold, pause, expiry) and
     comes back to a refundable status without a new period: the stored state keeps no
-    refund through that (a documented limit of the model, README). For the same reason
+    refund through that (a documented limit of the model, docs/WRITE_PATH.md). For the same reason
     these lives refund no extended period: the extension can arrive before the renewal
     of its period, and a refund delivered in between finds the older pause or hold."""
     later = sorted((t, s) for t, s in life.statuses if t > at)

@@ -1,6 +1,6 @@
 """The store notification table (service.domain.store_notifications): one test per row.
 Each row's expected event type is restated here, and the event it yields is applied to a
-subscription in a typical prior state to show the effect the README table promises."""
+subscription in a typical prior state to show the effect docs/WRITE_PATH.md promises."""
 
 from __future__ import annotations
 
