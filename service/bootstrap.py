@@ -19,6 +19,7 @@ from service.usecases.watch import WatchService
 from service.usecases.writes import WriteService
 from storage.faults import FaultInjectingRepository
 from storage.feed import ChangeFeed
+from storage.feed_relay import RelayedFeed
 from storage.repository import AccountRepository
 from storage.urls import open_repository
 
@@ -48,8 +49,11 @@ def build_application(
     repository: AccountRepository | None = None,
     catalog: Catalog | None = None,
     clock: Clock = utc_now,
+    feed_relay: str | None = None,
 ) -> Application:
-    """The use cases over the configured catalog and store (or the given ones)."""
+    """The use cases over the configured catalog and store (or the given ones). With
+    `feed_relay` (the Unix socket of the pod's relay, storage.feed_relay), the cache
+    follows the store's change feed through the relay instead of reading it itself."""
     catalog = catalog or load_catalog(settings.catalog_path)
     repository = repository or open_repository(settings.storage_url)
     if settings.fault_store_delay_ms > 0:
@@ -62,7 +66,7 @@ def build_application(
     follow = settings.cache_ttl_seconds > 0 and settings.feed_poll_seconds > 0
     if isinstance(repository, ChangeFeed) and follow:
         feed = FeedFollower(
-            repository,
+            RelayedFeed(feed_relay) if feed_relay else repository,
             cache,
             # A thread of its own: behind a pool saturated by slow store calls the
             # feed would look lost and expire every cache (more store load, not less).

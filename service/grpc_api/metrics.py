@@ -180,6 +180,23 @@ class SupervisorMetrics:
 
 _metrics: Metrics | None = None
 _metrics_lock = threading.Lock()
+_feed_reads: Counter | None = None
+
+
+def feed_reads() -> Counter:
+    """Store reads of the change feed: by each worker when it reads the store's feed
+    itself (one worker), else by the pod's one relay process (service.grpc_api.
+    feed_reader). Apart from Metrics, so that the relay makes only this metric (its
+    unlabelled gauges at 0 would pin the workers' minimums)."""
+    global _feed_reads
+    with _metrics_lock:
+        if _feed_reads is None:
+            _feed_reads = Counter(
+                "entitlements_feed_reads",
+                "Store reads of the change feed (one reader per pod: grows with pods, not "
+                "with workers).",
+            )
+        return _feed_reads
 
 
 def metrics() -> Metrics:
@@ -315,6 +332,7 @@ class WorkerMetrics:
             "feed_changes": m.feed_changes,
             "feed_gaps": m.feed_resets.labels("gap"),
             "feed_lost": m.feed_resets.labels("lost"),
+            "feed_reads": feed_reads(),
         }
         m.catalog_info.labels(catalog_version).set(1)
         self._task: asyncio.Task[None] | None = None
@@ -332,7 +350,10 @@ class WorkerMetrics:
         if self._feed_stats is not None:
             feed = self._feed_stats()
             counts.update(
-                feed_changes=feed.changes, feed_gaps=feed.gaps, feed_lost=feed.lost_expirations
+                feed_changes=feed.changes,
+                feed_gaps=feed.gaps,
+                feed_lost=feed.lost_expirations,
+                feed_reads=feed.store_reads,
             )
             self._metrics.feed_lag.set(min(feed.lag_seconds(), 1e9))
         for name, count in counts.items():

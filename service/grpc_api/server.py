@@ -205,17 +205,21 @@ def start_server(
     catalog: Catalog | None = None,
     clock: Clock = utc_now,
     tracer_provider: Any = None,
+    feed_relay: str | None = None,
 ) -> RunningServer:
     """Builds and starts the server on settings.host:settings.port (0 picks a free port)
     and returns it with the port actually bound. With settings.tracing on, spans go to
     `tracer_provider` when given (tests: an in-memory exporter), else to the process's
-    (service.grpc_api.tracing.tracer_provider)."""
+    (service.grpc_api.tracing.tracer_provider). With `feed_relay`, the change feed is
+    followed through the pod's relay at that Unix socket (service.grpc_api.feed_reader)."""
     # Credentials and TLS material first: a configuration error leaves nothing open.
     authenticator = Authenticator(
         load_credentials(settings.credentials_file) if settings.credentials_file else ()
     )
     tls = server_credentials(settings)
-    app = build_application(settings, repository=repository, catalog=catalog, clock=clock)
+    app = build_application(
+        settings, repository=repository, catalog=catalog, clock=clock, feed_relay=feed_relay
+    )
     if not authenticator.principals:
         log.warning("no credentials_file: every RPC but health and reflection is refused")
     loop_thread = LoopThread("grpc-server")

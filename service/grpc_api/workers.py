@@ -5,9 +5,11 @@ a full server with its own cache and store connections. Workers are forked befor
 gRPC, SQLite or Spanner object exists in the parent (forking a running gRPC server is
 unsupported), which only supervises: a worker that dies is logged and replaced, and
 SIGTERM or SIGINT to the parent drains every worker (each stops gracefully) before the
-parent exits 0. The kernel balances connections (not RPCs) across the workers' listening
-sockets, so clients need several connections, and a maximum connection age makes
-long-lived clients rebalance.
+parent exits 0. With several workers on a shared store, the supervisor also runs the
+pod's one reader of the store's change feed (service.grpc_api.feed_reader), which the
+workers follow instead of the store. The kernel balances connections (not RPCs) across
+the workers' listening sockets, so clients need several connections, and a maximum
+connection age makes long-lived clients rebalance.
 
 The port is claimed by the parent before anything starts (claim_port): `serve` refuses a
 port that anything else listens on or holds, instead of silently sharing it with another
@@ -26,7 +28,6 @@ keep serving.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import multiprocessing
@@ -42,16 +43,16 @@ from service.catalog import CatalogError
 from service.config import Settings, SettingsError
 from service.grpc_api.audit import flush_audit_summaries
 from service.grpc_api.auth import CredentialsError
+from service.grpc_api.child_process import STOP_SIGNALS, describe_error, stop_when_parent_dies
 from service.grpc_api.cpus import available_cpus
+from service.grpc_api.feed_reader import FeedReader, FeedReaderStartError, relay_wanted
 from service.grpc_api.ports import AddressUnavailable, claim_port
 from storage.repository import StoreError
 from storage.urls import UnsupportedStorageUrl
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 STARTUP_TIMEOUT_SECONDS = 60.0
-PR_SET_PDEATHSIG = 1
 # A worker failing to start (or dying right after it started) more often than this is a
 # crash loop: the supervisor gives up. A worker that died after serving a while does not
 # count (a kill -9 loop must not stop the server).
@@ -139,9 +140,15 @@ def _serve_in_process(settings: Settings, announce: Announce) -> int:
     return 0
 
 
-def _worker_main(settings: Settings, report: Connection, claim: socket.socket | None) -> None:
+def _worker_main(
+    settings: Settings,
+    report: Connection,
+    claim: socket.socket | None,
+    feed_relay: str | None = None,
+) -> None:
     """Runs in a forked child, with the stop signals still blocked (inherited). Reports
-    ("ready", catalog version) or ("failed", why) to the supervisor on `report`."""
+    ("ready", catalog version) or ("failed", why) to the supervisor on `report`. With
+    `feed_relay`, follows the change feed through the pod's feed reader."""
     from service.grpc_api.server import start_server
 
     if claim is not None:
@@ -150,13 +157,13 @@ def _worker_main(settings: Settings, report: Connection, claim: socket.socket | 
         from service.grpc_api.metrics import close_inherited_endpoint
 
         close_inherited_endpoint()  # the supervisor's metrics port
-    _stop_when_parent_dies()
+    stop_when_parent_dies()
     try:
-        running = start_server(settings)
+        running = start_server(settings, feed_relay=feed_relay)
     except Exception as error:
         if not isinstance(error, EXPECTED_START_ERRORS):
             log.exception("worker pid %d failed to start", os.getpid())
-        report.send(("failed", _describe(error)))
+        report.send(("failed", describe_error(error, EXPECTED_START_ERRORS)))
         report.close()
         raise SystemExit(1) from None
     report.send(("ready", running.reads.catalog.version))
@@ -164,25 +171,6 @@ def _worker_main(settings: Settings, report: Connection, claim: socket.socket | 
     signal.sigwait(STOP_SIGNALS)
     running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds)
     flush_audit_summaries()
-
-
-def _describe(error: BaseException) -> str:
-    text = " ".join(str(error).split())  # one line
-    if isinstance(error, EXPECTED_START_ERRORS) and text:
-        return text
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _stop_when_parent_dies() -> None:
-    """Linux: SIGTERM this worker when the supervisor dies (even by kill -9), so no
-    orphan keeps serving a port nobody supervises."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        log.warning("cannot tie the worker's life to the supervisor's")
-    if os.getppid() == 1:  # the supervisor died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclasses.dataclass
@@ -214,6 +202,9 @@ class Supervisor:
         self._workers = [_Worker(slot) for slot in range(workers)]
         self._restarts: list[float] = []
         self._claim: socket.socket | None = None  # the parent's hold on the port
+        # The pod's one reader of the store's change feed (None: each worker reads it,
+        # or there is none to read).
+        self._feed_reader: FeedReader | None = None
 
     def run(self, announce: Announce, claim: socket.socket | None = None) -> int:
         """Starts the workers on the port `claim` holds (None: claims settings.port here)
@@ -225,15 +216,23 @@ class Supervisor:
         self._claim = claim
         settings = self._settings = dataclasses.replace(self._settings, port=claim.getsockname()[1])
         try:
+            if relay_wanted(settings, len(self._workers)):
+                self._feed_reader = FeedReader(settings, self._context)
+                try:
+                    self._feed_reader.start()
+                except FeedReaderStartError as error:
+                    raise WorkerStartError(str(error)) from None
             for worker in self._workers:
                 self._start(worker)
             catalog_version = self._await_start(announce)
             if catalog_version is None:
                 return 0  # stopped while starting
             pids = ", ".join(str(worker.pid) for worker in self._workers)
+            reader = self._feed_reader
+            feed = "" if reader is None else f"; feed reader pid {reader.pid}"
             announce(
                 f"serving on {settings.host}:{settings.port} ({len(self._workers)} workers, "
-                f"pids {pids}; catalog {catalog_version})"
+                f"pids {pids}{feed}; catalog {catalog_version})"
             )
             return self._supervise(announce)
         finally:
@@ -245,7 +244,12 @@ class Supervisor:
         reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(self._settings, writer, self._claim),
+            args=(
+                self._settings,
+                writer,
+                self._claim,
+                None if self._feed_reader is None else self._feed_reader.socket_path,
+            ),
             name=f"entitlements-worker-{worker.slot}",
         )
         process.start()
@@ -307,6 +311,8 @@ class Supervisor:
                 announce(f"{signal.Signals(received.si_signo).name}: draining workers")
                 return 0
             now = time.monotonic()
+            if self._feed_reader is not None:
+                self._feed_reader.tend(now)
             for worker in self._workers:
                 if not self._tend(worker, now, announce):
                     announce("workers keep dying; giving up")
@@ -421,3 +427,6 @@ class Supervisor:
             if worker.report is not None:
                 worker.report.close()
                 worker.report = None
+        if self._feed_reader is not None:  # after the workers: they follow it to the end
+            self._feed_reader.stop()
+            self._feed_reader = None

@@ -50,6 +50,9 @@ class FeedStats:
     gaps: int = 0
     # time.monotonic() of the last successful poll (0: none yet).
     last_success: float = 0.0
+    # Reads of the store's feed by this follower (0 when it reads the pod's relay, which
+    # counts its own: storage.feed_relay).
+    store_reads: int = 0
 
     def lag_seconds(self, now: float | None = None) -> float:
         """Seconds since the feed was last read successfully (a worker that reads it is
@@ -71,6 +74,9 @@ class FeedFollower:
         lost_after_seconds: float = 1.0,
     ) -> None:
         self._feed = feed
+        # A feed whose reads wait for a change (the pod's relay) is read again at once;
+        # a store's feed is polled every poll_seconds.
+        self._long_poll = bool(getattr(feed, "long_poll", False))
         self._cache = cache
         self._store = store
         self._poll = poll_seconds
@@ -108,7 +114,10 @@ class FeedFollower:
                 await asyncio.sleep(self._poll)
 
     async def poll_once(self) -> bool:
-        """One read of the feed, applied; True when the batch was full (read on at once)."""
+        """One read of the feed, applied; True when the next read should follow at once
+        (the batch was full, or the feed waits for changes itself)."""
+        if not self._long_poll:
+            self.stats.store_reads += 1
         try:
             # The deadline travels into the store thread (its context is copied): the
             # call ends there too, never holding a store thread past its budget.
@@ -118,7 +127,7 @@ class FeedFollower:
             self._failed(error)
             return False
         self._apply(batch)
-        return len(batch.changes) >= BATCH_LIMIT
+        return self._long_poll or len(batch.changes) >= BATCH_LIMIT
 
     async def _read(self) -> ChangeBatch:
         if self._position is not None:
