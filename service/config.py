@@ -49,7 +49,8 @@ class Settings:
     # every cache through the store's change feed within feed_poll_seconds (plus the
     # poll's time), so this is only a safety net. 0 disables the cache.
     cache_ttl_seconds: float = 300.0
-    # How often each worker reads the store's change feed (service.usecases.freshness).
+    # How often the store's change feed is read (service.usecases.freshness): by the
+    # pod's one feed reader with several workers, by the worker itself with one.
     # 0 turns the feed off (only to measure its cost: writes of other processes are then
     # seen after cache_ttl_seconds, and watches see only this process's writes late).
     feed_poll_seconds: float = 0.1
