@@ -8,11 +8,15 @@ an offer window opening). Callers and caches may keep a decision until then.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from service.domain.account import (
     Access,
+    AccountState,
+    Grant,
+    Household,
     HouseholdRole,
     Store,
     Subscription,
@@ -20,8 +24,9 @@ from service.domain.account import (
     UserState,
     subscription_access,
 )
-from service.domain.catalog import Catalog, Feature, FeatureKind, Offer, Plan
+from service.domain.catalog import Catalog, Feature, FeatureKind, Offer
 from service.domain.rules import (
+    AccountFacts,
     IneligibilityReason,
     Platform,
     RuleContext,
@@ -193,62 +198,48 @@ class _Collector:
             )
         )
 
+    def own_subscriptions(self, account: AccountState) -> None:
+        for sub in account.subscriptions:
+            self.plan_subscription(
+                sub,
+                HouseholdRole.MANAGER,
+                Source(SourceType.SUBSCRIPTION, sub.subscription_id, sub.store),
+                account.student_verified_until,
+            )
 
-def decide_entitlement(
-    catalog: Catalog, user: UserState, feature_id: str, now: datetime
-) -> EntitlementDecision:
-    """Decides whether the user has the feature at `now`. `feature_id` must exist in the
-    catalog (callers validate input first)."""
-    feature = catalog.features[feature_id]
-    collect = _Collector(catalog, feature, now)
-    account = user.account
-
-    for sub in account.subscriptions:
-        collect.plan_subscription(
-            sub,
-            HouseholdRole.MANAGER,
-            Source(SourceType.SUBSCRIPTION, sub.subscription_id, sub.store),
-            account.student_verified_until,
-        )
-
-    household = user.household
-    if household is not None:
+    def household_subscriptions(self, household: Household) -> None:
+        """The manager's subscriptions to plans shared with the household (size > 1)."""
         for sub in household.manager_subscriptions:
-            plan = catalog.plans.get(sub.plan_id)
+            plan = self.catalog.plans.get(sub.plan_id)
             if plan is not None and plan.household_size > 1:
-                collect.plan_subscription(
+                self.plan_subscription(
                     sub,
                     HouseholdRole.MEMBER,
                     Source(SourceType.HOUSEHOLD, household.household_id, sub.store),
                 )
 
-    for grant in account.grants:
-        grant_plan: Plan | None = None
-        if grant.plan_id is not None:
-            grant_plan = catalog.plans.get(grant.plan_id)
-            if grant_plan is None or feature_id not in grant_plan.features:
-                continue
-            value = grant_plan.features[feature_id].value
-        elif grant.feature_id == feature_id:
-            value = grant.quota_value if feature.kind is FeatureKind.QUOTA else None
-        else:
-            continue
+    def grant(self, grant: Grant) -> None:
+        """A grant of the feature, or of a plan having it."""
+        applies, value = self._grant_value(grant)
+        if not applies:
+            return
+        now = self.now
         if grant.revoked_at is not None and grant.revoked_at > now:
             # A revocation taking effect later changes the answer then, whatever the
             # grant's state now (not started yet, expired or active).
-            collect.boundaries.append(grant.revoked_at)
+            self.boundaries.append(grant.revoked_at)
         if grant.revoked_at is not None and grant.revoked_at <= now:
-            collect.denials.append(DenialReason.REVOKED)
+            self.denials.append(DenialReason.REVOKED)
         elif grant.starts_at > now:
-            collect.boundaries.append(grant.starts_at)
+            self.boundaries.append(grant.starts_at)
         elif grant.expires_at is not None and grant.expires_at <= now:
-            collect.denials.append(DenialReason.EXPIRED)
+            self.denials.append(DenialReason.EXPIRED)
         else:
             ends = [t for t in (grant.expires_at, grant.revoked_at) if t is not None]
             until = min(ends, default=None)
             if until is not None:
-                collect.boundaries.append(until)
-            collect.candidates.append(
+                self.boundaries.append(until)
+            self.candidates.append(
                 _Candidate(
                     Source(SourceType.GRANT, grant.grant_id),
                     EntitlementState.ACTIVE,
@@ -258,44 +249,81 @@ def decide_entitlement(
                 )
             )
 
-    free_plan = catalog.plans[catalog.free_plan_id]
-    if feature_id in free_plan.features:
-        collect.candidates.append(
-            _Candidate(
-                Source(SourceType.FREE_TIER),
-                EntitlementState.ACTIVE,
-                free_plan.id,
-                free_plan.features[feature_id].value,
-                None,
-            )
-        )
+    def _grant_value(self, grant: Grant) -> tuple[bool, int | None]:
+        """Whether the grant gives the feature, and the value it gives."""
+        feature = self.feature
+        if grant.plan_id is not None:
+            plan = self.catalog.plans.get(grant.plan_id)
+            if plan is None or feature.id not in plan.features:
+                return False, None
+            return True, plan.features[feature.id].value
+        if grant.feature_id == feature.id:
+            return True, grant.quota_value if feature.kind is FeatureKind.QUOTA else None
+        return False, None
 
-    valid_until = min((t for t in collect.boundaries if t > now), default=None)
-    if not collect.candidates:
-        denial = min(
-            collect.denials or [DenialReason.NO_ENTITLING_SOURCE], key=_DENIAL_RANK.__getitem__
-        )
+    def free_tier(self) -> None:
+        free_plan = self.catalog.plans[self.catalog.free_plan_id]
+        if self.feature.id in free_plan.features:
+            self.candidates.append(
+                _Candidate(
+                    Source(SourceType.FREE_TIER),
+                    EntitlementState.ACTIVE,
+                    free_plan.id,
+                    free_plan.features[self.feature.id].value,
+                    None,
+                )
+            )
+
+    def decision(self, account: AccountState) -> EntitlementDecision:
+        """The best candidate, or the most specific denial; valid until the earliest
+        future boundary."""
+        feature = self.feature
+        valid_until = min((t for t in self.boundaries if t > self.now), default=None)
+        if not self.candidates:
+            denial = min(
+                self.denials or [DenialReason.NO_ENTITLING_SOURCE], key=_DENIAL_RANK.__getitem__
+            )
+            return EntitlementDecision(
+                user_id=account.user_id,
+                feature=feature,
+                granted=False,
+                valid_until=valid_until,
+                denial=denial,
+                user_never_seen=account.version == 0,
+            )
+        best = max(self.candidates, key=_Candidate.sort_key)
         return EntitlementDecision(
             user_id=account.user_id,
             feature=feature,
-            granted=False,
+            granted=True,
+            value=best.value if feature.kind is FeatureKind.QUOTA else None,
+            source=best.source,
+            state=best.state,
+            plan_id=best.plan_id,
+            expires_at=best.until,
             valid_until=valid_until,
-            denial=denial,
             user_never_seen=account.version == 0,
         )
-    best = max(collect.candidates, key=_Candidate.sort_key)
-    return EntitlementDecision(
-        user_id=account.user_id,
-        feature=feature,
-        granted=True,
-        value=best.value if feature.kind is FeatureKind.QUOTA else None,
-        source=best.source,
-        state=best.state,
-        plan_id=best.plan_id,
-        expires_at=best.until,
-        valid_until=valid_until,
-        user_never_seen=account.version == 0,
-    )
+
+
+def decide_entitlement(
+    catalog: Catalog, user: UserState, feature_id: str, now: datetime
+) -> EntitlementDecision:
+    """Decides whether the user has the feature at `now`. `feature_id` must exist in the
+    catalog (callers validate input first).
+
+    The sources are gathered in turn (the user's subscriptions, the household manager's
+    shared plans, the grants, the free tier); the best candidate wins, or when none grants
+    the feature, the most specific reason it is denied."""
+    collect = _Collector(catalog, catalog.features[feature_id], now)
+    account = user.account
+    collect.own_subscriptions(account)
+    if user.household is not None:
+        collect.household_subscriptions(user.household)
+    for grant in account.grants:
+        collect.grant(grant)
+    collect.free_tier()
+    return collect.decision(account)
 
 
 def decide_all_entitlements(
@@ -334,49 +362,26 @@ def decide_offers(
     """Which offers the user may see in `market` on `platform` at `now`, best first, and
     for every other offer the first check that excluded it.
 
-    Checks run in a fixed order: validity window, market, platform, the offer's own
-    eligibility rules in catalog order, then the experiment arm (last, so that users
-    who could never see the offer are not counted in the experiment).
+    Checks run in a fixed order (`_check_offer`): validity window, market, platform, the
+    offer's own eligibility rules in catalog order, then the experiment arm (last, so that
+    users who could never see the offer are not counted in the experiment).
     """
     facts = account_facts(
         user, catalog.premium_plan_ids, catalog.free_plan_id, now, catalog.household_plan_ids
     )
+    market_info = catalog.markets.get(market)
+    query = _OfferQuery(facts, user.account.user_id, market, market_info is not None, platform, now)
     boundaries: list[datetime] = [] if facts.changes_at is None else [facts.changes_at]
     eligible: list[EligibleOffer] = []
     ineligible: list[IneligibleOffer] = []
-    market_info = catalog.markets.get(market)
     for offer in catalog.offers:
-        reason: IneligibilityReason | None = None
-        detail = ""
-        arm_name: str | None = None
         if offer.valid_until is not None and now < offer.valid_until:
             # Whatever excludes or admits the offer now, at its end it is excluded.
             boundaries.append(offer.valid_until)
-        if offer.valid_from is not None and now < offer.valid_from:
-            boundaries.append(offer.valid_from)
-            reason, detail = IneligibilityReason.OUTSIDE_VALIDITY_WINDOW, "not started yet"
-        elif offer.valid_until is not None and now >= offer.valid_until:
-            reason, detail = IneligibilityReason.OUTSIDE_VALIDITY_WINDOW, "ended"
-        elif market_info is None or market not in offer.prices:
-            reason, detail = IneligibilityReason.MARKET_NOT_ELIGIBLE, f"not sold in {market}"
-        elif platform not in offer.platforms:
-            reason = IneligibilityReason.PLATFORM_NOT_ELIGIBLE
-            detail = f"not offered on {platform.value}"
-        else:
-            ctx = RuleContext(facts, offer.group, market, platform, now)
-            result, recheck = first_failure(offer.rules, ctx)
-            boundaries.extend(recheck)
-            if not result.eligible:
-                assert result.reason is not None
-                reason, detail = result.reason, result.detail
-            elif offer.experiment is not None:
-                arm = offer.experiment.assign(user.account.user_id)
-                arm_name = arm.name
-                if not arm.shows_offer:
-                    reason = IneligibilityReason.EXPERIMENT_ARM
-                    detail = f"experiment '{offer.experiment.id}' arm '{arm.name}'"
-        if reason is not None:
-            ineligible.append(IneligibleOffer(offer, reason, detail))
+        check = _check_offer(offer, query)
+        boundaries.extend(check.recheck)
+        if check.reason is not None:
+            ineligible.append(IneligibleOffer(offer, check.reason, check.detail))
             continue
         assert market_info is not None
         eligible.append(
@@ -385,7 +390,7 @@ def decide_offers(
                 price_minor=offer.prices[market],
                 regular_price_minor=market_info.plan_prices[offer.plan_id],
                 currency=market_info.currency,
-                experiment_arm=arm_name,
+                experiment_arm=check.arm_name,
             )
         )
     eligible.sort(key=lambda e: (-e.offer.priority, e.offer.id))
@@ -394,3 +399,59 @@ def decide_offers(
         ineligible=tuple(ineligible),
         valid_until=min((t for t in boundaries if t > now), default=None),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _OfferQuery:
+    """What every offer is checked against (decide_offers)."""
+
+    facts: AccountFacts
+    user_id: str
+    market: str
+    # The catalog sells in the market at all.
+    known_market: bool
+    platform: Platform
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _OfferCheck:
+    """The first check excluding an offer (`reason` None: none did), the times its answer
+    could change by itself, and the experiment arm the user is in."""
+
+    reason: IneligibilityReason | None = None
+    detail: str = ""
+    recheck: Sequence[datetime] = ()
+    arm_name: str | None = None
+
+
+def _check_offer(offer: Offer, query: _OfferQuery) -> _OfferCheck:
+    now = query.now
+    if offer.valid_from is not None and now < offer.valid_from:
+        return _OfferCheck(
+            IneligibilityReason.OUTSIDE_VALIDITY_WINDOW, "not started yet", (offer.valid_from,)
+        )
+    if offer.valid_until is not None and now >= offer.valid_until:
+        return _OfferCheck(IneligibilityReason.OUTSIDE_VALIDITY_WINDOW, "ended")
+    if not query.known_market or query.market not in offer.prices:
+        return _OfferCheck(IneligibilityReason.MARKET_NOT_ELIGIBLE, f"not sold in {query.market}")
+    if query.platform not in offer.platforms:
+        return _OfferCheck(
+            IneligibilityReason.PLATFORM_NOT_ELIGIBLE, f"not offered on {query.platform.value}"
+        )
+    ctx = RuleContext(query.facts, offer.group, query.market, query.platform, now)
+    result, recheck = first_failure(offer.rules, ctx)
+    if not result.eligible:
+        assert result.reason is not None
+        return _OfferCheck(result.reason, result.detail, recheck)
+    if offer.experiment is None:
+        return _OfferCheck(recheck=recheck)
+    arm = offer.experiment.assign(query.user_id)
+    if not arm.shows_offer:
+        return _OfferCheck(
+            IneligibilityReason.EXPERIMENT_ARM,
+            f"experiment '{offer.experiment.id}' arm '{arm.name}'",
+            recheck,
+            arm.name,
+        )
+    return _OfferCheck(recheck=recheck, arm_name=arm.name)
