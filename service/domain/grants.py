@@ -35,29 +35,41 @@ def validate_grant(request: GrantRequest, catalog: Catalog, now: datetime) -> No
     out: list[FieldViolation] = []
     if request.kind is None:
         out.append(FieldViolation("grant.kind", "must be a known grant kind"))
-    if (request.feature_id is None) == (request.plan_id is None):
-        out.append(FieldViolation("grant.target", "set exactly one of feature_id, plan_id"))
-    elif request.feature_id is not None:
-        feature = catalog.features.get(request.feature_id)
-        if feature is None:
-            out.append(
-                FieldViolation("grant.feature_id", f"unknown feature '{request.feature_id}'")
-            )
-        elif feature.kind is FeatureKind.QUOTA and request.quota_value <= 0:
-            out.append(FieldViolation("grant.quota_value", "a quota grant needs a value > 0"))
-    elif request.plan_id not in catalog.plans:
-        out.append(FieldViolation("grant.plan_id", f"unknown plan '{request.plan_id}'"))
+    out += _target_violations(request, catalog)
     if request.quota_value < 0:
         out.append(FieldViolation("grant.quota_value", "must not be negative"))
-    if request.duration is not None:
-        if request.expires_at is not None:
-            out.append(FieldViolation("duration", "set at most one of grant.expires_at, duration"))
-        elif request.duration <= timedelta(0):
-            out.append(FieldViolation("duration", "must be positive"))
-    elif request.expires_at is not None and request.expires_at <= request.start(now):
-        out.append(FieldViolation("grant.expires_at", "must be after starts_at"))
+    out += _window_violations(request, now)
     if out:
         raise InvalidRequest(out)
+
+
+def _target_violations(request: GrantRequest, catalog: Catalog) -> list[FieldViolation]:
+    """Exactly one of a known feature (with a value when it is a quota) or a known plan."""
+    if (request.feature_id is None) == (request.plan_id is None):
+        return [FieldViolation("grant.target", "set exactly one of feature_id, plan_id")]
+    if request.feature_id is None:
+        if request.plan_id not in catalog.plans:
+            return [FieldViolation("grant.plan_id", f"unknown plan '{request.plan_id}'")]
+        return []
+    feature = catalog.features.get(request.feature_id)
+    if feature is None:
+        return [FieldViolation("grant.feature_id", f"unknown feature '{request.feature_id}'")]
+    if feature.kind is FeatureKind.QUOTA and request.quota_value <= 0:
+        return [FieldViolation("grant.quota_value", "a quota grant needs a value > 0")]
+    return []
+
+
+def _window_violations(request: GrantRequest, now: datetime) -> list[FieldViolation]:
+    """An end after the start, given as expires_at or as a positive duration, not both."""
+    if request.duration is not None:
+        if request.expires_at is not None:
+            return [FieldViolation("duration", "set at most one of grant.expires_at, duration")]
+        if request.duration <= timedelta(0):
+            return [FieldViolation("duration", "must be positive")]
+        return []
+    if request.expires_at is not None and request.expires_at <= request.start(now):
+        return [FieldViolation("grant.expires_at", "must be after starts_at")]
+    return []
 
 
 def new_grant(grant_id: str, request: GrantRequest, now: datetime) -> Grant:
