@@ -223,42 +223,8 @@ class _Parser:
             if not isinstance(premium, bool):
                 self.problem(where, f"'premium' must be true or false, got {premium!r}")
             household_size = self.integer(entry, "household_size", where, default=1, low=1)
-            student_only = entry.get("requires_verified_student", False)
-            if not isinstance(student_only, bool):
-                self.problem(
-                    where,
-                    f"'requires_verified_student' must be true or false, got {student_only!r}",
-                )
-            elif student_only and household_size > 1:
-                self.problem(where, "a plan requiring a verified student is not a household plan")
-            plan_features: dict[str, PlanFeature] = {}
-            raw_features = entry.get("features") or {}
-            if not isinstance(raw_features, dict):
-                self.problem(where, "'features' must map feature ids to their settings")
-                raw_features = {}
-            for feature_id, settings in raw_features.items():
-                fwhere = f"{where}.features.{feature_id}"
-                feature = features.get(feature_id)
-                if feature is None:
-                    self.problem(fwhere, f"unknown feature '{feature_id}'")
-                    continue
-                settings = self.mapping(settings or {}, fwhere)
-                self.check_keys(settings, fwhere, {"value", "roles"})
-                value: int | None = None
-                if feature.kind is FeatureKind.QUOTA:
-                    value = self.integer(settings, "value", fwhere, low=1)
-                elif "value" in settings:
-                    self.problem(fwhere, "a boolean feature takes no 'value'")
-                roles = frozenset(HouseholdRole)
-                if "roles" in settings:
-                    parsed = [
-                        self.enum_value(HouseholdRole, r, fwhere, "roles")
-                        for r in self.listed(settings["roles"], fwhere, "roles")
-                    ]
-                    roles = frozenset(r for r in parsed if r is not None)
-                    if not roles:
-                        self.problem(fwhere, "'roles' must name at least one role")
-                plan_features[feature_id] = PlanFeature(feature_id, value, roles)
+            student_only = self.student_only(entry, where, household_size)
+            plan_features = self.plan_features(entry.get("features") or {}, where, features)
             if plan_id:
                 plans[plan_id] = Plan(
                     plan_id,
@@ -266,11 +232,61 @@ class _Parser:
                     bool(premium),
                     household_size,
                     plan_features,
-                    requires_verified_student=student_only is True,
+                    requires_verified_student=student_only,
                 )
         if not plans:
             self.problem("plans", "the catalog needs at least one plan")
         return plans
+
+    def student_only(self, entry: dict[str, Any], where: str, household_size: int) -> bool:
+        """A plan's `requires_verified_student`: a flag, never on a household plan."""
+        student_only = entry.get("requires_verified_student", False)
+        if not isinstance(student_only, bool):
+            self.problem(
+                where,
+                f"'requires_verified_student' must be true or false, got {student_only!r}",
+            )
+        elif student_only and household_size > 1:
+            self.problem(where, "a plan requiring a verified student is not a household plan")
+        return student_only is True
+
+    def plan_features(
+        self, raw: Any, where: str, features: Mapping[str, Feature]
+    ) -> dict[str, PlanFeature]:
+        """A plan's `features`: catalog features, each with its settings in this plan."""
+        plan_features: dict[str, PlanFeature] = {}
+        if not isinstance(raw, dict):
+            self.problem(where, "'features' must map feature ids to their settings")
+            return plan_features
+        for feature_id, settings in raw.items():
+            fwhere = f"{where}.features.{feature_id}"
+            feature = features.get(feature_id)
+            if feature is None:
+                self.problem(fwhere, f"unknown feature '{feature_id}'")
+                continue
+            plan_features[feature_id] = self.plan_feature(feature, settings, fwhere)
+        return plan_features
+
+    def plan_feature(self, feature: Feature, raw: Any, where: str) -> PlanFeature:
+        """One feature's settings in a plan: its quota (quota features only), and the
+        household roles having it (every role unless listed)."""
+        settings = self.mapping(raw or {}, where)
+        self.check_keys(settings, where, {"value", "roles"})
+        value: int | None = None
+        if feature.kind is FeatureKind.QUOTA:
+            value = self.integer(settings, "value", where, low=1)
+        elif "value" in settings:
+            self.problem(where, "a boolean feature takes no 'value'")
+        roles = frozenset(HouseholdRole)
+        if "roles" in settings:
+            parsed = [
+                self.enum_value(HouseholdRole, r, where, "roles")
+                for r in self.listed(settings["roles"], where, "roles")
+            ]
+            roles = frozenset(r for r in parsed if r is not None)
+            if not roles:
+                self.problem(where, "'roles' must name at least one role")
+        return PlanFeature(feature.id, value, roles)
 
     def markets(self, doc: dict[str, Any], plans: Mapping[str, Plan]) -> dict[str, Market]:
         markets: dict[str, Market] = {}
@@ -326,26 +342,8 @@ class _Parser:
             kind = self.enum_value(OfferKind, entry.get("kind"), where, "kind")
             duration = self.integer(entry, "duration_days", where, low=1)
             group = self.identifier(entry, "group", where)
-            prices = self.prices(entry.get("prices"), f"{where}.prices")
-            if not prices:
-                self.problem(where, "'prices' must list at least one market")
-            for country in prices:
-                market = markets.get(country)
-                if market is None:
-                    self.problem(f"{where}.prices", f"unknown market '{country}'")
-                elif plan_id not in market.plan_prices:
-                    self.problem(f"{where}.prices", f"plan {plan_id!r} is not sold in {country}")
-                elif kind is OfferKind.FREE_TRIAL and prices[country] != 0:
-                    self.problem(f"{where}.prices", f"a free trial costs 0 (in {country})")
-            platforms = frozenset(Platform)
-            if "platforms" in entry:
-                parsed = [
-                    self.enum_value(Platform, p, where, "platforms")
-                    for p in self.listed(entry["platforms"], where, "platforms")
-                ]
-                platforms = frozenset(p for p in parsed if p is not None)
-                if not platforms:
-                    self.problem(where, "'platforms' must name at least one platform")
+            prices = self.offer_prices(entry.get("prices"), where, plan_id, kind, markets)
+            platforms = self.platforms(entry, where)
             valid_from = self.timestamp(entry.get("valid_from"), where, "valid_from")
             valid_until = self.timestamp(entry.get("valid_until"), where, "valid_until")
             if valid_from and valid_until and valid_until <= valid_from:
@@ -372,6 +370,42 @@ class _Parser:
                     )
                 )
         return tuple(offers)
+
+    def offer_prices(
+        self,
+        raw: Any,
+        where: str,
+        plan_id: str,
+        kind: OfferKind | None,
+        markets: Mapping[str, Market],
+    ) -> dict[str, int]:
+        """An offer's price in each market it is sold in: a market selling its plan; 0 for
+        a free trial."""
+        prices = self.prices(raw, f"{where}.prices")
+        if not prices:
+            self.problem(where, "'prices' must list at least one market")
+        for country in prices:
+            market = markets.get(country)
+            if market is None:
+                self.problem(f"{where}.prices", f"unknown market '{country}'")
+            elif plan_id not in market.plan_prices:
+                self.problem(f"{where}.prices", f"plan {plan_id!r} is not sold in {country}")
+            elif kind is OfferKind.FREE_TRIAL and prices[country] != 0:
+                self.problem(f"{where}.prices", f"a free trial costs 0 (in {country})")
+        return prices
+
+    def platforms(self, entry: dict[str, Any], where: str) -> frozenset[Platform]:
+        """An offer's `platforms`: every platform unless listed."""
+        if "platforms" not in entry:
+            return frozenset(Platform)
+        parsed = [
+            self.enum_value(Platform, p, where, "platforms")
+            for p in self.listed(entry["platforms"], where, "platforms")
+        ]
+        platforms = frozenset(p for p in parsed if p is not None)
+        if not platforms:
+            self.problem(where, "'platforms' must name at least one platform")
+        return platforms
 
     def rules(
         self, raw: Any, where: str, plans: Mapping[str, Plan], markets: Mapping[str, Market]
