@@ -11,6 +11,7 @@ from service.catalog import load_catalog
 from service.config import Settings
 from service.domain.catalog import Catalog
 from service.usecases.cache import UserStateCache
+from service.usecases.change_streams import ChangeStreams
 from service.usecases.clock import Clock, utc_now
 from service.usecases.freshness import FeedFollower
 from service.usecases.reads import CachePolicy, ReadService
@@ -38,6 +39,8 @@ class Application:
     clock: Clock
     # Open WatchEntitlements streams, woken by the change feed.
     watches: WatchService
+    # Open WatchChanges streams (callers' near caches), fed by the change feed.
+    changes: ChangeStreams
     # Follows the store's change feed into the cache (None: the store has no feed); the
     # server runs it on its event loop.
     feed: FeedFollower | None = None
@@ -87,5 +90,10 @@ def build_application(
         store_calls=store_calls,
         clock=clock,
         watches=WatchService(reads, settings.max_watch_streams, clock),
+        changes=ChangeStreams(
+            settings.max_change_streams,
+            feed_position=lambda: feed.position if feed is not None else None,
+            feed_lost=lambda: feed.lost if feed is not None else True,
+        ),
         feed=feed,
     )

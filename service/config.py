@@ -57,6 +57,9 @@ class Settings:
     # WatchEntitlements streams a worker holds open at once; more are refused
     # RESOURCE_EXHAUSTED.
     max_watch_streams: int = 1000
+    # WatchChanges streams (callers' near caches) a worker holds open at once; more are
+    # refused RESOURCE_EXHAUSTED.
+    max_change_streams: int = 1000
     # Worker processes sharing the port (SO_REUSEPORT), each with its own cache.
     # 0: one per core. `entitlements serve` only; start_server always runs one.
     workers: int = 0
@@ -173,6 +176,7 @@ class Settings:
 _POSITIVE = (
     "cache_max_entries",
     "max_watch_streams",
+    "max_change_streams",
     "threads",
     "max_rpc_seconds",
     "store_timeout_seconds",

@@ -45,7 +45,10 @@ WRITES: Final = (
 # Server streams: retried only until the server has answered (gRPC never replays a stream
 # that has sent anything; resuming is the client's, with resume_token); no default
 # deadline, as a watch lives for as long as the client wants it.
-STREAMS: Final = (("EntitlementService", "WatchEntitlements"),)
+STREAMS: Final = (
+    ("EntitlementService", "WatchEntitlements"),
+    ("EntitlementService", "WatchChanges"),
+)
 
 RETRYABLE_STATUS_CODES: Final = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
 

@@ -15,6 +15,7 @@ from service.domain.rules import Platform
 from service.grpc_api import convert
 from service.grpc_api.auth import Authenticator, Credential, Principal, Role, token_digest
 from service.grpc_api.servicers import EntitlementServicer, OfferServicer
+from service.usecases.change_streams import ChangeStreams
 from service.usecases.reads import ReadService
 from service.usecases.tokens import issue_token
 from service.usecases.watch import WatchService
@@ -84,7 +85,11 @@ def test_authenticate_bearer_token(benchmark: Any) -> None:
 def test_get_entitlement_handler(benchmark: Any, warm_reads: ReadService) -> None:
     """The servicer end to end without gRPC: parse bytes, read (cache hit), convert,
     serialize (interceptors excluded)."""
-    servicer = EntitlementServicer(warm_reads, WatchService(warm_reads, max_watches=1))
+    servicer = EntitlementServicer(
+        warm_reads,
+        WatchService(warm_reads, max_watches=1),
+        ChangeStreams(1, feed_position=lambda: None, feed_lost=lambda: True),
+    )
 
     def handle() -> bytes:
         request = entitlement_service_pb2.GetEntitlementRequest.FromString(GET_REQUEST)

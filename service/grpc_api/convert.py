@@ -29,6 +29,7 @@ from service.domain.errors import FieldViolation, InvalidRequest
 from service.domain.events import EventType, SubscriptionEvent
 from service.domain.grants import GrantRequest
 from service.domain.rules import IneligibilityReason, Platform
+from service.usecases.change_streams import ChangeMessage
 from service.usecases.reads import Consistency
 from service.usecases.watch import WatchReason, WatchUpdate
 from service.usecases.writes import EventAnswer, RecordOutcome
@@ -161,6 +162,17 @@ def watch_update_to_proto(
         catalog_version=catalog_version,
         stale=update.stale,
     )
+
+
+def change_message_to_proto(message: ChangeMessage) -> entitlement_service_pb2.WatchChangesResponse:
+    response = entitlement_service_pb2.WatchChangesResponse(
+        reset=message.reset, position=message.position
+    )
+    for change in message.changes:
+        response.changes.add(
+            user_id=change.user_id, version=change.version, consistency_token=change.token
+        )
+    return response
 
 
 def offers_to_proto(

@@ -188,6 +188,7 @@ class RunningServer:
         # Watch streams never end by themselves: ended first, UNAVAILABLE, so that their
         # clients resume on another server instead of holding this one for the grace.
         self.app.watches.close()
+        self.app.changes.close()
         await self.server.stop(grace_seconds)
         if self.feed_task is not None:
             self.feed_task.cancel()
@@ -286,7 +287,7 @@ async def _start(
         (
             entitlement_service_pb2,
             ENTITLEMENT_SERVICE,
-            EntitlementServicer(app.reads, app.watches),
+            EntitlementServicer(app.reads, app.watches, app.changes),
         ),
         (offer_service_pb2, OFFER_SERVICE, OfferServicer(app.reads)),
         (
@@ -320,6 +321,7 @@ async def _start(
         # The feed's position first, so that nothing cached can miss a change after it.
         await app.feed.poll_once()
         app.feed.listen(app.watches.on_changes)
+        app.feed.listen(app.changes.publish)
         feed_task = asyncio.create_task(app.feed.run(), name="change-feed")
     await server.start()
     await set_health(health_servicer, serving=True)

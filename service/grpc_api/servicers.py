@@ -20,6 +20,7 @@ from entitlements.v1 import (
     subscription_event_service_pb2_grpc,
 )
 from service.grpc_api import convert
+from service.usecases.change_streams import ChangeStreams
 from service.usecases.deadlines import rpc_remaining
 from service.usecases.reads import ReadService
 from service.usecases.store_calls import StoreCalls
@@ -31,9 +32,10 @@ T = TypeVar("T")
 
 
 class EntitlementServicer(entitlement_service_pb2_grpc.EntitlementServiceServicer):
-    def __init__(self, reads: ReadService, watches: WatchService) -> None:
+    def __init__(self, reads: ReadService, watches: WatchService, changes: ChangeStreams) -> None:
         self._reads = reads
         self._watches = watches
+        self._changes = changes
 
     async def GetEntitlement(
         self,
@@ -94,6 +96,16 @@ class EntitlementServicer(entitlement_service_pb2_grpc.EntitlementServiceService
         async with contextlib.aclosing(updates):
             async for update in updates:
                 yield convert.watch_update_to_proto(update, version)
+
+    async def WatchChanges(
+        self,
+        request: entitlement_service_pb2.WatchChangesRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[entitlement_service_pb2.WatchChangesResponse]:
+        messages = self._changes.stream(request.position)
+        async with contextlib.aclosing(messages):  # the stream's slot back at once
+            async for message in messages:
+                yield convert.change_message_to_proto(message)
 
 
 class OfferServicer(offer_service_pb2_grpc.OfferServiceServicer):

@@ -97,6 +97,12 @@ class FeedFollower:
     def lost(self) -> bool:
         return self._lost
 
+    @property
+    def position(self) -> str | None:
+        """The feed position that every change told to the listeners reaches (None: the
+        feed was never read)."""
+        return self._position
+
     def close(self) -> None:
         """Releases the store thread(s) of the polls (after the task is cancelled)."""
         self._store.close()

@@ -501,6 +501,103 @@ class WatchEntitlementsResponse(_message.Message):
 Global___WatchEntitlementsResponse: _TypeAlias = WatchEntitlementsResponse  # noqa: Y015
 
 @_typing.final
+class WatchChangesRequest(_message.Message):
+    """Request of EntitlementService.WatchChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    position: _builtins.str
+    """Where to resume: the position of the last WatchChangesResponse that carried one.
+    Empty starts now. At most 256 characters.
+    """
+    def __init__(
+        self,
+        *,
+        position: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchChangesRequest: _TypeAlias = WatchChangesRequest  # noqa: Y015
+
+@_typing.final
+class UserChange(_message.Message):
+    """One user whose state changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user."""
+    version: _builtins.int
+    """The user's state version after the change; 0 when what changed is state derived
+    for this user (a household member, when the manager's subscriptions changed).
+    """
+    consistency_token: _builtins.str
+    """A consistency token of that version: pass it in the user's next reads
+    (ReadConsistency.consistency_token) so that no server answers from older state.
+    Empty when version is 0: read the user with full_consistency instead.
+    """
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        consistency_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserChange: _TypeAlias = UserChange  # noqa: Y015
+
+@_typing.final
+class WatchChangesResponse(_message.Message):
+    """A message of EntitlementService.WatchChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESET_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    reset: _builtins.bool
+    """The server cannot tell what changed before this message: drop everything cached
+    (then apply `changes`).
+    """
+    position: _builtins.str
+    """Where to resume after this message. Empty when a batch too large for one message
+    continues in the next message: resume only from a message that carries a position.
+    """
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserChange]:
+        """Users whose state changed, each once (at its newest version), oldest change first.
+        Empty in a heartbeat.
+        """
+
+    def __init__(
+        self,
+        *,
+        reset: _builtins.bool = ...,
+        changes: _abc.Iterable[Global___UserChange] | None = ...,
+        position: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "position", b"position", "reset", b"reset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchChangesResponse: _TypeAlias = WatchChangesResponse  # noqa: Y015
+
+@_typing.final
 class Entitlement(_message.Message):
     """Whether a user may use a feature, why, and until when the answer holds."""
 

@@ -65,6 +65,11 @@ class EntitlementServiceStub:
                 request_serializer=entitlements_dot_v1_dot_entitlement__service__pb2.WatchEntitlementsRequest.SerializeToString,
                 response_deserializer=entitlements_dot_v1_dot_entitlement__service__pb2.WatchEntitlementsResponse.FromString,
                 _registered_method=True)
+        self.WatchChanges = channel.unary_stream(
+                '/entitlements.v1.EntitlementService/WatchChanges',
+                request_serializer=entitlements_dot_v1_dot_entitlement__service__pb2.WatchChangesRequest.SerializeToString,
+                response_deserializer=entitlements_dot_v1_dot_entitlement__service__pb2.WatchChangesResponse.FromString,
+                _registered_method=True)
 
 
 class EntitlementServiceServicer:
@@ -137,6 +142,43 @@ class EntitlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchChanges(self, request, context):
+        """Streams which users' state changed, for callers that keep decisions in their own
+        process (near caches, such as the Python client library's): a change names a user
+        whose decisions may differ now; the caller drops what it cached for them and reads
+        them again with the change's consistency_token, so that no server answers from older
+        state. Every committed write appears, by whichever server process or replica made
+        it, within about a second.
+
+        The first message comes at once: its position is where the stream starts, with
+        reset set when the asked position could not be resumed. Then a message whenever users
+        changed (many changes batch into one message under load; within a stream each change
+        is sent once, and a user changed several times between two messages appears once,
+        at its newest version), and a heartbeat (no changes) about every second while
+        nothing changes and the server follows its change feed. A caller that hears nothing
+        for a few seconds should consider the stream down: the server may have lost its
+        feed (it stops heartbeats until it has caught up) or the connection.
+
+        reset: the server cannot tell what changed (its feed had a gap, or the asked
+        position is unknown to it or too old): drop everything cached, then apply the
+        message's changes.
+
+        Resuming: call again with the position of the last message that carried one.
+        A server process keeps recent positions (its last several thousand changes); a
+        position it does not know (too old, or from another server process) answers a first
+        message with reset. Empty position: start now (nothing before is sent).
+
+        Bounded: each server process holds a limited number of open change streams; beyond
+        it the call ends RESOURCE_EXHAUSTED. A server shutting down, or closing a connection
+        at its maximum age, ends the stream with UNAVAILABLE: resume with the last position.
+        Set no deadline on the stream. Needs a service (or admin) credential.
+        Errors: INVALID_ARGUMENT (a malformed position), RESOURCE_EXHAUSTED, UNAVAILABLE,
+        UNAUTHENTICATED, PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EntitlementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +201,11 @@ def add_EntitlementServiceServicer_to_server(servicer, server):
                     servicer.WatchEntitlements,
                     request_deserializer=entitlements_dot_v1_dot_entitlement__service__pb2.WatchEntitlementsRequest.FromString,
                     response_serializer=entitlements_dot_v1_dot_entitlement__service__pb2.WatchEntitlementsResponse.SerializeToString,
+            ),
+            'WatchChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchChanges,
+                    request_deserializer=entitlements_dot_v1_dot_entitlement__service__pb2.WatchChangesRequest.FromString,
+                    response_serializer=entitlements_dot_v1_dot_entitlement__service__pb2.WatchChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -280,6 +327,33 @@ class EntitlementService:
             '/entitlements.v1.EntitlementService/WatchEntitlements',
             entitlements_dot_v1_dot_entitlement__service__pb2.WatchEntitlementsRequest.SerializeToString,
             entitlements_dot_v1_dot_entitlement__service__pb2.WatchEntitlementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/entitlements.v1.EntitlementService/WatchChanges',
+            entitlements_dot_v1_dot_entitlement__service__pb2.WatchChangesRequest.SerializeToString,
+            entitlements_dot_v1_dot_entitlement__service__pb2.WatchChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,6 +84,39 @@ class EntitlementServiceStub:
     be reached for the first snapshot, or the server is shutting down),
     RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
     """
+    WatchChanges: _grpc.UnaryStreamMultiCallable[_entitlement_service_pb2.WatchChangesRequest, _entitlement_service_pb2.WatchChangesResponse]
+    """Streams which users' state changed, for callers that keep decisions in their own
+    process (near caches, such as the Python client library's): a change names a user
+    whose decisions may differ now; the caller drops what it cached for them and reads
+    them again with the change's consistency_token, so that no server answers from older
+    state. Every committed write appears, by whichever server process or replica made
+    it, within about a second.
+
+    The first message comes at once: its position is where the stream starts, with
+    reset set when the asked position could not be resumed. Then a message whenever users
+    changed (many changes batch into one message under load; within a stream each change
+    is sent once, and a user changed several times between two messages appears once,
+    at its newest version), and a heartbeat (no changes) about every second while
+    nothing changes and the server follows its change feed. A caller that hears nothing
+    for a few seconds should consider the stream down: the server may have lost its
+    feed (it stops heartbeats until it has caught up) or the connection.
+
+    reset: the server cannot tell what changed (its feed had a gap, or the asked
+    position is unknown to it or too old): drop everything cached, then apply the
+    message's changes.
+
+    Resuming: call again with the position of the last message that carried one.
+    A server process keeps recent positions (its last several thousand changes); a
+    position it does not know (too old, or from another server process) answers a first
+    message with reset. Empty position: start now (nothing before is sent).
+
+    Bounded: each server process holds a limited number of open change streams; beyond
+    it the call ends RESOURCE_EXHAUSTED. A server shutting down, or closing a connection
+    at its maximum age, ends the stream with UNAVAILABLE: resume with the last position.
+    Set no deadline on the stream. Needs a service (or admin) credential.
+    Errors: INVALID_ARGUMENT (a malformed position), RESOURCE_EXHAUSTED, UNAVAILABLE,
+    UNAUTHENTICATED, PERMISSION_DENIED.
+    """
 
 @_typing.type_check_only
 class EntitlementServiceAsyncStub(EntitlementServiceStub):
@@ -140,6 +173,39 @@ class EntitlementServiceAsyncStub(EntitlementServiceStub):
     Errors: INVALID_ARGUMENT (user id, feature ids, token), UNAVAILABLE (the store cannot
     be reached for the first snapshot, or the server is shutting down),
     RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
+    """
+    WatchChanges: _aio.UnaryStreamMultiCallable[_entitlement_service_pb2.WatchChangesRequest, _entitlement_service_pb2.WatchChangesResponse]  # type: ignore[assignment]
+    """Streams which users' state changed, for callers that keep decisions in their own
+    process (near caches, such as the Python client library's): a change names a user
+    whose decisions may differ now; the caller drops what it cached for them and reads
+    them again with the change's consistency_token, so that no server answers from older
+    state. Every committed write appears, by whichever server process or replica made
+    it, within about a second.
+
+    The first message comes at once: its position is where the stream starts, with
+    reset set when the asked position could not be resumed. Then a message whenever users
+    changed (many changes batch into one message under load; within a stream each change
+    is sent once, and a user changed several times between two messages appears once,
+    at its newest version), and a heartbeat (no changes) about every second while
+    nothing changes and the server follows its change feed. A caller that hears nothing
+    for a few seconds should consider the stream down: the server may have lost its
+    feed (it stops heartbeats until it has caught up) or the connection.
+
+    reset: the server cannot tell what changed (its feed had a gap, or the asked
+    position is unknown to it or too old): drop everything cached, then apply the
+    message's changes.
+
+    Resuming: call again with the position of the last message that carried one.
+    A server process keeps recent positions (its last several thousand changes); a
+    position it does not know (too old, or from another server process) answers a first
+    message with reset. Empty position: start now (nothing before is sent).
+
+    Bounded: each server process holds a limited number of open change streams; beyond
+    it the call ends RESOURCE_EXHAUSTED. A server shutting down, or closing a connection
+    at its maximum age, ends the stream with UNAVAILABLE: resume with the last position.
+    Set no deadline on the stream. Needs a service (or admin) credential.
+    Errors: INVALID_ARGUMENT (a malformed position), RESOURCE_EXHAUSTED, UNAVAILABLE,
+    UNAUTHENTICATED, PERMISSION_DENIED.
     """
 
 class EntitlementServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -218,6 +284,45 @@ class EntitlementServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (user id, feature ids, token), UNAVAILABLE (the store cannot
         be reached for the first snapshot, or the server is shutting down),
         RESOURCE_EXHAUSTED, UNAUTHENTICATED, PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchChanges(
+        self,
+        request: _entitlement_service_pb2.WatchChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_entitlement_service_pb2.WatchChangesResponse], _abc.AsyncIterator[_entitlement_service_pb2.WatchChangesResponse]]:
+        """Streams which users' state changed, for callers that keep decisions in their own
+        process (near caches, such as the Python client library's): a change names a user
+        whose decisions may differ now; the caller drops what it cached for them and reads
+        them again with the change's consistency_token, so that no server answers from older
+        state. Every committed write appears, by whichever server process or replica made
+        it, within about a second.
+
+        The first message comes at once: its position is where the stream starts, with
+        reset set when the asked position could not be resumed. Then a message whenever users
+        changed (many changes batch into one message under load; within a stream each change
+        is sent once, and a user changed several times between two messages appears once,
+        at its newest version), and a heartbeat (no changes) about every second while
+        nothing changes and the server follows its change feed. A caller that hears nothing
+        for a few seconds should consider the stream down: the server may have lost its
+        feed (it stops heartbeats until it has caught up) or the connection.
+
+        reset: the server cannot tell what changed (its feed had a gap, or the asked
+        position is unknown to it or too old): drop everything cached, then apply the
+        message's changes.
+
+        Resuming: call again with the position of the last message that carried one.
+        A server process keeps recent positions (its last several thousand changes); a
+        position it does not know (too old, or from another server process) answers a first
+        message with reset. Empty position: start now (nothing before is sent).
+
+        Bounded: each server process holds a limited number of open change streams; beyond
+        it the call ends RESOURCE_EXHAUSTED. A server shutting down, or closing a connection
+        at its maximum age, ends the stream with UNAVAILABLE: resume with the last position.
+        Set no deadline on the stream. Needs a service (or admin) credential.
+        Errors: INVALID_ARGUMENT (a malformed position), RESOURCE_EXHAUSTED, UNAVAILABLE,
+        UNAUTHENTICATED, PERMISSION_DENIED.
         """
 
 def add_EntitlementServiceServicer_to_server(servicer: EntitlementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
