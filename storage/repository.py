@@ -2,8 +2,9 @@
 
 A backend loads a user's whole state (with their household) in one call, and applies a
 change in one transaction that increments the user's version (a write that changes
-nothing keeps it: see `Mutation`). The same contract test
-suite (tests/contract) runs unchanged against every backend.
+nothing keeps it: see `Mutation`). What `apply` does is written once, in storage.apply;
+a backend supplies only its transaction. The same contract test suite (tests/contract)
+runs unchanged against every backend.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from service.domain.account import (
     Subscription,
     SubscriptionStatus,
 )
-from storage.repository import HistoryDraft, HistoryEntry, IdempotencyKey
+from storage.repository import HistoryEntry, IdempotencyKey
 
 T = TypeVar("T")
 
@@ -339,17 +339,15 @@ class RowCodec:
             self.encode_ts(recorded_at),
         )
 
-    def history_row(
-        self, draft: HistoryDraft, version: int, recorded_at: datetime
-    ) -> tuple[Any, ...]:
+    def history_row(self, entry: HistoryEntry) -> tuple[Any, ...]:
         """HISTORY columns."""
         return (
-            draft.kind,
-            draft.reference,
-            self.encode_ts(draft.effective_at),
-            self.encode_ts(recorded_at),
-            version,
-            draft.summary,
+            entry.kind,
+            entry.reference,
+            self.encode_ts(entry.effective_at),
+            self.encode_ts(entry.recorded_at),
+            entry.version,
+            entry.summary,
         )
 
     def history_entry(self, row: Sequence[Any]) -> HistoryEntry:

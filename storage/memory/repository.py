@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
-from collections.abc import Mapping
-from datetime import datetime
-from typing import Any
+from collections.abc import Sequence
 
 from service.domain.account import AccountState, Household, UserState
+from storage.apply import AppliesWrites, IdempotentWrite, KeptRequest, Replay
 from storage.feed import BATCH_LIMIT, Change, ChangeBatch, changes_of
 from storage.repository import (
     AccountChange,
-    AccountMutation,
     Applied,
     HistoryEntry,
-    IdempotencyConflict,
     IdempotencyKey,
     household_membership,
 )
@@ -25,11 +21,11 @@ from storage.repository import (
 FEED_RETAINED = 100_000
 
 
-class MemoryRepository:
+class MemoryRepository(AppliesWrites):
     def __init__(self) -> None:
         self._accounts: dict[str, AccountState] = {}
-        # (user_id, kind, id) -> (fingerprint, response, version)
-        self._requests: dict[tuple[str, str, str], tuple[str, Mapping[str, Any], int]] = {}
+        # (user_id, kind, id) -> what apply keeps of the request
+        self._requests: dict[tuple[str, str, str], Replay] = {}
         self._history: dict[str, list[HistoryEntry]] = {}
         # The change feed: the newest changes, the first of them numbered _first_change
         # (positions count changes from 1, like the SQLite backend's seqs).
@@ -63,55 +59,17 @@ class MemoryRepository:
             self._publish(changes_of(current, stored))
             return stored
 
-    def apply(
-        self,
-        user_id: str,
-        key: IdempotencyKey,
-        mutate: AccountMutation,
-        recorded_at: datetime,
-    ) -> Applied:
+    def _run_write(self, write: IdempotentWrite) -> Applied:
         with self._lock:
-            current = self._accounts.get(user_id) or AccountState.new(user_id)
-            seen = self._requests.get((user_id, key.kind, key.id))
-            if seen is not None:
-                fingerprint, response, version = seen
-                if fingerprint != key.fingerprint:
-                    raise IdempotencyConflict(f"{key.kind} id reused with another request")
-                return Applied(current, version, response, replayed=True)
-            mutation = mutate(current)
-            # Stored as JSON, like the durable backends, so replays answer identically.
-            response = json.loads(json.dumps(mutation.response, sort_keys=True))
-            if mutation.state is None and current.version > 0:
-                # No change: the key is kept at the current version, nothing else written.
-                self._requests[(user_id, key.kind, key.id)] = (
-                    key.fingerprint,
-                    response,
-                    current.version,
-                )
-                return Applied(current, current.version, response, replayed=False)
-            # (A user never stored is stored unchanged as version 1, like the durable
-            # backends, which need the user's row to keep the key with.)
-            desired = current if mutation.state is None else mutation.state
-            version = current.version + 1
-            stored = dataclasses.replace(desired, user_id=user_id, version=version)
-            self._accounts[user_id] = stored
-            self._publish(changes_of(current, stored))
-            self._requests[(user_id, key.kind, key.id)] = (
-                key.fingerprint,
-                response,
-                version,
-            )
-            self._history.setdefault(user_id, []).extend(
-                HistoryEntry(d.kind, d.reference, d.effective_at, recorded_at, version, d.summary)
-                for d in mutation.history
-            )
-            return Applied(stored, version, response, replayed=False)
+            # A write that raises has changed nothing: every write of _MemoryWrite comes
+            # after `mutate`, and none of them raises.
+            return write.run(_MemoryWrite(self))
 
     def history(self, user_id: str) -> list[HistoryEntry]:
         with self._lock:
             return list(self._history.get(user_id, ()))
 
-    def _publish(self, changes: list[Change]) -> None:
+    def _publish(self, changes: Sequence[Change]) -> None:
         self._changes.extend(changes)
         excess = len(self._changes) - FEED_RETAINED
         if excess > 0:
@@ -143,3 +101,29 @@ class MemoryRepository:
             self._history.clear()
             self._first_change += len(self._changes)
             self._changes.clear()
+
+
+class _MemoryWrite:
+    """The WriteTransaction of MemoryRepository.apply: the repository's dictionaries,
+    under its lock (held by the caller)."""
+
+    def __init__(self, repository: MemoryRepository) -> None:
+        self._repository = repository
+
+    def read(self, user_id: str, key: IdempotencyKey) -> tuple[AccountState, Replay | None]:
+        repository = self._repository
+        current = repository._accounts.get(user_id) or AccountState.new(user_id)
+        return current, repository._requests.get((user_id, key.kind, key.id))
+
+    def write_account(self, current: AccountState, stored: AccountState) -> None:
+        self._repository._accounts[stored.user_id] = stored
+
+    def publish(self, user_id: str, changes: Sequence[Change]) -> None:
+        self._repository._publish(changes)
+
+    def keep_request(self, user_id: str, request: KeptRequest) -> None:
+        key = request.key
+        self._repository._requests[(user_id, key.kind, key.id)] = request.replay()
+
+    def append_history(self, user_id: str, entries: Sequence[HistoryEntry]) -> None:
+        self._repository._history.setdefault(user_id, []).extend(entries)

@@ -39,9 +39,9 @@ one locality group.
   fork) and kept; `close()` only detaches this repository (see client.py).
 
 Modules: repository.py (SpannerRepository), queries.py (the queries and reading their
-results), mutations.py (the writes), changes.py (the change feed), codec.py (Spanner's
-names and values for the rows of storage.rows), client.py (handles, budgets, errors),
-schema.py (migrations and `migrate`). Running an emulator for tests and benchmarks is
+results), mutations.py (the writes, and the transaction storage.apply writes through),
+changes.py (the change feed), codec.py (Spanner's names and values for the rows of
+storage.rows), client.py (handles, budgets, errors), schema.py (migrations and `migrate`). Running an emulator for tests and benchmarks is
 in testing/, which is not part of the installed package.
 """
 

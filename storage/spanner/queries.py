@@ -16,6 +16,7 @@ from typing import Any
 from google.cloud import spanner
 
 from service.domain.account import AccountState, Household, HouseholdMembership
+from storage.apply import Replay
 from storage.repository import StoreUnavailable
 from storage.rows import (
     CHILD_TABLES,
@@ -26,6 +27,8 @@ from storage.rows import (
     SUBSCRIPTIONS,
     USER_ID,
     USERS,
+    integer,
+    text,
 )
 from storage.spanner import schema
 from storage.spanner.codec import CODEC, Columns, columns, name
@@ -145,8 +148,11 @@ def household(membership: HouseholdMembership, row: Sequence[Any]) -> Household:
     )
 
 
-def replay(row: Sequence[Any]) -> Sequence[Any] | None:
-    """The (fingerprint, response, version) of the processed request, from a row of
-    APPLY_READ_QUERY; None when the key is new."""
+def replay(row: Sequence[Any]) -> Replay | None:
+    """What was kept of the processed request, from a row of APPLY_READ_QUERY; None when
+    the key is new."""
     seen = row[len(_STATE)]
-    return seen[0] if seen else None
+    if not seen:
+        return None
+    fingerprint, response, version = seen[0]
+    return Replay(text(fingerprint), text(response), integer(version))

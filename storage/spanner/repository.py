@@ -10,7 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TypeVar
 
 from google.api_core import exceptions as api_exceptions
@@ -18,20 +18,17 @@ from google.cloud.spanner_v1.database import Database
 from google.cloud.spanner_v1.transaction import Transaction
 
 from service.domain.account import AccountState, UserState
+from storage.apply import AppliesWrites, IdempotentWrite
 from storage.deadline import remaining
-from storage.feed import BATCH_LIMIT, ChangeBatch
+from storage.feed import BATCH_LIMIT, ChangeBatch, changes_of
 from storage.observers import transaction_aborted
 from storage.repository import (
     AccountChange,
-    AccountMutation,
     Applied,
     HistoryEntry,
-    IdempotencyConflict,
-    IdempotencyKey,
     StoreUnavailable,
     household_membership,
 )
-from storage.rows import dump_response, integer, load_response, utc
 from storage.spanner import changes, mutations, queries, schema
 from storage.spanner.client import DatabasePath, SchemaNotReady, database_handle, store_call
 from storage.spanner.codec import CODEC
@@ -47,7 +44,7 @@ MAX_ABORT_RETRY_DELAY = 0.5
 T = TypeVar("T")
 
 
-class SpannerRepository:
+class SpannerRepository(AppliesWrites):
     """An AccountRepository on one Cloud Spanner (or emulator) database.
 
     `path` is `projects/P/instances/I/databases/D` (a spanner:// URL is accepted too).
@@ -120,60 +117,18 @@ class SpannerRepository:
             desired = change(current)
             stored = dataclasses.replace(desired, user_id=user_id, version=current.version + 1)
             mutations.write_account(transaction, current, stored)
+            changes.publish(transaction, user_id, changes_of(current, stored))
             return stored
 
         with self._call("update") as database:
             return self._transact(database, work, "update")
 
-    def apply(
-        self,
-        user_id: str,
-        key: IdempotencyKey,
-        mutate: AccountMutation,
-        recorded_at: datetime,
-    ) -> Applied:
-        recorded = utc(recorded_at)  # a naive time fails before any transaction
-        tag = _tag(f"apply-{key.kind}")
-
-        def work(transaction: Transaction) -> Applied:
-            row = queries.first_row(
-                transaction.execute_sql(
-                    queries.APPLY_READ_QUERY.sql,
-                    params={"user_id": user_id, "kind": key.kind, "request_id": key.id},
-                    param_types=queries.APPLY_PARAM_TYPES,
-                    request_options={"request_tag": f"{tag}-read"},
-                    timeout=remaining(),
-                )
-            )
-            current = queries.account(user_id, row)
-            seen = queries.replay(row)
-            if seen is not None:
-                fingerprint, response, version = seen
-                if fingerprint != key.fingerprint:
-                    raise IdempotencyConflict(f"{key.kind} id reused with another request")
-                return Applied(current, integer(version), load_response(response), replayed=True)
-            # Whatever `mutate` raises rolls back and propagates unchanged.
-            mutation = mutate(current)
-            response = dump_response(mutation.response)
-            if mutation.state is None and current.version > 0:
-                # No change: the key is kept at the current version, nothing else written
-                # (history rows are keyed by version: none may be added to an old one).
-                mutations.write_request(
-                    transaction, user_id, key, response, current.version, recorded
-                )
-                return Applied(current, current.version, load_response(response), replayed=False)
-            # A user never stored needs their row to keep the key with: stored unchanged.
-            desired = current if mutation.state is None else mutation.state
-            version = current.version + 1
-            stored = dataclasses.replace(desired, user_id=user_id, version=version)
-            mutations.write_account(transaction, current, stored)
-            mutations.write_request(transaction, user_id, key, response, version, recorded)
-            mutations.append_history(transaction, user_id, mutation.history, version, recorded)
-            # Through JSON, like a replay, so the first answer and its replays are equal.
-            return Applied(stored, version, load_response(response), replayed=False)
-
+    def _run_write(self, write: IdempotentWrite) -> Applied:
+        tag = _tag(f"apply-{write.key.kind}")
         with self._call(tag) as database:
-            return self._transact(database, work, tag)
+            return self._transact(
+                database, lambda transaction: write.run(mutations.Write(transaction, tag)), tag
+            )
 
     def history(self, user_id: str) -> list[HistoryEntry]:
         with self._call("history") as database, database.snapshot() as snapshot:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
 from service.domain.account import AccountState, Household
+from storage.apply import KeptRequest, Replay
 from storage.feed import Change, ChangeBatch
 from storage.repository import (
-    HistoryDraft,
     HistoryEntry,
     IdempotencyKey,
     household_membership,
@@ -27,7 +26,9 @@ from storage.rows import (
     USER_ID,
     USERS,
     ChildTable,
+    integer,
     names,
+    text,
 )
 from storage.sqlite.codec import CODEC
 
@@ -141,40 +142,31 @@ def write_account(connection: sqlite3.Connection, account: AccountState) -> None
 # -- processed requests and history ------------------------------------------------------
 
 
-def read_replay(
-    connection: sqlite3.Connection, user_id: str, key: IdempotencyKey
-) -> Sequence[Any] | None:
-    """The (fingerprint, response, version) kept for the user's request `key`, if any."""
-    row: Sequence[Any] | None = connection.execute(
-        _SELECT_REPLAY, (user_id, key.kind, key.id)
-    ).fetchone()
-    return row
+class Write:
+    """The WriteTransaction (storage.apply) of one write transaction on `connection`."""
 
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
 
-def write_request(
-    connection: sqlite3.Connection,
-    user_id: str,
-    key: IdempotencyKey,
-    response: str,
-    version: int,
-    recorded_at: datetime,
-) -> None:
-    connection.execute(
-        _INSERT_REQUEST, (user_id, *CODEC.request_row(key, response, version, recorded_at))
-    )
+    def read(self, user_id: str, key: IdempotencyKey) -> tuple[AccountState, Replay | None]:
+        row = self._connection.execute(_SELECT_REPLAY, (user_id, key.kind, key.id)).fetchone()
+        seen = None if row is None else Replay(text(row[0]), text(row[1]), integer(row[2]))
+        return read_account(self._connection, user_id), seen
 
+    def write_account(self, current: AccountState, stored: AccountState) -> None:
+        write_account(self._connection, stored)
 
-def append_history(
-    connection: sqlite3.Connection,
-    user_id: str,
-    drafts: Sequence[HistoryDraft],
-    version: int,
-    recorded_at: datetime,
-) -> None:
-    connection.executemany(
-        _INSERT_HISTORY,
-        [(user_id, *CODEC.history_row(draft, version, recorded_at)) for draft in drafts],
-    )
+    def publish(self, user_id: str, changes: Sequence[Change]) -> None:
+        publish_changes(self._connection, changes)
+
+    def keep_request(self, user_id: str, request: KeptRequest) -> None:
+        row = CODEC.request_row(request.key, request.response, request.version, request.recorded_at)
+        self._connection.execute(_INSERT_REQUEST, (user_id, *row))
+
+    def append_history(self, user_id: str, entries: Sequence[HistoryEntry]) -> None:
+        self._connection.executemany(
+            _INSERT_HISTORY, [(user_id, *CODEC.history_row(entry)) for entry in entries]
+        )
 
 
 def read_history(connection: sqlite3.Connection, user_id: str) -> list[HistoryEntry]:

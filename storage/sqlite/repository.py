@@ -7,25 +7,20 @@ import dataclasses
 import os
 import sqlite3
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 from service.domain.account import AccountState, UserState
+from storage.apply import AppliesWrites, IdempotentWrite
 from storage.feed import BATCH_LIMIT, ChangeBatch, changes_of
 from storage.repository import (
     AccountChange,
-    AccountMutation,
     Applied,
     HistoryEntry,
-    IdempotencyConflict,
-    IdempotencyKey,
     StoreUnavailable,
     household_membership,
 )
-from storage.rows import dump_response, integer, load_response
 from storage.sqlite import queries, schema
-from storage.sqlite.codec import encode_ts
 from storage.sqlite.connection import (
     DEFAULT_BUSY_TIMEOUT_MS,
     Connections,
@@ -46,7 +41,7 @@ T = TypeVar("T")
 MIN_FREE_BYTES = 256 * 1024
 
 
-class SqliteRepository:
+class SqliteRepository(AppliesWrites):
     """An AccountRepository on one SQLite database file.
 
     `create=True` (the explicit creating step: `entitlements migrate`, `seed-demo`, the
@@ -120,45 +115,9 @@ class SqliteRepository:
 
         return self._write(write)
 
-    def apply(
-        self,
-        user_id: str,
-        key: IdempotencyKey,
-        mutate: AccountMutation,
-        recorded_at: datetime,
-    ) -> Applied:
-        encode_ts(recorded_at)  # a naive time fails before any transaction
-
-        def write(connection: sqlite3.Connection) -> Applied:
-            seen = queries.read_replay(connection, user_id, key)
-            current = queries.read_account(connection, user_id)
-            if seen is not None:
-                fingerprint, response, version = seen
-                if fingerprint != key.fingerprint:
-                    raise IdempotencyConflict(f"{key.kind} id reused with another request")
-                # Writes nothing; committed all the same.
-                return Applied(current, integer(version), load_response(response), replayed=True)
-            # Whatever `mutate` raises propagates unchanged (and rolls back).
-            mutation = mutate(current)
-            response = dump_response(mutation.response)
-            if mutation.state is None and current.version > 0:
-                # No change: the key is kept at the current version, nothing else written.
-                queries.write_request(
-                    connection, user_id, key, response, current.version, recorded_at
-                )
-                return Applied(current, current.version, load_response(response), replayed=False)
-            # A user never stored needs their row to keep the key with: stored unchanged.
-            desired = current if mutation.state is None else mutation.state
-            version = current.version + 1
-            stored = dataclasses.replace(desired, user_id=user_id, version=version)
-            queries.write_account(connection, stored)
-            queries.publish_changes(connection, changes_of(current, stored))
-            queries.write_request(connection, user_id, key, response, version, recorded_at)
-            queries.append_history(connection, user_id, mutation.history, version, recorded_at)
-            # Through JSON, like a replay, so the first answer and its replays are equal.
-            return Applied(stored, version, load_response(response), replayed=False)
-
-        return self._write(write)
+    def _run_write(self, write: IdempotentWrite) -> Applied:
+        # A replay writes nothing; committed all the same.
+        return self._write(lambda connection: write.run(queries.Write(connection)))
 
     def history(self, user_id: str) -> list[HistoryEntry]:
         return self._read(lambda connection: queries.read_history(connection, user_id))
