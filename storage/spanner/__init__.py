@@ -41,8 +41,9 @@ one locality group.
 Modules: repository.py (SpannerRepository), queries.py (the queries and reading their
 results), mutations.py (the writes, and the transaction storage.apply writes through),
 changes.py (the change feed), codec.py (Spanner's names and values for the rows of
-storage.rows), client.py (handles, budgets, errors), schema.py (migrations and `migrate`). Running an emulator for tests and benchmarks is
-in testing/, which is not part of the installed package.
+storage.rows), client.py (handles, budgets, errors), schema.py (migrations and `migrate`).
+Running an emulator for tests and benchmarks is in testing/, which is not part of the
+installed package.
 """
 
 from storage.spanner.client import URL_PREFIX, DatabasePath, SchemaNotReady
