@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version",
         action="version",
-        version=f"entitlements {server_version()} (API {API_VERSION})",
+        version=f"entitlements {server_version()} (API {API_VERSION} {service.API_VERSION})",
         help="print the version of the server and CLI, and of the API it serves",
     )
     commands = parser.add_subparsers(

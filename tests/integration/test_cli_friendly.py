@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+import service
 from entitlements.v1 import entitlement_service_pb2, entitlement_service_pb2_grpc
 from service.cli.parser import build_parser
 from service.grpc_api.auth import bearer_metadata
@@ -76,7 +77,7 @@ def test_consistency_token_and_credential_are_told_apart(served: Served) -> None
 def test_version() -> None:
     out = run_cli("--version", cwd=Path.cwd()).stdout.strip()
     version = metadata.version("entitlement-offer-service")
-    assert out == f"entitlements {version} (API entitlements.v1)"
+    assert out == f"entitlements {version} (API entitlements.v1 {service.API_VERSION})"
 
 
 def test_json_on_every_client_command(served: Served) -> None:
