@@ -35,9 +35,12 @@ class IdempotencyConflict(StoreError):
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyKey:
-    """Identifies one write request of a user: `kind` is the RPC family ("event", "grant",
-    "revoke", "redeem"), `id` the client-supplied event or request id, `fingerprint` a
-    digest of the request's content, so that a reused id with other content is caught."""
+    """Identifies one write request of a user: `kind` names the write, one per write use
+    case and per step of a write spanning two users ("event", "grant", "revoke", "redeem",
+    "household_create", "household_seat", "household_join"... and "student_verify"; the
+    use cases choose them), `id` the client-supplied event or request id, unique within its
+    kind, `fingerprint` a digest of the request's content, so that a reused id with other
+    content is caught."""
 
     kind: str
     id: str

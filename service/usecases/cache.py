@@ -1,7 +1,8 @@
 """The in-process cache of user state, with memoised entitlement decisions.
 
-A cachetools LRU bounded by entries; each entry carries its own freshness deadline
-(LRUCache lookups cost ~0.3 us against ~2-3 us for TTLCache, see shared/NOTES.md).
+A cachetools LRU bounded by entries; each entry carries its own freshness deadline (a
+TTLCache lookup costs five to ten times an LRUCache's: its timer and expiry bookkeeping are
+pure Python; `make bench-micro` measures this cache's lookup, benchmarks/micro).
 Writes made through other processes reach the cache through the change feed
 (service.usecases.freshness calls `drop` and `expire_all`); cached *state* is kept at
 most `ttl_seconds` all the same, a safety net for a change the feed could not deliver.
