@@ -18,6 +18,11 @@ PROTOC := $(BIN)/python -m grpc_tools.protoc -I protos \
 # pip-compile of pyproject.toml with all its extras (docs/DEVELOPMENT.md, "Dependencies"). After changing
 # the dependencies in pyproject.toml: `make lock`, then `make setup`.
 LOCK := requirements-lock.txt
+# The image's lock (deploy/Dockerfile): only [project] dependencies, at the versions of $(LOCK)
+# (pip-compile starts from a copy of it and keeps every pin that still applies), with hashes.
+# A constraints file with hashes cannot stand in for it: pip then demands a hash for every
+# requirement (issue 25). tests/test_dependencies.py checks the two agree.
+RUNTIME_LOCK := requirements-runtime-lock.txt
 # `make setup` installs only when pyproject.toml or the lock is newer than this stamp.
 SETUP_STAMP := $(VENV)/.setup-stamp
 
@@ -39,7 +44,7 @@ $(SETUP_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 		echo "$(LOCK) does not satisfy pyproject.toml: run make lock"; exit 1; }
 	touch $@
 
-# Regenerates the lock from pyproject.toml, keeping the locked versions that still satisfy
+# Regenerates the locks from pyproject.toml, keeping the locked versions that still satisfy
 # it. LOCK_ARGS=--upgrade moves every package to its newest allowed version,
 # LOCK_ARGS='--upgrade-package NAME' one package.
 LOCK_ARGS ?=
@@ -48,6 +53,10 @@ lock: | $(BIN)/python
 	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --extra dev --extra bench \
 		--strip-extras --allow-unsafe --generate-hashes --no-emit-index-url \
 		--no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml
+	cp $(LOCK) $(RUNTIME_LOCK)
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --strip-extras --allow-unsafe \
+		--generate-hashes --no-emit-index-url --no-emit-find-links --output-file $(RUNTIME_LOCK) \
+		pyproject.toml
 
 # The development credentials go beside the database (ENTITLEMENTS_DATA_DIR).
 run: setup
@@ -62,6 +71,12 @@ run-spanner-emulator: setup
 
 test: setup interop-deps
 	$(BIN)/python -m pytest -q
+
+# The tests marked slow, left out of `make test` (pyproject.toml): the Dockerfile's install
+# steps in a fresh venv (~40 s, packages from the pip index).
+.PHONY: test-slow
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 # A long, bounded fuzz run of every RPC through a real server (the default suite runs a
 # short one). FUZZ_EXAMPLES per RPC; pytest-timeout bounds the whole run.

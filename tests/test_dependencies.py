@@ -38,6 +38,8 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
 LOCK = ROOT / "requirements-lock.txt"
+# The image's lock (deploy/Dockerfile): the runtime dependencies only, at LOCK's versions.
+RUNTIME_LOCK = ROOT / "requirements-runtime-lock.txt"
 
 # Code that ships (the wheel, and the image's probe): only [project] dependencies.
 SHIPPED_ROOTS = ("service", "storage", "generated", "deploy")
@@ -72,10 +74,10 @@ def all_requirements() -> list[Requirement]:
     return runtime_requirements() + [r for rs in extra_requirements().values() for r in rs]
 
 
-def locked_pins() -> dict[str, tuple[Version, str | None]]:
+def locked_pins(lock: Path = LOCK) -> dict[str, tuple[Version, str | None]]:
     """The lock's pins: canonical name -> (version, environment marker or None)."""
     pins: dict[str, tuple[Version, str | None]] = {}
-    for line in LOCK.read_text(encoding="utf-8").splitlines():
+    for line in lock.read_text(encoding="utf-8").splitlines():
         match = LOCK_PIN.match(line)
         if match:
             name, version, marker = match.groups()
@@ -213,11 +215,66 @@ def test_the_lock_pins_every_requirement_at_an_allowed_version() -> None:
 def test_the_lock_has_a_hash_for_every_pin() -> None:
     # `pip install -r` checks hashes only when every requirement has one (pip-compile
     # --generate-hashes): a hand-added pin without one would switch the check off.
-    text = LOCK.read_text(encoding="utf-8")
-    blocks = re.split(r"\n(?=[A-Za-z0-9])", text)
-    unhashed = [b.split()[0] for b in blocks if LOCK_PIN.match(b.split("\n")[0] + " \\")
-                and "--hash=sha256:" not in b]  # fmt: skip
-    assert not unhashed, f"pins without --hash in {LOCK.name}: {unhashed}"
+    for lock in (LOCK, RUNTIME_LOCK):
+        blocks = re.split(r"\n(?=[A-Za-z0-9])", lock.read_text(encoding="utf-8"))
+        pinned = [b for b in blocks if LOCK_PIN.match(b.split("\n")[0])]
+        assert len(pinned) == len(locked_pins(lock)), f"{lock.name}: some pins are not seen"
+        unhashed = [b.split()[0] for b in pinned if "--hash=sha256:" not in b]
+        assert not unhashed, f"pins without --hash in {lock.name}: {unhashed}"
+
+
+def locked_hashes(lock: Path) -> dict[str, frozenset[str]]:
+    """Each pin's hashes: canonical name -> {"sha256:..."}."""
+    hashes: dict[str, frozenset[str]] = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", lock.read_text(encoding="utf-8")):
+        match = LOCK_PIN.match(block.split("\n")[0])
+        if match:
+            found = re.findall(r"--hash=(sha256:[0-9a-f]+)", block)
+            hashes[canonicalize_name(match.group(1))] = frozenset(found)
+    return hashes
+
+
+PROJECT = "entitlement-offer-service"
+
+
+def locked_reasons(lock: Path) -> dict[str, set[str]]:
+    """Each pin's "# via" notes: canonical name -> the names that require it."""
+    reasons: dict[str, set[str]] = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", lock.read_text(encoding="utf-8")):
+        match = LOCK_PIN.match(block.split("\n")[0])
+        if match:
+            via = re.findall(r"#\s+(?:via\s+)?([A-Za-z0-9][A-Za-z0-9._-]*)", block)
+            names: set[str] = {canonicalize_name(v) for v in via if v != "via"}
+            reasons[canonicalize_name(match.group(1))] = names
+    return reasons
+
+
+def test_the_runtime_lock_is_the_lock_cut_to_the_runtime_dependencies() -> None:
+    """The image installs requirements-runtime-lock.txt (`make lock` writes both): the same
+    versions and hashes as the full lock, every [project] dependency, no extra's."""
+    full, runtime = locked_pins(), locked_pins(RUNTIME_LOCK)
+    full_hashes, runtime_hashes = locked_hashes(LOCK), locked_hashes(RUNTIME_LOCK)
+    problems = []
+    for name, (version, marker) in sorted(runtime.items()):
+        if name not in full:
+            problems.append(f"{name}: not in {LOCK.name}")
+        elif full[name] != (version, marker):
+            problems.append(f"{name}: {version} here, {full[name][0]} in {LOCK.name}")
+        elif not runtime_hashes[name] or runtime_hashes[name] != full_hashes[name]:
+            problems.append(f"{name}: hashes differ from {LOCK.name}")
+    for requirement in runtime_requirements():
+        name = canonicalize_name(requirement.name)
+        if name not in runtime:
+            problems.append(f"{requirement}: not in {RUNTIME_LOCK.name}")
+    # Each pin is there for the project or for another pin of this lock (pip-compile's
+    # "# via" notes), never for an extra (a test tool in the image).
+    direct = {canonicalize_name(r.name) for r in runtime_requirements()}
+    for name, reasons in sorted(locked_reasons(RUNTIME_LOCK).items()):
+        if not reasons & ({PROJECT} | set(runtime)):
+            problems.append(f"{name}: there for {sorted(reasons)}, not the runtime")
+        if PROJECT in reasons and name not in direct:
+            problems.append(f"{name}: not a [project] dependency (an extra's?)")
+    assert not problems, f"run `make lock` ({RUNTIME_LOCK.name} is stale):\n" + "\n".join(problems)
 
 
 def test_the_venv_holds_the_locked_versions() -> None:

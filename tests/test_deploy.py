@@ -10,7 +10,9 @@ Identity. deploy/healthcheck.py is run against a real server."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -380,6 +382,110 @@ def test_dockerfile_copies_only_files_that_exist() -> None:
             *sources, _destination = arguments.split()
             for source in sources:
                 assert (ROOT / source).exists(), source
+
+
+def _build_stage() -> list[tuple[str, str]]:
+    """The instructions of the stage named "build", its FROM excluded."""
+    instructions = _dockerfile_instructions()
+    (start,) = (
+        index
+        for index, (keyword, arguments) in enumerate(instructions)
+        if keyword == "FROM" and arguments.split()[-1] == "build"
+    )
+    end = next(
+        (i for i in range(start + 1, len(instructions)) if instructions[i][0] == "FROM"),
+        len(instructions),
+    )
+    return instructions[start + 1 : end]
+
+
+# An absolute path in a RUN command (not the second slash of "//", not after "scheme:").
+_ABSOLUTE_PATH = re.compile(r"(?<![\w./:-])/(?=[A-Za-z])")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dockerfile_build_stage_installs_in_a_fresh_venv(tmp_path: Path) -> None:
+    """The build stage's own steps, read from the Dockerfile and run in order here: its ENV,
+    WORKDIR, COPY and RUN, every absolute path moved under a scratch root, `python` the
+    base interpreter (as in the python image). No image can be built on these machines, so
+    this is what proves the image's install works (issue 25: a constraints file with hashes
+    made pip demand hashes for every requirement). Packages come from the machine's pip
+    configuration, as a build's would from its index."""
+    root = tmp_path / "root"
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "python").symlink_to(Path(sys.base_prefix) / "bin" / "python3")
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(
+        [str(shim), *(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)]
+    )
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"}
+    }
+    env["PATH"] = path
+    workdir = root
+    root.mkdir()
+    ran = []
+    for keyword, arguments in _build_stage():
+        if keyword == "ENV":
+            env.update(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\S+)", arguments))
+        elif keyword == "WORKDIR":
+            workdir = root / arguments.lstrip("/")
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif keyword == "COPY":
+            *sources, destination = arguments.split()
+            target = (
+                root / destination.lstrip("/")
+                if destination.startswith("/")
+                else (workdir / destination)
+            )
+            for source in sources:
+                origin = ROOT / source
+                if origin.is_dir():  # Docker copies a folder's contents
+                    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+                    shutil.copytree(origin, target, ignore=ignore, dirs_exist_ok=True)
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(origin, target / origin.name)
+        elif keyword == "RUN":
+            command = _ABSOLUTE_PATH.sub(f"{root}/", arguments)
+            result = subprocess.run(
+                ["sh", "-c", command],
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+            assert result.returncode == 0, f"RUN {arguments}\n{result.stdout}\n{result.stderr}"
+            ran.append(arguments)
+    assert any("pip install" in command for command in ran), ran
+    venv = root / "opt" / "venv"
+    # The image's venv: the service and its runtime dependencies, no development tools.
+    version = subprocess.run(
+        [str(venv / "bin" / "entitlements"), "--version"],
+        cwd=tmp_path,
+        env={**env, "PATH": f"{venv / 'bin'}{os.pathsep}{path}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert version.returncode == 0, version.stderr
+    probe = "import grpc, google.cloud.spanner, uvloop, service.grpc_api.server; import pytest"
+    missing_dev = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "No module named 'pytest'" in missing_dev.stderr, missing_dev.stderr
 
 
 # --- the health probe ---------------------------------------------------------------------
