@@ -30,14 +30,9 @@ from datetime import datetime
 from typing import Protocol
 
 from service.domain.account import AccountState
+from service.domain.errors import IdempotencyConflict
 from storage.feed import Change, changes_of
-from storage.repository import (
-    AccountMutation,
-    Applied,
-    HistoryEntry,
-    IdempotencyConflict,
-    IdempotencyKey,
-)
+from storage.repository import AccountMutation, Applied, HistoryEntry, IdempotencyKey
 from storage.rows import dump_response, load_response, utc
 
 

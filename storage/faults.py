@@ -9,7 +9,8 @@ import threading
 from datetime import datetime
 
 from service.domain.account import AccountState, UserState
-from storage.deadline import DeadlineExceeded, remaining
+from service.domain.deadlines import store_seconds_left
+from service.domain.errors import DeadlineExceeded, StoreUnavailable
 from storage.feed import BATCH_LIMIT, ChangeBatch, ChangeFeed
 from storage.repository import (
     AccountChange,
@@ -18,7 +19,6 @@ from storage.repository import (
     Applied,
     HistoryEntry,
     IdempotencyKey,
-    StoreUnavailable,
     check_store,
 )
 
@@ -51,7 +51,7 @@ class FaultInjectingRepository:
         delay = self.delay_seconds
         if delay <= 0:
             return
-        budget = remaining()
+        budget = store_seconds_left()
         if budget is not None and budget < delay:
             self._wake.wait(budget)
             raise DeadlineExceeded("injected store delay outlived the call's budget")

@@ -36,9 +36,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from storage.deadline import DeadlineExceeded, deadline_in, remaining
+from service.domain.deadlines import store_seconds_left, within_store_deadline
+from service.domain.errors import DeadlineExceeded, StoreUnavailable
 from storage.feed import BATCH_LIMIT, Change, ChangeBatch, ChangeFeed
-from storage.repository import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class FeedRelay:
             self.store_reads += 1
             self._on_read()
             try:
-                with deadline_in(self._timeout):
+                with within_store_deadline(self._timeout):
                     if position is None:
                         position = self._feed.feed_position()
                         batch = ChangeBatch((), position)
@@ -255,7 +255,7 @@ class RelayedFeed:
         return str(self._call({"op": "position"})["position"])
 
     def read_changes(self, after: str, limit: int = BATCH_LIMIT) -> ChangeBatch:
-        left = remaining()
+        left = store_seconds_left()
         # The relay must answer before this call's budget ends, with time to spare.
         wait = self._wait if left is None else max(0.0, min(self._wait, left / 2))
         answer = self._call({"op": "read", "after": after, "limit": limit, "wait": wait})
@@ -269,7 +269,7 @@ class RelayedFeed:
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             try:
-                left = remaining()
+                left = store_seconds_left()
                 if self._socket is None:
                     self._connect()
                 assert self._socket is not None
@@ -291,7 +291,7 @@ class RelayedFeed:
     def _connect(self) -> None:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            connection.settimeout(remaining())
+            connection.settimeout(store_seconds_left())
             connection.connect(self._path)
         except BaseException:
             connection.close()

@@ -21,18 +21,6 @@ from service.domain.account import AccountState, HouseholdMembership, HouseholdR
 AccountChange = Callable[[AccountState], AccountState]
 
 
-class StoreError(Exception):
-    """Base class of storage failures the service maps to gRPC statuses."""
-
-
-class StoreUnavailable(StoreError):
-    """The store cannot be reached or did not answer in time; the caller may retry."""
-
-
-class IdempotencyConflict(StoreError):
-    """An idempotency key was used before with a different request (ALREADY_EXISTS)."""
-
-
 @dataclass(frozen=True, slots=True)
 class IdempotencyKey:
     """Identifies one write request of a user: `kind` names the write, one per write use

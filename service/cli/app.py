@@ -12,10 +12,10 @@ from service.cli.errors import UsageError
 from service.cli.parser import build_parser
 from service.cli.preflight import StoreConfigurationError
 from service.config import SettingsError
+from service.domain.errors import StoreError
 from service.grpc_api.auth import CredentialsError
 from service.grpc_api.ports import AddressUnavailable
 from service.grpc_api.workers import WorkerStartError
-from storage.repository import StoreError
 from storage.urls import UnsupportedStorageUrl
 
 # What the operator or the command line got wrong: `error: ...`, exit status 2. Anything

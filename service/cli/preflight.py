@@ -16,8 +16,8 @@ import sqlite3
 
 from service.catalog import load_catalog
 from service.config import Settings
+from service.domain.errors import StoreError
 from service.grpc_api.auth import CredentialsError, load_credentials
-from storage.repository import StoreError
 from storage.urls import SPANNER_PREFIX, UnsupportedStorageUrl, open_repository
 
 

@@ -1,5 +1,6 @@
-"""Error mapping: use-case errors become gRPC statuses with google.rpc details
-(BadRequest, ErrorInfo, PreconditionFailure); internals never reach the caller."""
+"""Error mapping: each kind of error of the service (service.domain.errors) becomes a
+gRPC status, with google.rpc details (BadRequest, ErrorInfo, PreconditionFailure) where
+the kind has them; internals never reach the caller (each error's public message)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,10 @@ import time
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service.domain.errors import InvalidRequest, NotFound, PreconditionFailed
-from service.usecases.watch import TooManyWatches, WatchClosed
-from storage.deadline import DeadlineExceeded
-from storage.repository import IdempotencyConflict, StoreUnavailable
+from service.domain.errors import ErrorKind, InvalidRequest, PreconditionFailed, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -79,55 +77,60 @@ def _with_details(code: int, message: str, *details: Message) -> ErrorStatus:
     return ErrorStatus(status.code, status.details, tuple(status.trailing_metadata))
 
 
+# The status of each kind of error (service.domain.errors draws the tree).
+STATUS_OF_KIND: dict[ErrorKind, grpc.StatusCode] = {
+    ErrorKind.INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.ID_REUSED: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorKind.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
+}
+
+
 def status_for(error: Exception) -> ErrorStatus | None:
-    """The status a use-case error is answered with; None for an unexpected error (a bug,
-    answered by the caller of this function without revealing anything)."""
+    """The status an error of the service is answered with; None for any other error (a
+    bug, answered by the caller of this function without revealing anything)."""
+    if not isinstance(error, ServiceError):
+        return None
+    code = STATUS_OF_KIND[error.kind]
+    if error.kind is ErrorKind.STORE_UNAVAILABLE:
+        _log_store_failure(error)
+    details = _details_of(error)
+    if not details:
+        return ErrorStatus(code, error.public_message)
+    return _with_details(code.value[0], error.public_message, *details)
+
+
+def _details_of(error: ServiceError) -> tuple[Message, ...]:
+    """The google.rpc details of the errors that carry some."""
     if isinstance(error, InvalidRequest):
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
-                )
-                for v in error.violations[:MAX_REPORTED_VIOLATIONS]
-            ]
-        )
-        return _with_details(code_pb2.INVALID_ARGUMENT, str(error), bad_request)
+        field_violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in error.violations[:MAX_REPORTED_VIOLATIONS]
+        ]
+        return (error_details_pb2.BadRequest(field_violations=field_violations),)
     if isinstance(error, PreconditionFailed):
         reason = error.reason.name
-        return _with_details(
-            code_pb2.FAILED_PRECONDITION,
-            str(error),
+        violation = error_details_pb2.PreconditionFailure.Violation(
+            type=reason, subject=error.subject, description=error.description
+        )
+        return (
             error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN),
-            error_details_pb2.PreconditionFailure(
-                violations=[
-                    error_details_pb2.PreconditionFailure.Violation(
-                        type=reason, subject=error.subject, description=error.description
-                    )
-                ]
-            ),
+            error_details_pb2.PreconditionFailure(violations=[violation]),
         )
-    if isinstance(error, TooManyWatches):
-        return ErrorStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-    if isinstance(error, WatchClosed):
-        return ErrorStatus(grpc.StatusCode.UNAVAILABLE, str(error))
-    if isinstance(error, NotFound):
-        return ErrorStatus(grpc.StatusCode.NOT_FOUND, str(error))
-    if isinstance(error, IdempotencyConflict):
-        return ErrorStatus(
-            grpc.StatusCode.ALREADY_EXISTS, "this id was already used for a different request"
+    return ()
+
+
+def _log_store_failure(error: ServiceError) -> None:
+    """One line per interval at most (see STORE_FAILURE_LOG_INTERVAL_SECONDS)."""
+    suppressed = _store_failures.admit()
+    if suppressed is not None:
+        log.warning(
+            "store unavailable: %s (%d more such RPC failures not logged in the last %g s)",
+            error,
+            suppressed,
+            STORE_FAILURE_LOG_INTERVAL_SECONDS,
         )
-    if isinstance(error, DeadlineExceeded):
-        return ErrorStatus(
-            grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before an answer"
-        )
-    if isinstance(error, StoreUnavailable):
-        suppressed = _store_failures.admit()
-        if suppressed is not None:
-            log.warning(
-                "store unavailable: %s (%d more such RPC failures not logged in the last %g s)",
-                error,
-                suppressed,
-                STORE_FAILURE_LOG_INTERVAL_SECONDS,
-            )
-        return ErrorStatus(grpc.StatusCode.UNAVAILABLE, "the account store is unavailable")
-    return None

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import grpc
 from google.protobuf.message import DecodeError
 
+from service.domain.deadlines import within_rpc_deadline
 from service.grpc_api.audit import AuditLog, request_id_of
 from service.grpc_api.auth.authentication import Authenticator, current_principal_var
 from service.grpc_api.auth.credentials import Principal
@@ -44,7 +45,6 @@ from service.grpc_api.auth.policy import (
 )
 from service.grpc_api.errors import status_for
 from service.grpc_api.logs import request_id_var, trace_id_var
-from service.usecases.deadlines import rpc_deadline_in
 
 if TYPE_CHECKING:  # imported by the server only when tracing is on
     from service.grpc_api.tracing import RpcTracing
@@ -141,7 +141,7 @@ class RpcGuard:
                 budget = cap if remaining is None else min(cap, remaining)
                 current_principal_var.set(principal)  # the call's own task: no reset needed
                 try:
-                    with rpc_deadline_in(budget):
+                    with within_rpc_deadline(budget):
                         return await inner(request, context)
                 except Exception as error:  # mapped, or reported as INTERNAL
                     await _abort_for(error, context, method)

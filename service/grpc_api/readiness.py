@@ -8,9 +8,9 @@ import logging
 
 from grpc_health.v1 import health, health_pb2
 
+from service.domain.deadlines import within_store_deadline
 from service.grpc_api.auth import ENTITLEMENT_SERVICE, EVENT_SERVICE, OFFER_SERVICE
 from service.usecases.store_calls import StoreCalls
-from storage.deadline import deadline_in
 from storage.repository import AccountRepository, check_store
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class ReadinessMonitor:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def _check(self) -> None:
-        with deadline_in(self._store_timeout):
+        with within_store_deadline(self._store_timeout):
             check_store(self._repository, writable=True)
 
     async def _run(self) -> None:

@@ -19,9 +19,9 @@ from entitlements.v1 import (
     subscription_event_service_pb2,
     subscription_event_service_pb2_grpc,
 )
+from service.domain.deadlines import rpc_seconds_left
 from service.grpc_api import convert
 from service.usecases.change_streams import ChangeStreams
-from service.usecases.deadlines import rpc_remaining
 from service.usecases.reads import ReadService
 from service.usecases.store_calls import StoreCalls
 from service.usecases.watch import WatchService
@@ -280,4 +280,4 @@ class SubscriptionEventServicer(
 
     async def _offload(self, write: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """A write runs in a store thread (the stores block), within the RPC's budget."""
-        return await self._store.run(rpc_remaining(), write, *args, **kwargs)
+        return await self._store.run(rpc_seconds_left(), write, *args, **kwargs)

@@ -41,13 +41,13 @@ from multiprocessing.context import ForkProcess
 
 from service.catalog import CatalogError
 from service.config import Settings, SettingsError
+from service.domain.errors import StoreError
 from service.grpc_api.audit import flush_audit_summaries
 from service.grpc_api.auth import CredentialsError
 from service.grpc_api.child_process import STOP_SIGNALS, describe_error, stop_when_parent_dies
 from service.grpc_api.cpus import available_cpus
 from service.grpc_api.feed_reader import FeedReader, FeedReaderStartError, relay_wanted
 from service.grpc_api.ports import AddressUnavailable, claim_port
-from storage.repository import StoreError
 from storage.urls import UnsupportedStorageUrl
 
 log = logging.getLogger(__name__)

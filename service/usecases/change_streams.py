@@ -27,9 +27,13 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 
-from service.domain.errors import FieldViolation, InvalidRequest
+from service.domain.errors import (
+    ChangeStreamsClosed,
+    FieldViolation,
+    InvalidRequest,
+    TooManyChangeStreams,
+)
 from service.usecases.tokens import issue_token
-from service.usecases.watch import TooManyWatches, WatchClosed
 from storage.feed import Change
 
 log = logging.getLogger(__name__)
@@ -44,14 +48,6 @@ MAX_CHANGES_PER_MESSAGE = 1_000
 MAX_POSITION_LENGTH = 256
 # A stream that sent nothing for this long sends a heartbeat (while the feed is followed).
 HEARTBEAT_SECONDS = 1.0
-
-
-class TooManyChangeStreams(TooManyWatches):
-    """This worker holds as many open change streams as it may (RESOURCE_EXHAUSTED)."""
-
-
-class ChangeStreamsClosed(WatchClosed):
-    """The server is shutting down: resume on another server (UNAVAILABLE)."""
 
 
 @dataclass(frozen=True, slots=True)

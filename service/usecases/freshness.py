@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from service.domain.deadlines import within_store_deadline
 from service.usecases.cache import UserStateCache
 from service.usecases.store_calls import StoreCalls
-from storage.deadline import deadline_in
 from storage.feed import BATCH_LIMIT, Change, ChangeBatch, ChangeFeed
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class FeedFollower:
         try:
             # The deadline travels into the store thread (its context is copied): the
             # call ends there too, never holding a store thread past its budget.
-            with deadline_in(self._timeout):
+            with within_store_deadline(self._timeout):
                 batch = await self._read()
         except Exception as error:  # whatever the store raised: the feed is not readable
             self._failed(error)

@@ -13,13 +13,14 @@ from typing import Generic, TypeVar
 
 from service.domain.account import UserState
 from service.domain.catalog import Catalog
+from service.domain.deadlines import StoreBudget, store_budget
 from service.domain.decisions import (
     EntitlementDecision,
     OfferDecisions,
     decide_entitlement,
     decide_offers,
 )
-from service.domain.errors import FieldViolation, InvalidRequest
+from service.domain.errors import DeadlineExceeded, FieldViolation, InvalidRequest, StoreUnavailable
 from service.domain.rules import Platform
 from service.domain.validation import (
     MAX_BATCH_QUERIES,
@@ -29,12 +30,10 @@ from service.domain.validation import (
 )
 from service.usecases.cache import CachedUser, UserStateCache
 from service.usecases.clock import Clock, utc_now
-from service.usecases.deadlines import StoreBudget, store_budget
 from service.usecases.single_flight import SingleFlight
 from service.usecases.store_calls import StoreCalls
 from service.usecases.tokens import ConsistencyToken, check_token, household_behind
-from storage.deadline import DeadlineExceeded
-from storage.repository import AccountRepository, StoreUnavailable
+from storage.repository import AccountRepository
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, Protocol, TypeVar
 
-from storage.deadline import DeadlineExceeded
+from service.domain.errors import DeadlineExceeded
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.domain.deadlines import rpc_seconds_left
 from service.domain.errors import FieldViolation, InvalidRequest
 from service.domain.validation import check_user_id
-from service.usecases.deadlines import rpc_remaining
 from service.usecases.store_calls import StoreCalls
 from storage.repository import AccountRepository, HistoryEntry
 
@@ -39,7 +39,7 @@ class SupportService:
         if violations:
             raise InvalidRequest(violations)
         # Blocking store calls: in a store thread, within the RPC's budget (like a write).
-        version, entries = await self._store.run(rpc_remaining(), self._read, user_id)
+        version, entries = await self._store.run(rpc_seconds_left(), self._read, user_id)
         limit = max_entries or DEFAULT_HISTORY_ENTRIES
         return UserHistory(version, entries[-limit:], len(entries))
 

@@ -19,14 +19,19 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 
 from service.domain.decisions import EntitlementDecision
-from service.domain.errors import DomainError, FieldViolation, InvalidRequest
+from service.domain.errors import (
+    DeadlineExceeded,
+    FieldViolation,
+    InvalidRequest,
+    StoreUnavailable,
+    TooManyWatches,
+    WatchClosed,
+)
 from service.domain.validation import check_feature_id, check_user_id
 from service.usecases.clock import Clock, utc_now
 from service.usecases.reads import ReadService, Snapshot
 from service.usecases.tokens import check_token, issue_token
-from storage.deadline import DeadlineExceeded
 from storage.feed import Change
-from storage.repository import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +41,6 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0
 # Wakes a little after a valid_until, so that the decision made then is the new one.
 AFTER_VALID_UNTIL_SECONDS = 0.005
-
-
-class TooManyWatches(DomainError):
-    """This worker holds as many open watches as it may (RESOURCE_EXHAUSTED)."""
-
-
-class WatchClosed(DomainError):
-    """The server is shutting down: the client should resume elsewhere (UNAVAILABLE)."""
 
 
 class WatchReason(enum.Enum):

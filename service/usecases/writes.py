@@ -15,11 +15,15 @@ from typing import Any
 
 from service.domain.account import AccountState, Grant, Store, Subscription, UserState
 from service.domain.catalog import Catalog
+from service.domain.deadlines import StoreBudget, store_budget
 from service.domain.errors import (
+    DeadlineExceeded,
     FieldViolation,
+    IdempotencyConflict,
     InvalidRequest,
     PreconditionFailed,
     PreconditionReason,
+    StoreUnavailable,
 )
 from service.domain.events import (
     EventOutcome,
@@ -42,18 +46,14 @@ from service.domain.rules import Platform
 from service.domain.validation import check_id, check_market, check_user_id
 from service.usecases.cache import UserStateCache
 from service.usecases.clock import Clock, utc_now
-from service.usecases.deadlines import StoreBudget, store_budget
 from service.usecases.tokens import issue_token
-from storage.deadline import DeadlineExceeded
 from storage.repository import (
     AccountMutation,
     AccountRepository,
     Applied,
     HistoryDraft,
-    IdempotencyConflict,
     IdempotencyKey,
     Mutation,
-    StoreUnavailable,
 )
 
 

@@ -24,7 +24,7 @@ one locality group.
 - Every write that stores a user's state publishes its changes (storage.feed) to the
   UserChanges table in the same transaction, with the commit timestamp; `read_changes`
   reads them back with strong reads of key ranges, exactly in commit order (changes.py).
-- Every call runs within the RPC's remaining budget (storage.deadline), or within
+- Every call runs within the RPC's remaining budget (service.domain.deadlines), or within
   `default_timeout` when the RPC set none, the client's own retries and session
   creation included: with Spanner unreachable a call fails (StoreUnavailable, or
   DeadlineExceeded when the RPC's deadline ran out) within its budget, and its thread

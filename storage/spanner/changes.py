@@ -50,9 +50,9 @@ from google.cloud.spanner_v1 import KeyRange, KeySet
 from google.cloud.spanner_v1.database import Database
 from google.cloud.spanner_v1.transaction import Transaction
 
-from storage.deadline import remaining
+from service.domain.deadlines import store_seconds_left
+from service.domain.errors import StoreUnavailable
 from storage.feed import Change, ChangeBatch
-from storage.repository import StoreUnavailable
 
 TABLE = "UserChanges"
 FEED_SHARDS = 16
@@ -166,7 +166,7 @@ def feed_position(database: Database, retention: timedelta) -> str:
             keyset=KeySet(ranges=[_range_after(recent, shard) for shard in _SHARDS]),
             limit=POSITION_SCAN_LIMIT,
             request_options={"request_tag": "feed-position"},
-            timeout=remaining(),
+            timeout=store_seconds_left(),
         )
         newest = max((nanos(row[0]) for row in results), default=0)
         read_nanos = _read_timestamp(results)
@@ -191,7 +191,7 @@ def read_changes(database: Database, after: str, limit: int, retention: timedelt
             keyset=KeySet(ranges=[_range_after(start, shard) for shard in _SHARDS]),
             limit=limit,
             request_options={"request_tag": "feed-read"},
-            timeout=remaining(),
+            timeout=store_seconds_left(),
         )
         rows = [list(row) for row in results]
         read_nanos = _read_timestamp(results)
@@ -239,7 +239,7 @@ def _read_each_shard(
                 keyset=KeySet(ranges=[_range_after(start, shard)]),
                 limit=limit,
                 request_options={"request_tag": "feed-read-backlog"},
-                timeout=remaining(),
+                timeout=store_seconds_left(),
             )
             rows.extend(list(row) for row in results)
     return rows

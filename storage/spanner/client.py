@@ -7,7 +7,7 @@ closed: `Database.close()` joins the multiplexed-session maintenance thread, whi
 take minutes (it sleeps in 10-minute steps); that thread is a daemon and the sessions
 expire on the server.
 
-Budget: a store call runs within the RPC's remaining time (storage.deadline), or within
+Budget: a store call runs within the RPC's remaining time (service.domain.deadlines), or within
 the repository's default when the RPC set none, and the whole of it does, the client's
 own retries and session creation included. Every data-plane Spanner RPC the client sends
 from the calling thread (queries, BeginTransaction, Commit, Rollback, session creation)
@@ -54,8 +54,8 @@ from google.cloud.spanner_v1.pool import BurstyPool
 from google.cloud.spanner_v1.services.spanner import SpannerClient
 from google.cloud.spanner_v1.services.spanner.transports.grpc import SpannerGrpcTransport
 
-from storage.deadline import DeadlineExceeded, deadline_in, remaining
-from storage.repository import StoreUnavailable
+from service.domain.deadlines import store_seconds_left, within_store_deadline
+from service.domain.errors import DeadlineExceeded, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class DatabasePath:
 def _rpc_budget() -> float | None:
     """The seconds a Spanner RPC may take now: what is left of the store call's budget."""
     try:
-        return remaining()
+        return store_seconds_left()
     except DeadlineExceeded:
         return _SPENT
 
@@ -123,7 +123,7 @@ def _budget_left() -> float | None:
     client's own background threads). Once it is spent, raises google-api-core's
     DeadlineExceeded, which the library takes as final: no retry, no restart."""
     try:
-        return remaining()
+        return store_seconds_left()
     except DeadlineExceeded:
         raise api_exceptions.DeadlineExceeded(  # type: ignore[no-untyped-call]
             "the store call's budget is spent: Spanner RPC not sent"
@@ -132,7 +132,7 @@ def _budget_left() -> float | None:
 
 def _budget_spent() -> bool:
     try:
-        remaining()
+        store_seconds_left()
     except DeadlineExceeded:
         return True
     return False
@@ -415,8 +415,8 @@ def store_call(path: DatabasePath, what: str, default_timeout: float) -> Iterato
     Spanner failures that mean "unavailable" into StoreUnavailable, or into
     DeadlineExceeded when the RPC's budget ran out. Other errors (a query the schema
     does not support, a constraint) propagate as they are."""
-    rpc_budget = remaining() is not None
-    with contextlib.nullcontext() if rpc_budget else deadline_in(default_timeout):
+    rpc_budget = store_seconds_left() is not None
+    with contextlib.nullcontext() if rpc_budget else within_store_deadline(default_timeout):
         try:
             yield
         except _UNAVAILABLE as exc:

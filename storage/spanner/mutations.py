@@ -15,8 +15,8 @@ from google.cloud.spanner_v1 import KeyRange, KeySet
 from google.cloud.spanner_v1.transaction import Transaction
 
 from service.domain.account import AccountState
+from service.domain.deadlines import store_seconds_left
 from storage.apply import KeptRequest, Replay
-from storage.deadline import remaining
 from storage.feed import Change
 from storage.repository import HistoryEntry, IdempotencyKey
 from storage.rows import CHILD_TABLES, HISTORY, PROCESSED_REQUESTS, USER_ID, USERS
@@ -73,7 +73,7 @@ class Write:
                 params={"user_id": user_id, "kind": key.kind, "request_id": key.id},
                 param_types=queries.APPLY_PARAM_TYPES,
                 request_options={"request_tag": f"{self._tag}-read"},
-                timeout=remaining(),
+                timeout=store_seconds_left(),
             )
         )
         return queries.account(user_id, row), queries.replay(row)

@@ -16,8 +16,8 @@ from typing import Any
 from google.cloud import spanner
 
 from service.domain.account import AccountState, Household, HouseholdMembership
+from service.domain.errors import StoreUnavailable
 from storage.apply import Replay
-from storage.repository import StoreUnavailable
 from storage.rows import (
     CHILD_TABLES,
     HISTORY,

@@ -18,17 +18,12 @@ from google.cloud.spanner_v1.database import Database
 from google.cloud.spanner_v1.transaction import Transaction
 
 from service.domain.account import AccountState, UserState
+from service.domain.deadlines import store_seconds_left
+from service.domain.errors import StoreUnavailable
 from storage.apply import AppliesWrites, IdempotentWrite
-from storage.deadline import remaining
 from storage.feed import BATCH_LIMIT, ChangeBatch, changes_of
 from storage.observers import transaction_aborted
-from storage.repository import (
-    AccountChange,
-    Applied,
-    HistoryEntry,
-    StoreUnavailable,
-    household_membership,
-)
+from storage.repository import AccountChange, Applied, HistoryEntry, household_membership
 from storage.spanner import changes, mutations, queries, schema
 from storage.spanner.client import DatabasePath, SchemaNotReady, database_handle, store_call
 from storage.spanner.codec import CODEC
@@ -51,7 +46,7 @@ class SpannerRepository(AppliesWrites):
     `endpoint` ("host:port") talks plain text without credentials to an emulator or test
     server; otherwise the client library's rules apply ($SPANNER_EMULATOR_HOST, else
     Cloud Spanner with Application Default Credentials). `default_timeout` bounds each
-    call made without an RPC deadline (storage.deadline). `abort_retry_delay` is the
+    call made without an RPC deadline (service.domain.deadlines). `abort_retry_delay` is the
     first backoff before re-running an aborted transaction (doubling on each re-run).
     `stale_read` is the staleness bound of reads that carry a consistency token (None:
     always strong reads). `feed_retention` is how old a change feed position may be
@@ -109,7 +104,7 @@ class SpannerRepository(AppliesWrites):
                     params={"user_id": user_id},
                     param_types=queries.USER_PARAM_TYPES,
                     request_options={"request_tag": "update-read"},
-                    timeout=remaining(),
+                    timeout=store_seconds_left(),
                 )
             )
             current = queries.account(user_id, row)
@@ -137,7 +132,7 @@ class SpannerRepository(AppliesWrites):
                 params={"user_id": user_id},
                 param_types=queries.USER_PARAM_TYPES,
                 request_options={"request_tag": "history"},
-                timeout=remaining(),
+                timeout=store_seconds_left(),
             )
             return [CODEC.history_entry(row) for row in rows]
 
@@ -166,7 +161,7 @@ class SpannerRepository(AppliesWrites):
                     snapshot.execute_sql(
                         queries.CHECK_QUERY,
                         request_options={"request_tag": "check"},
-                        timeout=remaining(),
+                        timeout=store_seconds_left(),
                     )
                 )
 
@@ -227,7 +222,7 @@ class SpannerRepository(AppliesWrites):
                 params={"user_id": user_id},
                 param_types=queries.USER_PARAM_TYPES,
                 request_options={"request_tag": tag},
-                timeout=remaining(),
+                timeout=store_seconds_left(),
             )
             row = queries.first_row(results)
         account = queries.account(user_id, row)
@@ -243,7 +238,7 @@ class SpannerRepository(AppliesWrites):
                     params={"manager_id": membership.manager_user_id},
                     param_types=queries.MANAGER_PARAM_TYPES,
                     request_options={"request_tag": f"{tag}-household"},
-                    timeout=remaining(),
+                    timeout=store_seconds_left(),
                 )
             )
         return UserState(account, queries.household(membership, row))
@@ -264,7 +259,7 @@ class SpannerRepository(AppliesWrites):
                 self._back_off(attempts - 1)
             return work(transaction)
 
-        budget = remaining()
+        budget = store_seconds_left()
         result: T = database.run_in_transaction(
             attempt,
             transaction_tag=tag,
@@ -278,7 +273,7 @@ class SpannerRepository(AppliesWrites):
         """Sleeps before the `retry`-th re-run (no transaction is open meanwhile)."""
         delay = min(MAX_ABORT_RETRY_DELAY, self._abort_retry_delay * 2 ** (retry - 1))
         delay *= random.uniform(0.5, 1.5)
-        left = remaining()
+        left = store_seconds_left()
         time.sleep(delay if left is None else max(0.0, min(delay, left)))
 
 

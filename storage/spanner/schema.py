@@ -28,7 +28,7 @@ from google.cloud import spanner
 from google.cloud.spanner_v1.database import Database
 from google.cloud.spanner_v1.transaction import Transaction
 
-from storage.deadline import deadline_in
+from service.domain.deadlines import within_store_deadline
 from storage.spanner.client import (
     EMULATOR_HOST_ENV,
     DatabasePath,
@@ -142,7 +142,7 @@ def migrate(
     returns the names of those applied, empty when it was up to date. Against an emulator
     it first creates the instance and the database if they are missing."""
     database_path = path if isinstance(path, DatabasePath) else DatabasePath.parse(path)
-    with deadline_in(timeout), store_call(database_path, "migration", timeout):
+    with within_store_deadline(timeout), store_call(database_path, "migration", timeout):
         create_on_emulator(database_path, endpoint, timeout)
         return apply_migrations(database_handle(database_path, endpoint), timeout=timeout)
 

@@ -5,7 +5,7 @@ The database runs in WAL mode with synchronous=FULL, so a write is on disk befor
 connection, since the gRPC server calls the repository from a thread pool; WAL lets
 readers run alongside the single writer. Writes take the write lock up front
 (BEGIN IMMEDIATE), so concurrent updates of one user serialize instead of failing; a call
-waits for a lock held elsewhere no longer than its budget (storage.deadline).
+waits for a lock held elsewhere no longer than its budget (service.domain.deadlines).
 
 `apply` keeps each processed request (user, kind, id) with its fingerprint, its response
 as JSON text and the version it wrote, in the same transaction as the state, so a replay

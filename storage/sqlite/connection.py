@@ -2,7 +2,7 @@
 durable commits; how long a call waits for a lock (its budget); which sqlite errors mean
 "cannot serve now" (StoreUnavailable) and which make a connection unfit to keep.
 
-- Waiting for a lock follows the call's budget (storage.deadline.remaining(), capped by
+- Waiting for a lock follows the call's budget (store_seconds_left(), capped by
   the busy timeout; the busy timeout alone when the call has none): connections are
   opened with SQLite's own busy wait off and the repository retries on SQLITE_BUSY until
   the budget ends, so a store thread is free again when its RPC gives up.
@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.deadline import DeadlineExceeded, remaining
-from storage.repository import StoreError, StoreUnavailable
+from service.domain.deadlines import store_seconds_left
+from service.domain.errors import DeadlineExceeded, StoreError, StoreUnavailable
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 # The database file as created (its -wal and -shm files get the same mode from SQLite):
@@ -114,12 +114,12 @@ def rollback(connection: sqlite3.Connection) -> None:
 
 class LockWait:
     """How long one store call may still wait for a lock held elsewhere, from when it
-    first found it held: what its budget has left (storage.deadline.remaining()), at most
+    first found it held: what its budget has left (store_seconds_left()), at most
     the busy timeout; the busy timeout when it has no budget. Raises DeadlineExceeded at
     once when the budget is spent."""
 
     def __init__(self, busy_timeout_ms: int) -> None:
-        budget = remaining()
+        budget = store_seconds_left()
         limit = busy_timeout_ms / 1000
         self._by_budget = budget is not None and budget < limit
         self._end = time.monotonic() + (budget if budget is not None and self._by_budget else limit)

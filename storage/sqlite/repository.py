@@ -11,15 +11,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from service.domain.account import AccountState, UserState
+from service.domain.errors import StoreUnavailable
 from storage.apply import AppliesWrites, IdempotentWrite
 from storage.feed import BATCH_LIMIT, ChangeBatch, changes_of
-from storage.repository import (
-    AccountChange,
-    Applied,
-    HistoryEntry,
-    StoreUnavailable,
-    household_membership,
-)
+from storage.repository import AccountChange, Applied, HistoryEntry, household_membership
 from storage.sqlite import queries, schema
 from storage.sqlite.connection import (
     DEFAULT_BUSY_TIMEOUT_MS,
@@ -51,7 +46,7 @@ class SqliteRepository(AppliesWrites):
     a missing migration SchemaNotReady (both StoreUnavailable), never a new database.
 
     `busy_timeout_ms` is the longest a call waits for a lock held elsewhere; a call with
-    a budget (storage.deadline) waits no longer than what the budget has left.
+    a budget (service.domain.deadlines) waits no longer than what the budget has left.
     """
 
     def __init__(

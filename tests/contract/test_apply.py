@@ -11,13 +11,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from service.domain.account import AccountState
+from service.domain.errors import IdempotencyConflict
 from storage.repository import (
     AccountMutation,
     AccountRepository,
     Applied,
     HistoryDraft,
     HistoryEntry,
-    IdempotencyConflict,
     Mutation,
 )
 from tests.contract.builders import (

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from service.domain.account import AccountState
-from storage.deadline import DeadlineExceeded, deadline_in
-from storage.repository import StoreUnavailable
+from service.domain.deadlines import within_store_deadline
+from service.domain.errors import DeadlineExceeded, StoreUnavailable
 from storage.sqlite import DatabaseNotFound, SchemaNotReady, SqliteRepository
 from tests.contract.builders import (
     RECORDED,
@@ -99,17 +99,17 @@ def test_sqlite_waits_for_a_lock_no_longer_than_the_call_budget(
     try:
         blocker.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
-        with deadline_in(0.3), pytest.raises(DeadlineExceeded):
+        with within_store_deadline(0.3), pytest.raises(DeadlineExceeded):
             write()
         assert 0.25 < time.monotonic() - started < 0.3 + 0.3
         assert calls == []
         # A budget spent before the call: no waiting at all.
-        with deadline_in(0.01):
+        with within_store_deadline(0.01):
             time.sleep(0.02)
             with pytest.raises(DeadlineExceeded):
                 write()
         blocker.execute("ROLLBACK")
-        with deadline_in(0.3):
+        with within_store_deadline(0.3):
             write()
         assert repo.load("u").account.version == 1
     finally:
@@ -133,7 +133,7 @@ def test_sqlite_waits_for_a_lock_up_to_the_busy_timeout_without_a_budget(
         with pytest.raises(StoreUnavailable, match="locked"):
             repo.update("u", lambda s: s)
         assert 0.15 < time.monotonic() - started < 0.2 + 0.3
-        with deadline_in(2.0), pytest.raises(StoreUnavailable):
+        with within_store_deadline(2.0), pytest.raises(StoreUnavailable):
             repo.update("u", lambda s: s)  # the busy timeout is the longer wait's cap
         blocker.execute("ROLLBACK")
     finally:

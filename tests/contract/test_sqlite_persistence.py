@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from service.domain.account import AccountState
-from storage.repository import StoreUnavailable
+from service.domain.errors import StoreUnavailable
 from storage.sqlite import SqliteRepository
 from tests.contract.builders import (
     RICH,

@@ -16,13 +16,8 @@ from pathlib import Path
 import pytest
 
 from service.domain.account import AccountState
-from storage.repository import (
-    Applied,
-    HistoryDraft,
-    IdempotencyConflict,
-    IdempotencyKey,
-    Mutation,
-)
+from service.domain.errors import IdempotencyConflict
+from storage.repository import Applied, HistoryDraft, IdempotencyKey, Mutation
 from storage.sqlite import SqliteRepository
 from tests.contract.builders import (
     RECORDED,

@@ -20,16 +20,12 @@ from entitlements.v1 import entitlement_service_pb2_grpc, offer_service_pb2_grpc
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.config import Settings
+from service.domain.errors import StoreUnavailable
 from service.domain.households import active_seats, managed_household
 from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.server import RunningServer, start_server
 from storage.faults import FaultInjectingRepository
-from storage.repository import (
-    AccountMutation,
-    Applied,
-    IdempotencyKey,
-    StoreUnavailable,
-)
+from storage.repository import AccountMutation, Applied, IdempotencyKey
 from storage.sqlite import SqliteRepository
 from tests.integration.conftest import (
     ADMIN_TOKEN,

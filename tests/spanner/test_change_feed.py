@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from service.domain.account import AccountState, HouseholdMembership, HouseholdRole
-from storage.deadline import DeadlineExceeded, deadline_in
+from service.domain.deadlines import within_store_deadline
+from service.domain.errors import DeadlineExceeded, StoreUnavailable
 from storage.feed import Change
-from storage.repository import StoreUnavailable
 from storage.spanner import DatabasePath, SpannerRepository, migrate
 from storage.spanner.changes import TABLE, Position, shard_of
 from storage.spanner.client import database_handle
@@ -258,7 +258,7 @@ def test_an_outage_fails_feed_reads_within_their_budget_and_reading_resumes_afte
             call()
         assert time.monotonic() - started < budget + SLACK
     started = time.monotonic()
-    with pytest.raises((DeadlineExceeded, StoreUnavailable)), deadline_in(0.3):
+    with pytest.raises((DeadlineExceeded, StoreUnavailable)), within_store_deadline(0.3):
         repo.read_changes(position)
     assert time.monotonic() - started < 0.3 + SLACK
 

@@ -17,12 +17,8 @@ from google.cloud.spanner_v1 import KeySet
 from google.cloud.spanner_v1.transaction import Transaction
 
 from service.domain.account import AccountState, Redemption, Store
-from storage.repository import (
-    HistoryDraft,
-    IdempotencyKey,
-    Mutation,
-    StoreUnavailable,
-)
+from service.domain.errors import StoreUnavailable
+from storage.repository import HistoryDraft, IdempotencyKey, Mutation
 from storage.spanner import DatabasePath, SchemaNotReady, SpannerRepository, migrate
 from storage.spanner.client import database_handle
 from storage.spanner.schema import MIGRATIONS_TABLE, migrations

@@ -26,10 +26,11 @@ from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.config import Settings
 from service.domain.account import AccountState, Redemption, Store
+from service.domain.deadlines import within_store_deadline
+from service.domain.errors import DeadlineExceeded, StoreUnavailable
 from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.server import start_server
-from storage.deadline import DeadlineExceeded, deadline_in
-from storage.repository import HistoryDraft, IdempotencyKey, Mutation, StoreUnavailable
+from storage.repository import HistoryDraft, IdempotencyKey, Mutation
 from storage.spanner import (
     APPLY_READ_QUERY,
     LOAD_QUERY,
@@ -178,7 +179,7 @@ def test_store_call_outliving_the_rpc_deadline_ends_in_deadline_exceeded(
     stall = mock.servicer.stalls[method] = Stall(seconds=10)
     budget = 0.3
     started = time.monotonic()
-    with deadline_in(budget), pytest.raises(DeadlineExceeded):
+    with within_store_deadline(budget), pytest.raises(DeadlineExceeded):
         repo.apply("u1", IdempotencyKey("grant", "g1", "fp"), redeem([]), T0)  # type: ignore[arg-type]
     elapsed = time.monotonic() - started
     assert elapsed < budget + SLACK, elapsed
@@ -207,7 +208,7 @@ def test_an_expired_budget_sends_nothing(mock: MockSpanner) -> None:
     repo = repository(mock)
     repo.check()
     mock.servicer.clear_requests()
-    with deadline_in(0.0), pytest.raises(DeadlineExceeded):
+    with within_store_deadline(0.0), pytest.raises(DeadlineExceeded):
         repo.load("u1")
     assert mock.servicer.requests == []
 
@@ -318,7 +319,7 @@ def test_the_production_transport_carries_the_budget_too() -> None:
     try:
         started = time.monotonic()
         with (
-            deadline_in(0.3),
+            within_store_deadline(0.3),
             pytest.raises(api_exceptions.DeadlineExceeded),
             database.snapshot() as snapshot,
         ):
@@ -339,7 +340,7 @@ def test_session_creation_retries_end_within_the_budget(mock: MockSpanner) -> No
     for budget in (None, 0.5):  # the repository's default, then an RPC's
         started = time.monotonic()
         # (Unavailable when the client stopped retrying short of the RPC's deadline.)
-        with deadline_in(budget), pytest.raises((StoreUnavailable, DeadlineExceeded)):
+        with within_store_deadline(budget), pytest.raises((StoreUnavailable, DeadlineExceeded)):
             repo.load("u1")
         assert time.monotonic() - started < 0.5 + SLACK
     assert mock.servicer.requests_of("CreateSessionRequest")  # it did try
@@ -356,7 +357,7 @@ def test_a_failed_session_checkout_leaves_the_thread_able_to_write(
     repo = repository(mock)
     repo.check()
     mock.servicer.fail_sessions = UNAVAILABLE
-    with deadline_in(0.3), pytest.raises((StoreUnavailable, DeadlineExceeded)):
+    with within_store_deadline(0.3), pytest.raises((StoreUnavailable, DeadlineExceeded)):
         repo.apply("u1", IdempotencyKey("redeem", "r1", "fp"), redeem([]), T0)  # type: ignore[arg-type]
     assert mock.servicer.requests_of("CreateSessionRequest")  # it failed there
     mock.servicer.fail_sessions = None
@@ -387,7 +388,7 @@ def test_a_restarted_query_backs_off_instead_of_spinning(mock: MockSpanner) -> N
     mock.servicer.clear_requests()
     mock.servicer.fail_queries = True
     started = time.monotonic()
-    with deadline_in(1.0), pytest.raises(DeadlineExceeded):
+    with within_store_deadline(1.0), pytest.raises(DeadlineExceeded):
         repo.load("u1")
     assert time.monotonic() - started < 1.0 + SLACK
     sent = len(mock.servicer.requests_of("ExecuteSqlRequest"))

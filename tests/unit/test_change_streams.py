@@ -8,13 +8,11 @@ from collections.abc import AsyncGenerator
 
 import pytest
 
-from service.domain.errors import InvalidRequest
+from service.domain.errors import ChangeStreamsClosed, InvalidRequest, TooManyChangeStreams
 from service.usecases.change_streams import (
     MAX_CHANGES_PER_MESSAGE,
     ChangeMessage,
     ChangeStreams,
-    ChangeStreamsClosed,
-    TooManyChangeStreams,
     UserChange,
 )
 from service.usecases.tokens import issue_token

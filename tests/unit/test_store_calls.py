@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from service.domain.errors import DeadlineExceeded
 from service.usecases.store_calls import StoreCalls
-from storage.deadline import DeadlineExceeded
 
 
 def test_a_cancel_that_meets_the_calls_completion_still_cancels() -> None:

@@ -12,10 +12,11 @@ import pytest
 
 from service.catalog import load_catalog
 from service.domain.account import AccountState, Grant, GrantKind
+from service.domain.errors import WatchClosed
 from service.usecases.cache import UserStateCache
 from service.usecases.reads import CachePolicy, ReadService
 from service.usecases.store_calls import StoreCalls
-from service.usecases.watch import WatchClosed, WatchReason, WatchService
+from service.usecases.watch import WatchReason, WatchService
 from storage.faults import FaultInjectingRepository
 from storage.feed import Change
 from storage.memory import MemoryRepository

@@ -13,7 +13,7 @@ import pytest
 
 from service.catalog import load_catalog
 from service.domain.account import GrantKind, Store, SubscriptionStatus
-from service.domain.errors import InvalidRequest, NotFound, PreconditionFailed
+from service.domain.errors import IdempotencyConflict, InvalidRequest, NotFound, PreconditionFailed
 from service.domain.events import EventType, SubscriptionEvent
 from service.domain.grants import GrantRequest
 from service.domain.rules import Platform
@@ -22,7 +22,7 @@ from service.usecases.reads import Consistency, ReadService
 from service.usecases.tokens import parse_token
 from service.usecases.writes import RecordOutcome, WriteService
 from storage.memory import MemoryRepository
-from storage.repository import AccountRepository, IdempotencyConflict
+from storage.repository import AccountRepository
 from storage.sqlite import SqliteRepository
 from tests.unit.factories import SyncReads
 
