@@ -22,6 +22,9 @@ DEFAULT_DATA_DIR = Path("data")
 ENV_PREFIX = "ENTITLEMENTS_"
 LOG_FORMATS = ("json", "text")
 TRACING_MODES = ("off", "console", "otlp")
+# Apple's spelling of the App Store environments (LOCAL_TESTING and Xcode skip the
+# signature check: never accepted here).
+APPLE_ENVIRONMENTS = ("Production", "Sandbox")
 
 
 class SettingsError(ValueError):
@@ -126,6 +129,31 @@ class Settings:
     # collector of the standard OTEL_EXPORTER_OTLP_* variables); see
     # service/grpc_api/tracing.py.
     tracing: str = "off"
+    # Store notifications over HTTP on this port (same host as the gRPC port, every
+    # worker; docs/ingestion.md): POST /notifications/app-store and /notifications/stripe,
+    # /healthz. 0: off.
+    notifications_port: int = 0
+    # Apple's root certificates that App Store notifications must chain to: a
+    # comma-separated list of DER or PEM files. Unset: App Store notifications are refused.
+    apple_root_certificates: str = ""
+    # The app's bundle id; App Store notifications for another bundle are refused.
+    apple_bundle_id: str = ""
+    # The app's Apple id (a number), required in the Production environment.
+    apple_app_apple_id: int | None = None
+    # The App Store environment accepted, in Apple's spelling: Sandbox or Production;
+    # notifications of the other one are refused.
+    apple_environment: str = "Production"
+    # The signing secret of the Stripe webhook endpoint (whsec_...). Unset: Stripe
+    # notifications are refused.
+    stripe_webhook_secret: str = ""
+    # Google Play RTDN: the Pub/Sub subscription to pull
+    # (projects/P/subscriptions/S); unset: no Play subscriber. Honours PUBSUB_EMULATOR_HOST.
+    play_subscription: str = ""
+    # The Android package name whose notifications are accepted.
+    play_package_name: str = ""
+    # Base URL of the Google Play Developer API (purchases.subscriptionsv2); tests point
+    # it at a local stand-in.
+    play_api_url: str = "https://androidpublisher.googleapis.com"
 
     def __post_init__(self) -> None:
         for name in _POSITIVE:
@@ -148,6 +176,11 @@ class Settings:
         if self.log_format not in LOG_FORMATS:
             raise SettingsError(
                 f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
+            )
+        if self.apple_environment not in APPLE_ENVIRONMENTS:
+            raise SettingsError(
+                f"apple_environment must be one of {', '.join(APPLE_ENVIRONMENTS)}, "
+                f"got {self.apple_environment!r}"
             )
         if self.tracing not in TRACING_MODES:
             raise SettingsError(
@@ -199,6 +232,7 @@ _NOT_NEGATIVE = (
     "fault_store_delay_ms",
     "metrics_port",
     "drain_delay_seconds",
+    "notifications_port",
 )
 
 # Each setting's type, resolved from the annotations (they are strings under
@@ -233,7 +267,11 @@ CREDENTIAL_ENV = ENV_PREFIX + "CREDENTIAL"
 TARGET_ENV = ENV_PREFIX + "TARGET"
 CLIENT_ENVIRONMENT = (CREDENTIAL_ENV, TARGET_ENV)
 # The settings whose values are one of a few words.
-SETTING_CHOICES: dict[str, tuple[str, ...]] = {"log_format": LOG_FORMATS, "tracing": TRACING_MODES}
+SETTING_CHOICES: dict[str, tuple[str, ...]] = {
+    "log_format": LOG_FORMATS,
+    "tracing": TRACING_MODES,
+    "apple_environment": APPLE_ENVIRONMENTS,
+}
 
 
 def setting_environment_name(name: str) -> str:

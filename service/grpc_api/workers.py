@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkProcess
+from typing import TYPE_CHECKING
 
 from service.catalog import CatalogError
 from service.config import Settings, SettingsError
@@ -49,6 +50,10 @@ from service.grpc_api.cpus import available_cpus
 from service.grpc_api.feed_reader import FeedReader, FeedReaderStartError, relay_wanted
 from service.grpc_api.ports import AddressUnavailable, claim_port
 from storage.urls import UnsupportedStorageUrl
+
+if TYPE_CHECKING:
+    from service.grpc_api.server import RunningServer
+    from service.ingestion.runner import RunningIngress
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +100,12 @@ def serve(settings: Settings, announce: Announce) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     claim = claim_port(settings.host, settings.port)
     endpoint = folder = None
+    notifications_claim: socket.socket | None = None
     try:
         settings = dataclasses.replace(settings, port=claim.getsockname()[1])
+        if settings.notifications_port:
+            # Claimed like the gRPC port: the workers' listeners join it (SO_REUSEPORT).
+            notifications_claim = claim_port(settings.host, settings.notifications_port)
         if settings.metrics_port:
             # Before any worker forks and any metric exists: every process writes its
             # values to `folder`, and this one serves their sum.
@@ -117,6 +126,8 @@ def serve(settings: Settings, announce: Announce) -> int:
         return Supervisor(settings, workers).run(announce, claim)
     finally:
         claim.close()
+        if notifications_claim is not None:
+            notifications_claim.close()
         if endpoint is not None:
             endpoint.close()
         if folder is not None:
@@ -129,12 +140,17 @@ def _serve_in_process(settings: Settings, announce: Announce) -> int:
     from service.grpc_api.server import start_server
 
     running = start_server(settings)
+    ingress = _start_ingress(settings, running)
     announce(
         f"serving on {settings.host}:{running.port} (1 worker, pid {os.getpid()}; "
         f"catalog {running.reads.catalog.version})"
     )
+    if ingress is not None:
+        announce(f"store notifications on http://{settings.host}:{ingress.port}")
     received = signal.sigwait(STOP_SIGNALS)
     announce(f"{signal.Signals(received).name}: draining")
+    if ingress is not None:
+        ingress.stop()
     running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds)
     flush_audit_summaries()
     return 0
@@ -160,6 +176,7 @@ def _worker_main(
     stop_when_parent_dies()
     try:
         running = start_server(settings, feed_relay=feed_relay)
+        ingress = _start_ingress(settings, running)
     except Exception as error:
         if not isinstance(error, EXPECTED_START_ERRORS):
             log.exception("worker pid %d failed to start", os.getpid())
@@ -169,8 +186,24 @@ def _worker_main(
     report.send(("ready", running.reads.catalog.version))
     report.close()
     signal.sigwait(STOP_SIGNALS)
+    if ingress is not None:
+        ingress.stop()
     running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds)
     flush_audit_summaries()
+
+
+def _start_ingress(settings: Settings, running: RunningServer) -> RunningIngress | None:
+    """The store notification ingress beside the gRPC server (service/ingestion/runner.py),
+    when notifications_port is set; a failure to start it stops the server it joined."""
+    if not settings.notifications_port:
+        return None
+    from service.ingestion.runner import start_ingress
+
+    try:
+        return start_ingress(settings, running)
+    except BaseException:
+        running.stop(0)
+        raise
 
 
 @dataclasses.dataclass

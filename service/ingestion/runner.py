@@ -1,0 +1,116 @@
+"""The ingestion in a serving worker: started beside the gRPC server on the worker's event
+loop when notifications_port is set, drained and stopped with it (service/grpc_api/workers.py).
+
+Why in every worker rather than a process of its own: notifications are rare next to
+reads (a few per subscriber per month), so they cost the workers little, and this way they
+share the workers' supervision (a dead worker is replaced), their drain on SIGTERM, their
+metrics (summed by the supervisor) and their application: a write invalidates the
+worker's own cache and wakes its watches at once, the other workers' through the change
+feed. The port is claimed by the supervisor and shared with SO_REUSEPORT like the gRPC
+port. Verification runs in a thread pool, so the loop that answers cache hits only parses
+HTTP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from service.bootstrap import Application
+from service.config import Settings
+from service.ingestion.app_store import AppStoreVerifier, load_root_certificates
+from service.ingestion.http import NotificationIngress
+from service.ingestion.stripe_webhook import StripeVerifier
+from service.usecases.ingestion import IngestionObserver, IngestionService
+from storage.dead_letters import DeadLetterStore, open_dead_letters
+
+if TYPE_CHECKING:
+    from service.grpc_api.server import RunningServer
+
+log = logging.getLogger(__name__)
+
+
+def build_ingestion(
+    settings: Settings,
+    app: Application,
+    dead_letters: DeadLetterStore | None = None,
+    observer: IngestionObserver | None = None,
+) -> IngestionService:
+    return IngestionService(
+        app.catalog,
+        app.writes,
+        app.store_calls,
+        dead_letters or open_dead_letters(settings.storage_url),
+        app.clock,
+        settings.write_timeout_seconds,
+        observer,
+    )
+
+
+def build_ingress(
+    settings: Settings,
+    ingestion: IngestionService,
+    ready: Callable[[], bool] = lambda: True,
+) -> NotificationIngress:
+    """The ingress with a verifier for each store configured in the settings."""
+    apple = None
+    if settings.apple_root_certificates or settings.apple_bundle_id:
+        apple = AppStoreVerifier(
+            load_root_certificates(settings.apple_root_certificates),
+            settings.apple_bundle_id,
+            settings.apple_environment,
+            settings.apple_app_apple_id,
+        )
+    stripe = (
+        StripeVerifier(settings.stripe_webhook_secret) if settings.stripe_webhook_secret else None
+    )
+    if apple is None and stripe is None:
+        log.warning("notifications_port is set but no store is configured: every POST is 404")
+    on_refusal = None
+    if settings.metrics_port:
+        from service.ingestion.metrics import ingestion_metrics
+
+        on_refusal = ingestion_metrics().refused_one
+    return NotificationIngress(
+        ingestion,
+        app_store_verifier=apple,
+        stripe_verifier=stripe,
+        ready=ready,
+        on_refusal=on_refusal,
+    )
+
+
+@dataclass
+class RunningIngress:
+    ingress: NotificationIngress
+    running: RunningServer
+
+    @property
+    def port(self) -> int:
+        return self.ingress.port
+
+    def drain(self) -> None:
+        self.running.loop_thread.run(self.ingress.drain())
+
+    def stop(self) -> None:
+        self.running.loop_thread.run(self.ingress.stop())
+        self.ingress.ingestion.dead_letters.close()
+
+
+def start_ingress(settings: Settings, running: RunningServer) -> RunningIngress | None:
+    """Starts the ingress on the worker's loop (None: notifications_port is 0)."""
+    if not settings.notifications_port:
+        return None
+    observer = None
+    if settings.metrics_port:
+        from service.ingestion.metrics import ingestion_metrics
+
+        observer = ingestion_metrics()
+    ingestion = build_ingestion(settings, running.app, observer=observer)
+    ingress = build_ingress(settings, ingestion, ready=lambda: running.readiness.ready)
+    running.loop_thread.run(
+        ingress.start(settings.host, settings.notifications_port, settings.shutdown_grace_seconds)
+    )
+    log.info("store notifications on http://%s:%d", settings.host, ingress.port)
+    return RunningIngress(ingress, running)
