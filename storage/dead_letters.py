@@ -5,7 +5,7 @@ the same notification counts an attempt instead of a new letter. Listed and repl
 
 Backends: memory (a dict, per process), SQLite (the `dead_letters` table of migration
 0005, same database file as the accounts) and Spanner (the `DeadLetters` table), chosen
-by the storage URL like the account repository (open_dead_letters)."""
+by the storage URL like the account repository (storage.urls.open_dead_letters)."""
 
 from __future__ import annotations
 
@@ -180,18 +180,3 @@ class SqliteDeadLetters:
 
     def close(self) -> None:
         pass
-
-
-def open_dead_letters(url: str) -> DeadLetterStore:
-    """The dead letters of the store a storage URL names (storage.urls)."""
-    from storage.urls import MEMORY_URL, SPANNER_PREFIX, SQLITE_PREFIX, UnsupportedStorageUrl
-
-    if url.startswith(SQLITE_PREFIX):
-        return SqliteDeadLetters(url[len(SQLITE_PREFIX) :])
-    if url == MEMORY_URL:
-        return MemoryDeadLetters()
-    if url.startswith(SPANNER_PREFIX):
-        from storage.spanner.dead_letters import SpannerDeadLetters
-
-        return SpannerDeadLetters(url)
-    raise UnsupportedStorageUrl(f"unsupported storage URL {url!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from storage.dead_letters import DeadLetterStore
 from storage.repository import AccountRepository
 
 SQLITE_PREFIX = "sqlite:///"
@@ -59,3 +60,25 @@ def migrate(url: str) -> list[str] | None:
         return migrate_spanner(path)
     open_repository(url, create=True).close()
     return None
+
+
+def open_dead_letters(url: str) -> DeadLetterStore:
+    """The dead letters of store notifications (storage.dead_letters) in the store the URL
+    names: the same SQLite file or Spanner database as the accounts; memory:// keeps them
+    in this process."""
+    if url.startswith(SQLITE_PREFIX):
+        from storage.dead_letters import SqliteDeadLetters
+
+        return SqliteDeadLetters(url[len(SQLITE_PREFIX) :])
+    if url == MEMORY_URL:
+        from storage.dead_letters import MemoryDeadLetters
+
+        return MemoryDeadLetters()
+    if url.startswith(SPANNER_PREFIX):
+        from storage.spanner.dead_letters import SpannerDeadLetters
+
+        try:
+            return SpannerDeadLetters(url)
+        except ValueError as exc:
+            raise UnsupportedStorageUrl(str(exc)) from exc
+    raise UnsupportedStorageUrl(f"unsupported storage URL {url!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -132,7 +133,7 @@ class AppleChain:
 
     @classmethod
     def around(cls, now: datetime, **kwargs: Any) -> AppleChain:
-        return cls(now - timedelta(days=30), now + timedelta(days=365), **kwargs)
+        return cls(now - timedelta(days=400), now + timedelta(days=365), **kwargs)
 
     def write_root(self, path: Path, pem: bool = False) -> Path:
         path.write_bytes(self.root.public_bytes(Encoding.PEM if pem else Encoding.DER))
@@ -165,7 +166,7 @@ def app_store_notification(
     environment: str = "Sandbox",
     grace_expires: datetime | None = None,
     storefront: str = "USA",
-    extra_transaction: dict[str, Any] | None = None,
+    extra_transaction: Mapping[str, Any] | None = None,
 ) -> tuple[str, bytes]:
     """(notificationUUID, the request body {"signedPayload": ...}) of a v2 notification
     with its signed transaction and renewal info."""
@@ -283,6 +284,3 @@ def stripe_subscription_event(
         "data": data,
     }
 
-
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]

@@ -84,7 +84,7 @@ class NotificationIngress:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        site = web.SockSite(self._runner, sock, shutdown_timeout=shutdown_grace_seconds)
+        site = web.SockSite(self._runner, sock)
         await site.start()
         self.port = sock.getsockname()[1]
         return self.port

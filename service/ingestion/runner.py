@@ -23,7 +23,8 @@ from service.ingestion.app_store import AppStoreVerifier, load_root_certificates
 from service.ingestion.http import NotificationIngress
 from service.ingestion.stripe_webhook import StripeVerifier
 from service.usecases.ingestion import IngestionObserver, IngestionService
-from storage.dead_letters import DeadLetterStore, open_dead_letters
+from storage.dead_letters import DeadLetterStore
+from storage.urls import open_dead_letters
 
 if TYPE_CHECKING:
     from service.grpc_api.server import RunningServer

@@ -32,9 +32,12 @@ def _letter(row: list[Any]) -> DeadLetter:
 
 
 class SpannerDeadLetters:
-    def __init__(self, url: str, default_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, default_timeout: float = 5.0, endpoint: str | None = None
+    ) -> None:
         self._path = DatabasePath.parse(url)
         self._timeout = default_timeout
+        self._endpoint = endpoint  # an emulator's host:port (tests)
 
     def keep(self, letter: DeadLetter) -> None:
         def write(transaction: Any) -> None:
@@ -64,12 +67,12 @@ class SpannerDeadLetters:
             )  # fmt: skip
 
         with store_call(self._path, "dead letter", self._timeout):
-            database_handle(self._path).run_in_transaction(write)
+            database_handle(self._path, self._endpoint).run_in_transaction(write)
 
     def _query(self, sql: str, params: dict[str, Any], types: dict[str, Any]) -> list[Any]:
         with (
             store_call(self._path, "dead letters", self._timeout),
-            database_handle(self._path).snapshot() as snapshot,
+            database_handle(self._path, self._endpoint).snapshot() as snapshot,
         ):
             return list(snapshot.execute_sql(sql, params=params, param_types=types))
 
@@ -101,7 +104,7 @@ class SpannerDeadLetters:
             return bool(count)
 
         with store_call(self._path, "dead letter", self._timeout):
-            return bool(database_handle(self._path).run_in_transaction(write))
+            return bool(database_handle(self._path, self._endpoint).run_in_transaction(write))
 
     def open_count(self) -> int:
         rows = self._query("SELECT COUNT(*) FROM DeadLetters WHERE ResolvedAt IS NULL", {}, {})

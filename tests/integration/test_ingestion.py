@@ -1,0 +1,345 @@
+"""Store notifications end to end, verification on: a real server on SQLite with the
+ingress started as a worker starts it (start_ingress, notifications_port), App Store
+payloads signed with a generated chain (strict checks), Stripe events signed with the
+library's helper; the effect read back through GetEntitlement and WatchEntitlements."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from entitlements.v1 import entitlement_service_pb2 as es
+from entitlements.v1 import entitlement_service_pb2_grpc as es_grpc
+from service.config import Settings
+from service.grpc_api.auth import with_bearer_token
+from service.grpc_api.server import RunningServer, start_server
+from service.ingestion.runner import RunningIngress, start_ingress
+from service.usecases.ingestion import Verdict
+from storage.sqlite import SqliteRepository
+from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
+from tests.store_signing import (
+    BUNDLE_ID,
+    STRIPE_SECRET,
+    AppleChain,
+    app_store_notification,
+    app_store_test_notification,
+    stripe_signed,
+    stripe_subscription_event,
+)
+
+FEATURE = "offline_downloads"
+PLAN = "premium_individual"
+DAY = timedelta(days=1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Ingest:
+    running: RunningServer
+    ingress: RunningIngress
+    chain: AppleChain
+    stub: es_grpc.EntitlementServiceStub
+    channel: grpc.Channel
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ingress.port}"
+
+    def post(
+        self, path: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(
+            self.url + path,
+            data=body,
+            headers={"Content-Type": "application/json", **(headers or {})},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def apple(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        return self.post("/notifications/app-store", body)
+
+    def stripe(self, event: dict[str, Any], secret: str = STRIPE_SECRET) -> tuple[int, Any]:
+        body, signature = stripe_signed(event, secret)
+        return self.post("/notifications/stripe", body, {"Stripe-Signature": signature})
+
+    def granted(self, user: str) -> bool:
+        request = es.GetEntitlementRequest(user_id=user, feature_id=FEATURE)
+        return bool(self.stub.GetEntitlement(request, timeout=10).entitlement.granted)
+
+    def count(self, source: str, verdict: Verdict) -> int:
+        return self.ingress.ingress.ingestion.count(source, verdict)
+
+
+@pytest.fixture
+def ingest(tmp_path: Path) -> Iterator[Ingest]:
+    now = datetime.now(UTC)
+    chain = AppleChain.around(now)
+    db = tmp_path / "entitlements.db"
+    SqliteRepository(db, create=True).close()
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        storage_url=f"sqlite:///{db}",
+        credentials_file=write_test_credentials(tmp_path / "credentials.yaml"),
+        notifications_port=free_port(),
+        apple_root_certificates=str(chain.write_root(tmp_path / "root.pem", pem=True)),
+        apple_bundle_id=BUNDLE_ID,
+        apple_environment="Sandbox",
+        stripe_webhook_secret=STRIPE_SECRET,
+        write_timeout_seconds=10,
+        max_rpc_seconds=30,
+    )
+    running = start_server(settings)
+    ingress = start_ingress(settings, running)
+    assert ingress is not None and ingress.port == settings.notifications_port
+    channel = with_bearer_token(grpc.insecure_channel(f"127.0.0.1:{running.port}"), SERVICE_TOKEN)
+    try:
+        yield Ingest(running, ingress, chain, es_grpc.EntitlementServiceStub(channel), channel)
+    finally:
+        channel.close()
+        ingress.stop()
+        running.stop(grace_seconds=1)
+
+
+def apple_life(chain: AppleChain, user: str, start: datetime) -> list[tuple[str, bytes]]:
+    """A subscription's life on the App Store: bought, renewed, auto-renew off, expired."""
+    otid = str(uuid.uuid4().int)[:15]
+    common: dict[str, Any] = {"user": user, "original_transaction_id": otid, "product": PLAN}
+    return [
+        app_store_notification(
+            chain, "SUBSCRIBED", "INITIAL_BUY", signed_at=start, expires=start + 30 * DAY,
+            **common,
+        ),
+        app_store_notification(
+            chain, "DID_RENEW", None, signed_at=start + 30 * DAY, expires=start + 60 * DAY,
+            **common,
+        ),
+        app_store_notification(
+            chain, "DID_CHANGE_RENEWAL_STATUS", "AUTO_RENEW_DISABLED",
+            signed_at=start + 40 * DAY, expires=start + 60 * DAY, **common,
+        ),
+        app_store_notification(
+            chain, "EXPIRED", "VOLUNTARY", signed_at=start + 60 * DAY, expires=start + 60 * DAY,
+            **common,
+        ),
+    ]  # fmt: skip
+
+
+def test_an_app_store_purchase_grants_access_and_wakes_a_watch(ingest: Ingest) -> None:
+    user = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    assert not ingest.granted(user)
+    stream = ingest.stub.WatchEntitlements(
+        es.WatchEntitlementsRequest(user_id=user, feature_ids=[FEATURE]), timeout=30
+    )
+    first = next(stream)
+    assert not first.entitlements[0].granted
+    messages: list[es.WatchEntitlementsResponse] = []
+    reader = threading.Thread(target=lambda: messages.append(next(stream)), daemon=True)
+    reader.start()
+    _, body = app_store_notification(
+        ingest.chain, "SUBSCRIBED", "INITIAL_BUY", user=user, original_transaction_id="2001",
+        product=PLAN, signed_at=now - timedelta(seconds=5), expires=now + 30 * DAY,
+    )  # fmt: skip
+    status, answer = ingest.apple(body)
+    assert (status, answer["verdict"]) == (200, "recorded")
+    assert ingest.granted(user)
+    reader.join(timeout=20)
+    stream.cancel()
+    assert messages and messages[0].entitlements[0].granted
+    # The same notification again (Apple retries until it gets a 2xx): a duplicate.
+    status, answer = ingest.apple(body)
+    assert (status, answer["verdict"]) == (200, "duplicate")
+
+
+def test_a_whole_app_store_life_ends_the_same_in_any_order_and_with_redeliveries(
+    ingest: Ingest,
+) -> None:
+    start = datetime.now(UTC) - 90 * DAY
+    in_order, reordered = str(uuid.uuid4()), str(uuid.uuid4())
+    life_a = apple_life(ingest.chain, in_order, start)
+    for _, body in life_a:
+        assert ingest.apple(body)[0] == 200
+    life_b = apple_life(ingest.chain, reordered, start)
+    # Reordered and redelivered: the expiry first, then the rest twice, backwards. An
+    # event that is "not yet" applicable is answered 503 and redelivered later.
+    pending = [life_b[3], life_b[2], life_b[1], life_b[0], *reversed(life_b)]
+    for _ in range(3):
+        pending = [item for item in pending if ingest.apple(item[1])[0] != 200]
+    assert pending == []
+    state_a = ingest.running.repository.load(in_order)
+    state_b = ingest.running.repository.load(reordered)
+    (sub_a,), (sub_b,) = state_a.account.subscriptions, state_b.account.subscriptions
+    assert (sub_a.status, sub_a.current_period_end, sub_a.auto_renew) == (
+        sub_b.status,
+        sub_b.current_period_end,
+        sub_b.auto_renew,
+    )
+    assert sub_a.status.value == "expired"
+    assert not ingest.granted(in_order) and not ingest.granted(reordered)
+
+
+def test_app_store_test_notification_is_answered(ingest: Ingest) -> None:
+    status, answer = ingest.apple(app_store_test_notification(ingest.chain, datetime.now(UTC)))
+    assert (status, answer["verdict"]) == (200, "ignored")
+
+
+def test_forged_expired_wrong_bundle_and_wrong_environment_are_refused_and_counted(
+    ingest: Ingest,
+) -> None:
+    now = datetime.now(UTC)
+    user = str(uuid.uuid4())
+    args: dict[str, Any] = {
+        "user": user, "original_transaction_id": "3001", "product": PLAN,
+        "signed_at": now, "expires": now + 30 * DAY,
+    }  # fmt: skip
+    # Another chain, not under the configured root: a forgery.
+    forger = AppleChain.around(now)
+    forged = app_store_notification(forger, "SUBSCRIBED", "INITIAL_BUY", **args)[1]
+    assert ingest.apple(forged)[0] == 401
+    # A chain whose leaf expired before the payload was signed.
+    status, _ = ingest.apple(
+        app_store_notification(_reissued(ingest.chain, leaf_not_after=now - DAY), "SUBSCRIBED",
+                               "INITIAL_BUY", **args)[1]
+    )  # fmt: skip
+    assert status == 401
+    # A leaf without Apple's marker extension.
+    status, _ = ingest.apple(
+        app_store_notification(_reissued(ingest.chain, leaf_marker=False), "SUBSCRIBED",
+                               "INITIAL_BUY", **args)[1]
+    )  # fmt: skip
+    assert status == 401
+    wrong_bundle = app_store_notification(
+        ingest.chain, "SUBSCRIBED", "INITIAL_BUY", bundle_id="com.example.other", **args
+    )[1]
+    assert ingest.apple(wrong_bundle)[0] == 403
+    production = app_store_notification(
+        ingest.chain, "SUBSCRIBED", "INITIAL_BUY", environment="Production", **args
+    )[1]
+    assert ingest.apple(production)[0] == 403
+    assert ingest.post("/notifications/app-store", b"not json")[0] == 400
+    # Tampered: the payload changed after signing.
+    _, good = app_store_notification(ingest.chain, "SUBSCRIBED", "INITIAL_BUY", **args)
+    header, payload, signature = json.loads(good)["signedPayload"].split(".")
+    tampered = json.dumps({"signedPayload": f"{header}.{payload[:-4]}AAAA.{signature}"})
+    assert ingest.apple(tampered.encode())[0] == 401
+    refusals = ingest.ingress.ingress.refusals
+    assert refusals[("app_store", "verification_failure")] >= 4
+    assert refusals[("app_store", "wrong_app")] == 1
+    assert refusals[("app_store", "wrong_environment")] == 1
+    assert refusals[("app_store", "malformed")] == 1
+    assert not ingest.granted(user)
+
+
+def _reissued(chain: AppleChain, **leaf: Any) -> AppleChain:
+    """A chain under the same root whose leaf differs (validity, marker extension)."""
+    other = AppleChain(chain.not_before, chain.not_after, **leaf)
+    # Re-sign other's intermediate under chain's root, and the leaf under that.
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.store_signing import INTERMEDIATE_OID, LEAF_OID, _certificate
+
+    intermediate_key = ec.generate_private_key(ec.SECP256R1())
+    other.root, other.root_key = chain.root, chain.root_key
+    other.intermediate = _certificate(
+        "Test Apple WWDR CA", intermediate_key, (chain.root, chain.root_key), ca=True,
+        marker=INTERMEDIATE_OID, not_before=chain.not_before, not_after=chain.not_after,
+    )  # fmt: skip
+    other.leaf = _certificate(
+        "Test Apple Store Signing", other.leaf_key, (other.intermediate, intermediate_key),
+        ca=False, marker=LEAF_OID if other.leaf_marker else None,
+        not_before=chain.not_before, not_after=other.leaf_not_after or chain.not_after,
+    )  # fmt: skip
+    return other
+
+
+def test_a_stripe_subscription_grants_then_expires(ingest: Ingest) -> None:
+    user = f"web-{uuid.uuid4()}"
+    now = datetime.now(UTC)
+    created = stripe_subscription_event(
+        "evt_created_1", "customer.subscription.created", created=now - timedelta(minutes=5),
+        subscription_id="sub_1", user=user, price_lookup_key=PLAN, status="active",
+        period_end=now + 30 * DAY,
+    )  # fmt: skip
+    status, answer = ingest.stripe(created)
+    assert (status, answer["verdict"]) == (200, "recorded")
+    assert ingest.granted(user)
+    assert ingest.stripe(created)[1]["verdict"] == "duplicate"
+    deleted = stripe_subscription_event(
+        "evt_deleted_1", "customer.subscription.deleted", created=now - timedelta(minutes=1),
+        subscription_id="sub_1", user=user, price_lookup_key=PLAN, status="canceled",
+        period_end=now + 30 * DAY, period_end_on_item=False,
+    )  # fmt: skip
+    assert ingest.stripe(deleted)[0] == 200
+    assert not ingest.granted(user)
+
+
+def test_stripe_forged_and_replayed_with_another_body_are_refused_and_counted(
+    ingest: Ingest,
+) -> None:
+    user = f"web-{uuid.uuid4()}"
+    now = datetime.now(UTC)
+    event = stripe_subscription_event(
+        "evt_replay_1", "customer.subscription.created", created=now - timedelta(minutes=5),
+        subscription_id="sub_r", user=user, price_lookup_key=PLAN, status="active",
+        period_end=now + 30 * DAY,
+    )  # fmt: skip
+    assert ingest.stripe(event, secret="whsec_not_ours")[0] == 401
+    body, _ = stripe_signed(event)
+    assert ingest.post("/notifications/stripe", body)[0] == 401  # no signature
+    assert not ingest.granted(user)
+    assert ingest.stripe(event)[0] == 200
+    # The same event id with another content (signed: a leaked secret, or a bug).
+    event["data"]["object"]["items"]["data"][0]["current_period_end"] += 86_400
+    status, answer = ingest.stripe(event)
+    assert (status, answer["verdict"]) == (409, "conflict")
+    assert ingest.count("stripe", Verdict.CONFLICT) == 1
+    assert ingest.ingress.ingress.refusals[("stripe", "verification_failure")] == 1
+    assert ingest.ingress.ingress.refusals[("stripe", "unsigned")] == 1
+
+
+def test_unmappable_notifications_become_dead_letters_and_replay_after_a_fix(
+    ingest: Ingest,
+) -> None:
+    now = datetime.now(UTC)
+    no_user = stripe_subscription_event(
+        "evt_no_user", "customer.subscription.created", created=now - timedelta(minutes=5),
+        subscription_id="sub_nu", user=None, price_lookup_key=PLAN, status="active",
+        period_end=now + 30 * DAY,
+    )  # fmt: skip
+    unknown = stripe_subscription_event(
+        "evt_unknown_price", "customer.subscription.created", created=now - timedelta(minutes=5),
+        subscription_id="sub_up", user="someone", price_lookup_key="karaoke_plan",
+        status="active", period_end=now + 30 * DAY,
+    )  # fmt: skip
+    for event in (no_user, unknown, no_user):
+        status, answer = ingest.stripe(event)
+        assert (status, answer["verdict"]) == (200, "dead_letter")
+    letters = ingest.ingress.ingress.ingestion.dead_letters.list()
+    assert [(x.delivery_id, x.reason, x.attempts) for x in letters] == [
+        ("evt_no_user", "no_user", 2),
+        ("evt_unknown_price", "unknown_product", 1),
+    ]
+    assert ingest.count("stripe", Verdict.DEAD_LETTER) == 3
