@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from storage.repository import StoreUnavailable
+from service.domain.errors import StoreUnavailable
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -283,4 +283,3 @@ def stripe_subscription_event(
         "livemode": False,
         "data": data,
     }
-

@@ -23,14 +23,18 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from service.domain.catalog import Catalog
-from service.domain.errors import InvalidRequest, PreconditionFailed
+from service.domain.errors import (
+    DeadlineExceeded,
+    IdempotencyConflict,
+    InvalidRequest,
+    PreconditionFailed,
+    StoreError,
+)
 from service.domain.ingestion import DeadLetterReason, Ignored, Mapped, Mapping, Unmappable
 from service.usecases.clock import Clock, utc_now
 from service.usecases.store_calls import StoreCalls
 from service.usecases.writes import RecordOutcome, WriteService
 from storage.dead_letters import DeadLetter, DeadLetterStore
-from storage.deadline import DeadlineExceeded
-from storage.repository import IdempotencyConflict, StoreError
 
 Mapper = Callable[[MappingType[str, Any], Catalog], Mapping]
 

@@ -32,9 +32,7 @@ def _letter(row: list[Any]) -> DeadLetter:
 
 
 class SpannerDeadLetters:
-    def __init__(
-        self, url: str, default_timeout: float = 5.0, endpoint: str | None = None
-    ) -> None:
+    def __init__(self, url: str, default_timeout: float = 5.0, endpoint: str | None = None) -> None:
         self._path = DatabasePath.parse(url)
         self._timeout = default_timeout
         self._endpoint = endpoint  # an emulator's host:port (tests)

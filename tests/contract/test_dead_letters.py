@@ -83,7 +83,7 @@ class _Fresh:
 
 
 def letter(delivery_id: str, reason: str = "no_user", at: datetime = T0) -> DeadLetter:
-    return DeadLetter("stripe", delivery_id, '{"id": "%s"}' % delivery_id, reason, "why", at)
+    return DeadLetter("stripe", delivery_id, f'{{"id": "{delivery_id}"}}', reason, "why", at)
 
 
 def test_one_letter_per_delivery_and_redeliveries_are_counted(letters: DeadLetterStore) -> None:
