@@ -33,6 +33,8 @@ STUBS_PROJECT = ROOT / "clients" / "python"
 MYPY = Path(sys.executable).parent / "mypy"
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SERVICE_TOKEN = "stubs-test-service-token-0123456789"
+ADMIN_TOKEN = "stubs-test-admin-token-0123456789"
+API_DOC = ROOT / "docs" / "API.md"
 # pip's words for "the index cannot be reached", as opposed to a broken package.
 OFFLINE_SIGNS = ("NewConnectionError", "Could not find a version", "No matching distribution")
 
@@ -55,7 +57,8 @@ def run(*command: str | Path, cwd: Path, timeout: float = 240) -> subprocess.Com
 
 @pytest.fixture(scope="module")
 def stubs_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The python of a fresh venv holding the stubs package (with its typing extra)."""
+    """The python of a fresh venv holding the stubs package (with its typing and status
+    extras)."""
     folder = tmp_path_factory.mktemp("stubs-venv")
     # The build writes beside its sources (src/, build/): it runs on a copy, in the
     # repository's layout (clients/python reads ../../generated), not in the work tree.
@@ -70,7 +73,9 @@ def stubs_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv.EnvBuilder(with_pip=True, system_site_packages=False).create(folder / "venv")
     python = folder / "venv" / "bin" / "python"
     project = source / "clients" / "python"
-    installed = run(python, "-m", "pip", "install", "--quiet", f"{project}[typing]", cwd=folder)
+    installed = run(
+        python, "-m", "pip", "install", "--quiet", f"{project}[typing,status]", cwd=folder
+    )
     if installed.returncode != 0:
         output = installed.stdout + installed.stderr
         if os.environ.get("CI") != "true" and any(sign in output for sign in OFFLINE_SIGNS):
@@ -88,7 +93,14 @@ def server_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     seed_demo(seeder, NOW)
     seeder.close()
     credentials = folder / "credentials.yaml"
-    credentials.write_text(credentials_yaml([("stubs-client", Role.SERVICE, SERVICE_TOKEN)]))
+    credentials.write_text(
+        credentials_yaml(
+            [
+                ("stubs-client", Role.SERVICE, SERVICE_TOKEN),
+                ("stubs-admin", Role.ADMIN, ADMIN_TOKEN),
+            ]
+        )
+    )
     settings = Settings(
         host="127.0.0.1",
         port=0,
@@ -225,3 +237,62 @@ def test_mypy_sees_the_types_of_the_installed_stubs(stubs_python: Path, tmp_path
     assert result.returncode == 1, result.stdout + result.stderr
     assert 'Incompatible return value type (got "str", expected "int")' in result.stdout
     assert 'Unexpected keyword argument "user"' in result.stdout
+
+
+def documented_example(heading: str) -> str:
+    """The first Python block under a heading of docs/API.md, as a reader copies it."""
+    text = API_DOC.read_text(encoding="utf-8")
+    start = text.index(f"{heading}\n")
+    block = text[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    return block
+
+
+# What the reader of the example has already: a channel, a stub, a token (docs/API.md sets
+# them up just above). After the example, its error_details() on a FAILED_PRECONDITION.
+EXAMPLE_BEFORE = """\
+import sys
+
+import grpc
+
+from entitlements.service_config import channel_options
+from entitlements.v1 import entitlement_service_pb2, entitlement_service_pb2_grpc
+from entitlements.v1 import common_pb2, subscription_event_service_pb2
+from entitlements.v1 import subscription_event_service_pb2_grpc
+
+target, token, admin_token = sys.argv[1], sys.argv[2], sys.argv[3]
+channel = grpc.insecure_channel(target, options=channel_options())
+stub = entitlement_service_pb2_grpc.EntitlementServiceStub(channel)
+"""
+EXAMPLE_AFTER = """\
+writes = subscription_event_service_pb2_grpc.SubscriptionEventServiceStub(channel)
+try:
+    writes.RedeemOffer(
+        subscription_event_service_pb2.RedeemOfferRequest(
+            request_id="stubs-redeem-1", user_id="demo-active", subscription_id="stubs-sub-1",
+            offer_id="premium-individual-trial-1m", market="US",
+            platform=common_pb2.PLATFORM_IOS, store=common_pb2.STORE_APP_STORE,
+        ),
+        metadata=(("authorization", f"Bearer {admin_token}"),),
+        timeout=30,
+    )
+except grpc.RpcError as error:
+    print(error.code(), error_details(error))
+"""
+
+
+def test_the_documented_error_details_example_decodes_the_servers_details(
+    stubs_python: Path, server_target: str, tmp_path: Path
+) -> None:
+    """docs/API.md's example, in the fresh venv with the `status` extra, against a real
+    server: the BadRequest of an empty user id, the ErrorInfo of an ineligible offer."""
+    example = documented_example("#### Error details: BadRequest and ErrorInfo need grpcio-status")
+    script = tmp_path / "details.py"
+    script.write_text(EXAMPLE_BEFORE + example + EXAMPLE_AFTER)
+    result = run(
+        stubs_python, "-I", script, server_target, SERVICE_TOKEN, ADMIN_TOKEN, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    bad_request, error_info = result.stdout.strip().splitlines()
+    assert bad_request.startswith("StatusCode.INVALID_ARGUMENT ['bad field user_id: "), bad_request
+    # demo-active has Premium: the trial is for those who never had it.
+    assert error_info == "StatusCode.FAILED_PRECONDITION ['entitlements.v1 HAD_PREMIUM_BEFORE {}']"
