@@ -12,13 +12,14 @@ client is gRPC): only its URL is checked.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 
 from service.catalog import load_catalog
 from service.config import Settings
 from service.domain.errors import StoreError
 from service.grpc_api.auth import CredentialsError, load_credentials
-from storage.urls import SPANNER_PREFIX, UnsupportedStorageUrl, open_repository
+from storage.urls import MEMORY_URL, SPANNER_PREFIX, UnsupportedStorageUrl, open_repository
 
 
 class StoreConfigurationError(ValueError):
@@ -34,6 +35,27 @@ def check_serving_configuration(settings: Settings) -> None:
         load_credentials(settings.credentials_file)
     _check_tls_files(settings)
     _check_store(settings.storage_url)
+
+
+def workers_for_the_store(settings: Settings) -> tuple[Settings, str | None]:
+    """memory:// lives inside one process: with several workers each would hold its own
+    store, and reads after a write would alternate between them (GRANTED, then DENIED).
+    An explicit --workers above 1 with it is refused (StoreConfigurationError); left to
+    the default (one per core), it runs one worker. Returns the settings to serve and,
+    when they changed, what to tell the operator."""
+    if settings.storage_url != MEMORY_URL or settings.workers == 1:
+        return settings, None
+    if settings.workers > 1:
+        raise StoreConfigurationError(
+            f"{MEMORY_URL} lives inside one process: {settings.workers} workers would each "
+            f"hold a store of their own (a write reaches one of them). Use --workers 1, or a "
+            f"shared store (sqlite:///PATH or spanner://...) for several workers"
+        )
+    return (
+        dataclasses.replace(settings, workers=1),
+        f"one worker: {MEMORY_URL} lives inside one process (several workers would each "
+        f"hold a store of their own)",
+    )
 
 
 def _check_tls_files(settings: Settings) -> None:

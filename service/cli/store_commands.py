@@ -9,7 +9,7 @@ import logging
 from datetime import UTC, datetime
 
 from service.catalog.demo import seed_demo as seed_demo_users
-from service.cli.preflight import check_serving_configuration
+from service.cli.preflight import check_serving_configuration, workers_for_the_store
 from service.cli.settings_flags import setting_overrides, settings_reference
 from service.config import ENV_PREFIX, Settings, unknown_environment_variables
 from service.grpc_api.audit import configure_audit_logging
@@ -31,10 +31,14 @@ def serve(args: argparse.Namespace) -> int:
         settings = _bootstrap_dev_credentials(settings)
     # Once, here, before any worker is forked: a configuration error is one `error:` line.
     check_serving_configuration(settings)
+    settings, note = workers_for_the_store(settings)
     configure_audit_logging(settings.audit_log_file)
 
     def announce(message: str) -> None:
         print(f"entitlements: {message}", flush=True)
+
+    if note is not None:
+        announce(note)
 
     return workers.serve(settings, announce)
 
