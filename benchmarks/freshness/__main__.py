@@ -35,7 +35,7 @@ from typing import Any
 from benchmarks.data import seed, write_credentials
 from benchmarks.freshness import background, feed_cost, report, ttl_replay, visibility
 from benchmarks.load import h2load
-from benchmarks.load.report import environment
+from benchmarks.load.environment import environment
 from benchmarks.load.scenarios import H2LOAD_CONNECTIONS_PER_WORKER, HIT_USERS, SPANNER_USERS
 from benchmarks.load.servers import ServerFailed, ServerProcess, start_service
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks.data import seed, write_credentials
 from benchmarks.floor_server import KINDS
-from benchmarks.load import compare, fixed, h2load, report, runner, scenarios
+from benchmarks.load import compare, figures, fixed, h2load, report, runner, scenarios
 from benchmarks.load.plan import CLOSED, OPEN, Phase
 from benchmarks.load.runner import Generators, RawPhase
 from benchmarks.load.scenarios import (
@@ -344,7 +344,7 @@ class Run:
         for item, (scenario, kind) in enumerate(items):
             name, _server = self._server(scenario, kind)
             result = h2load.merge(parts[item])
-            record = report.h2load_record(result, scenario, busy[item] / slices)
+            record = figures.h2load_record(result, scenario, busy[item] / slices)
             record.update(
                 phase=f"{scenario.key}" + (f" [{kind}]" if kind else "") + f" h2load {mode}",
                 scenario=scenario.key,

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.load import scenarios
+from benchmarks.load.figures import overloaded
 from benchmarks.load.plan import OPEN
-from benchmarks.load.report import overloaded
 from benchmarks.load.scenarios import H2LOAD, SCENARIOS, Scenario
 
 # 8 x 5.5 inches at 120 dpi: 960 x 660 pixels, shown unscaled in a pull request's

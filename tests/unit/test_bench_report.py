@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import benchmarks.load.__main__ as load_tool
-from benchmarks.load import compare, report, scenarios
+from benchmarks.load import compare, figures, report, scenarios
 from benchmarks.load.plan import CLOSED, OPEN
 from benchmarks.load.scenarios import SCENARIOS
 
@@ -63,7 +63,7 @@ def _h2load(
     """An h2load saturation record and a 1-in-flight latency record."""
     return [
         _record(scenario, CLOSED, rps, latency_p99_us * 10, kind, repeat),
-        _record(scenario, report.LATENCY, 2_000.0, latency_p99_us, kind, repeat),
+        _record(scenario, figures.LATENCY, 2_000.0, latency_p99_us, kind, repeat),
     ]
 
 
