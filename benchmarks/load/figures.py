@@ -14,8 +14,6 @@ from benchmarks.load.scenarios import H2LOAD, PYTHON, SCENARIOS, Scenario
 
 # An open-loop phase that answered fewer than this fraction of its offered rate is overloaded.
 OVERLOAD_ACHIEVED = 0.95
-
-
 LATENCY = "latency"  # an h2load 1-in-flight record's shape
 
 
