@@ -23,7 +23,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.chaos.drills import BY_NAME, DRILLS, Config, DrillResult, run_drill
+from benchmarks.chaos.drills import BY_NAME, DRILLS
+from benchmarks.chaos.harness import Config, DrillResult, run_drill
 from benchmarks.chaos.report import drill_table, markdown, summary_markdown, verdict
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "results"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.chaos.drills import DrillResult, Phase
+from benchmarks.chaos.harness import DrillResult, Phase
 
 PHASES = ("before", "during", "after")
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import secrets
 
-from benchmarks.chaos.drills import BY_NAME, Config, DrillResult, run_drill
+from benchmarks.chaos.drills import BY_NAME
+from benchmarks.chaos.harness import Config, DrillResult, run_drill
 from benchmarks.chaos.load import STORM, WRITE, LoadShape
 from benchmarks.chaos.report import drill_table
 
