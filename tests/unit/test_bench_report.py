@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import benchmarks.load.__main__ as load_tool
-from benchmarks.load import compare, figures, report, scenarios
+from benchmarks.load import arguments, compare, figures, report, scenarios
 from benchmarks.load.plan import CLOSED, OPEN
 from benchmarks.load.scenarios import SCENARIOS
 
@@ -142,8 +142,8 @@ def build(
     argv: list[str], records: list[dict[str, Any]], baseline: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """report.build with the load tool's own argument parsing, as its main does."""
-    args = load_tool._arguments(argv)
-    selected = load_tool._selected(args)
+    args = arguments.parse_arguments(argv)
+    selected = arguments.selected_scenarios(args)
     return report.build(records, selected, {}, args, 1.0, baseline)
 
 
@@ -248,7 +248,7 @@ def test_the_thresholds_are_configurable() -> None:
 
     assert not compare.compare(run, baseline)["passed"]
     assert compare.compare(run, baseline, compare.Thresholds(throughput=0.40))["passed"]
-    looser = load_tool._arguments(["--smoke", "--compare-threshold", "0.4"])
+    looser = arguments.parse_arguments(["--smoke", "--compare-threshold", "0.4"])
     assert compare.compare(run, baseline, compare.thresholds_from(looser))["passed"]
 
 
