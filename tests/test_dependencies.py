@@ -46,7 +46,9 @@ SHIPPED_ROOTS = ("service", "storage", "generated", "deploy")
 # Code that runs from the checkout: [project] dependencies or any extra.
 CHECKOUT_ROOTS = ("tests", "benchmarks")
 # clients/ holds the stubs-only package, which declares its own dependencies.
-FIRST_PARTY = frozenset({"service", "storage", "entitlements", "tests", "benchmarks", "deploy"})
+FIRST_PARTY = frozenset(
+    {"service", "storage", "entitlements", "entitlements_client", "tests", "benchmarks", "deploy"}
+)
 GRPCIO_FAMILY = re.compile(r"^grpcio(-[a-z-]+)?$")
 # `name==version` and an optional environment marker, as pip-compile writes a pin.
 LOCK_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
