@@ -20,8 +20,7 @@ feeds: the cache, watch streams, callers' change streams) is the same whichever 
   in the worker), and the worker's follower treats the feed as lost after its own grace.
 
 The wire format is one JSON object per line each way (a handful of local connections;
-measured cheaper than the store read it replaces by orders of magnitude, README
-"Capacity").
+measured cheaper than the store read it replaces by orders of magnitude, docs/CACHING.md).
 """
 
 from __future__ import annotations

@@ -126,6 +126,51 @@ def test_the_readme_sends_readers_to_every_docs_page() -> None:
     assert not pages - named, f"docs pages the README does not link: {sorted(pages - named)}"
 
 
+# Code and configuration point at documentation by page and section: `docs/API.md, "For client
+# teams"` (`README "X"` too). The text may wrap onto a comment's next line.
+_SECTION_POINTER = re.compile(
+    r'(README(?:\.md)?|docs/[A-Za-z_]+\.md),?\s+\(?"([^"\n]+(?:\n[\s#*/]*[^"\n]+)?)"'
+)
+_POINTING_FILES = ("*.py", "*.yaml", "*.yml", "*.toml", "*.sh", "*.md", "Makefile", "Dockerfile")
+_NOT_SCANNED = {".git", ".venv", "generated", "node_modules", "results"}
+
+
+def pointing_files(root: Path = ROOT) -> Iterator[Path]:
+    for pattern in _POINTING_FILES:
+        for path in root.rglob(pattern):
+            parts = set(path.relative_to(root).parts)
+            if not parts & _NOT_SCANNED and not any(p.startswith(".") for p in parts - {"."}):
+                yield path
+
+
+def sections(page: Path) -> set[str]:
+    """What a pointer may name: the page's headings and its bold paragraph leads
+    (`**Deploying.**`), lower case, without trailing punctuation."""
+    text = page.read_text(encoding="utf-8")
+    found = {match.group(2) for line in text.splitlines() if (match := _HEADING.match(line))}
+    found |= set(re.findall(r"\*\*([^*\n]+)\*\*", text))
+    return {" ".join(name.split()).rstrip(".:").lower() for name in found}
+
+
+def test_section_pointers_in_code_and_config_name_a_section_of_the_page() -> None:
+    """`README, "Performance"` in a comment went stale when the README was split into docs/:
+    every such pointer names a page that exists and a heading or bold lead on it."""
+    wrong: list[str] = []
+    for path in pointing_files():
+        if path == Path(__file__):
+            continue
+        for match in _SECTION_POINTER.finditer(path.read_text(encoding="utf-8", errors="replace")):
+            page_name, section = match.groups()
+            page = ROOT / ("README.md" if page_name.startswith("README") else page_name)
+            named = " ".join(re.sub(r"[#*/]", " ", section).split()).rstrip(".:").lower()
+            where = f"{path.relative_to(ROOT)}: {page_name} {section!r}"
+            if not page.is_file():
+                wrong.append(f"{where}: no such page")
+            elif not any(known.startswith(named) for known in sections(page)):
+                wrong.append(f"{where}: no such section")
+    assert not wrong, "pointers to sections that do not exist:\n" + "\n".join(wrong)
+
+
 def test_the_checker_finds_dead_files_and_anchors(tmp_path: Path) -> None:
     """The checker itself: a missing file, a missing heading, a link out of the tree are
     reported; a good link, a repeated heading's numbered anchor, an explicit anchor, an
