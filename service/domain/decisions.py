@@ -25,12 +25,11 @@ from service.domain.account import (
     subscription_access,
 )
 from service.domain.catalog import Catalog, Feature, FeatureKind, Offer
+from service.domain.facts import AccountFacts, account_facts
 from service.domain.rules import (
-    AccountFacts,
     IneligibilityReason,
     Platform,
     RuleContext,
-    account_facts,
     first_failure,
 )
 

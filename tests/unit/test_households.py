@@ -15,6 +15,7 @@ from service.domain.account import (
 )
 from service.domain.decisions import DenialReason, decide_entitlement
 from service.domain.errors import NotFound, PreconditionFailed, PreconditionReason
+from service.domain.facts import AccountFacts, account_facts
 from service.domain.households import (
     active_seats,
     create_household,
@@ -28,7 +29,6 @@ from service.domain.households import (
     revoke_student,
     verify_student,
 )
-from service.domain.rules import AccountFacts, account_facts
 from service.usecases.tokens import household_behind, issue_token, parse_token
 from storage.repository import household_membership
 from tests.unit.factories import CATALOG, DAY, NOW, subscription
