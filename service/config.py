@@ -130,7 +130,7 @@ class Settings:
     # service/grpc_api/tracing.py.
     tracing: str = "off"
     # Store notifications over HTTP on this port (same host as the gRPC port, every
-    # worker; docs/ingestion.md): POST /notifications/app-store and /notifications/stripe,
+    # worker; docs/INGESTION.md): POST /notifications/app-store and /notifications/stripe,
     # /healthz. 0: off.
     notifications_port: int = 0
     # Apple's root certificates that App Store notifications must chain to: a

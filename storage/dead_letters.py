@@ -1,5 +1,5 @@
 """Dead letters: store notifications that could not become events, kept with their reason
-(docs/ingestion.md). One per delivery (source, the store's delivery id); a redelivery of
+(docs/INGESTION.md). One per delivery (source, the store's delivery id); a redelivery of
 the same notification counts an attempt instead of a new letter. Listed and replayed by
 `entitlements dead-letters`; a replay that records the event resolves the letter.
 

@@ -46,8 +46,15 @@ EXPORTED = {
     "entitlements_feed_changes_total",
     "entitlements_feed_cache_resets_total",
     "entitlements_watch_streams_open",
+    "entitlements_notifications_total",
+    "entitlements_notifications_refused_total",
+    "entitlements_dead_letters_total",
 }
-HISTOGRAMS = {"grpc_server_handling_seconds", "entitlements_store_call_seconds"}
+HISTOGRAMS = {
+    "grpc_server_handling_seconds",
+    "entitlements_store_call_seconds",
+    "entitlements_notification_lag_seconds",
+}
 # Not exported yet: rules and panels on them must say so.
 PLANNED: set[str] = set()
 KNOWN = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from service.cli.dead_letter_commands import dead_letters, replay_dead_letters
 from service.cli.parser_flags import (
     add_connection_arguments,
     command,
@@ -112,6 +113,34 @@ def _add_server_commands(commands: Commands) -> None:
         "entitlements settings-reference > docs/SETTINGS.md",
     )
     reference.set_defaults(run=show_settings_reference)
+
+    letters = command(
+        commands,
+        "dead-letters",
+        "list store notifications that could not become events",
+        "Lists the dead letters of store notifications (docs/INGESTION.md): what could "
+        "not be mapped (unknown product, no user, an unhandled type...), with its reason, "
+        "oldest first; open ones unless --all.",
+        "entitlements dead-letters",
+        "entitlements dead-letters --all --storage sqlite:///data/entitlements.db",
+    )
+    storage_flag(letters)
+    letters.add_argument("--all", action="store_true", help="resolved letters too")
+    letters.add_argument("--limit", type=int, default=100, help="at most this many")
+    letters.set_defaults(run=dead_letters)
+
+    replay = command(
+        commands,
+        "replay-dead-letters",
+        "map and record dead letters again, after a fix",
+        "Maps each open dead letter (or those named) again with the current catalog and "
+        "records it; a letter that now records is resolved. Exit status 1 when any stays.",
+        "entitlements replay-dead-letters",
+        "entitlements replay-dead-letters evt_1NqX... --storage sqlite:///data/entitlements.db",
+    )
+    storage_flag(replay)
+    replay.add_argument("delivery_ids", nargs="*", metavar="ID", help="delivery ids to replay")
+    replay.set_defaults(run=replay_dead_letters)
 
 
 def _add_support_commands(commands: Commands) -> None:

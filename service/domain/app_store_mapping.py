@@ -1,4 +1,4 @@
-"""App Store Server Notifications v2, verified and decoded, as events (docs/ingestion.md).
+"""App Store Server Notifications v2, verified and decoded, as events (docs/INGESTION.md).
 
 The input is the notification's decoded JSON (`responseBodyV2DecodedPayload`: notificationType,
 subtype, notificationUUID, signedDate, data) with the decoded signed transaction under

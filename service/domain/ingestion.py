@@ -1,5 +1,5 @@
 """What a verified store notification becomes: an event for a user, nothing, or a dead
-letter with its reason (docs/ingestion.md).
+letter with its reason (docs/INGESTION.md).
 
 The store adapters (service/ingestion) verify a notification with the store's own library
 and hand its decoded JSON to the pure mapping of that store (app_store_mapping,

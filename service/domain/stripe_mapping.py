@@ -1,4 +1,4 @@
-"""Stripe webhook events, verified, as events of the web store (docs/ingestion.md).
+"""Stripe webhook events, verified, as events of the web store (docs/INGESTION.md).
 
 Stripe sends the object as it is after the change (a snapshot), repeats events and does
 not order them: each becomes a snapshot event ordered by the event's `created`.

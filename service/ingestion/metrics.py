@@ -1,4 +1,4 @@
-"""Prometheus metrics of the ingestion (docs/ingestion.md, docs/SLO.md), in the registry
+"""Prometheus metrics of the ingestion (docs/INGESTION.md, docs/SLO.md), in the registry
 the worker's other metrics use (summed across workers by the supervisor's endpoint)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Store notifications, verified and decoded by an adapter (service/ingestion), become
 subscription events through RecordSubscriptionEvent's use case, or dead letters
-(docs/ingestion.md). Every verdict says whether the notification is durable, so the
+(docs/INGESTION.md). Every verdict says whether the notification is durable, so the
 adapter answers the store 2xx only then (the stores redeliver anything else):
 
 - RECORDED / DUPLICATE: the event is stored (or was, under the same store id);

@@ -22,6 +22,7 @@ import pytest
 
 from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import entitlement_service_pb2_grpc as es_grpc
+from service.catalog import EXAMPLE_CATALOG
 from service.config import Settings
 from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.server import RunningServer, start_server
@@ -29,6 +30,7 @@ from service.ingestion.runner import RunningIngress, start_ingress
 from service.usecases.ingestion import Verdict
 from storage.sqlite import SqliteRepository
 from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
+from tests.integration.test_cli import run_cli
 from tests.store_signing import (
     BUNDLE_ID,
     STRIPE_SECRET,
@@ -57,6 +59,7 @@ class Ingest:
     chain: AppleChain
     stub: es_grpc.EntitlementServiceStub
     channel: grpc.Channel
+    storage_url: str
 
     @property
     def url(self) -> str:
@@ -116,7 +119,8 @@ def ingest(tmp_path: Path) -> Iterator[Ingest]:
     assert ingress is not None and ingress.port == settings.notifications_port
     channel = with_bearer_token(grpc.insecure_channel(f"127.0.0.1:{running.port}"), SERVICE_TOKEN)
     try:
-        yield Ingest(running, ingress, chain, es_grpc.EntitlementServiceStub(channel), channel)
+        stub = es_grpc.EntitlementServiceStub(channel)
+        yield Ingest(running, ingress, chain, stub, channel, settings.storage_url)
     finally:
         channel.close()
         ingress.stop()
@@ -343,3 +347,48 @@ def test_unmappable_notifications_become_dead_letters_and_replay_after_a_fix(
         ("evt_unknown_price", "unknown_product", 1),
     ]
     assert ingest.count("stripe", Verdict.DEAD_LETTER) == 3
+
+
+def test_dead_letters_are_listed_and_replayed_by_the_cli_after_a_catalog_fix(
+    ingest: Ingest, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    user = f"web-{uuid.uuid4()}"
+    event = stripe_subscription_event(
+        "evt_new_plan", "customer.subscription.created", created=now - timedelta(minutes=5),
+        subscription_id="sub_np", user=user, price_lookup_key="karaoke_plan",
+        status="active", period_end=now + 30 * DAY,
+    )  # fmt: skip
+    assert ingest.stripe(event)[1]["verdict"] == "dead_letter"
+    storage = ingest.storage_url
+    listed = run_cli("dead-letters", "--storage", storage, cwd=tmp_path).stdout
+    assert "stripe evt_new_plan  unknown_product: price karaoke_plan/price_karaoke_plan" in listed
+    # Still unmappable with the old catalog: it stays, exit status 1.
+    failed = run_cli("replay-dead-letters", "--storage", storage, cwd=tmp_path, check=False)
+    assert failed.returncode == 1 and "dead_letter" in failed.stdout
+    # The fix: a catalog that sells the plan.
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        EXAMPLE_CATALOG.read_text().replace(
+            "  - id: premium_individual\n", _KARAOKE_PLAN + "  - id: premium_individual\n", 1
+        )
+    )
+    replayed = run_cli(
+        "replay-dead-letters", "evt_new_plan", "--storage", storage, cwd=tmp_path,
+        env={"ENTITLEMENTS_CATALOG_PATH": str(catalog)},
+    )  # fmt: skip
+    assert "evt_new_plan: recorded" in replayed.stdout
+    listed = run_cli("dead-letters", "--storage", storage, cwd=tmp_path).stdout
+    assert "no open dead letters" in listed
+    (subscription,) = ingest.running.repository.load(user).account.subscriptions
+    assert (subscription.plan_id, subscription.status.value) == ("karaoke_plan", "active")
+
+
+_KARAOKE_PLAN = """  - id: karaoke_plan
+    name: Karaoke
+    premium: true
+    household_size: 1
+    features:
+      basic_playback: {}
+      offline_downloads: {}
+"""

@@ -1,5 +1,5 @@
 -- Store notifications that could not become events (storage/dead_letters.py,
--- docs/ingestion.md): kept with their reason until a fix and a replay resolve them.
+-- docs/INGESTION.md): kept with their reason until a fix and a replay resolve them.
 -- One row per delivery (the store's own id: notificationUUID, Stripe event id, Pub/Sub
 -- messageId); `payload` is the verified, decoded notification as JSON.
 CREATE TABLE dead_letters (

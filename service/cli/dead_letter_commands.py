@@ -1,0 +1,40 @@
+"""dead-letters and replay-dead-letters: the store notifications that could not become
+events (docs/INGESTION.md), listed, and replayed after a fix."""
+
+from __future__ import annotations
+
+import argparse
+
+from service.config import Settings
+
+
+def dead_letters(args: argparse.Namespace) -> int:
+    from service.ingestion.replay import list_dead_letters
+
+    settings = Settings.load(storage_url=args.storage)
+    letters = list_dead_letters(settings, args.all, args.limit)
+    if not letters:
+        print("no dead letters" if args.all else "no open dead letters")
+        return 0
+    for letter in letters:
+        state = f"resolved {letter.resolved_at.isoformat()}" if letter.resolved_at else "open"
+        print(
+            f"{letter.source} {letter.delivery_id}  {letter.reason}: {letter.detail}  "
+            f"(received {letter.received_at.isoformat()}, {letter.attempts} attempt(s), {state})"
+        )
+    return 0
+
+
+def replay_dead_letters(args: argparse.Namespace) -> int:
+    from service.ingestion.replay import replay_dead_letters as replay
+
+    settings = Settings.load(storage_url=args.storage)
+    results = replay(settings, list(args.delivery_ids))
+    if not results:
+        print("nothing to replay")
+        return 0
+    failed = 0
+    for letter, result in results:
+        print(f"{letter.source} {letter.delivery_id}: {result.verdict.value} {result.detail}")
+        failed += result.verdict.value in ("dead_letter", "retry", "conflict")
+    return 1 if failed else 0
