@@ -86,7 +86,9 @@ def build_application(
         repository=repository,
         cache=cache,
         reads=reads,
-        writes=WriteService(catalog, repository, cache, clock, settings.write_timeout_seconds),
+        writes=WriteService(
+            catalog, repository, cache, clock, settings.write_timeout_seconds, store_calls
+        ),
         store_calls=store_calls,
         clock=clock,
         watches=WatchService(reads, settings.max_watch_streams, clock),

@@ -79,23 +79,25 @@ def store_seconds_left() -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class StoreBudget:
-    seconds: float
+    # None: no deadline at all (no RPC deadline and no store timeout).
+    seconds: float | None
     # True when the RPC's deadline, not the store timeout, bounds the store call: if the
     # call runs out of time, so does the RPC (DEADLINE_EXCEEDED, not unavailable).
     bound_by_rpc: bool
 
 
 @contextmanager
-def store_budget(store_timeout: float) -> Iterator[StoreBudget]:
+def store_budget(store_timeout: float | None) -> Iterator[StoreBudget]:
     """Store calls inside get the store's share of the RPC's time: min(store_timeout,
-    what is left minus ANSWER_RESERVE_SECONDS). Raises DeadlineExceeded when the RPC has
-    no time left for a store call at all."""
+    what is left minus ANSWER_RESERVE_SECONDS); None: what is left alone. Raises
+    DeadlineExceeded when the RPC has no time left for a store call at all."""
     left = rpc_seconds_left()
-    if left is None or left - ANSWER_RESERVE_SECONDS >= store_timeout:
+    store_share = None if left is None else left - ANSWER_RESERVE_SECONDS
+    if store_share is None or (store_timeout is not None and store_share >= store_timeout):
         budget = StoreBudget(store_timeout, bound_by_rpc=False)
     else:
-        budget = StoreBudget(left - ANSWER_RESERVE_SECONDS, bound_by_rpc=True)
-    if budget.seconds <= 0:
+        budget = StoreBudget(store_share, bound_by_rpc=True)
+    if budget.seconds is not None and budget.seconds <= 0:
         raise DeadlineExceeded("no time left in the RPC for a store call")
     with within_store_deadline(budget.seconds):
         yield budget

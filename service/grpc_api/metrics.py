@@ -14,8 +14,9 @@ Where the values come from, so that the hot paths pay little:
   evictions, single-flight waits) and the guard's shed count are copied into the
   metrics every SYNC_SECONDS by WorkerMetrics, which also sets the gauges (cache entries,
   store readiness): the cache-hit path makes no metrics call for them;
-- Spanner's aborted transactions come through storage.observers (storage imports nothing
-  of this module).
+- Spanner's aborted transactions come through the same observer: the backend tells the
+  observer of the store call it serves (storage.observers; storage imports nothing of
+  this module).
 
 Names follow the conventional gRPC server metrics (grpc_server_started_total,
 grpc_server_handled_total, grpc_server_handling_seconds) and entitlements_* for the rest;
@@ -48,7 +49,6 @@ from prometheus_client import (
 )
 
 from service.domain.errors import DomainError
-from storage.observers import on_transaction_abort
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,6 @@ def metrics() -> Metrics:
     with _metrics_lock:
         if _metrics is None:
             _metrics = Metrics()
-            on_transaction_abort(_count_abort)
         return _metrics
 
 
@@ -220,11 +219,6 @@ def supervisor_metrics() -> SupervisorMetrics:
         if _supervisor_metrics is None:
             _supervisor_metrics = SupervisorMetrics()
         return _supervisor_metrics
-
-
-def _count_abort(backend: str) -> None:
-    if backend == "spanner":
-        metrics().spanner_aborts.inc()
 
 
 # --- the RPCs ---------------------------------------------------------------------------
@@ -288,6 +282,10 @@ class StoreMetrics:
             # A refused write (DomainError) is the request's fault, not the store's; a
             # cancelled call is the caller's going away.
             self._metrics.store_errors.labels(self._backend, operation, type(error).__name__).inc()
+
+    def transaction_aborted(self, backend: str) -> None:
+        if backend == "spanner":
+            self._metrics.spanner_aborts.inc()
 
 
 # --- the counts of the use cases, copied now and then --------------------------------------

@@ -293,7 +293,7 @@ async def _start(
         (
             subscription_event_service_pb2,
             EVENT_SERVICE,
-            SubscriptionEventServicer(app.writes, app.store_calls),
+            SubscriptionEventServicer(app.writes),
         ),
         (
             admin_service_pb2,

@@ -6,8 +6,8 @@ authenticates, sets the deadline budget and maps errors."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -19,16 +19,11 @@ from entitlements.v1 import (
     subscription_event_service_pb2,
     subscription_event_service_pb2_grpc,
 )
-from service.domain.deadlines import rpc_seconds_left
 from service.grpc_api import convert
 from service.usecases.change_streams import ChangeStreams
 from service.usecases.reads import ReadService
-from service.usecases.store_calls import StoreCalls
 from service.usecases.watch import WatchService
 from service.usecases.writes import WriteService
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 class EntitlementServicer(entitlement_service_pb2_grpc.EntitlementServiceServicer):
@@ -133,18 +128,15 @@ class OfferServicer(offer_service_pb2_grpc.OfferServiceServicer):
 class SubscriptionEventServicer(
     subscription_event_service_pb2_grpc.SubscriptionEventServiceServicer
 ):
-    def __init__(self, writes: WriteService, store: StoreCalls) -> None:
+    def __init__(self, writes: WriteService) -> None:
         self._writes = writes
-        self._store = store
 
     async def RecordSubscriptionEvent(
         self,
         request: subscription_event_service_pb2.RecordSubscriptionEventRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RecordSubscriptionEventResponse:
-        answer = await self._offload(
-            self._writes.record_event, request.user_id, convert.event_from_proto(request)
-        )
+        answer = await self._writes.record_event(request.user_id, convert.event_from_proto(request))
         return convert.event_answer_to_proto(answer)
 
     async def GrantEntitlement(
@@ -152,8 +144,7 @@ class SubscriptionEventServicer(
         request: subscription_event_service_pb2.GrantEntitlementRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.GrantEntitlementResponse:
-        answer = await self._offload(
-            self._writes.grant,
+        answer = await self._writes.grant(
             request.request_id,
             request.user_id,
             convert.grant_request_from_proto(request),
@@ -168,9 +159,7 @@ class SubscriptionEventServicer(
         request: subscription_event_service_pb2.RevokeEntitlementRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RevokeEntitlementResponse:
-        answer = await self._offload(
-            self._writes.revoke, request.request_id, request.user_id, request.grant_id
-        )
+        answer = await self._writes.revoke(request.request_id, request.user_id, request.grant_id)
         return subscription_event_service_pb2.RevokeEntitlementResponse(
             grant=convert.grant_to_proto(answer.grant),
             consistency_token=answer.consistency_token,
@@ -181,8 +170,7 @@ class SubscriptionEventServicer(
         request: subscription_event_service_pb2.RedeemOfferRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RedeemOfferResponse:
-        answer = await self._offload(
-            self._writes.redeem,
+        answer = await self._writes.redeem(
             request.request_id,
             request.user_id,
             request.offer_id,
@@ -201,9 +189,7 @@ class SubscriptionEventServicer(
         request: subscription_event_service_pb2.CreateHouseholdRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.CreateHouseholdResponse:
-        answer = await self._offload(
-            self._writes.create_household, request.request_id, request.manager_user_id
-        )
+        answer = await self._writes.create_household(request.request_id, request.manager_user_id)
         return subscription_event_service_pb2.CreateHouseholdResponse(
             household_id=answer.household_id,
             plan_id=answer.plan_id,
@@ -216,8 +202,7 @@ class SubscriptionEventServicer(
         request: subscription_event_service_pb2.AddHouseholdMemberRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.AddHouseholdMemberResponse:
-        answer = await self._offload(
-            self._writes.add_household_member,
+        answer = await self._writes.add_household_member(
             request.request_id,
             request.manager_user_id,
             request.household_id,
@@ -234,8 +219,7 @@ class SubscriptionEventServicer(
         request: subscription_event_service_pb2.RemoveHouseholdMemberRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RemoveHouseholdMemberResponse:
-        answer = await self._offload(
-            self._writes.remove_household_member,
+        answer = await self._writes.remove_household_member(
             request.request_id,
             request.manager_user_id,
             request.household_id,
@@ -252,8 +236,7 @@ class SubscriptionEventServicer(
         request: subscription_event_service_pb2.RecordStudentVerificationRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RecordStudentVerificationResponse:
-        answer = await self._offload(
-            self._writes.record_student_verification,
+        answer = await self._writes.record_student_verification(
             request.request_id,
             request.user_id,
             convert.optional_time(request, "verified_until"),
@@ -271,13 +254,7 @@ class SubscriptionEventServicer(
         request: subscription_event_service_pb2.RevokeStudentVerificationRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RevokeStudentVerificationResponse:
-        answer = await self._offload(
-            self._writes.revoke_student_verification, request.request_id, request.user_id
-        )
+        answer = await self._writes.revoke_student_verification(request.request_id, request.user_id)
         return subscription_event_service_pb2.RevokeStudentVerificationResponse(
             consistency_token=answer.consistency_token
         )
-
-    async def _offload(self, write: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """A write runs in a store thread (the stores block), within the RPC's budget."""
-        return await self._store.run(rpc_seconds_left(), write, *args, **kwargs)

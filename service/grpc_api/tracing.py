@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from service.usecases.store_calls import StoreCallObserver
+from storage.observers import StoreCallObserver
 
 SERVICE_NAME = "entitlement-offer-service"
 TRACER_NAME = "service.grpc_api"
@@ -166,3 +166,7 @@ class TracingStoreObserver:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         span.end(end_time=ended)
+
+    def transaction_aborted(self, backend: str) -> None:
+        if self._inner is not None:
+            self._inner.transaction_aborted(backend)

@@ -6,14 +6,13 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
 from service.domain.account import UserState
 from service.domain.catalog import Catalog
-from service.domain.deadlines import StoreBudget, store_budget
 from service.domain.decisions import (
     EntitlementDecision,
     OfferDecisions,
@@ -31,7 +30,7 @@ from service.domain.validation import (
 from service.usecases.cache import CachedUser, UserStateCache
 from service.usecases.clock import Clock, utc_now
 from service.usecases.single_flight import SingleFlight
-from service.usecases.store_calls import StoreCalls
+from service.usecases.store_calls import StoreCalls, within_store_budget
 from service.usecases.tokens import ConsistencyToken, check_token, household_behind
 from storage.repository import AccountRepository
 
@@ -216,20 +215,22 @@ class ReadService:
             entry = self._cache.get(user_id, min_version)
             if entry is not None and not household_behind(manager_token, entry.state):
                 return entry
-        budget: StoreBudget | None = None
+        # A read that must see every write before it arrived (a token's, or a
+        # full-consistency read) shares only a store read begun after it arrived:
+        # concurrent fresh reads of a user cost one store read, and a token newer than
+        # anything stored (forged) costs no more than any other read. A read after a
+        # change of the user (a write, or the change feed) likewise shares no read begun
+        # before the change.
+        fresh = min_version > 0 or full or manager_token is not None
+        started_after = time.monotonic() if fresh else self._cache.changed_at(user_id)
+
+        def load(seconds: float | None) -> Awaitable[tuple[UserState, float]]:
+            return self._shared_load(user_id, seconds, started_after)
+
         try:
-            with store_budget(self._policy.store_timeout_seconds) as budget:
-                # A read that must see every write before it arrived (a token's, or a
-                # full-consistency read) shares only a store read begun after it arrived:
-                # concurrent fresh reads of a user cost one store read, and a token newer
-                # than anything stored (forged) costs no more than any other read.
-                # A read after a change of the user (a write, or the change feed) likewise
-                # shares no read begun before the change.
-                fresh = min_version > 0 or full or manager_token is not None
-                started_after = time.monotonic() if fresh else self._cache.changed_at(user_id)
-                state, loaded_since = await self._shared_load(
-                    user_id, budget.seconds, started_after
-                )
+            state, loaded_since = await within_store_budget(
+                self._policy.store_timeout_seconds, load
+            )
         except (StoreUnavailable, DeadlineExceeded) as error:
             if not full and self._policy.max_staleness_seconds > 0:
                 stale = self._cache.get_stale(
@@ -240,13 +241,13 @@ class ReadService:
                     # logged per call: an outage would write a line per RPC.
                     log.debug("store failed (%s); serving stale cached state", error)
                     return stale
-            if isinstance(error, DeadlineExceeded) and (budget is None or budget.bound_by_rpc):
+            if isinstance(error, DeadlineExceeded):  # the RPC's deadline, not the store's
                 raise
             raise StoreUnavailable("the store failed and no cached state can serve") from error
         return self._cache.put(state, loaded_since)
 
     async def _shared_load(
-        self, user_id: str, seconds: float, started_after: float
+        self, user_id: str, seconds: float | None, started_after: float
     ) -> tuple[UserState, float]:
         """One store read for all concurrent misses of the user (begun at `started_after`
         or later), and when it began; each waits at most `seconds` (its own budget)."""

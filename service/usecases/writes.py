@@ -7,23 +7,19 @@ import dataclasses
 import enum
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from service.domain.account import AccountState, Grant, Store, Subscription, UserState
 from service.domain.catalog import Catalog
-from service.domain.deadlines import StoreBudget, store_budget
 from service.domain.errors import (
-    DeadlineExceeded,
     FieldViolation,
     IdempotencyConflict,
     InvalidRequest,
     PreconditionFailed,
     PreconditionReason,
-    StoreUnavailable,
 )
 from service.domain.events import (
     EventOutcome,
@@ -46,6 +42,7 @@ from service.domain.rules import Platform
 from service.domain.validation import check_id, check_market, check_user_id
 from service.usecases.cache import UserStateCache
 from service.usecases.clock import Clock, utc_now
+from service.usecases.store_calls import StoreCalls
 from service.usecases.tokens import issue_token
 from storage.repository import (
     AccountMutation,
@@ -189,14 +186,16 @@ class WriteService:
         cache: UserStateCache,
         clock: Clock = utc_now,
         write_timeout_seconds: float = 2.0,
+        store: StoreCalls | None = None,
     ) -> None:
         self.catalog = catalog
         self._repository = repository
         self._cache = cache
         self._clock = clock
         self._write_timeout = write_timeout_seconds
+        self._store = store or StoreCalls(threads=4)
 
-    def record_event(self, user_id: str, event: SubscriptionEvent) -> EventAnswer:
+    async def record_event(self, user_id: str, event: SubscriptionEvent) -> EventAnswer:
         violations: list[FieldViolation] = []
         check_user_id(user_id, "user_id", violations)
         _raise_if(violations)
@@ -225,7 +224,7 @@ class WriteService:
             )
 
         key = IdempotencyKey("event", event.event_id, fingerprint(event))
-        applied = self._apply(user_id, key, mutate, now)
+        applied = await self._apply("record_event", user_id, key, mutate, now)
         outcome = (
             RecordOutcome.DUPLICATE
             if applied.replayed
@@ -236,7 +235,7 @@ class WriteService:
         )
         return EventAnswer(outcome, subscription, issue_token(user_id, applied.version))
 
-    def grant(self, request_id: str, user_id: str, request: GrantRequest) -> GrantAnswer:
+    async def grant(self, request_id: str, user_id: str, request: GrantRequest) -> GrantAnswer:
         violations: list[FieldViolation] = []
         check_id(request_id, "request_id", violations)
         check_user_id(user_id, "user_id", violations)
@@ -261,10 +260,10 @@ class WriteService:
         # What the caller sent (an unset start stays unset): a retry of the same request
         # matches, whenever it arrives.
         key = IdempotencyKey("grant", request_id, fingerprint(request))
-        applied = self._apply(user_id, key, mutate, now)
+        applied = await self._apply("grant", user_id, key, mutate, now)
         return self._grant_answer(user_id, applied)
 
-    def revoke(self, request_id: str, user_id: str, grant_id: str) -> GrantAnswer:
+    async def revoke(self, request_id: str, user_id: str, grant_id: str) -> GrantAnswer:
         violations: list[FieldViolation] = []
         check_id(request_id, "request_id", violations)
         check_user_id(user_id, "user_id", violations)
@@ -293,10 +292,10 @@ class WriteService:
             )
 
         key = IdempotencyKey("revoke", request_id, fingerprint(grant_id))
-        applied = self._apply(user_id, key, mutate, now)
+        applied = await self._apply("revoke", user_id, key, mutate, now)
         return self._grant_answer(user_id, applied)
 
-    def redeem(
+    async def redeem(
         self,
         request_id: str,
         user_id: str,
@@ -323,8 +322,9 @@ class WriteService:
         # The household (the manager's subscriptions) is read before the transaction: it
         # only refines the current plan; the once-per-group facts are the user's own rows,
         # read inside the transaction.
-        with self._budget():
-            household = self._repository.load(user_id).household
+        household = (
+            await self._store.call("redeem", self._write_timeout, self._repository.load, user_id)
+        ).household
 
         def mutate(account: AccountState) -> Mutation:
             updated, subscription = redeem_offer(
@@ -351,14 +351,14 @@ class WriteService:
         key = IdempotencyKey(
             "redeem", request_id, fingerprint(offer_id, market, platform, store, subscription_id)
         )
-        applied = self._apply(user_id, key, mutate, now)
+        applied = await self._apply("redeem", user_id, key, mutate, now)
         reply = RedeemReply.from_stored(applied.response)
         subscription = next(
             s for s in applied.state.subscriptions if s.subscription_id == reply.subscription_id
         )
         return RedeemAnswer(subscription, issue_token(user_id, applied.version))
 
-    def create_household(self, request_id: str, manager_user_id: str) -> HouseholdAnswer:
+    async def create_household(self, request_id: str, manager_user_id: str) -> HouseholdAnswer:
         violations: list[FieldViolation] = []
         check_id(request_id, "request_id", violations)
         check_user_id(manager_user_id, "manager_user_id", violations)
@@ -380,7 +380,7 @@ class WriteService:
             )
 
         key = IdempotencyKey("household_create", request_id, fingerprint(manager_user_id))
-        applied = self._apply(manager_user_id, key, mutate, now)
+        applied = await self._apply("create_household", manager_user_id, key, mutate, now)
         return HouseholdAnswer(
             household_id,
             str(applied.response["plan_id"]),
@@ -401,7 +401,7 @@ class WriteService:
         _raise_if(violations)
         return fingerprint(manager_user_id, household_id, member_user_id)
 
-    def add_household_member(
+    async def add_household_member(
         self, request_id: str, manager_user_id: str, household_id: str, member_user_id: str
     ) -> MembershipAnswer:
         """Two transactions, each idempotent on request_id: the seat on the manager's
@@ -458,21 +458,29 @@ class WriteService:
             return Mutation(updated, {}, (HistoryDraft("household_seat", household_id, now, note),))
 
         unseat_key = IdempotencyKey("household_unseat", request_id, digest)
-        manager = self._apply(
-            manager_user_id, IdempotencyKey("household_seat", request_id, digest), seat, now
+        manager = await self._apply(
+            "add_household_member",
+            manager_user_id,
+            IdempotencyKey("household_seat", request_id, digest),
+            seat,
+            now,
         )
         try:
-            member = self._apply(
-                member_user_id, IdempotencyKey("household_join", request_id, digest), join, now
+            member = await self._apply(
+                "add_household_member",
+                member_user_id,
+                IdempotencyKey("household_join", request_id, digest),
+                join,
+                now,
             )
         except IdempotencyConflict:
             # The member's account used this request id for another add (another
             # household): this request can never join, so its seat must not stay behind.
-            self._apply(manager_user_id, unseat_key, undo, now)
+            await self._apply("add_household_member", manager_user_id, unseat_key, undo, now)
             raise
         refused = member.response.get("refused")
         if refused is not None:
-            self._apply(manager_user_id, unseat_key, undo, now)
+            await self._apply("add_household_member", manager_user_id, unseat_key, undo, now)
             raise PreconditionFailed(
                 PreconditionReason[str(refused)],
                 str(member.response["subject"]),
@@ -484,7 +492,7 @@ class WriteService:
             issue_token(manager_user_id, manager.version),
         )
 
-    def remove_household_member(
+    async def remove_household_member(
         self, request_id: str, manager_user_id: str, household_id: str, member_user_id: str
     ) -> MembershipAnswer:
         """Two transactions, each idempotent on request_id: the member's membership ends
@@ -510,14 +518,28 @@ class WriteService:
             )
 
         # The manager must manage the household (NOT_FOUND) before anything is written.
-        with self._budget():
-            managed = self._repository.load(manager_user_id).account
+        managed = (
+            await self._store.call(
+                "remove_household_member",
+                self._write_timeout,
+                self._repository.load,
+                manager_user_id,
+            )
+        ).account
         release_seat(managed, household_id, member_user_id, now)
-        member = self._apply(
-            member_user_id, IdempotencyKey("household_leave", request_id, digest), leave, now
+        member = await self._apply(
+            "remove_household_member",
+            member_user_id,
+            IdempotencyKey("household_leave", request_id, digest),
+            leave,
+            now,
         )
-        manager = self._apply(
-            manager_user_id, IdempotencyKey("household_release", request_id, digest), unseat, now
+        manager = await self._apply(
+            "remove_household_member",
+            manager_user_id,
+            IdempotencyKey("household_release", request_id, digest),
+            unseat,
+            now,
         )
         return MembershipAnswer(
             household_id,
@@ -525,7 +547,7 @@ class WriteService:
             issue_token(manager_user_id, manager.version),
         )
 
-    def record_student_verification(
+    async def record_student_verification(
         self,
         request_id: str,
         user_id: str,
@@ -557,12 +579,12 @@ class WriteService:
             )
 
         key = IdempotencyKey("student_verify", request_id, fingerprint(until, provider_reference))
-        applied = self._apply(user_id, key, mutate, now)
+        applied = await self._apply("record_student_verification", user_id, key, mutate, now)
         return StudentAnswer(
             applied.state.student_verified_until, issue_token(user_id, applied.version)
         )
 
-    def revoke_student_verification(self, request_id: str, user_id: str) -> StudentAnswer:
+    async def revoke_student_verification(self, request_id: str, user_id: str) -> StudentAnswer:
         violations: list[FieldViolation] = []
         check_id(request_id, "request_id", violations)
         check_user_id(user_id, "user_id", violations)
@@ -580,37 +602,26 @@ class WriteService:
             )
 
         key = IdempotencyKey("student_revoke", request_id, fingerprint(user_id))
-        applied = self._apply(user_id, key, mutate, now)
+        applied = await self._apply("revoke_student_verification", user_id, key, mutate, now)
         return StudentAnswer(
             applied.state.student_verified_until, issue_token(user_id, applied.version)
         )
 
-    def _apply(
+    async def _apply(
         self,
+        operation: str,
         user_id: str,
         key: IdempotencyKey,
         mutate: AccountMutation,
         now: datetime,
     ) -> Applied:
         try:
-            with self._budget():
-                return self._repository.apply(user_id, key, mutate, now)
+            return await self._store.call(
+                operation, self._write_timeout, self._repository.apply, user_id, key, mutate, now
+            )
         finally:
             # Before the write returns, this process must not serve the older state.
             self._cache.invalidate(user_id)
-
-    @contextmanager
-    def _budget(self) -> Iterator[None]:
-        """A store call of a write gets min(write timeout, what the RPC has left). When
-        the write timeout (not the RPC's deadline) ran out, the store is unavailable."""
-        budget: StoreBudget | None = None
-        try:
-            with store_budget(self._write_timeout) as budget:
-                yield
-        except DeadlineExceeded as error:
-            if budget is not None and not budget.bound_by_rpc:
-                raise StoreUnavailable("the store did not answer in time") from error
-            raise
 
     def _grant_answer(self, user_id: str, applied: Applied) -> GrantAnswer:
         grant_id = GrantReply.from_stored(applied.response).grant_id

@@ -4,6 +4,7 @@ and a Spanner that stays unreachable behind a real gRPC server."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import socket
@@ -30,6 +31,7 @@ from service.domain.deadlines import within_store_deadline
 from service.domain.errors import DeadlineExceeded, StoreUnavailable
 from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.server import start_server
+from service.usecases.store_calls import StoreCalls
 from storage.repository import HistoryDraft, IdempotencyKey, Mutation
 from storage.spanner import (
     APPLY_READ_QUERY,
@@ -124,6 +126,40 @@ def test_aborted_commit_is_retried_at_once_and_writes_the_same_rows(mock: MockSp
     assert [list(row)[:3] for row in history.values] == [["u1", "1", "0"]]
     for commit in commits:
         assert commit.request_options.transaction_tag == "apply-redeem"
+
+
+class Recorder:
+    """A StoreCallObserver that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, BaseException | None]] = []
+        self.aborts: list[str] = []
+
+    def store_call(self, operation: str, seconds: float, error: BaseException | None) -> None:
+        self.calls.append((operation, error))
+
+    def transaction_aborted(self, backend: str) -> None:
+        self.aborts.append(backend)
+
+
+def test_an_aborted_attempt_is_told_to_the_observer_of_the_store_call(
+    mock: MockSpanner,
+) -> None:
+    """entitlements_spanner_transaction_aborts: the repository reports the abort to the
+    observer of the store call it serves (the metrics' StoreMetrics, in a server)."""
+    mock.answer(APPLY_READ_QUERY.sql, query_result(APPLY_READ_QUERY, NO_STATE))
+    mock.add_error("Commit", status(ABORTED, "injected abort", retry_delay=0.001))
+    repo = repository(mock)
+    recorder = Recorder()
+    calls = StoreCalls(threads=1, observer=recorder)
+    key = IdempotencyKey("redeem", "r1", "fp")
+    try:
+        applied = asyncio.run(calls.call("apply", 5.0, repo.apply, "u1", key, redeem([]), T0))  # type: ignore[arg-type]
+    finally:
+        calls.close()
+    assert applied.version == 1
+    assert recorder.aborts == ["spanner"]
+    assert [operation for operation, _ in recorder.calls] == ["apply"]
 
 
 def test_unavailable_read_is_retried(mock: MockSpanner) -> None:

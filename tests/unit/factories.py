@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from service.catalog import load_catalog
 from service.domain.account import (
@@ -24,6 +25,7 @@ from service.domain.catalog import Catalog, Experiment
 from service.domain.decisions import EntitlementDecision, OfferDecisions
 from service.domain.rules import Platform
 from service.usecases.reads import Answer, Consistency, ReadService
+from service.usecases.writes import WriteService
 
 CATALOG: Catalog = load_catalog()
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -192,3 +194,18 @@ class SyncReads:
         consistency: Consistency = DEFAULT_CONSISTENCY,
     ) -> Answer[OfferDecisions]:
         return asyncio.run(self.service.get_offers(user_id, market, platform, consistency))
+
+
+class SyncWrites:
+    """The write use cases (coroutines) called synchronously, one event loop per call."""
+
+    def __init__(self, writes: WriteService) -> None:
+        self.service = writes
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        use_case = getattr(self.service, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return asyncio.run(use_case(*args, **kwargs))
+
+        return call

@@ -154,4 +154,7 @@ def test_store_budget_is_the_smaller_of_store_timeout_and_rpc_time() -> None:
         assert left is not None and 0 < left <= 0.5
     with within_rpc_deadline(0.2), store_budget(0.5) as budget:
         assert budget.bound_by_rpc
-        assert budget.seconds <= 0.2 - ANSWER_RESERVE_SECONDS
+        assert budget.seconds is not None and budget.seconds <= 0.2 - ANSWER_RESERVE_SECONDS
+    # No store timeout: the RPC's time alone (none outside an RPC).
+    with store_budget(None) as budget:
+        assert budget.seconds is None and store_seconds_left() is None

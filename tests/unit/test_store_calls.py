@@ -9,8 +9,10 @@ import time
 
 import pytest
 
-from service.domain.errors import DeadlineExceeded
+from service.domain.deadlines import store_seconds_left, within_rpc_deadline
+from service.domain.errors import DeadlineExceeded, StoreUnavailable
 from service.usecases.store_calls import StoreCalls
+from storage.observers import transaction_aborted
 
 
 def test_a_cancel_that_meets_the_calls_completion_still_cancels() -> None:
@@ -43,3 +45,69 @@ def test_a_call_past_its_timeout_is_deadline_exceeded() -> None:
         asyncio.run(scenario())
     finally:
         calls.close()
+
+
+def test_a_use_case_call_past_the_store_timeout_is_store_unavailable() -> None:
+    """The store timeout ran out, not the RPC: the store is unavailable (UNAVAILABLE)."""
+    calls = StoreCalls(threads=1)
+
+    async def scenario() -> None:
+        with within_rpc_deadline(5.0), pytest.raises(StoreUnavailable):
+            await calls.call("sleep", 0.05, time.sleep, 1.0)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        calls.close()
+
+
+def test_a_use_case_call_past_the_rpc_deadline_is_deadline_exceeded() -> None:
+    """The RPC's deadline ran out first: the RPC is out of time (DEADLINE_EXCEEDED), and
+    the store thread had that deadline too (the store call's own checks see it)."""
+    calls = StoreCalls(threads=1)
+    seen: list[float | None] = []
+
+    def slow() -> None:
+        seen.append(store_seconds_left())
+        time.sleep(1.0)
+
+    async def scenario() -> None:
+        with within_rpc_deadline(0.1), pytest.raises(DeadlineExceeded):
+            await calls.call("slow", 5.0, slow)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        calls.close()
+    assert seen and seen[0] is not None and 0 < seen[0] <= 0.1
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, BaseException | None]] = []
+        self.aborts: list[str] = []
+
+    def store_call(self, operation: str, seconds: float, error: BaseException | None) -> None:
+        self.calls.append((operation, error))
+
+    def transaction_aborted(self, backend: str) -> None:
+        self.aborts.append(backend)
+
+
+def test_what_a_backend_reports_reaches_the_observer_of_its_call() -> None:
+    recorder = Recorder()
+    calls = StoreCalls(threads=1, observer=recorder)
+
+    def apply() -> str:
+        transaction_aborted("spanner")  # as a backend reports an aborted attempt
+        return "applied"
+
+    try:
+        assert asyncio.run(calls.call("apply", 1.0, apply)) == "applied"
+    finally:
+        calls.close()
+    assert recorder.calls == [("apply", None)]
+    assert recorder.aborts == ["spanner"]
+    # Outside an observed call a report goes nowhere (and never fails).
+    transaction_aborted("spanner")
+    assert recorder.aborts == ["spanner"]

@@ -24,7 +24,7 @@ from service.usecases.writes import RecordOutcome, WriteService
 from storage.memory import MemoryRepository
 from storage.repository import AccountRepository
 from storage.sqlite import SqliteRepository
-from tests.unit.factories import SyncReads
+from tests.unit.factories import SyncReads, SyncWrites
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -42,12 +42,12 @@ def repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Accou
 
 
 @pytest.fixture
-def services(repository: AccountRepository) -> tuple[SyncReads, WriteService]:
+def services(repository: AccountRepository) -> tuple[SyncReads, SyncWrites]:
     cache = UserStateCache(1000, 3600)
     clock = lambda: NOW  # noqa: E731
     return (
         SyncReads(ReadService(CATALOG, repository, cache, clock)),
-        WriteService(CATALOG, repository, cache, clock),
+        SyncWrites(WriteService(CATALOG, repository, cache, clock)),
     )
 
 
@@ -65,7 +65,7 @@ def purchase(event_id: str = "evt-1", at: datetime = NOW - DAY) -> SubscriptionE
 
 
 def test_purchase_is_visible_at_once_in_the_writing_process(
-    services: tuple[SyncReads, WriteService],
+    services: tuple[SyncReads, SyncWrites],
 ) -> None:
     reads, writes = services
     assert not reads.get_entitlement("u1", "offline_downloads").value.granted  # now cached
@@ -80,7 +80,7 @@ def test_purchase_is_visible_at_once_in_the_writing_process(
 
 
 def test_duplicate_event_changes_nothing(
-    services: tuple[SyncReads, WriteService], repository: AccountRepository
+    services: tuple[SyncReads, SyncWrites], repository: AccountRepository
 ) -> None:
     _, writes = services
     first = writes.record_event("u1", purchase())
@@ -93,7 +93,7 @@ def test_duplicate_event_changes_nothing(
 
 
 def test_event_id_reused_with_other_content_is_a_conflict(
-    services: tuple[SyncReads, WriteService],
+    services: tuple[SyncReads, SyncWrites],
 ) -> None:
     _, writes = services
     writes.record_event("u1", purchase())
@@ -102,7 +102,7 @@ def test_event_id_reused_with_other_content_is_a_conflict(
 
 
 def test_stale_event_is_recorded_but_does_not_move_state_back(
-    services: tuple[SyncReads, WriteService], repository: AccountRepository
+    services: tuple[SyncReads, SyncWrites], repository: AccountRepository
 ) -> None:
     reads, writes = services
     writes.record_event("u1", purchase())
@@ -140,7 +140,7 @@ def test_stale_event_is_recorded_but_does_not_move_state_back(
 
 
 def test_an_event_a_revocation_absorbed_changes_nothing(
-    services: tuple[SyncReads, WriteService], repository: AccountRepository
+    services: tuple[SyncReads, SyncWrites], repository: AccountRepository
 ) -> None:
     _, writes = services
     writes.record_event("u1", purchase())
@@ -160,7 +160,7 @@ def test_an_event_a_revocation_absorbed_changes_nothing(
 
 
 def test_invalid_transition_writes_nothing(
-    services: tuple[SyncReads, WriteService], repository: AccountRepository
+    services: tuple[SyncReads, SyncWrites], repository: AccountRepository
 ) -> None:
     _, writes = services
     uncancel = SubscriptionEvent(
@@ -173,7 +173,7 @@ def test_invalid_transition_writes_nothing(
 
 
 def test_grant_and_revoke_are_idempotent(
-    services: tuple[SyncReads, WriteService], repository: AccountRepository
+    services: tuple[SyncReads, SyncWrites], repository: AccountRepository
 ) -> None:
     reads, writes = services
     request = GrantRequest(GrantKind.SUPPORT, "high_fidelity_audio", None, 0, NOW, NOW + 7 * DAY)
@@ -197,7 +197,7 @@ def test_grant_and_revoke_are_idempotent(
     assert [h.kind for h in repository.history("u1")] == ["grant", "revoke"]
 
 
-def test_grant_validation(services: tuple[SyncReads, WriteService]) -> None:
+def test_grant_validation(services: tuple[SyncReads, SyncWrites]) -> None:
     _, writes = services
     bad = GrantRequest(None, "teleportation", None, -1, NOW, NOW - DAY)
     with pytest.raises(InvalidRequest) as raised:
@@ -213,7 +213,7 @@ def test_grant_validation(services: tuple[SyncReads, WriteService]) -> None:
     ]
 
 
-def test_redeem_trial_once(services: tuple[SyncReads, WriteService]) -> None:
+def test_redeem_trial_once(services: tuple[SyncReads, SyncWrites]) -> None:
     reads, writes = services
     answer = writes.redeem("r1", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-t")
     assert answer.subscription.status is SubscriptionStatus.TRIALING
@@ -230,7 +230,7 @@ def test_redeem_trial_once(services: tuple[SyncReads, WriteService]) -> None:
 
 
 def test_concurrent_trial_redemptions_have_one_winner(
-    services: tuple[SyncReads, WriteService],
+    services: tuple[SyncReads, SyncWrites],
 ) -> None:
     _, writes = services
     barrier = threading.Barrier(20)
