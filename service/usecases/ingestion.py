@@ -131,9 +131,7 @@ class IngestionService:
         mapped: Mapped,
     ) -> IngestResult:
         try:
-            answer = await self._store_calls.run(
-                self._timeout + 0.5, self._writes.record_event, mapped.user_id, mapped.event
-            )
+            answer = await self._writes.record_event(mapped.user_id, mapped.event)
         except InvalidRequest as error:
             detail = "; ".join(f"{v.field}: {v.description}" for v in error.violations)
             letter = Unmappable(DeadLetterReason.INVALID_EVENT, detail)
@@ -169,7 +167,7 @@ class IngestionService:
             received_at=self._clock(),
         )
         try:
-            await self._store_calls.run(self._timeout, self.dead_letters.keep, letter)
+            await self._store_calls.call("keep", self._timeout, self.dead_letters.keep, letter)
         except (StoreError, DeadlineExceeded) as error:
             return IngestResult(Verdict.RETRY, f"dead letter store: {error}")
         if self.observer is not None:
@@ -183,7 +181,8 @@ class IngestionService:
         notification = json.loads(letter.payload)
         result = await self.ingest(letter.source, letter.delivery_id, notification, mapper)
         if result.verdict in (Verdict.RECORDED, Verdict.DUPLICATE, Verdict.IGNORED):
-            await self._store_calls.run(
+            await self._store_calls.call(
+                "resolve",
                 self._timeout,
                 self.dead_letters.resolve,
                 letter.source,
