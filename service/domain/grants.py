@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from service.domain.account import AccountState, Grant, GrantKind
 from service.domain.catalog import Catalog, FeatureKind
 from service.domain.errors import FieldViolation, InvalidRequest, NotFound
+from service.domain.validation import LATEST_TIME, end_within_range
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,6 +67,12 @@ def _window_violations(request: GrantRequest, now: datetime) -> list[FieldViolat
             return [FieldViolation("duration", "set at most one of grant.expires_at, duration")]
         if request.duration <= timedelta(0):
             return [FieldViolation("duration", "must be positive")]
+        if end_within_range(request.start(now), request.duration) is None:
+            return [
+                FieldViolation(
+                    "duration", f"too long: the grant would end after {LATEST_TIME:%Y-%m-%d} (UTC)"
+                )
+            ]
         return []
     if request.expires_at is not None and request.expires_at <= request.start(now):
         return [FieldViolation("grant.expires_at", "must be after starts_at")]

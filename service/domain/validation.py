@@ -4,6 +4,8 @@ are all reported at once (one INVALID_ARGUMENT listing every bad field)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from service.domain.catalog import Catalog
 from service.domain.errors import FieldViolation
 from service.domain.rules import COUNTRY_CODE
@@ -12,6 +14,29 @@ MAX_ID_LENGTH = 128
 MAX_USER_ID_LENGTH = 128
 MAX_FEATURE_ID_LENGTH = 64
 MAX_BATCH_QUERIES = 100
+
+# The times a request may carry (every Timestamp of every RPC): nothing this service
+# records happened before the Unix epoch (an event "dated year 1" is a client's bug), and
+# the latest is the last instant google.protobuf.Timestamp and Python's datetime share.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+TIME_RANGE = f"{EARLIEST_TIME:%Y-%m-%d} to {LATEST_TIME:%Y-%m-%d}"
+
+
+def check_time(value: datetime, field: str, out: list[FieldViolation]) -> None:
+    """A time a request carries: within EARLIEST_TIME .. LATEST_TIME."""
+    if not EARLIEST_TIME <= value <= LATEST_TIME:
+        out.append(FieldViolation(field, f"must be a time from {TIME_RANGE} (UTC)"))
+
+
+def end_within_range(start: datetime, length: timedelta) -> datetime | None:
+    """start + length, or None when that would be past LATEST_TIME (or before
+    EARLIEST_TIME): the sum would overflow datetime, or name a time no request may."""
+    try:
+        end = start + length
+    except OverflowError:
+        return None
+    return end if EARLIEST_TIME <= end <= LATEST_TIME else None
 
 
 def check_id(value: str, field: str, out: list[FieldViolation]) -> None:

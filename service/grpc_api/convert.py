@@ -29,6 +29,7 @@ from service.domain.errors import FieldViolation, InvalidRequest
 from service.domain.events import EventType, SubscriptionEvent
 from service.domain.grants import GrantRequest
 from service.domain.rules import IneligibilityReason, Platform
+from service.domain.validation import check_time
 from service.usecases.change_streams import ChangeMessage
 from service.usecases.reads import Consistency
 from service.usecases.watch import WatchReason, WatchUpdate
@@ -217,15 +218,40 @@ def store_from_proto(value: int) -> Store | None:
 
 
 def optional_time(message: Any, field: str, path: str = "") -> datetime | None:
-    """The timestamp field as an aware datetime, None when unset; INVALID_ARGUMENT when it
-    is outside Timestamp's range (years 1 to 9999, nanos 0 to 999,999,999)."""
-    return _optional(message, field, path, "Timestamp", lambda ts: ts.ToDatetime(tzinfo=UTC))
+    """The timestamp field as an aware datetime, None when unset; INVALID_ARGUMENT naming
+    the field when it is not a valid Timestamp (nanos 0 to 999,999,999) or not a time a
+    request may carry (service.domain.validation: 1970 to 9999)."""
+    value = _optional(message, field, path, "Timestamp", lambda ts: ts.ToDatetime(tzinfo=UTC))
+    if value is not None:
+        violations: list[FieldViolation] = []
+        check_time(value, path + field, violations)
+        if violations:
+            raise InvalidRequest(violations)
+    return value
 
 
 def optional_duration(message: Any, field: str, path: str = "") -> timedelta | None:
-    """The duration field as a timedelta, None when unset; INVALID_ARGUMENT when it is out
-    of Duration's range."""
-    return _optional(message, field, path, "Duration", lambda d: d.ToTimedelta())
+    """The duration field as a timedelta, None when unset; INVALID_ARGUMENT naming the
+    field when it is not a valid Duration: seconds beyond +-10,000 years, nanos beyond
+    +-999,999,999, or nanos of the other sign than seconds (seconds=10, nanos=-1)."""
+    return _optional(message, field, path, "Duration", _duration_to_timedelta)
+
+
+# google.protobuf.Duration's range (duration.proto): about +-10,000 years.
+_MAX_DURATION_SECONDS = 315_576_000_000
+
+
+def _duration_to_timedelta(duration: Any) -> timedelta:
+    seconds, nanos = duration.seconds, duration.nanos
+    if (
+        abs(seconds) > _MAX_DURATION_SECONDS
+        or abs(nanos) > 999_999_999
+        or (seconds > 0 and nanos < 0)
+        or (seconds < 0 and nanos > 0)
+    ):
+        raise ValueError(f"not a valid Duration: seconds={seconds}, nanos={nanos}")
+    value: timedelta = duration.ToTimedelta()
+    return value
 
 
 def _optional(
@@ -262,6 +288,8 @@ def grant_request_from_proto(request: events_pb2.GrantEntitlementRequest) -> Gra
     recorded", decided by the use case, so a retry's fingerprint matches the first's)."""
     grant = request.grant
     target = grant.WhichOneof("target")
+    # Ignored (the service sets it when revoking), but a malformed time is still refused.
+    optional_time(grant, "revoked_at", "grant.")
     return GrantRequest(
         kind=_GRANT_KIND_FROM_PROTO.get(grant.kind),
         feature_id=grant.feature_id if target == "feature_id" else None,
