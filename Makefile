@@ -144,6 +144,14 @@ bench-memory: setup
 # Write-to-visible and watch latency across workers (SQLite and the Spanner emulator, under
 # a background load), the change feed's cost on the cache-hit path, and the hit rate by
 # cache TTL (benchmarks/freshness; ~3-4 minutes). BENCH_FRESHNESS_ARGS=--no-spanner etc.
+# The client library's near cache against real servers (benchmarks/client): hit latency,
+# checks/s, RPCs saved on a Zipf trace, staleness after another process's write, memory per
+# cached decision, the server's cost of 100 change streams. BENCH_CLIENT_ARGS=--short: a smoke.
+.PHONY: bench-client
+BENCH_CLIENT_ARGS ?=
+bench-client: setup
+	$(BIN)/python -m benchmarks.client --out $(BENCH_RESULTS) $(BENCH_CLIENT_ARGS)
+
 .PHONY: bench-freshness
 BENCH_FRESHNESS_ARGS ?=
 bench-freshness: setup bench-h2load
