@@ -67,11 +67,11 @@ def open_dead_letters(url: str) -> DeadLetterStore:
     names: the same SQLite file or Spanner database as the accounts; memory:// keeps them
     in this process."""
     if url.startswith(SQLITE_PREFIX):
-        from storage.dead_letters import SqliteDeadLetters
+        from storage.sqlite.dead_letters import SqliteDeadLetters
 
         return SqliteDeadLetters(url[len(SQLITE_PREFIX) :])
     if url == MEMORY_URL:
-        from storage.dead_letters import MemoryDeadLetters
+        from storage.memory.dead_letters import MemoryDeadLetters
 
         return MemoryDeadLetters()
     if url.startswith(SPANNER_PREFIX):

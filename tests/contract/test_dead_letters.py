@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.dead_letters import DeadLetter, DeadLetterStore, MemoryDeadLetters
+from storage.dead_letters import DeadLetter, DeadLetterStore
+from storage.memory.dead_letters import MemoryDeadLetters
 from storage.spanner.dead_letters import SpannerDeadLetters
 from storage.sqlite import SqliteRepository
 from storage.urls import open_dead_letters
