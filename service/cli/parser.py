@@ -63,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_server_commands(commands: Commands) -> None:
+    _command_serve(commands)
+    _command_seed_demo(commands)
+    _command_migrate(commands)
+    _command_settings_reference(commands)
+    _command_dead_letters(commands)
+    _command_replay_dead_letters(commands)
+
+
+def _command_serve(commands: Commands) -> None:
     server = command(
         commands,
         "serve",
@@ -79,6 +88,8 @@ def _add_server_commands(commands: Commands) -> None:
     add_setting_flags(server)
     server.set_defaults(run=serve)
 
+
+def _command_seed_demo(commands: Commands) -> None:
     seed = command(
         commands,
         "seed-demo",
@@ -92,6 +103,8 @@ def _add_server_commands(commands: Commands) -> None:
     storage_flag(seed)
     seed.set_defaults(run=seed_demo)
 
+
+def _command_migrate(commands: Commands) -> None:
     migration = command(
         commands,
         "migrate",
@@ -103,6 +116,8 @@ def _add_server_commands(commands: Commands) -> None:
     storage_flag(migration)
     migration.set_defaults(run=migrate)
 
+
+def _command_settings_reference(commands: Commands) -> None:
     reference = command(
         commands,
         "settings-reference",
@@ -114,6 +129,8 @@ def _add_server_commands(commands: Commands) -> None:
     )
     reference.set_defaults(run=show_settings_reference)
 
+
+def _command_dead_letters(commands: Commands) -> None:
     letters = command(
         commands,
         "dead-letters",
@@ -129,6 +146,8 @@ def _add_server_commands(commands: Commands) -> None:
     letters.add_argument("--limit", type=int, default=100, help="at most this many")
     letters.set_defaults(run=dead_letters)
 
+
+def _command_replay_dead_letters(commands: Commands) -> None:
     replay = command(
         commands,
         "replay-dead-letters",
