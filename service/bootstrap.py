@@ -96,6 +96,8 @@ def build_application(
             settings.max_change_streams,
             feed_position=lambda: feed.position if feed is not None else None,
             feed_lost=lambda: feed.lost if feed is not None else True,
+            # A resume from another worker's or replica's position reads the feed once.
+            catch_up=(lambda after: feed.read_after(after, store_calls)) if feed else None,
         ),
         feed=feed,
     )

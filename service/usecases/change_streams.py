@@ -13,6 +13,10 @@ know: the stream sends `reset` (the caller drops everything it cached).
 Positions are the feed's positions as the follower reported them, recorded with the log
 index they stand for; a heartbeat (sent while the feed is followed and nothing changed)
 records the follower's current position, so that an idle stream also has a resumable one.
+A position the log does not know (another worker's or replica's: their batches end
+elsewhere) is caught up from the feed itself (`catch_up`, once per resume): the changes
+after it up to a position the log knows, then the log; when the two do not meet within
+a second (the feed moved on meanwhile), the stream begins with a reset.
 
 Another follower (one feed reader per pod, fanning out to its workers) only has to call
 `publish` and provide `feed_position` and `feed_lost`: the streams do not know where the
@@ -24,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from service.domain.errors import (
@@ -34,7 +38,7 @@ from service.domain.errors import (
     TooManyChangeStreams,
 )
 from service.usecases.tokens import issue_token
-from storage.feed import Change
+from storage.feed import Change, ChangeBatch
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,9 @@ MAX_CHANGES_PER_MESSAGE = 1_000
 MAX_POSITION_LENGTH = 256
 # A stream that sent nothing for this long sends a heartbeat (while the feed is followed).
 HEARTBEAT_SECONDS = 1.0
+# A resume caught up from the feed waits this long at most for the log to reach where the
+# catch-up read ended.
+CATCH_UP_JOIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +88,14 @@ class ChangeStreams:
         feed_position: Callable[[], str | None],
         feed_lost: Callable[[], bool],
         *,
+        catch_up: Callable[[str], Awaitable[ChangeBatch]] | None = None,
         log_changes: int = LOG_CHANGES,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.max_streams = max_streams
         self._feed_position = feed_position
         self._feed_lost = feed_lost
+        self._catch_up = catch_up
         self._log_changes = log_changes
         self._heartbeat = heartbeat_seconds
         self._log: deque[_Entry] = deque()
@@ -101,6 +110,9 @@ class ChangeStreams:
         self.messages_sent = 0
         self.changes_sent = 0
         self.resets_sent = 0
+        # Resumes from positions the log did not know: caught up from the feed, or reset.
+        self.caught_up = 0
+        self.catch_up_failed = 0
 
     @property
     def open_streams(self) -> int:
@@ -154,8 +166,14 @@ class ChangeStreams:
         self._wakes.add(wake)
         try:
             cursor, reset = self._start(position)
+            prefix: tuple[Change, ...] = ()
+            if reset and self._catch_up is not None:
+                caught = await self._caught_up(position)
+                if caught is not None:
+                    cursor, prefix = caught
+                    reset = False
             # The first message at once: the caller knows the stream is up, and where.
-            first = self._messages(cursor, reset)
+            first = self._messages(cursor, reset, prefix)
             cursor = self._last
             for message in first:
                 yield self._count(message)
@@ -198,13 +216,41 @@ class ChangeStreams:
             return self._last, True  # the log no longer holds what followed it
         return index, False
 
-    def _messages(self, cursor: int, reset: bool) -> list[ChangeMessage]:
+    async def _caught_up(self, position: str) -> tuple[int, tuple[Change, ...]] | None:
+        """The log index where the feed's changes after `position` meet the log, with
+        those changes; None when they cannot be had (the stream then begins with reset)."""
+        assert self._catch_up is not None
+        try:
+            batch = await self._catch_up(position)
+        except Exception as error:  # the feed unreadable, a position it cannot parse
+            log.debug("change stream catch-up from %r failed: %s", position, error)
+            batch = None
+        if batch is not None and not batch.gap:
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + CATCH_UP_JOIN_SECONDS
+            while loop.time() < give_up:
+                index = self._positions.get(batch.position)
+                if index is None and batch.position == self._feed_position():
+                    index = self._last
+                if index is not None:
+                    if index < self._last and (not self._log or self._log[0].index > index + 1):
+                        break  # the log no longer holds what followed
+                    self.caught_up += 1
+                    return index, batch.changes
+                await asyncio.sleep(0.02)  # the follower may be about to publish it
+        self.catch_up_failed += 1
+        return None
+
+    def _messages(
+        self, cursor: int, reset: bool, prefix: tuple[Change, ...] = ()
+    ) -> list[ChangeMessage]:
         """What a stream at `cursor` is sent to reach the newest entry: the changes
-        after it (after the newest reset among them, which becomes the message's)."""
+        after it (after the newest reset among them, which becomes the message's),
+        after `prefix` (changes caught up from the feed, which end at `cursor`)."""
         newest: dict[str, UserChange] = {}
-        for entry in self._log:
-            if entry.index <= cursor:
-                continue
+        entries = [_Entry(cursor, prefix)] if prefix else []
+        entries += [entry for entry in self._log if entry.index > cursor]
+        for entry in entries:
             if entry.changes is None:
                 reset = True
                 newest.clear()

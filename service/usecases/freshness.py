@@ -135,6 +135,13 @@ class FeedFollower:
         self._apply(batch)
         return self._long_poll or len(batch.changes) >= BATCH_LIMIT
 
+    async def read_after(self, position: str, store: StoreCalls) -> ChangeBatch:
+        """The feed's changes after `position`, for a caller resuming from a position this
+        follower has not published (WatchChanges): read in `store`'s threads (not the
+        follower's own), within the store timeout."""
+        with within_store_deadline(self._timeout):
+            return await store.run(self._timeout, self._feed.read_changes, position, BATCH_LIMIT)
+
     async def _read(self) -> ChangeBatch:
         if self._position is not None:
             return await self._store.run(

@@ -15,8 +15,12 @@ import pytest
 from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import entitlement_service_pb2_grpc as es_grpc
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
+from service.config import Settings
+from service.grpc_api.auth import with_bearer_token
+from service.grpc_api.server import start_server
 from service.usecases.tokens import issue_token
-from tests.integration.conftest import Harness
+from storage.sqlite import SqliteRepository
+from tests.integration.conftest import SERVICE_TOKEN, Harness
 from tests.integration.test_write_processes import grant_request
 
 WAIT = 20.0  # generous: a busy machine
@@ -123,3 +127,37 @@ def test_the_stream_needs_a_read_role_and_is_bounded(harness: Harness, watch: An
         assert exhausted.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         changes.max_streams = limit
+
+
+def test_a_position_of_another_server_process_is_caught_up_from_the_feed(
+    harness: Harness, watch: Any
+) -> None:
+    """Another process on the same store never published the client's position (its
+    batches end elsewhere; here it started after it): it reads the changes after it from
+    the feed, and the stream goes on without a reset."""
+    writes = ev_grpc.SubscriptionEventServiceStub(harness.admin_channel)
+    start = watch().next().position
+    writes.GrantEntitlement(grant_request("wc-user-4", "wc-4"), timeout=WAIT)
+    writes.GrantEntitlement(grant_request("wc-user-5", "wc-5"), timeout=WAIT)
+    assert harness.db_path is not None
+    other = start_server(
+        Settings(
+            host="127.0.0.1",
+            port=0,
+            storage_url=f"sqlite:///{harness.db_path}",
+            credentials_file=harness.credentials_file,
+        ),
+        repository=SqliteRepository(harness.db_path),
+    )
+    channel = with_bearer_token(grpc.insecure_channel(f"127.0.0.1:{other.port}"), SERVICE_TOKEN)
+    try:
+        stub = es_grpc.EntitlementServiceStub(channel)
+        reader = Reader(stub.WatchChanges(es.WatchChangesRequest(position=start)))
+        message = reader.next()
+        assert not message.reset
+        assert {"wc-user-4", "wc-user-5"} <= {c.user_id for c in message.changes}
+        assert other.app.changes.caught_up == 1
+        reader.stream.cancel()
+    finally:
+        channel.close()
+        other.stop(grace_seconds=1)

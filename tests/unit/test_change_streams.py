@@ -16,7 +16,7 @@ from service.usecases.change_streams import (
     UserChange,
 )
 from service.usecases.tokens import issue_token
-from storage.feed import Change
+from storage.feed import Change, ChangeBatch
 
 
 class Follower:
@@ -188,5 +188,44 @@ def test_no_feed_no_stream() -> None:
         hub = ChangeStreams(2, feed_position=lambda: None, feed_lost=lambda: True)
         with pytest.raises(ChangeStreamsClosed):
             await next_of(hub.stream())
+
+    asyncio.run(scenario())
+
+
+def test_an_unknown_position_is_caught_up_from_the_feed_then_the_log() -> None:
+    async def scenario() -> None:
+        follower = Follower()
+        asked: list[str] = []
+
+        async def catch_up(after: str) -> ChangeBatch:
+            asked.append(after)
+            if after == "unreadable":
+                raise RuntimeError("the feed cannot parse it")
+            if after == "far-ahead":
+                return ChangeBatch((), "a-position-the-log-never-reaches")
+            return ChangeBatch((Change("u9", 4), Change("u1", 1)), "p1")
+
+        hub = ChangeStreams(
+            4,
+            feed_position=lambda: follower.position,
+            feed_lost=lambda: follower.lost,
+            catch_up=catch_up,
+        )
+        follower.publish(hub, Change("u1", 1))  # p1
+        follower.publish(hub, Change("u2", 2))  # p2
+        resumed = hub.stream("another-workers-position")
+        message = await next_of(resumed)
+        assert not message.reset
+        assert [(c.user_id, c.version) for c in message.changes] == [
+            ("u9", 4),
+            ("u1", 1),
+            ("u2", 2),
+        ]
+        assert message.position == "p2"
+        for position in ("unreadable", "far-ahead"):
+            failed = await next_of(hub.stream(position))
+            assert failed.reset
+        assert asked == ["another-workers-position", "unreadable", "far-ahead"]
+        assert (hub.caught_up, hub.catch_up_failed) == (1, 2)
 
     asyncio.run(scenario())
