@@ -73,7 +73,10 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     return [
         ("grpc.so_reuseport", 1),
         ("grpc.max_receive_message_length", settings.max_request_bytes),
+        # The soft limit alone refuses calls above it only at random, up to the hard limit
+        # (1.25 times it): both, so max_metadata_bytes is exact.
         ("grpc.max_metadata_size", settings.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", settings.max_metadata_bytes),
         ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
         (
             "grpc.max_connection_age_grace_ms",
