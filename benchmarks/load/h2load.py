@@ -42,6 +42,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.load.h2load_output import (
@@ -167,16 +168,17 @@ def run(
         raise ValueError("give exactly one of requests and duration_s")
     if requests is not None and requests < connections:
         raise ValueError("fewer requests than connections")
+    plan = _Plan(connections, in_flight, requests, duration_s, warmup_requests, threads)
     executable = find_h2load()
     if check:
         expected = check_all(target)
     bodies = target.requests[:connections]
     shares = _split(connections, len(bodies))
-    request_shares = _split(requests, len(bodies)) if requests is not None else None
     with tempfile.TemporaryDirectory(prefix="h2load-") as scratch:
+        folder = Path(scratch)
         bases = []
         for index, (request, share) in enumerate(zip(bodies, shares, strict=True)):
-            body = Path(scratch) / f"body-{index}"
+            body = folder / f"body-{index}"
             body.write_bytes(grpc_frame(request))
             bases.append(_base_command(executable, target, body, share, in_flight, threads))
         if warmup_requests > 0:
@@ -185,57 +187,118 @@ def run(
                 [[*base, "-n", str(n), target.url] for base, n in zip(bases, warm, strict=True)],
                 max(warm) / SLOWEST_RPS + SLACK_SECONDS,
             )
-        if log_path is not None and len(bodies) == 1:
-            logs = [log_path]
-        else:
-            folder, stem = (log_path.parent, log_path.name) if log_path else (Path(scratch), "log")
-            logs = [folder / f"{stem}.{index}" for index in range(len(bodies))]
-        commands = []
-        for index, base in enumerate(bases):
-            command = [*base, f"--log-file={logs[index]}"]
-            if request_shares is not None:
-                command += ["-n", str(request_shares[index])]
-            else:
-                assert duration_s is not None
-                # h2load takes whole durations with a unit (it refuses "1.5").
-                command += ["-D", f"{max(1, round(duration_s * 1000))}ms"]
-            commands.append([*command, target.url])
-        if requests is not None:
-            timeout_s = requests / SLOWEST_RPS + SLACK_SECONDS
-        else:
-            assert duration_s is not None
-            timeout_s = duration_s + SLACK_SECONDS
-
-        loader_before = children_cpu_seconds()
-        cpu_before = [process_cpu_seconds(pid) for pid in server_pids]
-        outputs = invoke_all(commands, timeout_s)
-        cpu_after = [process_cpu_seconds(pid) for pid in server_pids]
-        loader_cpu = children_cpu_seconds() - loader_before
-        summaries = [parse_output(output) for output in outputs]
+        logs = _log_paths(log_path, len(bodies), folder)
+        measured = _measure(_measured_commands(target, bases, logs, plan), plan, server_pids)
         parts = [read_log(log) for log in logs]
+    return _result(target, plan, label, mode, measured, parts, expected)
 
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one run sends (`run`'s arguments)."""
+
+    connections: int
+    in_flight: int
+    requests: int | None
+    duration_s: float | None
+    warmup_requests: int
+    threads: int
+
+    def timeout_s(self) -> float:
+        """How long the run may take before it counts as stuck."""
+        if self.requests is not None:
+            return self.requests / SLOWEST_RPS + SLACK_SECONDS
+        assert self.duration_s is not None
+        return self.duration_s + SLACK_SECONDS
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """The h2load processes' summaries and the CPU spent around them."""
+
+    summaries: list[Summary]
+    server_pids: tuple[int, ...]
+    cpu_by_pid: tuple[float, ...]
+    loader_cpu: float
+
+
+def _log_paths(log_path: Path | None, processes: int, scratch: Path) -> list[Path]:
+    """Where each process writes its per-request log: `log_path` for a single process,
+    else one file each, suffixed (in the scratch folder by default)."""
+    if log_path is not None and processes == 1:
+        return [log_path]
+    folder, stem = (log_path.parent, log_path.name) if log_path else (scratch, "log")
+    return [folder / f"{stem}.{index}" for index in range(processes)]
+
+
+def _measured_commands(
+    target: Target, bases: list[list[str]], logs: list[Path], plan: _Plan
+) -> list[list[str]]:
+    request_shares = _split(plan.requests, len(bases)) if plan.requests is not None else None
+    commands = []
+    for index, base in enumerate(bases):
+        command = [*base, f"--log-file={logs[index]}"]
+        if request_shares is not None:
+            command += ["-n", str(request_shares[index])]
+        else:
+            assert plan.duration_s is not None
+            # h2load takes whole durations with a unit (it refuses "1.5").
+            command += ["-D", f"{max(1, round(plan.duration_s * 1000))}ms"]
+        commands.append([*command, target.url])
+    return commands
+
+
+def _measure(commands: list[list[str]], plan: _Plan, server_pids: Sequence[int]) -> _Measured:
+    """Runs the commands side by side between two samples of the server workers' CPU (and
+    of the CPU of this process's children: h2load)."""
+    loader_before = children_cpu_seconds()
+    cpu_before = [process_cpu_seconds(pid) for pid in server_pids]
+    outputs = invoke_all(commands, plan.timeout_s())
+    cpu_after = [process_cpu_seconds(pid) for pid in server_pids]
+    loader_cpu = children_cpu_seconds() - loader_before
+    by_pid = tuple(after - before for before, after in zip(cpu_before, cpu_after, strict=True))
+    summaries = [parse_output(output) for output in outputs]
+    return _Measured(summaries, tuple(server_pids), by_pid, loader_cpu)
+
+
+def _short_answers(
+    expected: Sequence[bytes] | None, summaries: list[Summary], data_bytes: int | None
+) -> tuple[int | None, int]:
+    """The DATA bytes expected (the checked answers times the requests done) and the RPCs
+    that fell short of them: answers vary by a few bytes (timestamps' nanoseconds), an
+    error has none."""
+    if expected is None or data_bytes is None:
+        return None, 0
+    frames = [len(grpc_frame(answer)) for answer in expected[: len(summaries)]]
+    expected_bytes = sum(s.done * f for s, f in zip(summaries, frames, strict=True))
+    shortfall = expected_bytes - data_bytes
+    if shortfall > SIZE_JITTER * expected_bytes:
+        return expected_bytes, round(shortfall / (sum(frames) / len(frames)))
+    return expected_bytes, 0
+
+
+def _result(
+    target: Target,
+    plan: _Plan,
+    label: str,
+    mode: str,
+    measured: _Measured,
+    parts: list[LogSamples],
+    expected: Sequence[bytes] | None,
+) -> H2loadResult:
+    summaries = measured.summaries
     done = sum(summary.done for summary in summaries)
     elapsed = max(summary.elapsed_s for summary in summaries)
-    by_pid = tuple(after - before for before, after in zip(cpu_before, cpu_after, strict=True))
-    server_cpu = sum(by_pid) if server_pids else None
+    server_cpu = sum(measured.cpu_by_pid) if measured.server_pids else None
     durations = sorted(d for part in parts for d in part.durations_us)
     received = [summary.data_bytes for summary in summaries]
     data_bytes = None if None in received else sum(r or 0 for r in received)
-    expected_bytes = None
-    short = 0
-    if expected is not None and data_bytes is not None:
-        frames = [len(grpc_frame(answer)) for answer in expected[: len(bodies)]]
-        expected_bytes = sum(s.done * f for s, f in zip(summaries, frames, strict=True))
-        shortfall = expected_bytes - data_bytes
-        # Answers vary by a few bytes (timestamps' nanoseconds); an error has none.
-        if shortfall > SIZE_JITTER * expected_bytes:
-            short = round(shortfall / (sum(frames) / len(frames)))
+    expected_bytes, short = _short_answers(expected, summaries, data_bytes)
 
     def ms(p: float) -> float:
         return percentile(durations, p) / 1000.0
 
-    request_time = summaries[0].request_time if len(summaries) == 1 else None
-    if duration_s is not None:  # each process ran for the duration: their rates add up
+    if plan.duration_s is not None:  # each process ran for the duration: their rates add up
         rps = sum(summary.rps for summary in summaries)
     else:
         rps = done / elapsed if elapsed else math.nan
@@ -243,13 +306,13 @@ def run(
         label=label,
         mode=mode,
         url=target.url,
-        connections=connections,
-        in_flight_per_connection=in_flight,
-        threads=threads,
-        processes=len(bodies),
-        requests=requests,
-        duration_s=duration_s,
-        warmup_requests=warmup_requests,
+        connections=plan.connections,
+        in_flight_per_connection=plan.in_flight,
+        threads=plan.threads,
+        processes=len(summaries),
+        requests=plan.requests,
+        duration_s=plan.duration_s,
+        warmup_requests=plan.warmup_requests,
         rps=rps,
         n=done,
         ok=sum(summary.succeeded for summary in summaries),
@@ -265,15 +328,15 @@ def run(
         max_ms=durations[-1] / 1000.0 if durations else math.nan,
         mean_ms=sum(durations) / len(durations) / 1000.0 if durations else math.nan,
         non_200=sum(part.non_200 for part in parts),
-        request_time=request_time,
+        request_time=summaries[0].request_time if len(summaries) == 1 else None,
         data_bytes=data_bytes,
         expected_data_bytes=expected_bytes,
         short_answers=short,
-        server_pids=tuple(server_pids),
+        server_pids=measured.server_pids,
         cpu_seconds=server_cpu,
-        cpu_seconds_by_pid=by_pid,
+        cpu_seconds_by_pid=measured.cpu_by_pid,
         cpu_us_per_rpc=server_cpu / done * 1e6 if server_cpu is not None and done else None,
-        loader_cpu_us_per_rpc=loader_cpu / done * 1e6 if done else None,
+        loader_cpu_us_per_rpc=measured.loader_cpu / done * 1e6 if done else None,
         durations_us=tuple(durations),
     )
 
