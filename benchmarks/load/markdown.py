@@ -31,11 +31,31 @@ def _ms(value: Any) -> str:
 
 
 def markdown(result: dict[str, Any], plots: list[Path]) -> str:
+    lines = _header_lines(result)
+    lines += _verdict_lines(result)
+    lines += _smoke_lines(result)
+    if result.get("comparison"):
+        lines += baseline_comparison.markdown_lines(result["comparison"])
+    lines += _floor_lines(result)
+    lines += _scenario_lines(result)
+    lines += _target_lines(result)
+    lines += _legend_lines()
+    lines += _open_loop_table(result)
+    if result["skipped"]:
+        lines += [""] + [f"Skipped {k}: {v}." for k, v in result["skipped"].items()]
+    lines += _phase_lines(result)
+    if plots:
+        lines += ["", "## Latency versus offered load", ""]
+        lines += [f"![{path.stem}: latency versus offered load]({path.name})" for path in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _header_lines(result: dict[str, Any]) -> list[str]:
+    """The title, where and how it ran, and how each loader measures."""
     env = result["environment"]
     settings = result["settings"]
     h2 = settings["h2load"]
-    compare = settings["compare_fraction"]
-    lines = [
+    return [
         f"# Load benchmark, {result['created']}",
         "",
         f"`{result['command']}`: commit {env['git_commit'][:12]}"
@@ -65,7 +85,10 @@ def markdown(result: dict[str, Any], plots: list[Path]) -> str:
         "with several repeats each figure is the median of the per-repeat values.",
         "",
     ]
-    lines += _verdict_lines(result)
+
+
+def _smoke_lines(result: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     bounds = result.get("smoke")
     if bounds:
         lines += [
@@ -82,8 +105,11 @@ def markdown(result: dict[str, Any], plots: list[Path]) -> str:
             )
         lines += [f"- {failure}" for failure in bounds["failures"] if "did not run" in failure]
         lines += ["", f"Bounds: {result['smoke_bounds']['calibration']}", ""]
-    if result.get("comparison"):
-        lines += baseline_comparison.markdown_lines(result["comparison"])
+    return lines
+
+
+def _floor_lines(result: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if result["floors"]:
         lines += [
             "## Floors (h2load)",
@@ -102,7 +128,12 @@ def markdown(result: dict[str, Any], plots: list[Path]) -> str:
                 f"{_ms(aio['latency_p99_us'])} | **{entry['better']}** ({won}) |"
             )
         lines.append("")
-    lines += [
+    return lines
+
+
+def _scenario_lines(result: dict[str, Any]) -> list[str]:
+    compare = result["settings"]["compare_fraction"]
+    lines = [
         "## Scenarios against the floor",
         "",
         "| scenario | loader | rps | / floor | floor rps (kind) | server CPU µs/RPC (floor) | "
@@ -131,13 +162,22 @@ def markdown(result: dict[str, Any], plots: list[Path]) -> str:
             f"({_ms(m.get('floor_p99_us_at_compare'))}) | "
             f"{_fmt(m.get('p99_ratio_at_compare'), 2)}{over} |"
         )
+    return lines
+
+
+def _target_lines(result: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if result["targets"]:
         lines += ["", "## Targets (issue 10)", "", "| target | bound | measured | met |"]
         lines.append("|---|---|---:|---|")
         for t in result["targets"]:
             met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
             lines.append(f"| {t['target']} | {t['bound']} | {_fmt(t['measured'], 2)} | {met} |")
-    lines += [
+    return lines
+
+
+def _legend_lines() -> list[str]:
+    return [
         "",
         "Overloaded: the open-loop rate was not delivered (fewer than "
         f"{OVERLOAD_ACHIEVED:.0%} of it answered, or RPCs never sent); when the floor "
@@ -146,10 +186,10 @@ def markdown(result: dict[str, Any], plots: list[Path]) -> str:
         "sending threads were waiting on slow answers, or the machine was short of CPU "
         "(see machine busy).",
     ]
-    lines += _open_loop_table(result)
-    if result["skipped"]:
-        lines += [""] + [f"Skipped {k}: {v}." for k, v in result["skipped"].items()]
-    lines += [
+
+
+def _phase_lines(result: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "## Every phase",
         "",
@@ -171,10 +211,7 @@ def markdown(result: dict[str, Any], plots: list[Path]) -> str:
             f"{', '.join(f'{k} {v}' for k, v in r['errors'].items()) or '-'} |"
         )
     lines += ["", "Latencies in µs unless marked ms."]
-    if plots:
-        lines += ["", "## Latency versus offered load", ""]
-        lines += [f"![{path.stem}: latency versus offered load]({path.name})" for path in plots]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _verdict_lines(result: dict[str, Any]) -> list[str]:
