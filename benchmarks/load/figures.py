@@ -167,11 +167,36 @@ def scenario_figures(
     best = best_floor(records, floor.key, repeat)
     kind = best["floor_kind"] if best else None
     figures: dict[str, Any] = {"loader": scenario.loader, "floor_kind": kind}
+    _floor_kind_figures(figures, records, floor, repeat)
+    _closed_loop_figures(figures, records, scenario, floor, repeat, best, kind)
+    _latency_figures(figures, records, scenario, floor, repeat, kind)
+    for fraction in fractions:
+        _open_loop_figures(figures, records, scenario, floor, repeat, fraction, compare)
+    _fixed_rate_figures(figures, records, scenario, floor, repeat)
+    return figures
+
+
+def _floor_kind_figures(
+    figures: dict[str, Any], records: list[dict[str, Any]], floor: Scenario, repeat: int
+) -> None:
+    """Each floor kind's h2load saturation."""
     for each in KINDS:
         measured = _find(records, floor.key, repeat, CLOSED, loader=H2LOAD, kind=each)
         if measured is not None:
             figures[f"floor_{each}_throughput_rps"] = measured["achieved_rps"]
             figures[f"floor_{each}_server_cpu_us_per_rpc"] = measured["server_cpu_us_per_rpc"]
+
+
+def _closed_loop_figures(
+    figures: dict[str, Any],
+    records: list[dict[str, Any]],
+    scenario: Scenario,
+    floor: Scenario,
+    repeat: int,
+    best: dict[str, Any] | None,
+    kind: str | None,
+) -> None:
+    """Saturation (closed loop) against the floor's."""
     closed = _find(records, scenario.key, repeat, CLOSED, loader=scenario.loader)
     if scenario.loader == H2LOAD:
         floor_closed = best
@@ -198,6 +223,17 @@ def scenario_figures(
             floor_closed_p99_us=_latency(floor_closed, floor.method, "p99_us"),
             throughput_ratio_by_slice=_slice_ratio(closed, floor_closed, "slice_rps"),
         )
+
+
+def _latency_figures(
+    figures: dict[str, Any],
+    records: list[dict[str, Any]],
+    scenario: Scenario,
+    floor: Scenario,
+    repeat: int,
+    kind: str | None,
+) -> None:
+    """1 RPC in flight against the floor's."""
     single = _find(records, scenario.key, repeat, LATENCY)
     floor_single = _find(records, floor.key, repeat, LATENCY, kind=kind) if kind else None
     if single:
@@ -209,35 +245,56 @@ def scenario_figures(
             figures[f"latency_{key.removesuffix('_us')}_ratio"] = _ratio(mine, theirs)
         figures["latency_server_cpu_us_per_rpc"] = single["server_cpu_us_per_rpc"]
         figures["latency_p99_ratio_by_slice"] = _slice_ratio(single, floor_single, "slice_p99_us")
-    for fraction in fractions:
-        opened = _find(records, scenario.key, repeat, OPEN, fraction=fraction)
-        floor_opened = _find(records, floor.key, repeat, OPEN, fraction=fraction)
-        if not (opened and floor_opened):
-            continue
-        tags = [f"{round(fraction * 100)}pct"] + (["compare"] if fraction == compare else [])
-        # With the floor itself past its limit (with the generator beside it) the ratio
-        # means nothing: it is left out (the latencies stay, marked).
-        floor_over = overloaded(floor_opened)
-        for tag in tags:
-            for key in ("p50_us", "p99_us", "p99_9_us"):
-                mine = _latency(opened, scenario.method, key)
-                theirs = _latency(floor_opened, floor.method, key)
-                figures[f"{key}_at_{tag}"] = mine
-                figures[f"floor_{key}_at_{tag}"] = theirs
-                figures[f"{key.removesuffix('_us')}_ratio_at_{tag}"] = (
-                    None if floor_over else _ratio(mine, theirs)
-                )
-            figures[f"p99_ratio_by_slice_at_{tag}"] = (
-                None if floor_over else _slice_ratio(opened, floor_opened, "slice_p99_us")
+
+
+def _open_loop_figures(
+    figures: dict[str, Any],
+    records: list[dict[str, Any]],
+    scenario: Scenario,
+    floor: Scenario,
+    repeat: int,
+    fraction: float,
+    compare: float,
+) -> None:
+    """The open loop at a fraction of the floor's saturation, against the floor's."""
+    opened = _find(records, scenario.key, repeat, OPEN, fraction=fraction)
+    floor_opened = _find(records, floor.key, repeat, OPEN, fraction=fraction)
+    if not (opened and floor_opened):
+        return
+    tags = [f"{round(fraction * 100)}pct"] + (["compare"] if fraction == compare else [])
+    # With the floor itself past its limit (with the generator beside it) the ratio
+    # means nothing: it is left out (the latencies stay, marked).
+    floor_over = overloaded(floor_opened)
+    for tag in tags:
+        for key in ("p50_us", "p99_us", "p99_9_us"):
+            mine = _latency(opened, scenario.method, key)
+            theirs = _latency(floor_opened, floor.method, key)
+            figures[f"{key}_at_{tag}"] = mine
+            figures[f"floor_{key}_at_{tag}"] = theirs
+            figures[f"{key.removesuffix('_us')}_ratio_at_{tag}"] = (
+                None if floor_over else _ratio(mine, theirs)
             )
-            figures[f"overloaded_at_{tag}"] = overloaded(opened)
-            figures[f"floor_overloaded_at_{tag}"] = floor_over
-            figures[f"rate_rps_at_{tag}"] = opened["offered_rps"]
-            figures[f"achieved_rps_at_{tag}"] = opened["achieved_rps"]
-            figures[f"machine_busy_at_{tag}"] = opened["machine_busy_fraction"]
-            figures[f"send_lag_p99_us_at_{tag}"] = opened["send_lag_p99_us"]
-            figures[f"server_cpu_us_per_rpc_at_{tag}"] = opened["server_cpu_us_per_rpc"]
-            figures[f"floor_server_cpu_us_per_rpc_at_{tag}"] = floor_opened["server_cpu_us_per_rpc"]
+        figures[f"p99_ratio_by_slice_at_{tag}"] = (
+            None if floor_over else _slice_ratio(opened, floor_opened, "slice_p99_us")
+        )
+        figures[f"overloaded_at_{tag}"] = overloaded(opened)
+        figures[f"floor_overloaded_at_{tag}"] = floor_over
+        figures[f"rate_rps_at_{tag}"] = opened["offered_rps"]
+        figures[f"achieved_rps_at_{tag}"] = opened["achieved_rps"]
+        figures[f"machine_busy_at_{tag}"] = opened["machine_busy_fraction"]
+        figures[f"send_lag_p99_us_at_{tag}"] = opened["send_lag_p99_us"]
+        figures[f"server_cpu_us_per_rpc_at_{tag}"] = opened["server_cpu_us_per_rpc"]
+        figures[f"floor_server_cpu_us_per_rpc_at_{tag}"] = floor_opened["server_cpu_us_per_rpc"]
+
+
+def _fixed_rate_figures(
+    figures: dict[str, Any],
+    records: list[dict[str, Any]],
+    scenario: Scenario,
+    floor: Scenario,
+    repeat: int,
+) -> None:
+    """The open loop at the scenario's fixed rates."""
     for rate in scenario.fixed_rates:
         fixed = _find(records, scenario.key, repeat, OPEN, rate=rate)
         floor_fixed = _find(records, floor.key, repeat, OPEN, rate=rate)
@@ -248,7 +305,6 @@ def scenario_figures(
         figures[f"errors_at_{tag}"] = sum(fixed["errors"].values()) if fixed else None
         figures[f"machine_busy_at_{tag}"] = fixed["machine_busy_fraction"] if fixed else None
         figures[f"send_lag_p99_us_at_{tag}"] = fixed["send_lag_p99_us"] if fixed else None
-    return figures
 
 
 def _median(values: list[Any]) -> Any:
