@@ -83,6 +83,9 @@ class EventOutcome(enum.Enum):
     # Can never apply (after a revocation, a refund of a past period or of a period
     # without access, a reversal without a refund): recorded, facts kept.
     SUPERSEDED = "superseded"
+    # The event id was recorded before: the first answer, replayed (never the result of
+    # apply_event: the write use case answers it for a replay).
+    DUPLICATE = "duplicate"
 
 
 # The status and auto-renew setting each snapshot event leads to, whatever came before.

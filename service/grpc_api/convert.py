@@ -26,14 +26,30 @@ from service.domain.decisions import (
     SourceType,
 )
 from service.domain.errors import FieldViolation, InvalidRequest
-from service.domain.events import EventType, SubscriptionEvent
+from service.domain.events import EventOutcome, EventType, SubscriptionEvent
 from service.domain.grants import GrantRequest
 from service.domain.rules import IneligibilityReason, Platform
 from service.domain.validation import check_time
 from service.usecases.change_streams import ChangeMessage
 from service.usecases.reads import Consistency
 from service.usecases.watch import WatchReason, WatchUpdate
-from service.usecases.writes import EventAnswer, RecordOutcome
+from service.usecases.writes import (
+    AddHouseholdMember,
+    CreateHousehold,
+    EventAnswer,
+    GrantAnswer,
+    GrantEntitlement,
+    HouseholdAnswer,
+    MembershipAnswer,
+    RecordStudentVerification,
+    RecordSubscriptionEvent,
+    RedeemAnswer,
+    RedeemOffer,
+    RemoveHouseholdMember,
+    RevokeEntitlement,
+    RevokeStudentVerification,
+    StudentAnswer,
+)
 from storage.repository import HistoryEntry
 
 if TYPE_CHECKING:
@@ -89,7 +105,7 @@ _INELIGIBILITY_TO_PROTO = enum_map(
 _STATUS_TO_PROTO = enum_map(
     SubscriptionStatus, events_pb2.SubscriptionStatus, "SUBSCRIPTION_STATUS_"
 )
-_OUTCOME_TO_PROTO = enum_map(RecordOutcome, events_pb2.EventOutcome, "EVENT_OUTCOME_")
+_OUTCOME_TO_PROTO = enum_map(EventOutcome, events_pb2.EventOutcome, "EVENT_OUTCOME_")
 _WATCH_REASON_TO_PROTO = enum_map(WatchReason, entitlement_service_pb2.WatchReason, "WATCH_REASON_")
 
 
@@ -301,6 +317,67 @@ def grant_request_from_proto(request: events_pb2.GrantEntitlementRequest) -> Gra
     )
 
 
+def record_event_command(
+    request: events_pb2.RecordSubscriptionEventRequest,
+) -> RecordSubscriptionEvent:
+    return RecordSubscriptionEvent(request.user_id, event_from_proto(request))
+
+
+def grant_command(request: events_pb2.GrantEntitlementRequest) -> GrantEntitlement:
+    return GrantEntitlement(request.request_id, request.user_id, grant_request_from_proto(request))
+
+
+def revoke_command(request: events_pb2.RevokeEntitlementRequest) -> RevokeEntitlement:
+    return RevokeEntitlement(request.request_id, request.user_id, request.grant_id)
+
+
+def redeem_command(request: events_pb2.RedeemOfferRequest) -> RedeemOffer:
+    return RedeemOffer(
+        request_id=request.request_id,
+        user_id=request.user_id,
+        offer_id=request.offer_id,
+        market=request.market,
+        platform=platform_from_proto(request.platform),
+        store=store_from_proto(request.store),
+        subscription_id=request.subscription_id,
+    )
+
+
+def create_household_command(request: events_pb2.CreateHouseholdRequest) -> CreateHousehold:
+    return CreateHousehold(request.request_id, request.manager_user_id)
+
+
+def add_member_command(request: events_pb2.AddHouseholdMemberRequest) -> AddHouseholdMember:
+    return AddHouseholdMember(
+        request.request_id, request.manager_user_id, request.household_id, request.member_user_id
+    )
+
+
+def remove_member_command(
+    request: events_pb2.RemoveHouseholdMemberRequest,
+) -> RemoveHouseholdMember:
+    return RemoveHouseholdMember(
+        request.request_id, request.manager_user_id, request.household_id, request.member_user_id
+    )
+
+
+def student_verification_command(
+    request: events_pb2.RecordStudentVerificationRequest,
+) -> RecordStudentVerification:
+    return RecordStudentVerification(
+        request.request_id,
+        request.user_id,
+        optional_time(request, "verified_until"),
+        request.provider_reference,
+    )
+
+
+def revoke_student_command(
+    request: events_pb2.RevokeStudentVerificationRequest,
+) -> RevokeStudentVerification:
+    return RevokeStudentVerification(request.request_id, request.user_id)
+
+
 def subscription_to_proto(sub: Subscription) -> events_pb2.Subscription:
     message = events_pb2.Subscription(
         subscription_id=sub.subscription_id,
@@ -341,6 +418,69 @@ def event_answer_to_proto(answer: EventAnswer) -> events_pb2.RecordSubscriptionE
         subscription=subscription_to_proto(answer.subscription),
         consistency_token=answer.consistency_token,
     )
+
+
+def grant_answer_to_proto(answer: GrantAnswer) -> events_pb2.GrantEntitlementResponse:
+    return events_pb2.GrantEntitlementResponse(
+        grant=grant_to_proto(answer.grant), consistency_token=answer.consistency_token
+    )
+
+
+def revoke_answer_to_proto(answer: GrantAnswer) -> events_pb2.RevokeEntitlementResponse:
+    return events_pb2.RevokeEntitlementResponse(
+        grant=grant_to_proto(answer.grant), consistency_token=answer.consistency_token
+    )
+
+
+def redeem_answer_to_proto(answer: RedeemAnswer) -> events_pb2.RedeemOfferResponse:
+    return events_pb2.RedeemOfferResponse(
+        subscription=subscription_to_proto(answer.subscription),
+        consistency_token=answer.consistency_token,
+    )
+
+
+def household_answer_to_proto(answer: HouseholdAnswer) -> events_pb2.CreateHouseholdResponse:
+    return events_pb2.CreateHouseholdResponse(
+        household_id=answer.household_id,
+        plan_id=answer.plan_id,
+        household_size=answer.household_size,
+        consistency_token=answer.consistency_token,
+    )
+
+
+def add_member_answer_to_proto(answer: MembershipAnswer) -> events_pb2.AddHouseholdMemberResponse:
+    return events_pb2.AddHouseholdMemberResponse(
+        household_id=answer.household_id,
+        consistency_token=answer.consistency_token,
+        manager_consistency_token=answer.manager_consistency_token,
+    )
+
+
+def remove_member_answer_to_proto(
+    answer: MembershipAnswer,
+) -> events_pb2.RemoveHouseholdMemberResponse:
+    return events_pb2.RemoveHouseholdMemberResponse(
+        household_id=answer.household_id,
+        consistency_token=answer.consistency_token,
+        manager_consistency_token=answer.manager_consistency_token,
+    )
+
+
+def student_answer_to_proto(
+    answer: StudentAnswer,
+) -> events_pb2.RecordStudentVerificationResponse:
+    response = events_pb2.RecordStudentVerificationResponse(
+        consistency_token=answer.consistency_token
+    )
+    if answer.verified_until is not None:
+        set_timestamp(response.verified_until, answer.verified_until)
+    return response
+
+
+def revoke_student_answer_to_proto(
+    answer: StudentAnswer,
+) -> events_pb2.RevokeStudentVerificationResponse:
+    return events_pb2.RevokeStudentVerificationResponse(consistency_token=answer.consistency_token)
 
 
 def history_entry_to_proto(entry: HistoryEntry) -> admin_service_pb2.HistoryEntry:

@@ -136,7 +136,7 @@ class SubscriptionEventServicer(
         request: subscription_event_service_pb2.RecordSubscriptionEventRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RecordSubscriptionEventResponse:
-        answer = await self._writes.record_event(request.user_id, convert.event_from_proto(request))
+        answer = await self._writes.events.record(convert.record_event_command(request))
         return convert.event_answer_to_proto(answer)
 
     async def GrantEntitlement(
@@ -144,117 +144,61 @@ class SubscriptionEventServicer(
         request: subscription_event_service_pb2.GrantEntitlementRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.GrantEntitlementResponse:
-        answer = await self._writes.grant(
-            request.request_id,
-            request.user_id,
-            convert.grant_request_from_proto(request),
-        )
-        return subscription_event_service_pb2.GrantEntitlementResponse(
-            grant=convert.grant_to_proto(answer.grant),
-            consistency_token=answer.consistency_token,
-        )
+        answer = await self._writes.grants.grant(convert.grant_command(request))
+        return convert.grant_answer_to_proto(answer)
 
     async def RevokeEntitlement(
         self,
         request: subscription_event_service_pb2.RevokeEntitlementRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RevokeEntitlementResponse:
-        answer = await self._writes.revoke(request.request_id, request.user_id, request.grant_id)
-        return subscription_event_service_pb2.RevokeEntitlementResponse(
-            grant=convert.grant_to_proto(answer.grant),
-            consistency_token=answer.consistency_token,
-        )
+        answer = await self._writes.grants.revoke(convert.revoke_command(request))
+        return convert.revoke_answer_to_proto(answer)
 
     async def RedeemOffer(
         self,
         request: subscription_event_service_pb2.RedeemOfferRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RedeemOfferResponse:
-        answer = await self._writes.redeem(
-            request.request_id,
-            request.user_id,
-            request.offer_id,
-            request.market,
-            convert.platform_from_proto(request.platform),
-            convert.store_from_proto(request.store),
-            request.subscription_id,
-        )
-        return subscription_event_service_pb2.RedeemOfferResponse(
-            subscription=convert.subscription_to_proto(answer.subscription),
-            consistency_token=answer.consistency_token,
-        )
+        answer = await self._writes.redemptions.redeem(convert.redeem_command(request))
+        return convert.redeem_answer_to_proto(answer)
 
     async def CreateHousehold(
         self,
         request: subscription_event_service_pb2.CreateHouseholdRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.CreateHouseholdResponse:
-        answer = await self._writes.create_household(request.request_id, request.manager_user_id)
-        return subscription_event_service_pb2.CreateHouseholdResponse(
-            household_id=answer.household_id,
-            plan_id=answer.plan_id,
-            household_size=answer.household_size,
-            consistency_token=answer.consistency_token,
-        )
+        answer = await self._writes.households.create(convert.create_household_command(request))
+        return convert.household_answer_to_proto(answer)
 
     async def AddHouseholdMember(
         self,
         request: subscription_event_service_pb2.AddHouseholdMemberRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.AddHouseholdMemberResponse:
-        answer = await self._writes.add_household_member(
-            request.request_id,
-            request.manager_user_id,
-            request.household_id,
-            request.member_user_id,
-        )
-        return subscription_event_service_pb2.AddHouseholdMemberResponse(
-            household_id=answer.household_id,
-            consistency_token=answer.consistency_token,
-            manager_consistency_token=answer.manager_consistency_token,
-        )
+        answer = await self._writes.households.add_member(convert.add_member_command(request))
+        return convert.add_member_answer_to_proto(answer)
 
     async def RemoveHouseholdMember(
         self,
         request: subscription_event_service_pb2.RemoveHouseholdMemberRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RemoveHouseholdMemberResponse:
-        answer = await self._writes.remove_household_member(
-            request.request_id,
-            request.manager_user_id,
-            request.household_id,
-            request.member_user_id,
-        )
-        return subscription_event_service_pb2.RemoveHouseholdMemberResponse(
-            household_id=answer.household_id,
-            consistency_token=answer.consistency_token,
-            manager_consistency_token=answer.manager_consistency_token,
-        )
+        answer = await self._writes.households.remove_member(convert.remove_member_command(request))
+        return convert.remove_member_answer_to_proto(answer)
 
     async def RecordStudentVerification(
         self,
         request: subscription_event_service_pb2.RecordStudentVerificationRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RecordStudentVerificationResponse:
-        answer = await self._writes.record_student_verification(
-            request.request_id,
-            request.user_id,
-            convert.optional_time(request, "verified_until"),
-            request.provider_reference,
-        )
-        response = subscription_event_service_pb2.RecordStudentVerificationResponse(
-            consistency_token=answer.consistency_token
-        )
-        if answer.verified_until is not None:
-            response.verified_until.CopyFrom(convert.timestamp(answer.verified_until))
-        return response
+        answer = await self._writes.students.record(convert.student_verification_command(request))
+        return convert.student_answer_to_proto(answer)
 
     async def RevokeStudentVerification(
         self,
         request: subscription_event_service_pb2.RevokeStudentVerificationRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscription_event_service_pb2.RevokeStudentVerificationResponse:
-        answer = await self._writes.revoke_student_verification(request.request_id, request.user_id)
-        return subscription_event_service_pb2.RevokeStudentVerificationResponse(
-            consistency_token=answer.consistency_token
-        )
+        answer = await self._writes.students.revoke(convert.revoke_student_command(request))
+        return convert.revoke_student_answer_to_proto(answer)

@@ -30,10 +30,11 @@ from service.domain.errors import (
     PreconditionFailed,
     StoreError,
 )
+from service.domain.events import EventOutcome
 from service.domain.ingestion import DeadLetterReason, Ignored, Mapped, Mapping, Unmappable
 from service.usecases.clock import Clock, utc_now
 from service.usecases.store_calls import StoreCalls
-from service.usecases.writes import RecordOutcome, WriteService
+from service.usecases.writes import RecordSubscriptionEvent, WriteService
 from storage.dead_letters import DeadLetter, DeadLetterStore
 
 Mapper = Callable[[MappingType[str, Any], Catalog], Mapping]
@@ -131,7 +132,9 @@ class IngestionService:
         mapped: Mapped,
     ) -> IngestResult:
         try:
-            answer = await self._writes.record_event(mapped.user_id, mapped.event)
+            answer = await self._writes.events.record(
+                RecordSubscriptionEvent(mapped.user_id, mapped.event)
+            )
         except InvalidRequest as error:
             detail = "; ".join(f"{v.field}: {v.description}" for v in error.violations)
             letter = Unmappable(DeadLetterReason.INVALID_EVENT, detail)
@@ -147,7 +150,7 @@ class IngestionService:
         except (StoreError, DeadlineExceeded) as error:
             return IngestResult(Verdict.RETRY, f"store: {error}", mapped.user_id)
         verdict = (
-            Verdict.DUPLICATE if answer.outcome is RecordOutcome.DUPLICATE else Verdict.RECORDED
+            Verdict.DUPLICATE if answer.outcome is EventOutcome.DUPLICATE else Verdict.RECORDED
         )
         return IngestResult(verdict, answer.outcome.name.lower(), mapped.user_id)
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from service.catalog import load_catalog
 from service.domain.account import (
@@ -23,9 +22,20 @@ from service.domain.account import (
 )
 from service.domain.catalog import Catalog, Experiment
 from service.domain.decisions import EntitlementDecision, OfferDecisions
+from service.domain.events import SubscriptionEvent
+from service.domain.grants import GrantRequest
 from service.domain.rules import Platform
 from service.usecases.reads import Answer, Consistency, ReadService
-from service.usecases.writes import WriteService
+from service.usecases.writes import (
+    EventAnswer,
+    GrantAnswer,
+    GrantEntitlement,
+    RecordSubscriptionEvent,
+    RedeemAnswer,
+    RedeemOffer,
+    RevokeEntitlement,
+    WriteService,
+)
 
 CATALOG: Catalog = load_catalog()
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -202,10 +212,15 @@ class SyncWrites:
     def __init__(self, writes: WriteService) -> None:
         self.service = writes
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        use_case = getattr(self.service, name)
+    def record_event(self, user_id: str, event: SubscriptionEvent) -> EventAnswer:
+        return asyncio.run(self.service.events.record(RecordSubscriptionEvent(user_id, event)))
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return asyncio.run(use_case(*args, **kwargs))
+    def grant(self, request_id: str, user_id: str, grant: GrantRequest) -> GrantAnswer:
+        return asyncio.run(self.service.grants.grant(GrantEntitlement(request_id, user_id, grant)))
 
-        return call
+    def revoke(self, request_id: str, user_id: str, grant_id: str) -> GrantAnswer:
+        command = RevokeEntitlement(request_id, user_id, grant_id)
+        return asyncio.run(self.service.grants.revoke(command))
+
+    def redeem(self, command: RedeemOffer) -> RedeemAnswer:
+        return asyncio.run(self.service.redemptions.redeem(command))

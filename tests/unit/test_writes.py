@@ -3,9 +3,8 @@ tokens, cache invalidation, grants and redemption."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,13 +13,13 @@ import pytest
 from service.catalog import load_catalog
 from service.domain.account import GrantKind, Store, SubscriptionStatus
 from service.domain.errors import IdempotencyConflict, InvalidRequest, NotFound, PreconditionFailed
-from service.domain.events import EventType, SubscriptionEvent
+from service.domain.events import EventOutcome, EventType, SubscriptionEvent
 from service.domain.grants import GrantRequest
 from service.domain.rules import Platform
 from service.usecases.cache import UserStateCache
 from service.usecases.reads import Consistency, ReadService
 from service.usecases.tokens import parse_token
-from service.usecases.writes import RecordOutcome, WriteService
+from service.usecases.writes import RecordStudentVerification, RedeemOffer, WriteService
 from storage.memory import MemoryRepository
 from storage.repository import AccountRepository
 from storage.sqlite import SqliteRepository
@@ -70,7 +69,7 @@ def test_purchase_is_visible_at_once_in_the_writing_process(
     reads, writes = services
     assert not reads.get_entitlement("u1", "offline_downloads").value.granted  # now cached
     answer = writes.record_event("u1", purchase())
-    assert answer.outcome is RecordOutcome.APPLIED
+    assert answer.outcome is EventOutcome.APPLIED
     assert answer.subscription.status is SubscriptionStatus.ACTIVE
     # The writer dropped its cache entry: even without the token the read is fresh.
     assert reads.get_entitlement("u1", "offline_downloads").value.granted
@@ -85,7 +84,7 @@ def test_duplicate_event_changes_nothing(
     _, writes = services
     first = writes.record_event("u1", purchase())
     again = writes.record_event("u1", purchase())
-    assert again.outcome is RecordOutcome.DUPLICATE
+    assert again.outcome is EventOutcome.DUPLICATE
     assert again.consistency_token == first.consistency_token
     assert again.subscription == first.subscription
     assert repository.load("u1").account.version == 1
@@ -116,7 +115,7 @@ def test_stale_event_is_recorded_but_does_not_move_state_back(
         grace_period_end=NOW + DAY,
     )  # fmt: skip
     answer = writes.record_event("u1", late_failure)
-    assert answer.outcome is RecordOutcome.STALE
+    assert answer.outcome is EventOutcome.STALE
     assert answer.subscription.status is SubscriptionStatus.ACTIVE
     assert reads.get_entitlement("u1", "offline_downloads").value.granted
     # It adds no new fact: no version, no history, the current version's token; its
@@ -125,7 +124,7 @@ def test_stale_event_is_recorded_but_does_not_move_state_back(
     kinds = [(h.reference, h.version) for h in repository.history("u1")]
     assert kinds == [("evt-1", 1), ("evt-3", 2)]
     again = writes.record_event("u1", late_failure)
-    assert again.outcome is RecordOutcome.DUPLICATE
+    assert again.outcome is EventOutcome.DUPLICATE
     assert again.consistency_token == answer.consistency_token
     # A late event that does add a fact (an earlier start) is written, STALE all the same.
     earlier = SubscriptionEvent(
@@ -133,7 +132,7 @@ def test_stale_event_is_recorded_but_does_not_move_state_back(
         plan_id="premium_individual", current_period_end=NOW + 28 * DAY,
     )  # fmt: skip
     late = writes.record_event("u1", earlier)
-    assert late.outcome is RecordOutcome.STALE
+    assert late.outcome is EventOutcome.STALE
     assert late.subscription.started_at == NOW - 2 * DAY
     assert parse_token(late.consistency_token).version == 3
     assert [h.reference for h in repository.history("u1")] == ["evt-1", "evt-3", "evt-0"]
@@ -152,7 +151,7 @@ def test_an_event_a_revocation_absorbed_changes_nothing(
         "evt-3", "sub-1", Store.GOOGLE_PLAY, EventType.CANCELED, NOW - DAY / 4,
         plan_id="premium_individual",
     ))  # fmt: skip
-    assert late.outcome is RecordOutcome.SUPERSEDED
+    assert late.outcome is EventOutcome.SUPERSEDED
     assert late.subscription == revoked.subscription
     assert late.consistency_token == revoked.consistency_token
     assert repository.load("u1").account.version == 2
@@ -215,15 +214,19 @@ def test_grant_validation(services: tuple[SyncReads, SyncWrites]) -> None:
 
 def test_redeem_trial_once(services: tuple[SyncReads, SyncWrites]) -> None:
     reads, writes = services
-    answer = writes.redeem("r1", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-t")
+    answer = writes.redeem(
+        RedeemOffer("r1", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-t")
+    )
     assert answer.subscription.status is SubscriptionStatus.TRIALING
     assert answer.subscription.current_period_end == NOW + 30 * DAY
     assert reads.get_entitlement("u1", "offline_downloads").value.granted
     # The same request again is a replay, not a second trial.
-    again = writes.redeem("r1", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-t")
+    again = writes.redeem(
+        RedeemOffer("r1", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-t")
+    )
     assert again.subscription == answer.subscription
     with pytest.raises(PreconditionFailed) as raised:
-        writes.redeem("r2", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-u")
+        writes.redeem(RedeemOffer("r2", "u1", TRIAL, "US", Platform.IOS, Store.APP_STORE, "sub-u"))
     assert raised.value.reason.name == "HAD_PREMIUM_BEFORE"
     offers = reads.get_offers("u1", "US", Platform.IOS).value
     assert all(e.offer.group != "trial" for e in offers.eligible)
@@ -233,17 +236,47 @@ def test_concurrent_trial_redemptions_have_one_winner(
     services: tuple[SyncReads, SyncWrites],
 ) -> None:
     _, writes = services
-    barrier = threading.Barrier(20)
 
-    def attempt(i: int) -> str:
-        barrier.wait()
+    async def attempt(i: int) -> str:
+        command = RedeemOffer(f"r{i}", "u1", TRIAL, "SE", Platform.WEB, Store.WEB, f"sub-{i}")
         try:
-            writes.redeem(f"r{i}", "u1", TRIAL, "SE", Platform.WEB, Store.WEB, f"sub-{i}")
+            await writes.service.redemptions.redeem(command)
         except PreconditionFailed as error:
             return error.reason.name
         return "OK"
 
-    with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(attempt, range(20)))
+    async def all_at_once() -> list[str]:
+        # Each runs in a store thread of the pool, as concurrent RPCs do.
+        return list(await asyncio.gather(*(attempt(i) for i in range(20))))
+
+    results = asyncio.run(all_at_once())
     assert results.count("OK") == 1
     assert set(results) - {"OK"} == {"HAD_PREMIUM_BEFORE"}
+
+
+def test_a_command_names_every_bad_field_at_once() -> None:
+    command = RedeemOffer("", "u1", "no-such-offer", "se", None, None, "")
+    with pytest.raises(InvalidRequest) as raised:
+        command.validate(CATALOG)
+    assert [v.field for v in raised.value.violations] == [
+        "request_id",
+        "offer_id",
+        "market",
+        "platform",
+        "store",
+        "subscription_id",
+    ]
+    valid = RedeemOffer("r1", "u1", TRIAL, "SE", Platform.WEB, Store.WEB, "sub-1")
+    assert valid.validate(CATALOG) == (Platform.WEB, Store.WEB)
+
+
+def test_a_student_verification_must_end_in_the_future() -> None:
+    past = RecordStudentVerification("r1", "u1", NOW - DAY, "provider-1")
+    with pytest.raises(InvalidRequest) as raised:
+        past.validate(NOW)
+    assert [v.description for v in raised.value.violations] == ["must be in the future"]
+    unset = RecordStudentVerification("r1", "", None, "provider-1")
+    with pytest.raises(InvalidRequest) as raised:
+        unset.validate(NOW)
+    assert [v.field for v in raised.value.violations] == ["user_id", "verified_until"]
+    assert RecordStudentVerification("r1", "u1", NOW + DAY, "p").validate(NOW) == NOW + DAY
