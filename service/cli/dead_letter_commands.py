@@ -1,5 +1,6 @@
 """dead-letters and replay-dead-letters: the store notifications that could not become
-events (docs/INGESTION.md), listed, and replayed after a fix."""
+events (docs/INGESTION.md), listed, and replayed after a fix; reconcile-play: a user's Play
+purchases read again from the Play Developer API."""
 
 from __future__ import annotations
 
@@ -38,3 +39,22 @@ def replay_dead_letters(args: argparse.Namespace) -> int:
         print(f"{letter.source} {letter.delivery_id}: {result.verdict.value} {result.detail}")
         failed += result.verdict.value in ("dead_letter", "retry", "conflict")
     return 1 if failed else 0
+
+
+def reconcile_play(args: argparse.Namespace) -> int:
+    from service.ingestion.play import PlayApiUnavailable
+    from service.ingestion.reconcile import failed
+    from service.ingestion.reconcile import reconcile_play as reconcile
+
+    settings = Settings.load(storage_url=args.storage)
+    if not settings.play_package_name:
+        print("error: set ENTITLEMENTS_PLAY_PACKAGE_NAME (the app's package name)")
+        return 2
+    try:
+        outcomes = reconcile(settings, args.user_id, list(args.tokens))
+    except PlayApiUnavailable as error:
+        print(f"error: the Play Developer API: {error}")
+        return 1
+    for token, outcome in outcomes:
+        print(f"{token[:24]}...: {outcome}")
+    return 1 if any(failed(outcome) for _, outcome in outcomes) else 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from service.cli.dead_letter_commands import dead_letters, replay_dead_letters
+from service.cli.dead_letter_commands import dead_letters, reconcile_play, replay_dead_letters
 from service.cli.parser_flags import (
     add_connection_arguments,
     command,
@@ -160,6 +160,20 @@ def _command_replay_dead_letters(commands: Commands) -> None:
     storage_flag(replay)
     replay.add_argument("delivery_ids", nargs="*", metavar="ID", help="delivery ids to replay")
     replay.set_defaults(run=replay_dead_letters)
+
+    reconcile = command(
+        commands,
+        "reconcile-play",
+        "read USER's Google Play purchases again and record what is missing",
+        "Reads each purchase token's state from the Play Developer API "
+        "(purchases.subscriptionsv2; ENTITLEMENTS_PLAY_PACKAGE_NAME, ENTITLEMENTS_PLAY_API_URL) "
+        "and records it for USER (docs/INGESTION.md). Exit status 1 when any could not be.",
+        "entitlements reconcile-play u-123 TOKEN1 TOKEN2",
+    )
+    storage_flag(reconcile)
+    reconcile.add_argument("user_id", metavar="USER")
+    reconcile.add_argument("tokens", nargs="+", metavar="TOKEN", help="Play purchase tokens")
+    reconcile.set_defaults(run=reconcile_play)
 
 
 def _add_support_commands(commands: Commands) -> None:

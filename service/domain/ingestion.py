@@ -40,6 +40,9 @@ class DeadLetterReason(enum.StrEnum):
 class Mapped:
     user_id: str
     event: SubscriptionEvent
+    # Events of the same user recorded after `event` (Play: the expiry of the purchase a
+    # linkedPurchaseToken replaced).
+    then: tuple[SubscriptionEvent, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,7 +145,7 @@ def _serve_in_process(settings: Settings, announce: Announce) -> int:
         f"serving on {settings.host}:{running.port} (1 worker, pid {os.getpid()}; "
         f"catalog {running.reads.catalog.version})"
     )
-    if ingress is not None:
+    if ingress is not None and ingress.port:
         announce(f"store notifications on http://{settings.host}:{ingress.port}")
     received = signal.sigwait(STOP_SIGNALS)
     announce(f"{signal.Signals(received).name}: draining")
@@ -193,9 +193,10 @@ def _worker_main(
 
 
 def _start_ingress(settings: Settings, running: RunningServer) -> RunningIngress | None:
-    """The store notification ingress beside the gRPC server (service/ingestion/runner.py),
-    when notifications_port is set; a failure to start it stops the server it joined."""
-    if not settings.notifications_port:
+    """The store notification ingress beside the gRPC server and the Google Play
+    subscriber (service/ingestion/runner.py), when configured; a failure to start them
+    stops the server they joined."""
+    if not settings.notifications_port and not settings.play_subscription:
         return None
     from service.ingestion.runner import start_ingress
 

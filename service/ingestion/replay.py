@@ -10,13 +10,18 @@ import asyncio
 from service.bootstrap import build_application
 from service.config import Settings
 from service.domain.app_store_mapping import map_app_store
+from service.domain.play_mapping import map_play
 from service.domain.stripe_mapping import map_stripe
 from service.ingestion.runner import build_ingestion
 from service.usecases.ingestion import IngestResult, Mapper
 from storage.dead_letters import DeadLetter
 from storage.urls import open_dead_letters
 
-MAPPERS: dict[str, Mapper] = {"app_store": map_app_store, "stripe": map_stripe}
+MAPPERS: dict[str, Mapper] = {
+    "app_store": map_app_store,
+    "stripe": map_stripe,
+    "google_play": map_play,
+}
 
 
 def list_dead_letters(settings: Settings, include_resolved: bool, limit: int) -> list[DeadLetter]:

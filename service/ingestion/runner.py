@@ -18,9 +18,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from service.bootstrap import Application
-from service.config import Settings
+from service.config import Settings, SettingsError
 from service.ingestion.app_store import AppStoreVerifier, load_root_certificates
 from service.ingestion.http import NotificationIngress
+from service.ingestion.play import (
+    HttpPlayDeveloperApi,
+    PlayDeveloperApi,
+    PlayNotifications,
+    PlaySubscriber,
+)
 from service.ingestion.stripe_webhook import StripeVerifier
 from service.usecases.ingestion import IngestionObserver, IngestionService
 from storage.dead_letters import DeadLetterStore
@@ -84,34 +90,73 @@ def build_ingress(
 
 @dataclass
 class RunningIngress:
-    ingress: NotificationIngress
+    """The ingestion of one worker: the HTTP ingress and the Play subscriber (either may
+    be off)."""
+
+    ingestion: IngestionService
     running: RunningServer
+    ingress: NotificationIngress | None = None
+    play: PlayNotifications | None = None
+    subscriber: PlaySubscriber | None = None
 
     @property
     def port(self) -> int:
-        return self.ingress.port
-
-    def drain(self) -> None:
-        self.running.loop_thread.run(self.ingress.drain())
+        return self.ingress.port if self.ingress is not None else 0
 
     def stop(self) -> None:
-        self.running.loop_thread.run(self.ingress.stop())
-        self.ingress.ingestion.dead_letters.close()
+        """Stops taking notifications: Pub/Sub pulls end (unacknowledged messages are
+        redelivered), the HTTP port closes after the requests in flight."""
+        if self.subscriber is not None:
+            self.subscriber.stop()
+        if self.ingress is not None:
+            self.running.loop_thread.run(self.ingress.stop())
+        self.ingestion.dead_letters.close()
 
 
-def start_ingress(settings: Settings, running: RunningServer) -> RunningIngress | None:
-    """Starts the ingress on the worker's loop (None: notifications_port is 0)."""
-    if not settings.notifications_port:
+def play_api(settings: Settings) -> PlayDeveloperApi:
+    return HttpPlayDeveloperApi(settings.play_api_url)
+
+
+def start_ingress(
+    settings: Settings, running: RunningServer, api: PlayDeveloperApi | None = None
+) -> RunningIngress | None:
+    """Starts the ingestion in a worker: the HTTP ingress on the worker's loop when
+    notifications_port is set, the Play subscriber when play_subscription is (None:
+    neither is)."""
+    if not settings.notifications_port and not settings.play_subscription:
         return None
     observer = None
+    on_refusal = None
     if settings.metrics_port:
         from service.ingestion.metrics import ingestion_metrics
 
         observer = ingestion_metrics()
+        on_refusal = observer.refused_one
     ingestion = build_ingestion(settings, running.app, observer=observer)
-    ingress = build_ingress(settings, ingestion, ready=lambda: running.readiness.ready)
-    running.loop_thread.run(
-        ingress.start(settings.host, settings.notifications_port, settings.shutdown_grace_seconds)
-    )
-    log.info("store notifications on http://%s:%d", settings.host, ingress.port)
-    return RunningIngress(ingress, running)
+    started = RunningIngress(ingestion, running)
+    try:
+        if settings.notifications_port:
+            ingress = build_ingress(settings, ingestion, ready=lambda: running.readiness.ready)
+            started.ingress = ingress
+            running.loop_thread.run(
+                ingress.start(
+                    settings.host, settings.notifications_port, settings.shutdown_grace_seconds
+                )
+            )
+            log.info("store notifications on http://%s:%d", settings.host, ingress.port)
+        if settings.play_subscription:
+            if not settings.play_package_name:
+                raise SettingsError("play_subscription needs play_package_name")
+            started.play = PlayNotifications(
+                ingestion,
+                api or play_api(settings),
+                settings.play_package_name,
+                running.loop_thread.loop,
+                on_refusal,
+            )
+            started.subscriber = PlaySubscriber(settings.play_subscription, started.play)
+            started.subscriber.start()
+    except BaseException:
+        started.stop()
+        raise
+    return started

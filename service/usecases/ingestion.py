@@ -135,6 +135,8 @@ class IngestionService:
             answer = await self._writes.events.record(
                 RecordSubscriptionEvent(mapped.user_id, mapped.event)
             )
+            for event in mapped.then:
+                await self._writes.events.record(RecordSubscriptionEvent(mapped.user_id, event))
         except InvalidRequest as error:
             detail = "; ".join(f"{v.field}: {v.description}" for v in error.violations)
             letter = Unmappable(DeadLetterReason.INVALID_EVENT, detail)

@@ -26,6 +26,7 @@ from service.catalog import EXAMPLE_CATALOG
 from service.config import Settings
 from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.server import RunningServer, start_server
+from service.ingestion.http import NotificationIngress
 from service.ingestion.runner import RunningIngress, start_ingress
 from service.usecases.ingestion import Verdict
 from storage.sqlite import SqliteRepository
@@ -62,6 +63,11 @@ class Ingest:
     storage_url: str
 
     @property
+    def http(self) -> NotificationIngress:
+        assert self.ingress.ingress is not None
+        return self.ingress.ingress
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.ingress.port}"
 
@@ -92,7 +98,7 @@ class Ingest:
         return bool(self.stub.GetEntitlement(request, timeout=10).entitlement.granted)
 
     def count(self, source: str, verdict: Verdict) -> int:
-        return self.ingress.ingress.ingestion.count(source, verdict)
+        return self.http.ingestion.count(source, verdict)
 
 
 @pytest.fixture
@@ -249,7 +255,7 @@ def test_forged_expired_wrong_bundle_and_wrong_environment_are_refused_and_count
     header, payload, signature = json.loads(good)["signedPayload"].split(".")
     tampered = json.dumps({"signedPayload": f"{header}.{payload[:-4]}AAAA.{signature}"})
     assert ingest.apple(tampered.encode())[0] == 401
-    refusals = ingest.ingress.ingress.refusals
+    refusals = ingest.http.refusals
     assert refusals[("app_store", "verification_failure")] >= 4
     assert refusals[("app_store", "wrong_app")] == 1
     assert refusals[("app_store", "wrong_environment")] == 1
@@ -320,8 +326,8 @@ def test_stripe_forged_and_replayed_with_another_body_are_refused_and_counted(
     status, answer = ingest.stripe(event)
     assert (status, answer["verdict"]) == (409, "conflict")
     assert ingest.count("stripe", Verdict.CONFLICT) == 1
-    assert ingest.ingress.ingress.refusals[("stripe", "verification_failure")] == 1
-    assert ingest.ingress.ingress.refusals[("stripe", "unsigned")] == 1
+    assert ingest.http.refusals[("stripe", "verification_failure")] == 1
+    assert ingest.http.refusals[("stripe", "unsigned")] == 1
 
 
 def test_unmappable_notifications_become_dead_letters_and_replay_after_a_fix(
@@ -341,7 +347,7 @@ def test_unmappable_notifications_become_dead_letters_and_replay_after_a_fix(
     for event in (no_user, unknown, no_user):
         status, answer = ingest.stripe(event)
         assert (status, answer["verdict"]) == (200, "dead_letter")
-    letters = ingest.ingress.ingress.ingestion.dead_letters.list()
+    letters = ingest.http.ingestion.dead_letters.list()
     assert [(x.delivery_id, x.reason, x.attempts) for x in letters] == [
         ("evt_no_user", "no_user", 2),
         ("evt_unknown_price", "unknown_product", 1),
