@@ -103,6 +103,7 @@ chaos: setup bench-h2load
 #   bench-memory  the memory of a warm cache of 1,000,000 users (~1 minute)
 #   bench-freshness  write-to-visible and watch latency, the feed's cost, hit rate by TTL
 #   bench-h2load  installs h2load (Debian package nghttp2-client), the load tool's C loader
+#   bench-capacity  the capacity plan's tables (docs/CAPACITY.md), from the model and simulator
 BENCH_RESULTS ?= benchmarks/results
 BENCH_BASELINE ?= benchmarks/baselines/smoke.json
 BENCH_COMPARE ?= $(BENCH_BASELINE)
@@ -156,6 +157,13 @@ bench-client: setup
 BENCH_FRESHNESS_ARGS ?=
 bench-freshness: setup bench-h2load
 	$(BIN)/python -m benchmarks.freshness --out $(BENCH_RESULTS) $(BENCH_FRESHNESS_ARGS)
+
+# The capacity plan (docs/CAPACITY.md): the model's tables with the simulator's hit rates
+# (~1 minute of CPU; fixed seeds, so the output is what the document quotes).
+.PHONY: bench-capacity
+bench-capacity: setup
+	mkdir -p $(BENCH_RESULTS)
+	$(BIN)/python -m benchmarks.capacity --out $(BENCH_RESULTS)
 
 # The Node.js client of tests/interop proves other languages need only protos/.
 NODE_DEPS := tests/interop/node/node_modules/.package-lock.json

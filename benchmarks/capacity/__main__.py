@@ -116,7 +116,8 @@ def markdown(
     demand: Demand, costs: ServerCosts, fleet: Fleet, sim: dict[str, Any], answers: list[Answer]
 ) -> str:
     lines = [
-        f"## {demand.name}: {demand.users / 1e6:,.0f} M users, {demand.paying / 1e6:,.0f} M paying",
+        f"### {demand.name}: {demand.users / 1e6:,.0f} M users, "
+        f"{demand.paying / 1e6:,.0f} M paying",
         "",
         f"Peak checks {demand.peak_checks_per_second:,.0f}/s (mean "
         f"{demand.mean_checks_per_second:,.0f}/s x {demand.peak_to_mean}), peak writes "
@@ -176,11 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         Demand(name="one region (a third of the world)", users=200_000_000, paying=83_000_000),
     ]
     report: dict[str, Any] = {"costs": asdict(costs), "fleet": asdict(fleet), "scenarios": []}
-    print("# Capacity plan (python -m benchmarks.capacity)")
     for index, demand in enumerate(scenarios):
         sim = simulate(demand, costs, fleet, diurnal_points=index == 0)
         answers = plan(demand, costs, fleet, sim)
-        print()
+        if index:
+            print()
         print(markdown(demand, costs, fleet, sim, answers))
         sys.stdout.flush()
         report["scenarios"].append(
