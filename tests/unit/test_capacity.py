@@ -92,6 +92,7 @@ def test_a_callers_near_cache_hits_within_sessions() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_the_documents_tables_are_what_the_simulator_prints() -> None:
     printed = subprocess.run(
         [sys.executable, "-m", "benchmarks.capacity"],
