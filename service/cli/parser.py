@@ -78,8 +78,9 @@ def _command_serve(commands: Commands) -> None:
         "run the gRPC server",
         "Runs the gRPC server (one worker process per core by default, sharing the port). "
         "Without a credentials file it generates development credentials in the data "
-        "folder (printed once) that the client commands pick up. Every setting is a flag "
-        "below and an ENTITLEMENTS_* environment variable; see docs/SETTINGS.md.",
+        "folder (the log says where, never the tokens) that the client commands pick up. "
+        "Every setting is a flag below and an ENTITLEMENTS_* environment variable; see "
+        "docs/SETTINGS.md.",
         "entitlements serve",
         "entitlements serve --port 0 --storage memory://          # any free port, no files",
         "entitlements serve --workers 2 --cache-ttl-seconds 60 --log-format text",

@@ -13,7 +13,7 @@ from service.cli.preflight import check_serving_configuration, workers_for_the_s
 from service.cli.settings_flags import setting_overrides, settings_reference
 from service.config import ENV_PREFIX, Settings, unknown_environment_variables
 from service.grpc_api.audit import configure_audit_logging
-from service.grpc_api.auth import Role, ensure_dev_credentials
+from service.grpc_api.auth import ensure_dev_credentials
 from service.grpc_api.logs import configure_logging
 from storage.urls import migrate as migrate_storage
 from storage.urls import open_repository
@@ -47,20 +47,19 @@ def _bootstrap_dev_credentials(settings: Settings) -> Settings:
     """No credentials_file configured: use (and the first time generate) development
     credentials in the data folder, so that `make run` and the CLI work out of the box."""
     dev = ensure_dev_credentials(settings.data_dir)
+    tokens_file, credentials_file = dev.tokens_file.absolute(), dev.credentials_file.absolute()
     if dev.created:
+        # Where the tokens are, never the tokens: this output is the server's log.
         print(
-            "entitlements: no credentials_file configured; generated development credentials "
-            "(shown this once):\n"
-            f"  admin token (write RPCs):  {dev.tokens[Role.ADMIN]}\n"
-            f"  service token (read RPCs): {dev.tokens[Role.SERVICE]}\n"
-            f"  kept in {dev.tokens_file} (mode 0600; the CLI reads them from there), "
-            f"digests in {dev.credentials_file}",
+            "entitlements: no credentials_file configured; generated development credentials: "
+            f"an admin token (write RPCs) and a service token (read RPCs) in {tokens_file} "
+            f"(mode 0600; the CLI reads them from there), digests in {credentials_file}",
             flush=True,
         )
     else:
         print(
-            f"entitlements: using the development credentials of {dev.credentials_file} "
-            f"(tokens in {dev.tokens_file})",
+            f"entitlements: using the development credentials of {credentials_file} "
+            f"(tokens in {tokens_file})",
             flush=True,
         )
     if settings.host not in {"127.0.0.1", "localhost", "::1"}:

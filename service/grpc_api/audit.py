@@ -31,6 +31,7 @@ from typing import Any
 import grpc
 
 from service.domain.identity import user_digest
+from storage.files import make_private_directory
 
 AUDIT_LOGGER = "entitlements.audit"
 # Request ids are chosen by clients: bound what one record can carry.
@@ -237,7 +238,7 @@ def configure_audit_logging(path: Path | None) -> logging.Handler:
     if path is None:
         handler = logging.StreamHandler(sys.stderr)
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_directory(path.parent)
         handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(message)s"))
     _log.addHandler(handler)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from service.domain.deadlines import store_seconds_left
 from service.domain.errors import DeadlineExceeded, StoreError, StoreUnavailable
+from storage.files import make_private_directory
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 # The database file as created (its -wal and -shm files get the same mode from SQLite):
@@ -144,9 +145,9 @@ class LockWait:
 
 def create_database_file(path: Path) -> bool:
     """Creates an empty database file (an empty file is an empty SQLite database) with
-    mode 0600, and its directory; True if it did, False if a file was there already."""
+    mode 0600, and its directory (0700); True if it did, False if a file was there already."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_directory(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, DATABASE_FILE_MODE)
     except FileExistsError:
         return False

@@ -143,14 +143,23 @@ def test_bad_input_prints_field_violations(served: Served) -> None:
 
 
 def dev_tokens(folder: Path) -> dict[str, str]:
-    tokens: dict[str, str] = json.loads((folder / "data" / "dev-tokens.json").read_text())
+    return dev_tokens_in(folder / "data")
+
+
+def dev_tokens_in(data: Path) -> dict[str, str]:
+    tokens: dict[str, str] = json.loads((data / "dev-tokens.json").read_text())
     return tokens
 
 
-def test_serve_generates_development_credentials_and_prints_them_once(served: Served) -> None:
+def test_serve_generates_development_credentials_and_says_where_they_are(served: Served) -> None:
+    """Owner-only: the data folder 0700 (made by seed-demo's database), both files 0600;
+    the server's output (its log) names the tokens' file, never a token (issue 25)."""
     data = served.folder / "data"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
     tokens_file = data / "dev-tokens.json"
     assert stat.S_IMODE(tokens_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((data / "dev-credentials.yaml").stat().st_mode) == 0o600
+    assert stat.S_IMODE((data / "entitlements.db").stat().st_mode) == 0o600
     tokens = dev_tokens(served.folder)
     assert set(tokens) == {"admin", "service"}
     assert all(len(token) >= 40 for token in tokens.values())
@@ -158,8 +167,29 @@ def test_serve_generates_development_credentials_and_prints_them_once(served: Se
     assert "role: admin" in credentials and "role: service" in credentials
     assert not any(token in credentials for token in tokens.values())  # digests only
     output = served.text()
+    assert "generated development credentials" in output
+    assert str(tokens_file) in output
     for token in tokens.values():
-        assert output.count(token) == 1
+        assert token not in output
+
+
+def test_serve_makes_its_own_data_folder_owner_only(tmp_path: Path) -> None:
+    """serve alone (no seed-demo first), in a fresh folder, with its data folder two
+    levels down: every folder it creates is 0700, whatever the umask."""
+    data = tmp_path / "state" / "data"
+    server = serve(
+        tmp_path,
+        "--storage",
+        f"sqlite:///{tmp_path / 'db' / 'nested' / 'entitlements.db'}",
+        env={"ENTITLEMENTS_DATA_DIR": str(data)},
+    )
+    try:
+        for folder in (tmp_path / "state", data, tmp_path / "db", tmp_path / "db" / "nested"):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+        assert stat.S_IMODE((data / "dev-credentials.yaml").stat().st_mode) == 0o600
+        assert not any(token in server.text() for token in dev_tokens_in(data).values())
+    finally:
+        server.stop()
 
 
 def test_credential_flag_and_environment(served: Served) -> None:
@@ -218,8 +248,11 @@ def wait_for_audit_line(served: Served, request_id: str) -> dict[str, object]:
 
 def test_restart_reuses_the_development_credentials(served: Served) -> None:
     before = dev_tokens(served.folder)
+    credentials = served.folder / "data" / "dev-credentials.yaml"
+    credentials.chmod(0o644)  # as earlier versions wrote it
     again = serve(served.folder)  # a second process on the same data folder
     try:
+        assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
         assert "using the development credentials" in again.text()
         assert not any(token in again.text() for token in before.values())
         assert dev_tokens(served.folder) == before
@@ -258,6 +291,7 @@ def test_explicit_credentials_file_and_audit_file(tmp_path: Path) -> None:
                 )  # no credential: refused, and audited as such
     finally:
         server.stop()
+    assert stat.S_IMODE(audit_file.parent.stat().st_mode) == 0o700
     (line,) = audit_file.read_text().splitlines()
     record = json.loads(line)
     assert record["principal"] is None
