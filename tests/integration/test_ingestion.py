@@ -6,12 +6,13 @@ library's helper; the effect read back through GetEntitlement and WatchEntitleme
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +32,7 @@ from service.ingestion.runner import RunningIngress, start_ingress
 from service.usecases.ingestion import Verdict
 from storage.sqlite import SqliteRepository
 from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
+from tests.integration.server_process import server_process
 from tests.integration.test_cli import run_cli
 from tests.store_signing import (
     BUNDLE_ID,
@@ -96,6 +98,25 @@ class Ingest:
     def granted(self, user: str) -> bool:
         request = es.GetEntitlementRequest(user_id=user, feature_id=FEATURE)
         return bool(self.stub.GetEntitlement(request, timeout=10).entitlement.granted)
+
+    def watch(self, user: str) -> Callable[[], es.WatchEntitlementsResponse]:
+        """Opens a WatchEntitlements stream (its first message read) and returns a function
+        waiting for the next message."""
+        stream = self.stub.WatchEntitlements(
+            es.WatchEntitlementsRequest(user_id=user, feature_ids=[FEATURE]), timeout=30
+        )
+        next(stream)
+        messages: list[es.WatchEntitlementsResponse] = []
+        reader = threading.Thread(target=lambda: messages.append(next(stream)), daemon=True)
+        reader.start()
+
+        def following() -> es.WatchEntitlementsResponse:
+            reader.join(timeout=20)
+            stream.cancel()
+            assert messages, "no WatchEntitlements message"
+            return messages[0]
+
+        return following
 
     def count(self, source: str, verdict: Verdict) -> int:
         return self.http.ingestion.count(source, verdict)
@@ -293,9 +314,11 @@ def test_a_stripe_subscription_grants_then_expires(ingest: Ingest) -> None:
         subscription_id="sub_1", user=user, price_lookup_key=PLAN, status="active",
         period_end=now + 30 * DAY,
     )  # fmt: skip
+    following = ingest.watch(user)
     status, answer = ingest.stripe(created)
     assert (status, answer["verdict"]) == (200, "recorded")
     assert ingest.granted(user)
+    assert following().entitlements[0].granted
     assert ingest.stripe(created)[1]["verdict"] == "duplicate"
     deleted = stripe_subscription_event(
         "evt_deleted_1", "customer.subscription.deleted", created=now - timedelta(minutes=1),
@@ -398,3 +421,124 @@ _KARAOKE_PLAN = """  - id: karaoke_plan
       basic_playback: {}
       offline_downloads: {}
 """
+
+
+def test_an_app_store_notification_replayed_with_another_body_is_refused(ingest: Ingest) -> None:
+    user, now = str(uuid.uuid4()), datetime.now(UTC)
+    args: dict[str, Any] = {
+        "user": user, "original_transaction_id": "4001", "product": PLAN, "signed_at": now,
+        "notification_uuid": str(uuid.uuid4()),
+    }  # fmt: skip
+    first = app_store_notification(ingest.chain, "DID_RENEW", None, expires=now + DAY, **args)
+    assert ingest.apple(first[1])[1]["verdict"] == "recorded"
+    # The same notificationUUID, signed (a compromised key, a bug), another expiry.
+    other = app_store_notification(ingest.chain, "DID_RENEW", None, expires=now + 99 * DAY, **args)
+    status, answer = ingest.apple(other[1])
+    assert (status, answer["verdict"]) == (409, "conflict")
+    assert ingest.count("app_store", Verdict.CONFLICT) == 1
+    (subscription,) = ingest.running.repository.load(user).account.subscriptions
+    assert subscription.current_period_end < now + 2 * DAY
+
+
+def test_a_stripe_life_delivered_backwards_and_twice_ends_as_in_order(ingest: Ingest) -> None:
+    now = datetime.now(UTC)
+    start = now - 40 * DAY
+
+    def life(user: str, tag: str) -> list[dict[str, Any]]:
+        sub_id = f"sub_{tag}"
+        common: dict[str, Any] = {
+            "subscription_id": sub_id, "user": user, "price_lookup_key": PLAN,
+        }  # fmt: skip
+        return [
+            stripe_subscription_event(
+                f"evt_{tag}_1", "customer.subscription.created", created=start,
+                status="trialing", period_end=start + 7 * DAY, **common,
+            ),
+            stripe_subscription_event(
+                f"evt_{tag}_2", "customer.subscription.updated", created=start + 7 * DAY,
+                status="active", period_end=start + 37 * DAY,
+                previous={"status": "trialing"}, **common,
+            ),
+            stripe_subscription_event(
+                f"evt_{tag}_3", "customer.subscription.updated", created=start + 37 * DAY,
+                status="past_due", period_end=start + 37 * DAY, **common,
+            ),
+            stripe_subscription_event(
+                f"evt_{tag}_4", "customer.subscription.updated", created=start + 38 * DAY,
+                status="active", period_end=start + 67 * DAY,
+                previous={"status": "past_due"}, **common,
+            ),
+            stripe_subscription_event(
+                f"evt_{tag}_5", "customer.subscription.updated", created=start + 39 * DAY,
+                status="active", period_end=start + 67 * DAY, cancel_at_period_end=True,
+                previous={"cancel_at_period_end": False}, **common,
+            ),
+        ]  # fmt: skip
+
+    ordered, backwards = f"web-{uuid.uuid4()}", f"web-{uuid.uuid4()}"
+    for event in life(ordered, "o"):
+        assert ingest.stripe(event)[0] == 200
+    events = life(backwards, "b")
+    pending = [*reversed(events), *events]
+    for _ in range(3):
+        pending = [event for event in pending if ingest.stripe(event)[0] != 200]
+    assert pending == []
+    (a,) = ingest.running.repository.load(ordered).account.subscriptions
+    (b,) = ingest.running.repository.load(backwards).account.subscriptions
+    assert (a.status, a.current_period_end, a.auto_renew, a.plan_id) == (
+        b.status, b.current_period_end, b.auto_renew, b.plan_id,
+    )  # fmt: skip
+    assert a.status.value == "canceled" and ingest.granted(ordered) and ingest.granted(backwards)
+
+
+def test_serve_runs_the_ingress_in_every_worker_with_metrics_and_drains(tmp_path: Path) -> None:
+    """`entitlements serve` with two workers: the port is claimed by the supervisor and
+    shared; a notification through either worker is read back through the gRPC port (the
+    other worker sees it through the change feed); the metrics endpoint sums the workers'
+    counts; SIGTERM stops it cleanly."""
+    db = tmp_path / "entitlements.db"
+    SqliteRepository(db, create=True).close()
+    credentials = write_test_credentials(tmp_path / "credentials.yaml")
+    notifications, metrics = free_port(), free_port()
+    env = {"ENTITLEMENTS_STRIPE_WEBHOOK_SECRET": STRIPE_SECRET}
+    args = ("--notifications-port", str(notifications), "--metrics-port", str(metrics))
+    with server_process(db, credentials, *args, workers=2, env=env) as server:
+        base = f"http://127.0.0.1:{notifications}"
+        with urllib.request.urlopen(base + "/healthz", timeout=10) as health:
+            assert health.status == 200
+        now = datetime.now(UTC)
+        users = [f"web-{uuid.uuid4()}" for _ in range(4)]
+        for index, user in enumerate(users):
+            body, signature = stripe_signed(
+                stripe_subscription_event(
+                    f"evt_serve_{index}", "customer.subscription.created",
+                    created=now - timedelta(minutes=1), subscription_id=f"sub_s{index}",
+                    user=user, price_lookup_key=PLAN, status="active",
+                    period_end=now + 30 * DAY,
+                )
+            )  # fmt: skip
+            request = urllib.request.Request(
+                base + "/notifications/stripe",
+                data=body,
+                headers={"Stripe-Signature": signature, "Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert json.loads(response.read())["verdict"] == "recorded"
+        channel = with_bearer_token(grpc.insecure_channel(server.target), SERVICE_TOKEN)
+        stub = es_grpc.EntitlementServiceStub(channel)
+        for user in users:
+            request = es.GetEntitlementRequest(user_id=user, feature_id=FEATURE)
+            assert stub.GetEntitlement(request, timeout=10).entitlement.granted
+        channel.close()
+        deadline = datetime.now(UTC) + timedelta(seconds=30)
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as m:
+                text = m.read().decode()
+            line = 'entitlements_notifications_total{store="stripe",verdict="recorded"} 4.0'
+            if line in text or datetime.now(UTC) > deadline:
+                break
+        assert line in text
+        assert "entitlements_notification_lag_seconds_bucket" in text
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0

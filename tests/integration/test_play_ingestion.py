@@ -294,7 +294,13 @@ def test_a_play_purchase_grants_access_and_is_acknowledged(play: Play) -> None:
     now = datetime.now(UTC)
     play.api.purchases[token] = purchase(user, now + 30 * DAY)
     assert not play.granted(user)
+    stream = play.stub.WatchEntitlements(
+        es.WatchEntitlementsRequest(user_id=user, feature_ids=[FEATURE]), timeout=60
+    )
+    assert not next(stream).entitlements[0].granted
     play.publish(rtdn(4, token, now - timedelta(seconds=2)))
+    assert next(stream).entitlements[0].granted  # the watch saw the purchase
+    stream.cancel()
     eventually(lambda: play.granted(user))
     eventually(lambda: token in play.api.acknowledged)
     (subscription,) = play.running.repository.load(user).account.subscriptions
