@@ -517,13 +517,13 @@ def test_serve_runs_the_ingress_in_every_worker_with_metrics_and_drains(tmp_path
                     period_end=now + 30 * DAY,
                 )
             )  # fmt: skip
-            request = urllib.request.Request(
+            post = urllib.request.Request(
                 base + "/notifications/stripe",
                 data=body,
                 headers={"Stripe-Signature": signature, "Content-Type": "application/json"},
                 method="POST",
             )
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(post, timeout=30) as response:
                 assert json.loads(response.read())["verdict"] == "recorded"
         channel = with_bearer_token(grpc.insecure_channel(server.target), SERVICE_TOKEN)
         stub = es_grpc.EntitlementServiceStub(channel)

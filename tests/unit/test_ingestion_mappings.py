@@ -164,13 +164,14 @@ def invoice(billing_reason: str, new_api: bool = True) -> dict[str, Any]:
 
 @pytest.mark.parametrize("new_api", [True, False])
 def test_stripe_invoice_paid_renews(new_api: bool) -> None:
+    paid = invoice("subscription_cycle", new_api)
     event = {"id": "evt_2", "type": "invoice.paid", "created": seconds(T0),
-             "data": {"object": invoice("subscription_cycle", new_api)}}  # fmt: skip
+             "data": {"object": paid}}  # fmt: skip
     result = mapped(map_stripe(event, CATALOG))
     assert (result.user_id, result.event.type, result.event.current_period_end) == (
         "u1", E.RENEWED, T0 + 30 * DAY,
     )  # fmt: skip
-    event["data"]["object"]["billing_reason"] = "manual"
+    paid["billing_reason"] = "manual"
     assert isinstance(map_stripe(event, CATALOG), Ignored)
 
 
