@@ -208,7 +208,9 @@ def read_changes(connection: sqlite3.Connection, after: int, limit: int) -> Chan
     if not rows:
         last = last_change(connection)
         # Behind the newest seq ever committed: the database was replaced or reset.
-        return ChangeBatch((), str(last), gap=last < after)
+        # Otherwise the position stays: `last` is read by another statement, after
+        # which a change may have committed that the SELECT above did not see.
+        return ChangeBatch((), str(last) if last < after else str(after), gap=last < after)
     changes = tuple(Change(row[1], row[2]) for row in rows)
     # Committed seqs are contiguous: a first row past after + 1 means rows were trimmed.
     return ChangeBatch(changes, str(rows[-1][0]), gap=rows[0][0] > after + 1)
