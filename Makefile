@@ -150,7 +150,7 @@ bench-memory: setup
 # cached decision, the server's cost of 100 change streams. BENCH_CLIENT_ARGS=--short: a smoke.
 .PHONY: bench-client
 BENCH_CLIENT_ARGS ?=
-bench-client: setup
+bench-client: setup bench-h2load
 	$(BIN)/python -m benchmarks.client --out $(BENCH_RESULTS) $(BENCH_CLIENT_ARGS)
 
 .PHONY: bench-freshness

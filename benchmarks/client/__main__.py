@@ -10,7 +10,8 @@ follows server B; writes of "another process" go through server A. Measured:
    per client core (untimed hits over the process's CPU time);
 2. RPCs saved on a Zipf trace of checks, with writes through A meanwhile;
 3. staleness after a write by another process: from A's acknowledgement until the client
-   (on B) answers with it, polling every 2 ms (p50/p99/max);
+   (on B) answers with it, polling every 2 ms (p50/p99/max); then again while h2load keeps
+   B busy with cache-hit reads (4 connections, closed loop);
 4. memory per cached decision (tracemalloc, decisions stored into a NearCache);
 5. server B's CPU and memory with 100 open change streams (heartbeats only) vs none.
 
@@ -49,6 +50,7 @@ def _markdown(results: dict[str, Any]) -> str:
     hit = results["hit"]
     zipf = results["zipf"]
     stale = results["staleness"]["milliseconds"]
+    loaded = results["staleness_under_load"]["milliseconds"]
     cost = results["streams"]
     lines = [
         f"# Client benchmark ({results['when']}, load average {results['loadavg']})",
@@ -66,6 +68,8 @@ def _markdown(results: dict[str, Any]) -> str:
         f"{100 * zipf['rpcs_saved_fraction']:.1f}% saved |",
         f"| staleness after another process's write, p50 / p99 / max (ms, n={stale['n']}) | "
         f"{stale['p50']:.0f} / {stale['p99']:.0f} / {stale['max']:.0f} |",
+        f"| the same while h2load keeps server B busy (4 connections of cache-hit reads) | "
+        f"{loaded['p50']:.0f} / {loaded['p99']:.0f} / {loaded['max']:.0f} |",
         f"| memory per cached decision | {results['memory']['bytes_per_decision']} bytes |",
         f"| server CPU, idle vs {cost['streams']} change streams | "
         f"{cost['server_cpu_percent_idle']}% vs {cost['server_cpu_percent_with_streams']}% |",
@@ -107,6 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     writes_per_second=5 if short else 10,
                 )
                 results["staleness"] = measures.staleness(client, writer, 20 if short else 100)
+                # Again while h2load keeps server B busy with cache-hit reads.
+                background = measures.BackgroundLoad(b.target, SERVICE_TOKEN, 4, Path(folder))
+                try:
+                    time.sleep(1)
+                    results["staleness_under_load"] = measures.staleness(
+                        client, writer, 20 if short else 100
+                    )
+                finally:
+                    background.stop()
                 writer.grant_entitlement(measures.grant("bench-sample", "sample-1"))
                 sample = client.get_entitlement(
                     "bench-sample", "offline_downloads", full_consistency=True

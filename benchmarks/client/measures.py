@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import random
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -12,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import accumulate
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from benchmarks.load.h2load import find_h2load, grpc_frame
 from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import entitlement_service_pb2_grpc as es_grpc
 from entitlements.v1 import subscription_event_service_pb2 as ev
@@ -157,10 +160,41 @@ def staleness(
         acknowledged = time.perf_counter()
         while not client.get_entitlement(user, "offline_downloads").granted:
             if time.perf_counter() - acknowledged > 30:
-                raise RuntimeError(f"write to {user} not seen in 30 s")
+                follower = client.change_stream
+                raise RuntimeError(
+                    f"write to {user} not seen in 30 s: cache {client.cache and client.cache.stats}"
+                    f", stream fresh {client.cache and client.cache.stream_fresh}, follower "
+                    f"{follower and vars(follower)}, answer {client.get_entitlement(user, FEATURES[0])}"
+                )
             time.sleep(0.002)
         seconds.append((time.perf_counter() - acknowledged) * 1000)
     return {"milliseconds": percentiles(seconds)}
+
+
+class BackgroundLoad:
+    """h2load (closed loop, `connections` x 1 in flight) sending cache-hit GetEntitlement
+    calls to a server while a measurement runs; stopped by the process we started."""
+
+    def __init__(self, target: str, token: str, connections: int, folder: Path) -> None:
+        body = folder / "background-request"
+        request = es.GetEntitlementRequest(user_id="bench-background", feature_id=FEATURES[0])
+        body.write_bytes(grpc_frame(request.SerializeToString()))
+        url = f"http://{target}/entitlements.v1.EntitlementService/GetEntitlement"
+        command = [find_h2load(), "-c", str(connections), "-m", "1", "-t", "1", "-d", str(body)]
+        for header in ("content-type: application/grpc", "te: trailers"):
+            command += ["-H", header]
+        command += ["-H", f"authorization: Bearer {token}", "-D", "3600s", url]
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def stop(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(5)
 
 
 def memory_per_decision(sample: Entitlement, entries: int) -> dict[str, Any]:
