@@ -161,10 +161,12 @@ def staleness(
         while not client.get_entitlement(user, "offline_downloads").granted:
             if time.perf_counter() - acknowledged > 30:
                 follower = client.change_stream
+                cache = client.cache
+                answer = client.get_entitlement(user, FEATURES[0])
                 raise RuntimeError(
-                    f"write to {user} not seen in 30 s: cache {client.cache and client.cache.stats}"
-                    f", stream fresh {client.cache and client.cache.stream_fresh}, follower "
-                    f"{follower and vars(follower)}, answer {client.get_entitlement(user, FEATURES[0])}"
+                    f"write to {user} not seen in 30 s: cache {cache and cache.stats}, "
+                    f"stream fresh {cache and cache.stream_fresh}, follower "
+                    f"{follower and vars(follower)}, answer {answer}"
                 )
             time.sleep(0.002)
         seconds.append((time.perf_counter() - acknowledged) * 1000)
