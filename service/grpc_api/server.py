@@ -48,12 +48,11 @@ from service.grpc_api.auth import (
     server_credentials,
 )
 from service.grpc_api.event_loop import LoopThread, loop_kind
-from service.grpc_api.guard import RpcGuard, RpcObserver, tolerant
+from service.grpc_api.guard import RpcGuard, tolerant
 from service.grpc_api.readiness import ReadinessMonitor, set_health
 from service.grpc_api.servicers import EntitlementServicer, OfferServicer, SubscriptionEventServicer
 from service.usecases.clock import Clock, utc_now
 from service.usecases.reads import ReadService
-from service.usecases.support import SupportService
 from service.usecases.writes import WriteService
 from storage.repository import AccountRepository
 
@@ -147,10 +146,6 @@ class RunningServer:
     guard: RpcGuard | None = None
     # Copies the worker's counts into the metrics (None: metrics off).
     metrics: Any = field(default=None)
-    # The RpcTracing of service.grpc_api.tracing (None: tracing off).
-    tracing: Any = field(default=None)
-    # The task following the store's change feed (None: the store has none).
-    feed_task: asyncio.Task[None] | None = None
 
     @property
     def reads(self) -> ReadService:
@@ -174,10 +169,7 @@ class RunningServer:
             self.loop_thread.run(self._stop(grace_seconds))
         finally:
             self.loop_thread.stop()
-            self.app.store_calls.close()
-            if self.app.feed is not None:
-                self.app.feed.close()
-            self.app.repository.close()
+            self.app.close()
 
     async def _drain(self, delay_seconds: float) -> None:
         await self.readiness.stop()  # it must not turn readiness back to SERVING
@@ -188,18 +180,15 @@ class RunningServer:
     async def _stop(self, grace_seconds: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self.readiness.stop()
-        # Watch streams never end by themselves: ended first, UNAVAILABLE, so that their
+        # Streams never end by themselves: ended first, UNAVAILABLE, so that their
         # clients resume on another server instead of holding this one for the grace.
-        self.app.watches.close()
-        self.app.changes.close()
+        self.app.end_streams()
         await self.server.stop(grace_seconds)
-        if self.feed_task is not None:
-            self.feed_task.cancel()
-            await asyncio.gather(self.feed_task, return_exceptions=True)
+        await self.app.stop_feed()
         if self.metrics is not None:
             await self.metrics.stop()
-        if self.tracing is not None:
-            await asyncio.to_thread(self.tracing.flush)
+        if (tracing := self.app.observers.tracing) is not None:
+            await asyncio.to_thread(tracing.flush)
 
 
 def start_server(
@@ -222,21 +211,21 @@ def start_server(
     )
     tls = server_credentials(settings)
     app = build_application(
-        settings, repository=repository, catalog=catalog, clock=clock, feed_relay=feed_relay
+        settings,
+        repository=repository,
+        catalog=catalog,
+        clock=clock,
+        feed_relay=feed_relay,
+        tracer_provider=tracer_provider,
     )
     if not authenticator.principals:
         log.warning("no credentials_file: every RPC but health and reflection is refused")
     loop_thread = LoopThread("grpc-server")
     try:
-        running = loop_thread.run(
-            _start(settings, app, authenticator, tls, loop_thread, tracer_provider)
-        )
+        running = loop_thread.run(_start(settings, app, authenticator, tls, loop_thread))
     except BaseException:
         loop_thread.stop()
-        app.store_calls.close()
-        if app.feed is not None:
-            app.feed.close()
-        app.repository.close()
+        app.close()
         raise
     log.info(
         "serving on %s:%d (catalog %s, storage %s, %s, %d principals, grpc.aio on %s)",
@@ -257,57 +246,16 @@ async def _start(
     authenticator: Authenticator,
     tls: grpc.ServerCredentials | None,
     loop_thread: LoopThread,
-    tracer_provider: Any,
 ) -> RunningServer:
     server = build_aio_server(settings)
-    observer: RpcObserver | None = None
-    backend = settings.storage_url.split("://")[0]
-    if settings.metrics_port:
-        from service.grpc_api.metrics import RpcMetrics, StoreMetrics
-
-        observer = RpcMetrics()
-        app.store_calls.observer = StoreMetrics(backend)
-    tracing = None
-    if settings.tracing != "off":  # off: OpenTelemetry is not even imported
-        from service.grpc_api.tracing import RpcTracing
-        from service.grpc_api.tracing import tracer_provider as process_tracer_provider
-
-        provider = (
-            process_tracer_provider(settings.tracing)
-            if tracer_provider is None
-            else tracer_provider
-        )
-        tracing = RpcTracing(provider)
-        app.store_calls.observer = tracing.store_observer(app.store_calls.observer, backend)
     guard = RpcGuard(
         authenticator,
         settings.max_rpc_seconds,
         max_in_flight=max_concurrent_rpcs(settings),
-        observer=observer,
-        tracing=tracing,
+        observer=app.observers.rpc,
+        tracing=app.observers.tracing,
     )
-    services = (
-        (
-            entitlement_service_pb2,
-            ENTITLEMENT_SERVICE,
-            EntitlementServicer(app.reads, app.watches, app.changes),
-        ),
-        (offer_service_pb2, OFFER_SERVICE, OfferServicer(app.reads)),
-        (
-            subscription_event_service_pb2,
-            EVENT_SERVICE,
-            SubscriptionEventServicer(app.writes),
-        ),
-        (
-            admin_service_pb2,
-            ADMIN_SERVICE,
-            AdminServicer(SupportService(app.repository, app.store_calls)),
-        ),
-    )
-    for module, name, servicer in services:
-        register(
-            server, module.DESCRIPTOR.services_by_name[name.rpartition(".")[2]], servicer, guard
-        )
+    _register_services(server, app, guard)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -319,13 +267,7 @@ async def _start(
     port = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
-    feed_task = None
-    if app.feed is not None:
-        # The feed's position first, so that nothing cached can miss a change after it.
-        await app.feed.poll_once()
-        app.feed.listen(app.watches.on_changes)
-        app.feed.listen(app.changes.publish)
-        feed_task = asyncio.create_task(app.feed.run(), name="change-feed")
+    await app.start_feed()
     await server.start()
     await set_health(health_servicer, serving=True)
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -337,21 +279,7 @@ async def _start(
         settings.store_timeout_seconds,
     )
     readiness.start()
-    worker_metrics = None
-    if settings.metrics_port:
-        from service.grpc_api.metrics import WorkerMetrics
-
-        worker_metrics = WorkerMetrics(
-            cache_stats=lambda: app.cache.stats,
-            cache_entries=lambda: len(app.cache),
-            single_flight_waits=lambda: app.reads.single_flight_waits,
-            rpcs_shed=lambda: guard.shed,
-            store_ready=lambda: readiness.ready,
-            catalog_version=app.catalog.version,
-            feed_stats=(lambda: feed.stats) if (feed := app.feed) is not None else None,
-            watch_streams=lambda: app.watches.open_watches,
-        )
-        worker_metrics.start()
+    worker_metrics = _worker_metrics(settings, app, guard, readiness)
     return RunningServer(
         port,
         app,
@@ -361,6 +289,44 @@ async def _start(
         loop_thread,
         guard,
         worker_metrics,
-        tracing,
-        feed_task,
     )
+
+
+def _register_services(server: grpc.aio.Server, app: Application, guard: RpcGuard) -> None:
+    """Our four services, each method wrapped by the guard."""
+    services = (
+        (
+            entitlement_service_pb2,
+            ENTITLEMENT_SERVICE,
+            EntitlementServicer(app.reads, app.watches, app.changes),
+        ),
+        (offer_service_pb2, OFFER_SERVICE, OfferServicer(app.reads)),
+        (subscription_event_service_pb2, EVENT_SERVICE, SubscriptionEventServicer(app.writes)),
+        (admin_service_pb2, ADMIN_SERVICE, AdminServicer(app.support)),
+    )
+    for module, name, servicer in services:
+        register(
+            server, module.DESCRIPTOR.services_by_name[name.rpartition(".")[2]], servicer, guard
+        )
+
+
+def _worker_metrics(
+    settings: Settings, app: Application, guard: RpcGuard, readiness: ReadinessMonitor
+) -> Any:
+    """The worker's counts copied into the metrics now and then (None: metrics off)."""
+    if not settings.metrics_port:
+        return None
+    from service.grpc_api.metrics import WorkerMetrics
+
+    worker_metrics = WorkerMetrics(
+        cache_stats=lambda: app.cache.stats,
+        cache_entries=lambda: len(app.cache),
+        single_flight_waits=lambda: app.reads.single_flight_waits,
+        rpcs_shed=lambda: guard.shed,
+        store_ready=lambda: readiness.ready,
+        catalog_version=app.catalog.version,
+        feed_stats=(lambda: feed.stats) if (feed := app.feed) is not None else None,
+        watch_streams=lambda: app.watches.open_watches,
+    )
+    worker_metrics.start()
+    return worker_metrics

@@ -54,5 +54,4 @@ def replay_dead_letters(
 
         return asyncio.run(replay_all())
     finally:
-        app.store_calls.close()
-        app.repository.close()
+        app.close()

@@ -140,7 +140,7 @@ def test_no_span_and_no_wrapper_when_tracing_is_off(tmp_path: Path) -> None:
     with traced_server(tmp_path, "off") as server:
         server.get("untraced-user", ("traceparent", TRACEPARENT))
         assert server.exporter.get_finished_spans() == ()
-        assert server.running.tracing is None
+        assert server.running.app.observers.tracing is None
         assert server.running.guard is not None and server.running.guard._tracing is None
         assert server.running.app.store_calls.observer is None
 
