@@ -170,6 +170,16 @@ def validate_event(event: SubscriptionEvent, catalog: Catalog, now: datetime) ->
         out.append(FieldViolation("occurred_at", "must be set"))
     elif occurred > now + MAX_CLOCK_SKEW:
         out.append(FieldViolation("occurred_at", "lies in the future"))
+    out += _catalog_violations(event, catalog)
+    if event.type is not None:
+        out += _type_violations(event, event.type, occurred)
+    if out:
+        raise InvalidRequest(out)
+
+
+def _catalog_violations(event: SubscriptionEvent, catalog: Catalog) -> list[FieldViolation]:
+    """The plan, offer and market the event names exist."""
+    out: list[FieldViolation] = []
     if event.plan_id is not None:
         plan = catalog.plans.get(event.plan_id)
         if plan is None or not plan.premium:
@@ -178,24 +188,36 @@ def validate_event(event: SubscriptionEvent, catalog: Catalog, now: datetime) ->
         out.append(FieldViolation("offer_id", f"unknown offer '{event.offer_id}'"))
     if event.market is not None:
         check_market(event.market, "market", out)
-    if event.type is not None:
-        label = event.type.name
-        if event.type in _NEEDS_PLAN and event.plan_id is None:
-            out.append(FieldViolation("plan_id", f"required for {label}"))
-        if event.type in _NEEDS_PERIOD_END:
-            if event.current_period_end is None:
-                out.append(FieldViolation("current_period_end", f"required for {label}"))
-            elif occurred is not None and event.current_period_end <= occurred:
-                out.append(FieldViolation("current_period_end", "must be after occurred_at"))
-        if event.type is EventType.RENEWAL_FAILED:
-            if event.grace_period_end is None:
-                out.append(FieldViolation("grace_period_end", f"required for {label}"))
-            elif occurred is not None and event.grace_period_end <= occurred:
-                out.append(FieldViolation("grace_period_end", "must be after occurred_at"))
-        if event.type in _NEEDS_REFUNDED_PERIOD and event.refunded_period_end is None:
-            out.append(FieldViolation("refunded_period_end", f"required for {label}"))
-    if out:
-        raise InvalidRequest(out)
+    return out
+
+
+def _type_violations(
+    event: SubscriptionEvent, kind: EventType, occurred: datetime | None
+) -> list[FieldViolation]:
+    """The fields the event's type needs: its plan, its period end or grace end (after the
+    event), the end of the refunded period."""
+    out: list[FieldViolation] = []
+    label = kind.name
+    if kind in _NEEDS_PLAN and event.plan_id is None:
+        out.append(FieldViolation("plan_id", f"required for {label}"))
+    if kind in _NEEDS_PERIOD_END:
+        out += _end_violations("current_period_end", event.current_period_end, occurred, label)
+    if kind is EventType.RENEWAL_FAILED:
+        out += _end_violations("grace_period_end", event.grace_period_end, occurred, label)
+    if kind in _NEEDS_REFUNDED_PERIOD and event.refunded_period_end is None:
+        out.append(FieldViolation("refunded_period_end", f"required for {label}"))
+    return out
+
+
+def _end_violations(
+    name: str, end: datetime | None, occurred: datetime | None, label: str
+) -> list[FieldViolation]:
+    """An end the event's type needs: set, and after the event."""
+    if end is None:
+        return [FieldViolation(name, f"required for {label}")]
+    if occurred is not None and end <= occurred:
+        return [FieldViolation(name, "must be after occurred_at")]
+    return []
 
 
 def apply_event(account: AccountState, event: SubscriptionEvent, catalog: Catalog) -> EventResult:
