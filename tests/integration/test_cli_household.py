@@ -12,6 +12,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,9 +41,21 @@ def cli(served: Served, *args: str, check: bool = True) -> str:
     return result.stdout + result.stderr
 
 
+# A shell without job control starts a background job (`make test &`) with SIGINT ignored,
+# and children inherit that: Python then installs no KeyboardInterrupt handler, and the
+# Ctrl-C test's SIGINT did nothing (issue 25). The child restores SIGINT's default (not
+# inherited from here: the test process may ignore it) before it becomes the CLI.
+WITH_DEFAULT_SIGINT = (
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)
+
+
 def start_watch(served: Served, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [ENTITLEMENTS, "watch", "--target", served.target, *args],
+        [*WITH_DEFAULT_SIGINT, ENTITLEMENTS, "watch", "--target", served.target, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -156,7 +169,12 @@ def test_watch_of_an_unknown_feature_lists_the_catalog(served: Served) -> None:
 
 
 def test_watch_ends_cleanly_on_ctrl_c(served: Served) -> None:
-    watching = start_watch(served, "watcher-int", "offline_downloads")
+    # Started as from a background job of a shell (SIGINT ignored), whatever ran pytest.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        watching = start_watch(served, "watcher-int", "offline_downloads")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert watching.stdout is not None
         token = watching.stdout.readline().split("consistency token: ")[1].strip()
