@@ -264,7 +264,7 @@ class RpcMetrics:
 
 
 class StoreMetrics:
-    """Observes every store call (service.usecases.store_calls.StoreCallObserver)."""
+    """Observes every store call and the aborts in it (storage.observers.StoreCallObserver)."""
 
     def __init__(self, backend: str, registry: Metrics | None = None) -> None:
         self._backend = backend

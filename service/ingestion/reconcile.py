@@ -95,8 +95,7 @@ def reconcile_play(
 
         return asyncio.run(run())
     finally:
-        app.store_calls.close()
-        app.repository.close()
+        app.close()
 
 
 def failed(outcome: str) -> bool:

@@ -165,9 +165,8 @@ class ReadService:
         if platform is None:
             violations.append(FieldViolation("platform", "must be a known platform"))
         token = check_token(consistency.token, "consistency.consistency_token", violations)
-        if violations:
+        if violations or platform is None:
             raise InvalidRequest(violations)
-        assert platform is not None
         entry = await self._user(user_id, token, consistency.full)
         now = self._clock()
         key = (market, platform)
