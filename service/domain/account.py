@@ -101,6 +101,20 @@ class HouseholdMembership:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One accepted subscription event, as kept (service.domain.events folds them into
+    the subscription): the event as sent (`payload`, canonical JSON), or a snapshot of
+    compacted events of the subscription (`kind` "snapshot")."""
+
+    subscription_id: str
+    event_id: str
+    kind: str  # the event type's value, or "snapshot"
+    occurred_at: datetime
+    recorded_at: datetime  # when the service accepted it
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
 class AccountState:
     """Everything stored about one user. `version` increases with every write."""
 
@@ -113,6 +127,9 @@ class AccountState:
     memberships: tuple[HouseholdMembership, ...] = ()
     # A verified student keeps the status until this time (re-verification is yearly).
     student_verified_until: datetime | None = None
+    # Every accepted event of the user's subscriptions, sorted by (subscription id, fold
+    # order): each subscription above is the fold of its own (service.domain.events).
+    subscription_events: tuple[StoredEvent, ...] = ()
 
     @classmethod
     def new(cls, user_id: str) -> AccountState:

@@ -33,4 +33,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             version=history.version,
             entries=[convert.history_entry_to_proto(entry) for entry in history.entries],
             total_entries=history.total_entries,
+            subscription_events=[
+                convert.event_effect_to_proto(kept) for kept in history.subscription_events
+            ],
         )

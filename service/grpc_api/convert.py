@@ -26,7 +26,7 @@ from service.domain.decisions import (
     SourceType,
 )
 from service.domain.errors import FieldViolation, InvalidRequest
-from service.domain.events import EventOutcome, EventType, SubscriptionEvent
+from service.domain.events import EventOutcome, EventType, KeptEvent, SubscriptionEvent
 from service.domain.grants import GrantRequest
 from service.domain.rules import IneligibilityReason, Platform
 from service.domain.validation import check_time
@@ -413,11 +413,26 @@ def grant_to_proto(grant: Grant) -> events_pb2.Grant:
 
 
 def event_answer_to_proto(answer: EventAnswer) -> events_pb2.RecordSubscriptionEventResponse:
-    return events_pb2.RecordSubscriptionEventResponse(
-        outcome=_OUTCOME_TO_PROTO[answer.outcome],
-        subscription=subscription_to_proto(answer.subscription),
-        consistency_token=answer.consistency_token,
+    message = events_pb2.RecordSubscriptionEventResponse(
+        outcome=_OUTCOME_TO_PROTO[answer.outcome], consistency_token=answer.consistency_token
     )
+    if answer.subscription is not None:
+        message.subscription.CopyFrom(subscription_to_proto(answer.subscription))
+    return message
+
+
+def event_effect_to_proto(kept: KeptEvent) -> admin_service_pb2.SubscriptionEventEffect:
+    entry = kept.entry
+    message = admin_service_pb2.SubscriptionEventEffect(
+        subscription_id=entry.subscription_id,
+        event_id=entry.event_id,
+        kind=entry.kind,
+        outcome=_OUTCOME_TO_PROTO[kept.effect.outcome],
+        why=kept.effect.why,
+    )
+    set_timestamp(message.occurred_at, entry.occurred_at)
+    set_timestamp(message.recorded_at, entry.recorded_at)
+    return message
 
 
 def grant_answer_to_proto(answer: GrantAnswer) -> events_pb2.GrantEntitlementResponse:

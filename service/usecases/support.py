@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.domain.errors import FieldViolation, InvalidRequest
+from service.domain.events import KeptEvent, kept_events
 from service.domain.validation import check_user_id
 from service.usecases.store_calls import StoreCalls
 from storage.repository import AccountRepository, HistoryEntry
@@ -23,6 +24,8 @@ class UserHistory:
     entries: list[HistoryEntry]
     # How many entries the user has in all.
     total_entries: int
+    # The kept events of the user's subscriptions with their effect in the current fold.
+    subscription_events: list[KeptEvent]
 
 
 class SupportService:
@@ -39,13 +42,13 @@ class SupportService:
             raise InvalidRequest(violations)
         # Within the RPC's time alone: a long history may take longer than a store call
         # of the hot path is allowed.
-        version, entries = await self._store.call("read", None, self._read, user_id)
+        version, entries, kept = await self._store.call("read", None, self._read, user_id)
         limit = max_entries or DEFAULT_HISTORY_ENTRIES
-        return UserHistory(version, entries[-limit:], len(entries))
+        return UserHistory(version, entries[-limit:], len(entries), kept)
 
-    def _read(self, user_id: str) -> tuple[int, list[HistoryEntry]]:
-        """The history, then the state's version: read in this order, the version is at
-        least that of every entry returned even when a write lands in between."""
+    def _read(self, user_id: str) -> tuple[int, list[HistoryEntry], list[KeptEvent]]:
+        """The history, then the state: read in this order, the version is at least that
+        of every entry returned even when a write lands in between."""
         entries = self._repository.history(user_id)
-        version = self._repository.load(user_id).account.version
-        return version, entries
+        account = self._repository.load(user_id).account
+        return account.version, entries, kept_events(account)

@@ -8,14 +8,22 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from service.catalog import load_catalog
-from service.domain.account import AccountState, Store, SubscriptionStatus, UserState
+from service.domain.account import (
+    AccountState,
+    Store,
+    Subscription,
+    SubscriptionStatus,
+    UserState,
+)
 from service.domain.decisions import decide_entitlement
-from service.domain.errors import InvalidRequest, PreconditionFailed, PreconditionReason
+from service.domain.errors import InvalidRequest
 from service.domain.events import (
     EventOutcome,
+    EventResult,
     EventType,
     SubscriptionEvent,
     apply_event,
+    effects,
     validate_event,
 )
 
@@ -63,22 +71,18 @@ LIFE = [
 ]  # fmt: skip
 
 
+def known(result: EventResult) -> Subscription:
+    assert result.subscription is not None
+    return result.subscription
+
+
 def deliver(events: list[SubscriptionEvent]) -> AccountState:
-    """Delivers events in the given order the way stores do: a rejected event is
-    delivered again later, until every event is accepted."""
+    """Delivers events in the given order: each is accepted the first time (none is
+    refused for arriving early)."""
     account = AccountState.new("u1")
-    pending = list(events)
-    while pending:
-        accepted = []
-        for ev in pending:
-            validate_event(ev, CATALOG, T0 + 365 * DAY)
-            try:
-                account = apply_event(account, ev, CATALOG).account
-            except PreconditionFailed:
-                continue
-            accepted.append(ev)
-        assert accepted, f"no progress with {[e.event_id for e in pending]}"
-        pending = [ev for ev in pending if ev not in accepted]
+    for ev in events:
+        validate_event(ev, CATALOG, T0 + 365 * DAY)
+        account = apply_event(account, ev, CATALOG).account
     return account
 
 
@@ -115,29 +119,35 @@ def test_late_renewal_failure_does_not_take_premium_away() -> None:
 
 
 @pytest.mark.parametrize(
-    ("history", "early", "reason"),
+    ("history", "early", "needed"),
     [
         # Needs the subscription's start and does not carry enough to make one.
-        ([], event("x", EventType.CANCELED, T0, plan=None), "SUBSCRIPTION_NOT_YET_KNOWN"),
-        ([], event("x", EventType.REFUNDED, T0, refunded_period_end=T0 + 30 * DAY),
-         "SUBSCRIPTION_NOT_YET_KNOWN"),
+        ([], event("x", EventType.CANCELED, T0 + DAY, plan=None), LIFE[0]),
+        ([], event("x", EventType.REFUNDED, T0 + DAY, refunded_period_end=T0 + 30 * DAY),
+         LIFE[0]),
         # Refunds a period whose renewal has not arrived.
         ([LIFE[0]], event("x", EventType.REFUNDED, T0 + 40 * DAY,
-                          refunded_period_end=T0 + 60 * DAY), "PERIOD_NOT_YET_KNOWN"),
+                          refunded_period_end=T0 + 60 * DAY), LIFE[1]),
         # Reverses a refund of the current period that has not arrived.
         (LIFE[:2], event("x", EventType.REFUND_REVERSED, T0 + 50 * DAY,
-                         refunded_period_end=T0 + 60 * DAY), "REFUND_NOT_YET_RECORDED"),
+                         refunded_period_end=T0 + 60 * DAY),
+         event("rf", EventType.REFUNDED, T0 + 45 * DAY, refunded_period_end=T0 + 60 * DAY)),
     ],
 )  # fmt: skip
-def test_only_not_yet_events_are_refused_and_change_nothing(
-    history: list[SubscriptionEvent], early: SubscriptionEvent, reason: str
+def test_early_events_are_kept_pending_and_apply_when_what_they_need_arrives(
+    history: list[SubscriptionEvent], early: SubscriptionEvent, needed: SubscriptionEvent
 ) -> None:
     account = deliver(history)
-    with pytest.raises(PreconditionFailed) as raised:
-        apply_event(account, early, CATALOG)
-    assert raised.value.reason is PreconditionReason[reason]
-    assert "redeliver" in raised.value.description
-    assert raised.value.subject == f"subscriptions/{SUB}"
+    pending = apply_event(account, early, CATALOG)
+    assert pending.outcome is EventOutcome.PENDING
+    assert pending.account.subscriptions == account.subscriptions
+    assert "x" in {e.event_id for e in pending.account.subscription_events}
+    later = apply_event(pending.account, needed, CATALOG)
+    assert later.outcome is not EventOutcome.PENDING
+    assert effects(later.account)[(SUB, "x")].outcome is EventOutcome.APPLIED
+    # The same set delivered in order ends in the same state.
+    in_order = deliver([*history, needed, early])
+    assert in_order.subscriptions == later.account.subscriptions
 
 
 def test_events_are_never_refused_for_the_current_status() -> None:
@@ -147,11 +157,11 @@ def test_events_are_never_refused_for_the_current_status() -> None:
     late_renewal = event("x", EventType.RENEWED, T0 + 2 * DAY, period_end=T0 + 40 * DAY)
     result = apply_event(revoked, late_renewal, CATALOG)
     assert result.outcome is EventOutcome.SUPERSEDED
-    assert result.subscription.status is SubscriptionStatus.REVOKED
+    assert known(result).status is SubscriptionStatus.REVOKED
     held = deliver([*LIFE[:2], event("h", EventType.ON_HOLD, T0 + 62 * DAY)])
     cancel = apply_event(held, event("c", EventType.CANCELED, T0 + 63 * DAY), CATALOG)
     assert cancel.outcome is EventOutcome.APPLIED
-    assert cancel.subscription.auto_renew is False
+    assert known(cancel).auto_renew is False
     assert not decide_entitlement(
         CATALOG, UserState(cancel.account), "offline_downloads", T0 + 64 * DAY
     ).granted
@@ -190,7 +200,7 @@ def test_refunding_a_past_period_keeps_current_access_and_a_reversal_restores() 
     current = apply_event(renewed, event("y", EventType.REFUNDED, T0 + 35 * DAY,
                                          refunded_period_end=T0 + 60 * DAY), CATALOG)  # fmt: skip
     assert current.outcome is EventOutcome.APPLIED
-    assert current.subscription.status is SubscriptionStatus.REFUNDED
+    assert known(current).status is SubscriptionStatus.REFUNDED
     assert not decide_entitlement(
         CATALOG, UserState(current.account), "offline_downloads", now
     ).granted
@@ -203,7 +213,7 @@ def test_refunding_a_past_period_keeps_current_access_and_a_reversal_restores() 
     # A renewal paid after the refund brings access back as well.
     paid = apply_event(current.account, event("n", EventType.RENEWED, T0 + 60 * DAY,
                                               period_end=T0 + 90 * DAY), CATALOG)  # fmt: skip
-    assert paid.subscription.status is SubscriptionStatus.ACTIVE
+    assert known(paid).status is SubscriptionStatus.ACTIVE
 
 
 def test_a_period_extension_only_moves_the_period_end() -> None:

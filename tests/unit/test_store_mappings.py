@@ -112,6 +112,7 @@ def test_row(
     )
     validate_event(event, CATALOG, at)
     result = apply_event(_account(expected), event, CATALOG)
+    assert result.subscription is not None
     assert result.subscription.status is status
     if expected is E.PERIOD_EXTENDED:
         assert result.subscription.current_period_end == END + 10 * DAY

@@ -70,6 +70,7 @@ def test_purchase_is_visible_at_once_in_the_writing_process(
     assert not reads.get_entitlement("u1", "offline_downloads").value.granted  # now cached
     answer = writes.record_event("u1", purchase())
     assert answer.outcome is EventOutcome.APPLIED
+    assert answer.subscription is not None
     assert answer.subscription.status is SubscriptionStatus.ACTIVE
     # The writer dropped its cache entry: even without the token the read is fresh.
     assert reads.get_entitlement("u1", "offline_downloads").value.granted
@@ -116,13 +117,16 @@ def test_stale_event_is_recorded_but_does_not_move_state_back(
     )  # fmt: skip
     answer = writes.record_event("u1", late_failure)
     assert answer.outcome is EventOutcome.STALE
+    assert answer.subscription is not None
     assert answer.subscription.status is SubscriptionStatus.ACTIVE
     assert reads.get_entitlement("u1", "offline_downloads").value.granted
-    # It adds no new fact: no version, no history, the current version's token; its
-    # id is kept, so a redelivery of it is a duplicate.
-    assert parse_token(answer.consistency_token).version == 2
+    # Every accepted event is kept (the event set changed: a new version, a history
+    # entry); its id is kept, so a redelivery of it is a duplicate.
+    assert parse_token(answer.consistency_token).version == 3
     kinds = [(h.reference, h.version) for h in repository.history("u1")]
-    assert kinds == [("evt-1", 1), ("evt-3", 2)]
+    assert kinds == [("evt-1", 1), ("evt-3", 2), ("evt-2", 3)]
+    kept = repository.load("u1").account.subscription_events
+    assert {e.event_id for e in kept} == {"evt-1", "evt-2", "evt-3"}
     again = writes.record_event("u1", late_failure)
     assert again.outcome is EventOutcome.DUPLICATE
     assert again.consistency_token == answer.consistency_token
@@ -133,12 +137,34 @@ def test_stale_event_is_recorded_but_does_not_move_state_back(
     )  # fmt: skip
     late = writes.record_event("u1", earlier)
     assert late.outcome is EventOutcome.STALE
+    assert late.subscription is not None
     assert late.subscription.started_at == NOW - 2 * DAY
-    assert parse_token(late.consistency_token).version == 3
-    assert [h.reference for h in repository.history("u1")] == ["evt-1", "evt-3", "evt-0"]
+    assert parse_token(late.consistency_token).version == 4
+    assert [h.reference for h in repository.history("u1")] == ["evt-1", "evt-3", "evt-2", "evt-0"]
 
 
-def test_an_event_a_revocation_absorbed_changes_nothing(
+def test_an_event_before_what_it_needs_is_kept_pending_then_applies(
+    services: tuple[SyncReads, SyncWrites], repository: AccountRepository
+) -> None:
+    reads, writes = services
+    refund = SubscriptionEvent(
+        "evt-r", "sub-1", Store.GOOGLE_PLAY, EventType.REFUNDED, NOW - DAY / 2,
+        refunded_period_end=NOW + 30 * DAY - 2 * DAY,
+    )  # fmt: skip
+    pending = writes.record_event("u1", refund)
+    assert pending.outcome is EventOutcome.PENDING
+    assert pending.subscription is None
+    assert parse_token(pending.consistency_token).version == 1
+    # Its redelivery is a duplicate, not a refusal.
+    assert writes.record_event("u1", refund).outcome is EventOutcome.DUPLICATE
+    bought = writes.record_event("u1", purchase())  # the period the refund names
+    assert bought.outcome is EventOutcome.APPLIED
+    assert bought.subscription is not None
+    assert bought.subscription.status is SubscriptionStatus.REFUNDED
+    assert not reads.get_entitlement("u1", "offline_downloads").value.granted
+
+
+def test_an_event_a_revocation_absorbed_is_kept_superseded(
     services: tuple[SyncReads, SyncWrites], repository: AccountRepository
 ) -> None:
     _, writes = services
@@ -146,16 +172,15 @@ def test_an_event_a_revocation_absorbed_changes_nothing(
     revoked = writes.record_event("u1", SubscriptionEvent(
         "evt-2", "sub-1", Store.GOOGLE_PLAY, EventType.REVOKED, NOW - DAY / 2,
     ))  # fmt: skip
-    # A later cancel can never apply and carries no new fact: SUPERSEDED, nothing written.
+    # A later cancel can never apply: SUPERSEDED, kept all the same.
     late = writes.record_event("u1", SubscriptionEvent(
         "evt-3", "sub-1", Store.GOOGLE_PLAY, EventType.CANCELED, NOW - DAY / 4,
         plan_id="premium_individual",
     ))  # fmt: skip
     assert late.outcome is EventOutcome.SUPERSEDED
     assert late.subscription == revoked.subscription
-    assert late.consistency_token == revoked.consistency_token
-    assert repository.load("u1").account.version == 2
-    assert [h.reference for h in repository.history("u1")] == ["evt-1", "evt-2"]
+    assert repository.load("u1").account.version == 3
+    assert [h.reference for h in repository.history("u1")] == ["evt-1", "evt-2", "evt-3"]
 
 
 def test_invalid_transition_writes_nothing(

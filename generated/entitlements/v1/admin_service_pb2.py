@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from entitlements.v1 import subscription_event_service_pb2 as entitlements_dot_v1_dot_subscription__event__service__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#entitlements/v1/admin_service.proto\x12\x0f\x65ntitlements.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x15GetUserHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bmax_entries\x18\x02 \x01(\x05\"\x81\x01\n\x16GetUserHistoryResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12.\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1d.entitlements.v1.HistoryEntry\x12\x15\n\rtotal_entries\x18\x04 \x01(\x03\"\xb4\x01\n\x0cHistoryEntry\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12\x30\n\x0c\x65\x66\x66\x65\x63tive_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x0f\n\x07summary\x18\x06 \x01(\t2q\n\x0c\x41\x64minService\x12\x61\n\x0eGetUserHistory\x12&.entitlements.v1.GetUserHistoryRequest\x1a\'.entitlements.v1.GetUserHistoryResponseB\x17\n\x13\x63om.entitlements.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#entitlements/v1/admin_service.proto\x12\x0f\x65ntitlements.v1\x1a\x30\x65ntitlements/v1/subscription_event_service.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x15GetUserHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0bmax_entries\x18\x02 \x01(\x05\"\xc8\x01\n\x16GetUserHistoryResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12.\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1d.entitlements.v1.HistoryEntry\x12\x15\n\rtotal_entries\x18\x04 \x01(\x03\x12\x45\n\x13subscription_events\x18\x05 \x03(\x0b\x32(.entitlements.v1.SubscriptionEventEffect\"\xf1\x01\n\x17SubscriptionEventEffect\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x07outcome\x18\x06 \x01(\x0e\x32\x1d.entitlements.v1.EventOutcome\x12\x0b\n\x03why\x18\x07 \x01(\t\"\xb4\x01\n\x0cHistoryEntry\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12\x30\n\x0c\x65\x66\x66\x65\x63tive_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x0f\n\x07summary\x18\x06 \x01(\t2q\n\x0c\x41\x64minService\x12\x61\n\x0eGetUserHistory\x12&.entitlements.v1.GetUserHistoryRequest\x1a\'.entitlements.v1.GetUserHistoryResponseB\x17\n\x13\x63om.entitlements.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +34,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'entitlements.v1.admin_servi
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\023com.entitlements.v1P\001'
-  _globals['_GETUSERHISTORYREQUEST']._serialized_start=89
-  _globals['_GETUSERHISTORYREQUEST']._serialized_end=150
-  _globals['_GETUSERHISTORYRESPONSE']._serialized_start=153
-  _globals['_GETUSERHISTORYRESPONSE']._serialized_end=282
-  _globals['_HISTORYENTRY']._serialized_start=285
-  _globals['_HISTORYENTRY']._serialized_end=465
-  _globals['_ADMINSERVICE']._serialized_start=467
-  _globals['_ADMINSERVICE']._serialized_end=580
+  _globals['_GETUSERHISTORYREQUEST']._serialized_start=139
+  _globals['_GETUSERHISTORYREQUEST']._serialized_end=200
+  _globals['_GETUSERHISTORYRESPONSE']._serialized_start=203
+  _globals['_GETUSERHISTORYRESPONSE']._serialized_end=403
+  _globals['_SUBSCRIPTIONEVENTEFFECT']._serialized_start=406
+  _globals['_SUBSCRIPTIONEVENTEFFECT']._serialized_end=647
+  _globals['_HISTORYENTRY']._serialized_start=650
+  _globals['_HISTORYENTRY']._serialized_end=830
+  _globals['_ADMINSERVICE']._serialized_start=832
+  _globals['_ADMINSERVICE']._serialized_end=945
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from entitlements.v1 import subscription_event_service_pb2 as _subscription_event_service_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -57,6 +58,7 @@ class GetUserHistoryResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     TOTAL_ENTRIES_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_EVENTS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user asked about."""
     version: _builtins.int
@@ -71,6 +73,14 @@ class GetUserHistoryResponse(_message.Message):
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
         """The newest max_entries entries of the user's history, oldest first."""
 
+    @_builtins.property
+    def subscription_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubscriptionEventEffect]:
+        """Every kept event of the user's subscriptions (and snapshots of compacted ones), by
+        subscription and in fold order, each with its effect in the subscription's current
+        fold (which changes as events arrive: a PENDING refund becomes APPLIED when its
+        period's renewal is recorded).
+        """
+
     def __init__(
         self,
         *,
@@ -78,14 +88,65 @@ class GetUserHistoryResponse(_message.Message):
         version: _builtins.int = ...,
         entries: _abc.Iterable[Global___HistoryEntry] | None = ...,
         total_entries: _builtins.int = ...,
+        subscription_events: _abc.Iterable[Global___SubscriptionEventEffect] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "total_entries", b"total_entries", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "subscription_events", b"subscription_events", "total_entries", b"total_entries", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUserHistoryResponse: _TypeAlias = GetUserHistoryResponse  # noqa: Y015
+
+@_typing.final
+class SubscriptionEventEffect(_message.Message):
+    """One kept subscription event and what it does in the fold of its subscription's events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    WHY_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """The subscription it belongs to."""
+    event_id: _builtins.str
+    """The event id (a snapshot of compacted events: "snapshot:" and the last one's id)."""
+    kind: _builtins.str
+    """The event type in lower case ("renewed", "refunded"...), or "snapshot"."""
+    outcome: _subscription_event_service_pb2.EventOutcome.ValueType
+    """Its effect now: APPLIED, STALE, SUPERSEDED or PENDING."""
+    why: _builtins.str
+    """Why, in one line for people (not for parsing)."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When it happened at the store."""
+
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """When the service accepted it."""
+
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        outcome: _subscription_event_service_pb2.EventOutcome.ValueType = ...,
+        why: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "kind", b"kind", "occurred_at", b"occurred_at", "outcome", b"outcome", "recorded_at", b"recorded_at", "subscription_id", b"subscription_id", "why", b"why"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscriptionEventEffect: _TypeAlias = SubscriptionEventEffect  # noqa: Y015
 
 @_typing.final
 class HistoryEntry(_message.Message):

@@ -60,12 +60,13 @@ class _SubscriptionEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[
     is active and renewing on the new plan.
     """
     SUBSCRIPTION_EVENT_TYPE_REFUNDED: _SubscriptionEventType.ValueType  # 14
-    """One transaction was refunded: refunded_period_end names the period it paid for.
-    Refunding the current period ends access now; refunding a past one changes nothing.
+    """One transaction was refunded: refunded_period_end names the period it paid for (a
+    trial or intro period too). Access ends until a later paid period starts or the
+    refund is reversed; refunding a past period changes nothing.
     """
     SUBSCRIPTION_EVENT_TYPE_REFUND_REVERSED: _SubscriptionEventType.ValueType  # 15
     """The store reversed the refund of the period refunded_period_end; access it took
-    away is restored.
+    away is restored. Before its refund has been recorded it is PENDING.
     """
     SUBSCRIPTION_EVENT_TYPE_PERIOD_EXTENDED: _SubscriptionEventType.ValueType  # 16
     """The current period was extended without a payment (Google Play DEFERRED, App Store
@@ -109,12 +110,13 @@ SUBSCRIPTION_EVENT_TYPE_PLAN_CHANGED: SubscriptionEventType.ValueType  # 13
 is active and renewing on the new plan.
 """
 SUBSCRIPTION_EVENT_TYPE_REFUNDED: SubscriptionEventType.ValueType  # 14
-"""One transaction was refunded: refunded_period_end names the period it paid for.
-Refunding the current period ends access now; refunding a past one changes nothing.
+"""One transaction was refunded: refunded_period_end names the period it paid for (a
+trial or intro period too). Access ends until a later paid period starts or the
+refund is reversed; refunding a past period changes nothing.
 """
 SUBSCRIPTION_EVENT_TYPE_REFUND_REVERSED: SubscriptionEventType.ValueType  # 15
 """The store reversed the refund of the period refunded_period_end; access it took
-away is restored.
+away is restored. Before its refund has been recorded it is PENDING.
 """
 SUBSCRIPTION_EVENT_TYPE_PERIOD_EXTENDED: SubscriptionEventType.ValueType  # 16
 """The current period was extended without a payment (Google Play DEFERRED, App Store
@@ -199,6 +201,13 @@ class _EventOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventOut
     past period or a period without access, or reverses a refund that is not in effect.
     Recorded (its facts are kept); not an error, do not redeliver.
     """
+    EVENT_OUTCOME_PENDING: _EventOutcome.ValueType  # 5
+    """The event is kept but needs another not recorded yet (the first event naming the
+    subscription's plan and period end, the renewal or extension of the period a refund
+    names, the refund a reversal reverses); it takes effect when that event arrives,
+    without redelivery. Not an error, do not redeliver. Clients built before this value
+    existed see it as an unknown enum value (proto3 keeps the number).
+    """
 
 class EventOutcome(_EventOutcome, metaclass=_EventOutcomeEnumTypeWrapper):
     """The effect of a recorded event."""
@@ -217,6 +226,13 @@ EVENT_OUTCOME_SUPERSEDED: EventOutcome.ValueType  # 4
 """The event can never apply: it occurred after the subscription was revoked, refunds a
 past period or a period without access, or reverses a refund that is not in effect.
 Recorded (its facts are kept); not an error, do not redeliver.
+"""
+EVENT_OUTCOME_PENDING: EventOutcome.ValueType  # 5
+"""The event is kept but needs another not recorded yet (the first event naming the
+subscription's plan and period end, the renewal or extension of the period a refund
+names, the refund a reversal reverses); it takes effect when that event arrives,
+without redelivery. Not an error, do not redeliver. Clients built before this value
+existed see it as an unknown enum value (proto3 keeps the number).
 """
 Global___EventOutcome: _TypeAlias = EventOutcome  # noqa: Y015
 
@@ -404,7 +420,9 @@ class RecordSubscriptionEventResponse(_message.Message):
     """Pass to later reads of this user to see this write (ReadConsistency)."""
     @_builtins.property
     def subscription(self) -> Global___Subscription:
-        """The subscription after the event."""
+        """The subscription after the event; unset while the subscription is not known yet
+        (EVENT_OUTCOME_PENDING for an event of a subscription no event has started).
+        """
 
     def __init__(
         self,

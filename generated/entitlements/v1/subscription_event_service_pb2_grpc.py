@@ -100,31 +100,32 @@ class SubscriptionEventServiceServicer:
         """Records a subscription lifecycle event from a store or the web checkout. Idempotent on
         event_id: a redelivery changes nothing and answers EVENT_OUTCOME_DUPLICATE.
 
-        Ordering model: the subscription's state is a function of the SET of its events,
-        never of their delivery order.
-        | event kind | events | effect |
+        Ordering model: every accepted event is kept, and the subscription is the fold of
+        the SET of its events, sorted by (occurred_at, the type's place in the order below,
+        event_id): never a function of their delivery order (docs/subscription-fold.md).
+        | rule | events | effect |
         |---|---|---|
         | facts | every event | started = earliest occurred_at; current_period_end = latest period end carried; the offer is recorded as redeemed |
-        | snapshot | TRIAL_STARTED, PURCHASED, RENEWED, RENEWAL_FAILED, GRACE_EXPIRED, ON_HOLD, PAUSED, RESUMED, CANCELED, UNCANCELED, EXPIRED, PLAN_CHANGED | the newest (by occurred_at) sets status, auto-renew, grace end and plan from its type and payload, whatever the current status; an older one is STALE |
-        | period extension | PERIOD_EXTENDED | moves current_period_end later only |
-        | refund | REFUNDED (refunded_period_end) | refunding the current period of an ACTIVE, CANCELED or IN_GRACE_PERIOD subscription makes it REFUNDED until a later period is paid for or the refund is reversed; a past period or one without access: SUPERSEDED |
-        | refund reversal | REFUND_REVERSED (refunded_period_end) | lifts the refund of the current period; otherwise SUPERSEDED |
-        | revocation | REVOKED | REVOKED from its occurred_at whatever arrives before or after it; later-delivered events are STALE (occurred before) or SUPERSEDED (after) |
-        STALE and SUPERSEDED events are recorded (history, offer redeemed) and are never
-        errors: do not redeliver them.
+        | status | TRIAL_STARTED, PURCHASED, RENEWED, RENEWAL_FAILED, GRACE_EXPIRED, ON_HOLD, PAUSED, RESUMED, CANCELED, UNCANCELED, EXPIRED, PLAN_CHANGED | the last one sets status, auto-renew, grace end and plan from its type and payload; at one instant the one that ends more wins (TRIAL_STARTED, PURCHASED, RENEWED, RESUMED, UNCANCELED, PLAN_CHANGED, PERIOD_EXTENDED, CANCELED, RENEWAL_FAILED, PAUSED, GRACE_EXPIRED, ON_HOLD, EXPIRED, REFUNDED, REFUND_REVERSED, REVOKED: a later one wins); older ones are STALE |
+        | period extension | PERIOD_EXTENDED | moves current_period_end later only: it is no payment, so it does not end a refund |
+        | refund | REFUNDED (refunded_period_end) | a refund of a period some event carried takes access away from a trialing, active, canceled or in-grace subscription (REFUNDED) until a later PAID period (PURCHASED, RENEWED, RESUMED, PLAN_CHANGED with a later period end) starts or it is reversed; a refund of a past period: SUPERSEDED; of a period not seen yet: PENDING |
+        | refund reversal | REFUND_REVERSED (refunded_period_end) | of the refunds and reversals of one period the last is in force; a reversal with no refund of its period before it: PENDING |
+        | revocation | REVOKED | REVOKED from its occurred_at whatever arrives before or after it; events after it are SUPERSEDED |
+        Every valid event is accepted and kept. One that needs another not seen yet (any
+        event of a subscription no event has given a plan, period end and status; a refund
+        of an unknown period; a reversal before its refund) answers EVENT_OUTCOME_PENDING and
+        takes effect when that event arrives: do not redeliver it. STALE, SUPERSEDED and
+        PENDING are never errors.
         Errors:
         - INVALID_ARGUMENT (with google.rpc.BadRequest): missing ids, unknown plan, missing
         occurrence time, occurrence time more than an hour ahead of the server's clock,
         period end before the occurrence time, REFUNDED or REFUND_REVERSED without
         refunded_period_end.
-        - FAILED_PRECONDITION (with a google.rpc.ErrorInfo and a
-        google.rpc.PreconditionFailure) only for "not yet": redelivering the event later
-        will succeed once the event it depends on has been recorded. ErrorInfo reasons:
-        SUBSCRIPTION_NOT_YET_KNOWN (the subscription has no recorded event and this one
-        carries no plan_id and current_period_end to start it), PERIOD_NOT_YET_KNOWN
-        (refunded_period_end is later than any recorded period end), REFUND_NOT_YET_RECORDED
-        (a REFUND_REVERSED of the current period arrived before its REFUNDED).
-        INVALID_TRANSITION is no longer answered.
+        - FAILED_PRECONDITION is no longer answered. Earlier servers refused events that
+        arrived early with the "not yet" reasons SUBSCRIPTION_NOT_YET_KNOWN,
+        PERIOD_NOT_YET_KNOWN and REFUND_NOT_YET_RECORDED; such events now answer
+        EVENT_OUTCOME_PENDING. A client that redelivers on those reasons may keep its code
+        (it is never triggered) and may stop redelivering.
         - ALREADY_EXISTS: the event id was used before with a different payload.
         - UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED,
         PERMISSION_DENIED.

@@ -1,5 +1,5 @@
-"""RecordSubscriptionEvent: a store's event applied to the user's subscriptions,
-idempotent on the event id."""
+"""RecordSubscriptionEvent: a store's event kept with the user's subscription events and
+its subscription re-folded (service.domain.events), idempotent on the event id."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ class RecordSubscriptionEvent:
 class EventAnswer:
     # DUPLICATE when the event id was recorded before (the first answer, replayed).
     outcome: EventOutcome
-    subscription: Subscription
+    # None while the subscription is not known yet (its events PENDING).
+    subscription: Subscription | None
     consistency_token: str
 
 
@@ -75,18 +76,22 @@ class SubscriptionEvents:
         event_type, occurred_at = command.validate(catalog, now)
 
         def mutate(account: AccountState) -> Mutation:
-            result = apply_event(account, event, catalog)
+            # Every accepted event is kept and its subscription re-folded (a new version
+            # even when the subscription did not move: the event set did).
+            result = apply_event(account, event, catalog, now)
             reply = EventReply(result.outcome).stored()
-            if result.outcome is not EventOutcome.APPLIED and result.account == account:
-                # A STALE or SUPERSEDED event that adds no new fact (a redelivery under
-                # another id, an event a revocation absorbed): no version, no history.
+            if result.account == account:
+                # A redelivery under another id adds nothing: no version, no history.
                 return Mutation.unchanged(reply)
             sub = result.subscription
-            summary = (
-                f"{event_type.name} on {sub.subscription_id} "
-                f"({sub.store.value}): {result.outcome.value}; now {sub.status.value} "
-                f"on {sub.plan_id} until {sub.current_period_end.isoformat()}"
-            )
+            summary = f"{event_type.name} on {event.subscription_id}: {result.outcome.value}"
+            if sub is None:
+                summary += f" ({result.effect.why})"
+            else:
+                summary += (
+                    f" ({sub.store.value}); now {sub.status.value} "
+                    f"on {sub.plan_id} until {sub.current_period_end.isoformat()}"
+                )
             return Mutation(
                 state=result.account,
                 response=reply,
@@ -101,6 +106,7 @@ class SubscriptionEvents:
             else EventReply.from_stored(applied.response).outcome
         )
         subscription = next(
-            s for s in applied.state.subscriptions if s.subscription_id == event.subscription_id
+            (s for s in applied.state.subscriptions if s.subscription_id == event.subscription_id),
+            None,
         )
         return EventAnswer(outcome, subscription, issue_token(command.user_id, applied.version))
