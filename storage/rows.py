@@ -25,6 +25,7 @@ from service.domain.account import (
     HouseholdRole,
     Redemption,
     Store,
+    StoredEvent,
     Subscription,
     SubscriptionStatus,
 )
@@ -211,7 +212,7 @@ class RowCodec:
         if user is None:
             return AccountState.new(user_id)
         version, home_market, student_verified_until = user
-        subscriptions, grants, redemptions, memberships = children
+        subscriptions, grants, redemptions, memberships, events = children
         return AccountState(
             user_id=user_id,
             version=integer(version),
@@ -220,6 +221,7 @@ class RowCodec:
             grants=GRANTS.read(self, grants),
             redemptions=REDEMPTIONS.read(self, redemptions),
             memberships=MEMBERSHIPS.read(self, memberships),
+            subscription_events=SUBSCRIPTION_EVENTS.read(self, events),
             student_verified_until=self.opt_decode_ts(student_verified_until),
         )
 
@@ -326,6 +328,27 @@ class RowCodec:
             member_user_id=opt_text(member_user_id),
         )
 
+    def event_row(self, event: StoredEvent) -> tuple[Any, ...]:
+        return (
+            event.subscription_id,
+            event.event_id,
+            event.kind,
+            self.encode_ts(event.occurred_at),
+            self.encode_ts(event.recorded_at),
+            event.payload,
+        )
+
+    def event(self, row: Sequence[Any]) -> StoredEvent:
+        subscription_id, event_id, kind, occurred_at, recorded_at, payload = row
+        return StoredEvent(
+            subscription_id=text(subscription_id),
+            event_id=text(event_id),
+            kind=text(kind),
+            occurred_at=self.decode_ts(occurred_at),
+            recorded_at=self.decode_ts(recorded_at),
+            payload=text(payload),
+        )
+
     def request_row(
         self, key: IdempotencyKey, response: str, version: int, recorded_at: datetime
     ) -> tuple[Any, ...]:
@@ -402,4 +425,18 @@ MEMBERSHIPS: ChildTable[HouseholdMembership] = ChildTable(
     RowCodec.membership_row,
     RowCodec.membership,
 )  # fmt: skip
-CHILD_TABLES: tuple[ChildTable[Any], ...] = (SUBSCRIPTIONS, GRANTS, REDEMPTIONS, MEMBERSHIPS)
+# Every accepted event of the user's subscriptions (service.domain.events folds them):
+# the event as sent (payload, JSON text), or a snapshot of compacted events.
+SUBSCRIPTION_EVENTS: ChildTable[StoredEvent] = ChildTable(
+    "subscription_events",
+    "subscription_events",
+    (
+        ("subscription_id", _TEXT), ("event_id", _TEXT), ("kind", _TEXT),
+        ("occurred_at", _TS), ("recorded_at", _TS), ("payload", _TEXT),
+    ),
+    RowCodec.event_row,
+    RowCodec.event,
+)  # fmt: skip
+CHILD_TABLES: tuple[ChildTable[Any], ...] = (
+    SUBSCRIPTIONS, GRANTS, REDEMPTIONS, MEMBERSHIPS, SUBSCRIPTION_EVENTS,
+)  # fmt: skip

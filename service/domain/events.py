@@ -833,6 +833,12 @@ def apply_event(
     if not entries and row is not None:
         entries = [snapshot_of_row(row, at)]
     new = stored_event(event, at)
+    twin = _same_content(entries, event)
+    if twin is not None:
+        # A redelivery under another id: it would add nothing to the fold, so it is not
+        # kept twice (the store keeps its id: delivered again, it is a duplicate).
+        effect = EventEffect(EventOutcome.STALE, f"the same event as {twin} (kept)")
+        return EventResult(account, effect.outcome, row, effect)
     entries = sort_entries([*entries, new])
     if len(entries) > compact_above:
         entries = compact(entries, at, keep_recent)
@@ -867,6 +873,19 @@ def kept_events(account: AccountState) -> list[KeptEvent]:
         subscription = subscription_of(sub_id, f)
         out += [KeptEvent(e, effect_of(e, f, subscription)) for e in sort_entries(entries)]
     return out
+
+
+def _same_content(entries: Sequence[StoredEvent], event: SubscriptionEvent) -> str | None:
+    """The id of a kept event equal to `event` but for its id, if any."""
+    mine = encode_event(event)
+    del mine["event_id"]
+    for entry in entries:
+        if entry.kind != SNAPSHOT_KIND:
+            theirs = json.loads(entry.payload)
+            del theirs["event_id"]
+            if theirs == mine:
+                return entry.event_id
+    return None
 
 
 def effects(account: AccountState) -> dict[tuple[str, str], EventEffect]:

@@ -18,6 +18,7 @@ from service.domain.account import (
     HouseholdRole,
     Redemption,
     Store,
+    StoredEvent,
     Subscription,
     SubscriptionStatus,
 )
@@ -121,6 +122,25 @@ RICH = AccountState(
         HouseholdMembership("hh-own", HouseholdRole.MANAGER, "rich-user", at(-50)),
     ),
     student_verified_until=at(200),
+    # Kept events (a snapshot and an event as sent), stored as they are, in this order.
+    subscription_events=(
+        StoredEvent(
+            "sub-grace",
+            "snapshot:e7",
+            "snapshot",
+            at(-30),
+            at(-29) + timedelta(microseconds=7),
+            '{"events":3,"first":null}',
+        ),
+        StoredEvent(
+            "sub-grace",
+            "e8",
+            "renewal_failed",
+            at(-1) + timedelta(microseconds=123456),
+            at(0),
+            '{"event_id":"e8","note":"\u00e9t\u00e9 \u2603"}',
+        ),
+    ),
 )
 
 

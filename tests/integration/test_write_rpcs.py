@@ -91,19 +91,11 @@ def life(user_id: str) -> list[ev.RecordSubscriptionEventRequest]:
 def deliver(
     writes: ev_grpc.SubscriptionEventServiceStub, events: list[ev.RecordSubscriptionEventRequest]
 ) -> ev.Subscription:
-    """Delivers like a store: FAILED_PRECONDITION answers are redelivered later."""
-    pending = list(events)
+    """Delivers like a store; every event is accepted the first time (an early one is
+    PENDING, never refused)."""
     last: ev.Subscription | None = None
-    while pending:
-        rejected = []
-        for request in pending:
-            try:
-                last = writes.RecordSubscriptionEvent(request, timeout=5).subscription
-            except grpc.RpcError as error:
-                assert error.code() is grpc.StatusCode.FAILED_PRECONDITION, error
-                rejected.append(request)
-        assert len(rejected) < len(pending), "no progress"
-        pending = rejected
+    for request in events:
+        last = writes.RecordSubscriptionEvent(request, timeout=5).subscription
     assert last is not None
     return last
 
@@ -206,18 +198,13 @@ def test_bad_events_get_statuses_with_details(
     assert [v.field for v in bad_request.field_violations] == ["plan_id"]
 
     # Too early, not wrong: a cancel without plan and period end for a subscription whose
-    # purchase has not arrived. Redelivery will help, and the reason says which case.
+    # purchase has not arrived. Kept, PENDING (no error a store would redeliver forever).
     early = event("bad", "bad-2", ev.SUBSCRIPTION_EVENT_TYPE_CANCELED, NOW, NOW + DAY)
     early.ClearField("current_period_end")
     early.plan_id = ""
-    with pytest.raises(grpc.RpcError) as raised:
-        writes.RecordSubscriptionEvent(early, timeout=5)
-    assert raised.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    info, failure = details_of(raised.value)
-    assert isinstance(info, error_details_pb2.ErrorInfo)
-    assert info.reason == "SUBSCRIPTION_NOT_YET_KNOWN"
-    assert isinstance(failure, error_details_pb2.PreconditionFailure)
-    assert failure.violations[0].subject == "subscriptions/bad-sub"
+    answer = writes.RecordSubscriptionEvent(early, timeout=5)
+    assert answer.outcome == ev.EVENT_OUTCOME_PENDING
+    assert not answer.HasField("subscription")
 
 
 def test_grant_and_revoke(harness: Harness, writes: ev_grpc.SubscriptionEventServiceStub) -> None:

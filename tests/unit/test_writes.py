@@ -149,7 +149,7 @@ def test_an_event_before_what_it_needs_is_kept_pending_then_applies(
     reads, writes = services
     refund = SubscriptionEvent(
         "evt-r", "sub-1", Store.GOOGLE_PLAY, EventType.REFUNDED, NOW - DAY / 2,
-        refunded_period_end=NOW + 30 * DAY - 2 * DAY,
+        refunded_period_end=NOW + 29 * DAY,  # the end of purchase()'s period
     )  # fmt: skip
     pending = writes.record_event("u1", refund)
     assert pending.outcome is EventOutcome.PENDING
@@ -183,17 +183,20 @@ def test_an_event_a_revocation_absorbed_is_kept_superseded(
     assert [h.reference for h in repository.history("u1")] == ["evt-1", "evt-2", "evt-3"]
 
 
-def test_invalid_transition_writes_nothing(
+def test_an_event_of_an_unknown_subscription_is_kept_pending(
     services: tuple[SyncReads, SyncWrites], repository: AccountRepository
 ) -> None:
+    """Once refused FAILED_PRECONDITION (SUBSCRIPTION_NOT_YET_KNOWN, a store redelivered
+    it): now kept, PENDING, with no subscription until one event gives its period end."""
     _, writes = services
     uncancel = SubscriptionEvent(
         "evt-9", "sub-1", Store.WEB, EventType.UNCANCELED, NOW - DAY, plan_id="premium_duo"
     )
-    with pytest.raises(PreconditionFailed):
-        writes.record_event("u1", uncancel)
-    assert repository.load("u1").account.version == 0
-    assert repository.history("u1") == []
+    answer = writes.record_event("u1", uncancel)
+    assert answer.outcome is RecordOutcome.PENDING and answer.subscription is None
+    account = repository.load("u1").account
+    assert account.subscriptions == ()
+    assert [e.event_id for e in account.subscription_events] == ["evt-9"]
 
 
 def test_grant_and_revoke_are_idempotent(
