@@ -237,6 +237,7 @@ class RowCodec:
             self.encode_bool(sub.auto_renew),
             self.opt_ts(sub.last_event_at),
             sub.offer_id,
+            sub.folded_events,
         )
 
     def subscription(self, row: Sequence[Any]) -> Subscription:
@@ -251,6 +252,7 @@ class RowCodec:
             auto_renew,
             last_event_at,
             offer_id,
+            folded_events,
         ) = row
         return Subscription(
             subscription_id=text(subscription_id),
@@ -263,6 +265,7 @@ class RowCodec:
             auto_renew=self.decode_bool(auto_renew),
             last_event_at=self.opt_decode_ts(last_event_at),
             offer_id=opt_text(offer_id),
+            folded_events=None if folded_events is None else integer(folded_events),
         )
 
     def grant_row(self, grant: Grant) -> tuple[Any, ...]:
@@ -394,6 +397,7 @@ SUBSCRIPTIONS: ChildTable[Subscription] = ChildTable(
         ("subscription_id", _TEXT), ("plan_id", _TEXT), ("status", _TEXT), ("store", _TEXT),
         ("started_at", _TS), ("current_period_end", _TS), ("grace_period_end", _TS),
         ("auto_renew", _BOOL), ("last_event_at", _TS), ("offer_id", _TEXT),
+        ("folded_events", _INT),
     ),
     RowCodec.subscription_row,
     RowCodec.subscription,

@@ -128,7 +128,10 @@ def print_event_answer(
     print_written(
         f"event {request.event_id}: {outcome}", response.consistency_token, read_back, remembered
     )
-    print_subscription(response.subscription)
+    if response.HasField("subscription"):
+        print_subscription(response.subscription)
+    else:
+        print("  kept; the subscription is not known yet (it applies when its start arrives)")
 
 
 def print_written(kind: str, token: str, read_back: str, remembered: bool) -> None:
@@ -173,6 +176,14 @@ def print_history(response: admin_service_pb2.GetUserHistoryResponse) -> None:
         print(
             f"  v{entry.version} {format_time(entry.recorded_at)} {entry.kind} {entry.reference} "
             f"(effective {format_time(entry.effective_at)}): {entry.summary}"
+        )
+    if response.subscription_events:
+        print("subscription events kept, in fold order, with their effect now:")
+    for kept in response.subscription_events:
+        outcome = _enum(events_pb2.EventOutcome, kept.outcome, "EVENT_OUTCOME_")
+        print(
+            f"  {kept.subscription_id} {format_time(kept.occurred_at)} {kept.kind} "
+            f"{kept.event_id}: {outcome} ({kept.why})"
         )
     if response.version == 0:
         note_never_seen_user(response.user_id)

@@ -54,6 +54,11 @@ class Subscription:
     # than this are recorded but never move the state back.
     last_event_at: datetime | None = None
     offer_id: str | None = None
+    # How many kept events (AccountState.subscription_events) this row is the fold of;
+    # None for a row not written from them (before they were kept, by RedeemOffer, or by
+    # a server of an earlier version during a rollout, which leaves it unset). Not part
+    # of the subscription's value: equality ignores it.
+    folded_events: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,16 +92,12 @@ class PreconditionReason(enum.Enum):
     # No longer produced (events are never refused for the subscription's status; see
     # service.domain.events); kept so that clients matching the name keep compiling.
     INVALID_TRANSITION = enum.auto()
-    # RecordSubscriptionEvent, "not yet": the event needs a subscription the service has
-    # not seen and does not carry enough (plan and period end) to start it. Redeliver:
-    # it applies once the subscription's first event has been recorded.
+    # No longer produced either (issue 20: an event that needs one not recorded yet is
+    # kept and answered PENDING, service.domain.events); kept so that clients matching
+    # the names keep compiling. Were: an event of an unknown subscription without plan
+    # and period end; a refund of an unknown period; a reversal before its refund.
     SUBSCRIPTION_NOT_YET_KNOWN = enum.auto()
-    # RecordSubscriptionEvent, "not yet": a refund or refund reversal names a period
-    # later than any period recorded. Redeliver: it applies once the renewal that
-    # started that period has been recorded.
     PERIOD_NOT_YET_KNOWN = enum.auto()
-    # RecordSubscriptionEvent, "not yet": a refund reversal of the current period whose
-    # refund has not been recorded. Redeliver: it applies once the refund has been.
     REFUND_NOT_YET_RECORDED = enum.auto()
     # RedeemOffer: the subscription id is taken.
     SUBSCRIPTION_EXISTS = enum.auto()

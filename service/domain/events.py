@@ -8,7 +8,7 @@ commutative and associative (maxima, minima and sets by that key), so the order 
 delivery cannot matter, and a prefix of the events can be compacted into one snapshot
 entry (`compact`): fold(snapshot + rest) == fold(all) for any split.
 
-The rules of the fold (each with the stores' behaviour it follows; docs/subscription-fold.md
+The rules of the fold (each with the stores' behaviour it follows; docs/SUBSCRIPTION_FOLD.md
 has the same list):
 
 1. Status, auto-renew and grace end come from the last status event (the types of
@@ -78,7 +78,7 @@ from service.domain.validation import check_id, check_market
 MAX_CLOCK_SKEW = timedelta(hours=1)
 
 # A subscription with more kept events than this is compacted on its next write: all but
-# its newest KEEP_RECENT events become one snapshot (docs/subscription-fold.md).
+# its newest KEEP_RECENT events become one snapshot (docs/SUBSCRIPTION_FOLD.md).
 COMPACT_ABOVE = 64
 KEEP_RECENT = 16
 
@@ -795,6 +795,18 @@ def snapshot_of_row(sub: Subscription, recorded_at: datetime) -> StoredEvent:
     )
 
 
+def rebased(row: Subscription, entries: Sequence[StoredEvent], at: datetime) -> list[StoredEvent]:
+    """The kept entries of a subscription whose row was not written from them (before
+    events were kept, by RedeemOffer, or by a server of an earlier version during a
+    rollout, which patched the row and kept no event): the row is the truth, so it becomes
+    a snapshot in place of the entries, but for those still PENDING (the row cannot
+    reflect them; they apply when what they need arrives)."""
+    f = fold(entries)
+    subscription = subscription_of(row.subscription_id, f)
+    waiting = [e for e in entries if effect_of(e, f, subscription).outcome is EventOutcome.PENDING]
+    return [snapshot_of_row(row, at), *waiting]
+
+
 def underlying_status(sub: Subscription) -> S:
     """The status a (legacy) REFUNDED row has apart from its refund, which its other
     fields tell apart (a refunded trial reads as active: rows before events were kept
@@ -830,8 +842,8 @@ def apply_event(
     sub_id = event.subscription_id
     entries = events_of(account, sub_id)
     row = next((s for s in account.subscriptions if s.subscription_id == sub_id), None)
-    if not entries and row is not None:
-        entries = [snapshot_of_row(row, at)]
+    if row is not None and row.folded_events != len(entries):
+        entries = rebased(row, entries, at)
     new = stored_event(event, at)
     twin = _same_content(entries, event)
     if twin is not None:
@@ -844,6 +856,8 @@ def apply_event(
         entries = compact(entries, at, keep_recent)
     f = fold(entries)
     subscription = subscription_of(sub_id, f)
+    if subscription is not None:
+        subscription = dataclasses.replace(subscription, folded_events=len(entries))
     effect = effect_of(new, f, subscription)
     account = _record_facts(account, event, catalog)
     if event.market is not None and effect.outcome is EventOutcome.APPLIED:

@@ -20,3 +20,9 @@ CREATE TABLE IF NOT EXISTS SubscriptionEvents (
     Payload STRING(MAX) NOT NULL,
 ) PRIMARY KEY (UserId, Position),
   INTERLEAVE IN PARENT Users ON DELETE CASCADE;
+
+-- How many kept events a Subscriptions row is the fold of (Subscription.folded_events).
+-- A server of an earlier version rewrites the rows (delete and `replace`) without naming
+-- it, so it reads NULL there: the next event's fold starts from that row
+-- (service.domain.events.rebased), and nothing an older server applied is lost.
+ALTER TABLE Subscriptions ADD COLUMN IF NOT EXISTS FoldedEvents INT64;

@@ -19,3 +19,9 @@ CREATE TABLE subscription_events (
     payload TEXT NOT NULL,
     PRIMARY KEY (user_id, position)
 );
+
+-- How many kept events a subscriptions row is the fold of (Subscription.folded_events).
+-- A server of an earlier version rewrites the rows without naming it, so it reads NULL
+-- there: the next event's fold starts from that row (service.domain.events.rebased), and
+-- nothing an older server applied during a rollout is lost.
+ALTER TABLE subscriptions ADD COLUMN folded_events INTEGER;
