@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from service.usecases.change_streams import ChangeStreams
 from service.usecases.clock import Clock, utc_now
 from service.usecases.freshness import FeedFollower
 from service.usecases.reads import CachePolicy, ReadService
+from service.usecases.stale_reads import StaleReadGate
 from service.usecases.store_calls import StoreCalls
 from service.usecases.support import SupportService
 from service.usecases.watch import WatchService
@@ -27,7 +29,7 @@ from storage.faults import FaultInjectingRepository
 from storage.feed import ChangeFeed
 from storage.feed_relay import RelayedFeed
 from storage.observers import StoreCallObserver
-from storage.repository import AccountRepository
+from storage.repository import AccountRepository, BoundedStalenessReads
 from storage.urls import open_repository
 
 if TYPE_CHECKING:  # imported only when the settings turn them on
@@ -132,7 +134,15 @@ def build_application(
     policy = CachePolicy(settings.store_timeout_seconds, settings.max_staleness_seconds)
     store_calls = StoreCalls(settings.threads, observers.store)
     feed = _feed_follower(settings, repository, cache, feed_relay)
-    reads = ReadService(catalog, repository, cache, clock, policy, store_calls)
+    reads = ReadService(
+        catalog,
+        repository,
+        cache,
+        clock,
+        policy,
+        store_calls,
+        stale_floor=_stale_floor(repository, feed),
+    )
     return Application(
         catalog=catalog,
         repository=repository,
@@ -157,50 +167,14 @@ def build_application(
     )
 
 
-def build_observers(settings: Settings, tracer_provider: Any = None) -> Observers:
-    """The metrics (settings.metrics_port) and the tracing (settings.tracing) observers;
-    neither module is imported when its setting is off."""
-    rpc: RpcObserver | None = None
-    store: StoreCallObserver | None = None
-    backend = settings.storage_url.split("://")[0]
-    if settings.metrics_port:
-        from service.grpc_api.metrics import RpcMetrics, StoreMetrics
-
-        rpc = RpcMetrics()
-        store = StoreMetrics(backend)
-    tracing = None
-    if settings.tracing != "off":  # off: OpenTelemetry is not even imported
-        from service.grpc_api.tracing import RpcTracing
-        from service.grpc_api.tracing import tracer_provider as process_tracer_provider
-
-        provider = (
-            process_tracer_provider(settings.tracing)
-            if tracer_provider is None
-            else tracer_provider
-        )
-        tracing = RpcTracing(provider)
-        store = tracing.store_observer(store, backend)
-    return Observers(rpc=rpc, store=store, tracing=tracing)
-
-
-def _feed_follower(
-    settings: Settings,
-    repository: AccountRepository,
-    cache: UserStateCache,
-    feed_relay: str | None,
-) -> FeedFollower | None:
-    follow = settings.cache_ttl_seconds > 0 and settings.feed_poll_seconds > 0
-    if isinstance(repository, ChangeFeed) and follow:
-        return FeedFollower(
-            RelayedFeed(feed_relay) if feed_relay else repository,
-            cache,
-            # A thread of its own: behind a pool saturated by slow store calls the
-            # feed would look lost and expire every cache (more store load, not less).
-            StoreCalls(threads=1),
-            poll_seconds=settings.feed_poll_seconds,
-            store_timeout_seconds=settings.store_timeout_seconds,
-            lost_after_seconds=max(1.0, 2 * settings.feed_poll_seconds),
-        )
-    if settings.cache_ttl_seconds > 0:
-        log.warning("no change feed: writes of other processes are seen after the cache TTL")
-    return None
+    store_calls = StoreCalls(settings.threads, observers.store)
+    feed = _feed_follower(settings, repository, cache, feed_relay)
+    reads = ReadService(
+        catalog,
+        repository,
+        cache,
+        clock,
+        policy,
+        store_calls,
+        stale_floor=_stale_floor(repository, feed),
+    )

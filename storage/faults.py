@@ -57,9 +57,9 @@ class FaultInjectingRepository:
             raise DeadlineExceeded("injected store delay outlived the call's budget")
         self._wake.wait(delay)
 
-    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
+    def load(self, user_id: str, *, min_version: int = 0, stale_ok: bool = False) -> UserState:
         self._before()
-        return self.inner.load(user_id, min_version=min_version)
+        return self.inner.load(user_id, min_version=min_version, stale_ok=stale_ok)
 
     def update(self, user_id: str, change: AccountChange) -> AccountState:
         self._before()

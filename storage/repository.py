@@ -97,14 +97,17 @@ AccountMutation = Callable[[AccountState], Mutation]
 
 
 class AccountRepository(Protocol):
-    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
+    def load(self, user_id: str, *, min_version: int = 0, stale_ok: bool = False) -> UserState:
         """The user's state and, if they are an active household member, the household
         with the manager's subscriptions, read consistently in one call. A user the store
         has never seen is `AccountState.new(user_id)` (version 0).
 
         `min_version` > 0 says the caller (holding a consistency token) accepts any state
         at least that new: a backend with cheaper stale reads (Spanner) may serve one that
-        satisfies it; others read the latest state anyway. The default, 0, asks for the
+        satisfies it; others read the latest state anyway. `stale_ok` says the caller
+        accepts state of the backend's bounded staleness that is at least `min_version`
+        new even when that is 0 (the change feed proved that nothing newer was written for
+        the user within that bound: service.usecases.freshness). The default asks for the
         latest state (a strong read)."""
         ...
 
@@ -176,3 +179,14 @@ def household_membership(account: AccountState) -> HouseholdMembership | None:
         if membership.role is HouseholdRole.MEMBER and membership.left_at is None:
             return membership
     return None
+
+
+@runtime_checkable
+class BoundedStalenessReads(Protocol):
+    """A backend whose `load(..., stale_ok=True)` reads state this many seconds old
+    (Spanner); the others read the latest state whatever they are asked."""
+
+    @property
+    def stale_read_seconds(self) -> float | None:
+        """How old a stale read's state is (None: stale reads are off)."""
+        ...

@@ -98,6 +98,11 @@ class FeedFollower:
         return self._lost
 
     @property
+    def lost_after_seconds(self) -> float:
+        """How long the feed may go unread before the follower calls it lost."""
+        return self._lost_after
+
+    @property
     def position(self) -> str | None:
         """The feed position that every change told to the listeners reaches (None: the
         feed was never read)."""

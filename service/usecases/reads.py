@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -80,14 +80,21 @@ class ReadService:
         clock: Clock = utc_now,
         policy: CachePolicy = CachePolicy(),
         store: StoreCalls | None = None,
+        stale_floor: Callable[[str], int | None] | None = None,
     ) -> None:
         self.catalog = catalog
+        # For a token-less miss: None (read strongly), or the version a bounded-staleness
+        # read must reach (service.usecases.stale_reads). None here: always strong.
+        self._stale_floor = stale_floor
         self._repository = repository
         self._cache = cache
         self._clock = clock
         self._policy = policy
         self._store = store or StoreCalls(threads=4)
         self._loads = SingleFlight[tuple[UserState, float]]()
+        # Stale loads are shared only among token-less reads: a read that must see
+        # writes before it arrived never joins one.
+        self._stale_loads = SingleFlight[tuple[UserState, float]]()
         self._unseen_decisions: dict[str, EntitlementDecision] = {}
 
     @property
@@ -222,9 +229,10 @@ class ReadService:
         # before the change.
         fresh = min_version > 0 or full or manager_token is not None
         started_after = time.monotonic() if fresh else self._cache.changed_at(user_id)
+        floor = None if fresh or self._stale_floor is None else self._stale_floor(user_id)
 
         def load(seconds: float | None) -> Awaitable[tuple[UserState, float]]:
-            return self._shared_load(user_id, seconds, started_after)
+            return self._shared_load(user_id, seconds, started_after, floor)
 
         try:
             state, loaded_since = await within_store_budget(
@@ -246,20 +254,29 @@ class ReadService:
         return self._cache.put(state, loaded_since)
 
     async def _shared_load(
-        self, user_id: str, seconds: float | None, started_after: float
+        self, user_id: str, seconds: float | None, started_after: float, floor: int | None
     ) -> tuple[UserState, float]:
         """One store read for all concurrent misses of the user (begun at `started_after`
-        or later), and when it began; each waits at most `seconds` (its own budget)."""
+        or later), and when it began; each waits at most `seconds` (its own budget). With
+        a `floor`, a bounded-staleness read at least that new (shared only with others
+        that accept one)."""
 
         async def load() -> tuple[UserState, float]:
             began = time.monotonic()
-            return await self._store.run(seconds, self._repository.load, user_id), began
+            if floor is None:
+                return await self._store.run(seconds, self._repository.load, user_id), began
+            state = await self._store.run(seconds, self._load_stale, user_id, floor)
+            return state, began
 
+        flights = self._loads if floor is None else self._stale_loads
         try:  # asyncio.timeout: wait_for can swallow a cancellation (see store_calls)
             async with asyncio.timeout(seconds):
-                return await self._loads.do(user_id, load, started_after=started_after)
+                return await flights.do(user_id, load, started_after=started_after)
         except TimeoutError as error:
             raise DeadlineExceeded("waited too long for the store read") from error
+
+    def _load_stale(self, user_id: str, floor: int) -> UserState:
+        return self._repository.load(user_id, min_version=floor, stale_ok=True)
 
     def _decide(self, entry: CachedUser, feature_id: str, now: datetime) -> EntitlementDecision:
         state = entry.state

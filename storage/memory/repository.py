@@ -33,7 +33,7 @@ class MemoryRepository(AppliesWrites):
         self._first_change = 1
         self._lock = threading.Lock()
 
-    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
+    def load(self, user_id: str, *, min_version: int = 0, stale_ok: bool = False) -> UserState:
         with self._lock:
             account = self._accounts.get(user_id) or AccountState.new(user_id)
             return UserState(account, self._household(account))

@@ -75,6 +75,13 @@ class SpannerRepository(AppliesWrites):
         self._lock = threading.Lock()
         self._closed = False
         self._schema_ready = False
+        # Bounded-staleness reads: "kept", or "too old" (a strong read followed).
+        self.stale_reads = {"kept": 0, "too old": 0}
+
+    @property
+    def stale_read_seconds(self) -> float | None:
+        """storage.repository.BoundedStalenessReads."""
+        return None if self._stale_read is None else self._stale_read.total_seconds()
 
     @property
     def path(self) -> DatabasePath:
@@ -82,18 +89,25 @@ class SpannerRepository(AppliesWrites):
 
     # -- AccountRepository ---------------------------------------------------------------
 
-    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
+    def load(self, user_id: str, *, min_version: int = 0, stale_ok: bool = False) -> UserState:
         """The user's state and household, as AccountRepository.load.
 
-        Without `min_version` a strong read. With one (from a consistency token), first a
-        bounded-staleness read (at most `stale_read` old: cheaper, and served by the
-        nearest replica in multi-region configurations); if that snapshot is older than
-        `min_version`, a strong read."""
+        Without `min_version` or `stale_ok` a strong read. With `min_version` (from a
+        consistency token), first a bounded-staleness read (at most `stale_read` old:
+        cheaper, and served by the nearest replica in multi-region configurations). With
+        `stale_ok` (a token-less read the change feed vouches for), a read exactly
+        `stale_read` old: a replica serves a timestamp that far back at once, without
+        asking the leader. Either is kept when at least `min_version` new, else a strong
+        read follows. `stale_reads` counts both outcomes."""
         with self._call("load") as database:
-            if min_version > 0 and self._stale_read is not None:
-                state = self._load(database, user_id, "load-stale", self._stale_read)
+            if (min_version > 0 or stale_ok) and self._stale_read is not None:
+                state = self._load(
+                    database, user_id, "load-stale", self._stale_read, exact=stale_ok
+                )
                 if state.account.version >= min_version:
+                    self.stale_reads["kept"] += 1
                     return state
+                self.stale_reads["too old"] += 1
             return self._load(database, user_id, "load", None)
 
     def update(self, user_id: str, change: AccountChange) -> AccountState:
@@ -214,8 +228,14 @@ class SpannerRepository(AppliesWrites):
         user_id: str,
         tag: str,
         max_staleness: timedelta | None,
+        *,
+        exact: bool = False,
     ) -> UserState:
-        options = {} if max_staleness is None else {"max_staleness": max_staleness}
+        options = (
+            {}
+            if max_staleness is None
+            else {"exact_staleness" if exact else "max_staleness": max_staleness}
+        )
         with database.snapshot(**options) as snapshot:
             results = snapshot.execute_sql(
                 queries.LOAD_QUERY.sql,

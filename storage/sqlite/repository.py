@@ -83,7 +83,7 @@ class SqliteRepository(AppliesWrites):
 
     # -- AccountRepository -------------------------------------------------------------
 
-    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
+    def load(self, user_id: str, *, min_version: int = 0, stale_ok: bool = False) -> UserState:
         def read(connection: sqlite3.Connection) -> UserState:
             # One statement reads a consistent snapshot by itself; a household member's
             # state and the manager's subscriptions are read again in one transaction.

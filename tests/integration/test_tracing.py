@@ -167,9 +167,9 @@ class _Captured(logging.Handler):
 class _LoggingStore(FaultInjectingRepository):
     """The real SQLite store, saying when it loads (from the store thread)."""
 
-    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
+    def load(self, user_id: str, *, min_version: int = 0, stale_ok: bool = False) -> UserState:
         logging.getLogger("tests.store").info("loading a user")
-        return super().load(user_id, min_version=min_version)
+        return super().load(user_id, min_version=min_version, stale_ok=stale_ok)
 
 
 def test_log_lines_of_a_traced_call_carry_its_trace_id(tmp_path: Path) -> None:

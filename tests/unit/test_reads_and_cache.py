@@ -37,9 +37,9 @@ class CountingRepository(MemoryRepository):
         super().__init__()
         self.loads = 0
 
-    def load(self, user_id: str, *, min_version: int = 0) -> UserState:
+    def load(self, user_id: str, *, min_version: int = 0, stale_ok: bool = False) -> UserState:
         self.loads += 1
-        return super().load(user_id, min_version=min_version)
+        return super().load(user_id, min_version=min_version, stale_ok=stale_ok)
 
 
 class Clocks:
