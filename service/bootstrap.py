@@ -167,14 +167,73 @@ def build_application(
     )
 
 
-    store_calls = StoreCalls(settings.threads, observers.store)
-    feed = _feed_follower(settings, repository, cache, feed_relay)
-    reads = ReadService(
-        catalog,
-        repository,
-        cache,
-        clock,
-        policy,
-        store_calls,
-        stale_floor=_stale_floor(repository, feed),
+def build_observers(settings: Settings, tracer_provider: Any = None) -> Observers:
+    """The metrics (settings.metrics_port) and the tracing (settings.tracing) observers;
+    neither module is imported when its setting is off."""
+    rpc: RpcObserver | None = None
+    store: StoreCallObserver | None = None
+    backend = settings.storage_url.split("://")[0]
+    if settings.metrics_port:
+        from service.grpc_api.metrics import RpcMetrics, StoreMetrics
+
+        rpc = RpcMetrics()
+        store = StoreMetrics(backend)
+    tracing = None
+    if settings.tracing != "off":  # off: OpenTelemetry is not even imported
+        from service.grpc_api.tracing import RpcTracing
+        from service.grpc_api.tracing import tracer_provider as process_tracer_provider
+
+        provider = (
+            process_tracer_provider(settings.tracing)
+            if tracer_provider is None
+            else tracer_provider
+        )
+        tracing = RpcTracing(provider)
+        store = tracing.store_observer(store, backend)
+    return Observers(rpc=rpc, store=store, tracing=tracing)
+
+
+def _feed_follower(
+    settings: Settings,
+    repository: AccountRepository,
+    cache: UserStateCache,
+    feed_relay: str | None,
+) -> FeedFollower | None:
+    follow = settings.cache_ttl_seconds > 0 and settings.feed_poll_seconds > 0
+    if isinstance(repository, ChangeFeed) and follow:
+        return FeedFollower(
+            RelayedFeed(feed_relay) if feed_relay else repository,
+            cache,
+            # A thread of its own: behind a pool saturated by slow store calls the
+            # feed would look lost and expire every cache (more store load, not less).
+            StoreCalls(threads=1),
+            poll_seconds=settings.feed_poll_seconds,
+            store_timeout_seconds=settings.store_timeout_seconds,
+            lost_after_seconds=max(1.0, 2 * settings.feed_poll_seconds),
+        )
+    if settings.cache_ttl_seconds > 0:
+        log.warning("no change feed: writes of other processes are seen after the cache TTL")
+    return None
+
+
+# A stale read's window of vouching is its bound plus this margin: the feed's own lag
+# (a change is seen after it commits) and clock skew between this host and the store.
+STALE_READ_MARGIN_SECONDS = 5.0
+
+
+def _stale_floor(
+    repository: AccountRepository, feed: FeedFollower | None
+) -> Callable[[str], int | None] | None:
+    """Token-less misses read at bounded staleness where the store has such reads and the
+    change feed can vouch for the user (service.usecases.stale_reads); else strongly."""
+    if feed is None or not isinstance(repository, BoundedStalenessReads):
+        return None
+    bound = repository.stale_read_seconds
+    if bound is None:
+        return None
+    gate = StaleReadGate(
+        following=lambda: not feed.lost and feed.stats.lag_seconds() < feed.lost_after_seconds,
+        window_seconds=bound + STALE_READ_MARGIN_SECONDS,
     )
+    feed.listen(gate.on_changes)
+    return gate.floor
