@@ -248,9 +248,7 @@ class ReadService:
                     # logged per call: an outage would write a line per RPC.
                     log.debug("store failed (%s); serving stale cached state", error)
                     return stale
-            if isinstance(error, DeadlineExceeded):  # the RPC's deadline, not the store's
-                raise
-            raise StoreUnavailable("the store failed and no cached state can serve") from error
+            raise  # StoreUnavailable, or DeadlineExceeded when the RPC's time ran out
         return self._cache.put(state, loaded_since)
 
     async def _shared_load(
