@@ -138,6 +138,16 @@ class Metrics:
             "WatchEntitlements streams open (all workers).",
             multiprocess_mode="livesum",
         )
+        self.change_streams = Gauge(
+            "entitlements_change_streams_open",
+            "WatchChanges streams open: callers' near caches following (all workers).",
+            multiprocess_mode="livesum",
+        )
+        self.change_stream_resets = Counter(
+            "entitlements_change_stream_resets_total",
+            "WatchChanges messages telling a caller to drop its whole near cache (a feed gap, "
+            "a position that could not be resumed, a stream that fell behind).",
+        )
         self.feed_lag = Gauge(
             "entitlements_feed_lag_seconds",
             "Seconds since a worker last read the store's change feed; the maximum over "
@@ -308,6 +318,7 @@ class WorkerMetrics:
         catalog_version: str,
         feed_stats: Callable[[], Any] | None = None,
         watch_streams: Callable[[], int] | None = None,
+        change_streams: Callable[[], Any] | None = None,
         registry: Metrics | None = None,
     ) -> None:
         self._metrics = m = registry or metrics()
@@ -319,6 +330,8 @@ class WorkerMetrics:
         # The FeedStats of service.usecases.freshness (None: the store has no feed).
         self._feed_stats = feed_stats
         self._watch_streams = watch_streams
+        # The ChangeStreams of service.usecases.change_streams (None: not counted).
+        self._change_streams = change_streams
         self._copied: dict[str, int] = {}
         self._counters: dict[str, Any] = {
             "hits": m.cache_lookups.labels("hit"),
@@ -331,6 +344,7 @@ class WorkerMetrics:
             "feed_gaps": m.feed_resets.labels("gap"),
             "feed_lost": m.feed_resets.labels("lost"),
             "feed_reads": feed_reads(),
+            "change_stream_resets": m.change_stream_resets,
         }
         m.catalog_info.labels(catalog_version).set(1)
         self._task: asyncio.Task[None] | None = None
@@ -354,6 +368,10 @@ class WorkerMetrics:
                 feed_reads=feed.store_reads,
             )
             self._metrics.feed_lag.set(min(feed.lag_seconds(), 1e9))
+        if self._change_streams is not None:
+            streams = self._change_streams()
+            counts["change_stream_resets"] = streams.resets_sent
+            self._metrics.change_streams.set(streams.open_streams)
         for name, count in counts.items():
             delta = count - self._copied.get(name, 0)
             if delta > 0:

@@ -327,6 +327,7 @@ def _worker_metrics(
         catalog_version=app.catalog.version,
         feed_stats=(lambda: feed.stats) if (feed := app.feed) is not None else None,
         watch_streams=lambda: app.watches.open_watches,
+        change_streams=lambda: app.changes,
     )
     worker_metrics.start()
     return worker_metrics

@@ -32,6 +32,7 @@ from service.grpc_api.server import RunningServer, start_server
 from storage.sqlite import SqliteRepository
 from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.integration.server_process import ServerProcess, server_process
+from tests.integration.test_operations import free_port, scrape, value
 
 FEATURE = "offline_downloads"
 WAIT = 20.0  # generous: a busy machine
@@ -228,6 +229,25 @@ def test_a_stream_outage_serves_stale_within_the_bound_then_reads(servers: Serve
         running.stop(grace_seconds=1)
 
 
+def test_start_up_never_waits_for_the_stream(servers: Servers) -> None:
+    """A server refusing change streams from the start: the client answers at once by
+    RPC, and caches nothing (nothing could tell it of a change)."""
+    running = servers.start()
+    try:
+        running.app.changes.close()
+        client = servers.client(target_of(running), near_cache=True)
+        before = server_rpcs()
+        began = time.monotonic()
+        for _ in range(3):
+            assert not client.get_entitlement("startup-user", FEATURE).granted
+        assert time.monotonic() - began < WAIT
+        assert server_rpcs() == before + 3
+        assert client.cache is not None and len(client.cache) == 0
+        assert not client.cache.stream_fresh
+    finally:
+        running.stop(grace_seconds=1)
+
+
 def test_a_feed_gap_resets_the_near_cache(servers: Servers, tmp_path: Path) -> None:
     """The server the client follows loses changes from its feed (made as in
     test_freshness: its process stopped while they are deleted): it tells the client
@@ -235,7 +255,9 @@ def test_a_feed_gap_resets_the_near_cache(servers: Servers, tmp_path: Path) -> N
     db = tmp_path / "gap.db"
     SqliteRepository(db).close()
     credentials = write_test_credentials(tmp_path / "credentials.yaml")
-    with server_process(db, credentials) as a, server_process(db, credentials) as b:
+    metrics_port = free_port()
+    env = {"ENTITLEMENTS_METRICS_PORT": str(metrics_port)}
+    with server_process(db, credentials) as a, server_process(db, credentials, env=env) as b:
         client = servers.cached_client(b.target)
         assert not client.get_entitlement("gap-user", FEATURE).granted
         follower = client.change_stream
@@ -252,6 +274,15 @@ def test_a_feed_gap_resets_the_near_cache(servers: Servers, tmp_path: Path) -> N
         eventually(lambda: follower.resets >= 1)
         assert client.cache.stats.resets >= 1
         assert client.get_entitlement("gap-user", FEATURE).granted
+
+        def counted() -> bool:  # the worker copies its counts every second
+            samples = scrape(metrics_port)
+            return (
+                value(samples, "entitlements_change_stream_resets_total") >= 1
+                and value(samples, "entitlements_change_streams_open") == 1
+            )
+
+        eventually(counted)
 
 
 class Refusing:
