@@ -542,3 +542,37 @@ def test_serve_runs_the_ingress_in_every_worker_with_metrics_and_drains(tmp_path
         assert "entitlements_notification_lag_seconds_bucket" in text
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0
+
+
+def test_a_store_that_cannot_write_is_answered_503_and_the_redelivery_lands(
+    ingest: Ingest, tmp_path: Path
+) -> None:
+    """The account store gone (its file moved away): 503 with Retry-After, nothing
+    claimed durable; the store's redelivery after the store is back is recorded."""
+    user, now = f"web-{uuid.uuid4()}", datetime.now(UTC)
+    event = stripe_subscription_event(
+        "evt_outage", "customer.subscription.created", created=now - timedelta(minutes=1),
+        subscription_id="sub_outage", user=user, price_lookup_key=PLAN, status="active",
+        period_end=now + 30 * DAY,
+    )  # fmt: skip
+    db = Path(ingest.storage_url.removeprefix("sqlite:///"))
+    aside = tmp_path / "aside.db"
+    db.rename(aside)
+    try:
+        body, signature = stripe_signed(event)
+        request = urllib.request.Request(
+            ingest.url + "/notifications/stripe",
+            data=body,
+            headers={"Stripe-Signature": signature, "Content-Type": "application/json"},
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 503
+        assert refused.value.headers["Retry-After"] == "5"
+        assert json.loads(refused.value.read())["verdict"] == "retry"
+    finally:
+        aside.rename(db)
+    status, answer = ingest.stripe(event)
+    assert (status, answer["verdict"]) == (200, "recorded")
+    assert ingest.granted(user)
