@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from storage.account_links import AccountLinks
 from storage.dead_letters import DeadLetterStore
 from storage.repository import AccountRepository
 
@@ -79,6 +80,27 @@ def open_dead_letters(url: str) -> DeadLetterStore:
 
         try:
             return SpannerDeadLetters(url)
+        except ValueError as exc:
+            raise UnsupportedStorageUrl(str(exc)) from exc
+    raise UnsupportedStorageUrl(f"unsupported storage URL {url!r}")
+
+
+def open_account_links(url: str) -> AccountLinks:
+    """The store accounts linked to users (storage.account_links) in the store the URL
+    names; memory:// keeps them in this process."""
+    if url.startswith(SQLITE_PREFIX):
+        from storage.account_links import SqliteAccountLinks
+
+        return SqliteAccountLinks(url[len(SQLITE_PREFIX) :])
+    if url == MEMORY_URL:
+        from storage.account_links import MemoryAccountLinks
+
+        return MemoryAccountLinks()
+    if url.startswith(SPANNER_PREFIX):
+        from storage.spanner.account_links import SpannerAccountLinks
+
+        try:
+            return SpannerAccountLinks(url)
         except ValueError as exc:
             raise UnsupportedStorageUrl(str(exc)) from exc
     raise UnsupportedStorageUrl(f"unsupported storage URL {url!r}")

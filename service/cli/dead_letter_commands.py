@@ -58,3 +58,22 @@ def reconcile_play(args: argparse.Namespace) -> int:
     for token, outcome in outcomes:
         print(f"{token[:24]}...: {outcome}")
     return 1 if any(failed(outcome) for _, outcome in outcomes) else 0
+
+
+def link_store_account(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from service.domain.store_accounts import LINKABLE_STORES
+    from storage.urls import open_account_links
+
+    if args.store not in LINKABLE_STORES:
+        print(f"error: STORE must be one of {', '.join(LINKABLE_STORES)}")
+        return 2
+    settings = Settings.load(storage_url=args.storage)
+    links = open_account_links(settings.storage_url)
+    try:
+        links.link(args.store, args.account_id, args.user_id, datetime.now(UTC))
+    finally:
+        links.close()
+    print(f"{args.store} account {args.account_id} is {args.user_id}'s")
+    return 0

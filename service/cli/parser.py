@@ -8,7 +8,12 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from service.cli.dead_letter_commands import dead_letters, reconcile_play, replay_dead_letters
+from service.cli.dead_letter_commands import (
+    dead_letters,
+    link_store_account,
+    reconcile_play,
+    replay_dead_letters,
+)
 from service.cli.parser_flags import (
     add_connection_arguments,
     command,
@@ -175,6 +180,23 @@ def _command_replay_dead_letters(commands: Commands) -> None:
     reconcile.add_argument("user_id", metavar="USER")
     reconcile.add_argument("tokens", nargs="+", metavar="TOKEN", help="Play purchase tokens")
     reconcile.set_defaults(run=reconcile_play)
+
+    link = command(
+        commands,
+        "link-store-account",
+        "say which user a store account (Stripe customer, App Store purchase) belongs to",
+        "Links a store account to a user, for notifications that do not name the user "
+        "(docs/INGESTION.md): a Stripe customer id (cus_...) whose subscriptions lack "
+        "metadata.user_id, an App Store originalTransactionId whose transactions lack "
+        "appAccountToken. Then replay the dead letters it explains.",
+        "entitlements link-store-account stripe cus_NffrFeUfNV2Hib u-123",
+        "entitlements link-store-account app_store 2000000123456789 u-123",
+    )
+    storage_flag(link)
+    link.add_argument("store", metavar="STORE", help="stripe or app_store")
+    link.add_argument("account_id", metavar="ACCOUNT")
+    link.add_argument("user_id", metavar="USER")
+    link.set_defaults(run=link_store_account)
 
 
 def _add_support_commands(commands: Commands) -> None:

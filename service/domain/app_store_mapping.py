@@ -8,7 +8,8 @@ store_notifications; the rest from the transaction:
 
 - event id: notificationUUID (Apple redelivers the same notification with the same UUID);
 - subscription id: "app_store:" + originalTransactionId (the same across renewals);
-- user: the transaction's appAccountToken (the app sets it to the user's id, a UUID);
+- user: the transaction's appAccountToken (the app sets it to the user's id, a UUID), else
+  the user its originalTransactionId is linked to (`entitlements link-store-account`);
 - plan: productId (a plan id of the catalog); current_period_end: expiresDate;
 - occurred_at: the notification's signedDate (ordering is by it, so a redelivered or
   reordered notification lands where it belongs);
@@ -53,7 +54,17 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def map_app_store(notification: MappingType[str, Any], catalog: Catalog) -> Mapping:
+def app_store_account(notification: MappingType[str, Any]) -> str | None:
+    """The store account a notification is about: the originalTransactionId."""
+    transaction = notification.get("transaction")
+    if not isinstance(transaction, MappingType):
+        return None
+    return _text(transaction.get("originalTransactionId"))
+
+
+def map_app_store(
+    notification: MappingType[str, Any], catalog: Catalog, linked_user: str | None = None, /
+) -> Mapping:
     kind = _text(notification.get("notificationType")) or ""
     subtype = _text(notification.get("subtype"))
     if kind in INFORMATIONAL:
@@ -69,9 +80,11 @@ def map_app_store(notification: MappingType[str, Any], catalog: Catalog) -> Mapp
         return Unmappable(DeadLetterReason.MISSING_DATA, f"{kind}: no signedTransactionInfo")
     renewal = notification.get("renewalInfo")
     renewal = renewal if isinstance(renewal, MappingType) else {}
-    user_id = _text(transaction.get("appAccountToken"))
+    user_id = _text(transaction.get("appAccountToken")) or linked_user
     if user_id is None:
-        return Unmappable(DeadLetterReason.NO_USER, "the transaction has no appAccountToken")
+        return Unmappable(
+            DeadLetterReason.NO_USER, "no appAccountToken, and the purchase is linked to nobody"
+        )
     product = _text(transaction.get("productId"))
     plan_id = plan_for_product(catalog, product)
     if plan_id is None:

@@ -19,8 +19,10 @@ Stripe price (lookup_key or id) are the plan id itself.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping as MappingType
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from service.domain.catalog import Catalog
 from service.domain.events import SubscriptionEvent
@@ -57,6 +59,19 @@ class Unmappable:
 
 
 Mapping = Mapped | Ignored | Unmappable
+
+
+class Mapper(Protocol):
+    """A store's mapping: the notification's own user first, else `linked_user` (the user
+    the notification's store account is linked to, looked up by the use case)."""
+
+    def __call__(
+        self,
+        notification: MappingType[str, Any],
+        catalog: Catalog,
+        linked_user: str | None = None,
+        /,
+    ) -> Mapping: ...
 
 
 def plan_for_product(catalog: Catalog, *product_ids: str | None) -> str | None:

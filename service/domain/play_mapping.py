@@ -115,7 +115,9 @@ def purchase_token(notification: MappingType[str, Any]) -> str | None:
     return None
 
 
-def map_play(message: MappingType[str, Any], catalog: Catalog) -> Mapping:
+def map_play(
+    message: MappingType[str, Any], catalog: Catalog, linked_user: str | None = None, /
+) -> Mapping:
     notification = _obj(message.get("notification"))
     resource = _obj(message.get("subscription"))
     message_id = _text(message.get("messageId"))
@@ -143,9 +145,8 @@ def map_play(message: MappingType[str, Any], catalog: Catalog) -> Mapping:
         kind = named
     if not resource:
         return Unmappable(DeadLetterReason.MISSING_DATA, "no subscriptionsv2 resource")
-    user_id = _text(
-        _obj(resource.get("externalAccountIdentifiers")).get("obfuscatedExternalAccountId")
-    )
+    accounts = _obj(resource.get("externalAccountIdentifiers"))
+    user_id = _text(accounts.get("obfuscatedExternalAccountId")) or linked_user
     if user_id is None:
         return Unmappable(
             DeadLetterReason.NO_USER, "no obfuscatedExternalAccountId on the purchase"

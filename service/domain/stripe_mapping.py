@@ -22,7 +22,8 @@ not order them: each becomes a snapshot event ordered by the event's `created`.
 
 - event id: the Stripe event id (evt_...); subscription id: "stripe:" + the subscription id;
 - user: the subscription's metadata `user_id`, else the customer's (when the event carries
-  the customer expanded), else a dead letter (NO_USER);
+  the customer expanded), else the user the customer id is linked to (`entitlements
+  link-store-account stripe cus_...`), else a dead letter (NO_USER);
 - plan: the subscription item's price, by lookup_key then id; current_period_end from the
   subscription, or from its item (API versions from 2025-03-31 moved it there);
 - refunds and disputes name the refunded period through the charge's invoice, which the
@@ -103,7 +104,22 @@ def _price_plan(catalog: Catalog, price: Any) -> tuple[str | None, str]:
     return plan_for_product(catalog, lookup, price_id), f"{lookup or '-'}/{price_id or '-'}"
 
 
-def map_stripe(event: MappingType[str, Any], catalog: Catalog) -> Mapping:
+def stripe_account(event: MappingType[str, Any]) -> str | None:
+    """The store account an event is about: the customer id (of the subscription, invoice
+    or charge, or of the dispute's charge)."""
+    obj = _obj(_obj(event.get("data")).get("object"))
+    for owner in (obj, _obj(obj.get("charge"))):
+        customer = owner.get("customer")
+        if isinstance(customer, MappingType):
+            customer = customer.get("id")
+        if isinstance(customer, str) and customer:
+            return customer
+    return None
+
+
+def map_stripe(
+    event: MappingType[str, Any], catalog: Catalog, linked_user: str | None = None, /
+) -> Mapping:
     kind = _text(event.get("type")) or ""
     event_id = _text(event.get("id"))
     occurred_at = from_seconds(event.get("created"))
@@ -122,21 +138,22 @@ def map_stripe(event: MappingType[str, Any], catalog: Catalog) -> Mapping:
         ):
             return Unmappable(DeadLetterReason.UNHANDLED_TYPE, kind)
         previous = _obj(_obj(event.get("data")).get("previous_attributes"))
-        return _subscription(kind, event_id, occurred_at, obj, previous, catalog)
+        return _subscription(kind, event_id, occurred_at, obj, previous, catalog, linked_user)
     if kind == "invoice.paid":
-        return _invoice_paid(event_id, occurred_at, obj, catalog)
+        return _invoice_paid(event_id, occurred_at, obj, catalog, linked_user)
     if kind == "charge.refunded":
         if obj.get("refunded") is not True:
             return Ignored("a partial refund: access stays")
-        return _refund(EventType.REFUNDED, event_id, occurred_at, obj, catalog)
+        return _refund(EventType.REFUNDED, event_id, occurred_at, obj, catalog, linked_user)
     if kind in ("charge.dispute.created", "charge.dispute.closed"):
         charge = obj.get("charge")
         if not isinstance(charge, MappingType):
             return Unmappable(DeadLetterReason.MISSING_DATA, f"{kind}: the charge is not expanded")
         if kind == "charge.dispute.created":
-            return _refund(EventType.REFUNDED, event_id, occurred_at, charge, catalog)
+            return _refund(EventType.REFUNDED, event_id, occurred_at, charge, catalog, linked_user)
         if obj.get("status") == "won":
-            return _refund(EventType.REFUND_REVERSED, event_id, occurred_at, charge, catalog)
+            reversed_ = EventType.REFUND_REVERSED
+            return _refund(reversed_, event_id, occurred_at, charge, catalog, linked_user)
         return Ignored(f"dispute closed {obj.get('status')}: the refund stands")
     return Unmappable(DeadLetterReason.UNHANDLED_TYPE, kind or "(no type)")
 
@@ -148,6 +165,7 @@ def _subscription(
     sub: MappingType[str, Any],
     previous: MappingType[str, Any],
     catalog: Catalog,
+    linked_user: str | None,
 ) -> Mapping:
     status = _text(sub.get("status")) or ""
     if status in _NEVER_PAID:
@@ -155,7 +173,7 @@ def _subscription(
     sub_id = _text(sub.get("id"))
     if sub_id is None:
         return Unmappable(DeadLetterReason.MISSING_DATA, "the subscription has no id")
-    user_id = _user(sub, sub.get("customer"))
+    user_id = _user(sub, sub.get("customer")) or linked_user
     if user_id is None:
         return Unmappable(
             DeadLetterReason.NO_USER, "no metadata.user_id on the subscription or its customer"
@@ -240,7 +258,11 @@ def _line_price(line: MappingType[str, Any]) -> Any:
 
 
 def _invoice_paid(
-    event_id: str, occurred_at: datetime, invoice: MappingType[str, Any], catalog: Catalog
+    event_id: str,
+    occurred_at: datetime,
+    invoice: MappingType[str, Any],
+    catalog: Catalog,
+    linked_user: str | None,
 ) -> Mapping:
     reason = _text(invoice.get("billing_reason")) or ""
     event_type = {
@@ -254,7 +276,7 @@ def _invoice_paid(
     sub_id, owner = _invoice_subscription(invoice)
     if sub_id is None:
         return Ignored("invoice.paid for no subscription")
-    user_id = _user(owner, invoice.get("customer"))
+    user_id = _user(owner, invoice.get("customer")) or linked_user
     if user_id is None:
         return Unmappable(DeadLetterReason.NO_USER, "no metadata.user_id on the subscription")
     line = _invoice_line(invoice)
@@ -284,6 +306,7 @@ def _refund(
     occurred_at: datetime,
     charge: MappingType[str, Any],
     catalog: Catalog,
+    linked_user: str | None,
 ) -> Mapping:
     invoice = charge.get("invoice")
     if not isinstance(invoice, MappingType):
@@ -294,7 +317,7 @@ def _refund(
     sub_id, owner = _invoice_subscription(invoice)
     if sub_id is None:
         return Ignored("a refund of a charge of no subscription")
-    user_id = _user(owner, charge, invoice.get("customer"))
+    user_id = _user(owner, charge, invoice.get("customer")) or linked_user
     if user_id is None:
         return Unmappable(DeadLetterReason.NO_USER, "no metadata.user_id on the subscription")
     line = _invoice_line(invoice)

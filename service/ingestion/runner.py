@@ -30,7 +30,7 @@ from service.ingestion.play import (
 from service.ingestion.stripe_webhook import StripeVerifier
 from service.usecases.ingestion import IngestionObserver, IngestionService
 from storage.dead_letters import DeadLetterStore
-from storage.urls import open_dead_letters
+from storage.urls import open_account_links, open_dead_letters
 
 if TYPE_CHECKING:
     from service.grpc_api.server import RunningServer
@@ -52,6 +52,7 @@ def build_ingestion(
         app.clock,
         settings.write_timeout_seconds,
         observer,
+        open_account_links(settings.storage_url),
     )
 
 
@@ -111,6 +112,8 @@ class RunningIngress:
         if self.ingress is not None:
             self.running.loop_thread.run(self.ingress.stop())
         self.ingestion.dead_letters.close()
+        if self.ingestion.account_links is not None:
+            self.ingestion.account_links.close()
 
 
 def play_api(settings: Settings) -> PlayDeveloperApi:

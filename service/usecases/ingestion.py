@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable
 from collections.abc import Mapping as MappingType
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,13 +30,21 @@ from service.domain.errors import (
     StoreError,
 )
 from service.domain.events import EventOutcome
-from service.domain.ingestion import DeadLetterReason, Ignored, Mapped, Mapping, Unmappable
+from service.domain.ingestion import (
+    DeadLetterReason,
+    Ignored,
+    Mapped,
+    Mapper,
+    Unmappable,
+)
+from service.domain.store_accounts import store_account
 from service.usecases.clock import Clock, utc_now
 from service.usecases.store_calls import StoreCalls
 from service.usecases.writes import RecordSubscriptionEvent, WriteService
+from storage.account_links import AccountLinks
 from storage.dead_letters import DeadLetter, DeadLetterStore
 
-Mapper = Callable[[MappingType[str, Any], Catalog], Mapping]
+__all__ = ["IngestResult", "IngestionObserver", "IngestionService", "Mapper", "Verdict"]
 
 
 class Verdict(enum.Enum):
@@ -78,6 +85,7 @@ class IngestionService:
         clock: Clock = utc_now,
         write_timeout_seconds: float = 2.0,
         observer: IngestionObserver | None = None,
+        account_links: AccountLinks | None = None,
     ) -> None:
         self.catalog = catalog
         self._writes = writes
@@ -86,6 +94,7 @@ class IngestionService:
         self._clock = clock
         self._timeout = write_timeout_seconds
         self.observer = observer
+        self.account_links = account_links
         # Verdicts per (source, verdict), for tests and the metrics.
         self.counts: dict[tuple[str, Verdict], int] = {}
 
@@ -118,11 +127,27 @@ class IngestionService:
         mapper: Mapper,
     ) -> IngestResult:
         mapping = mapper(notification, self.catalog)
+        if isinstance(mapping, Unmappable) and mapping.reason is DeadLetterReason.NO_USER:
+            try:
+                linked = await self._linked_user(source, notification)
+            except (StoreError, DeadlineExceeded) as error:
+                return IngestResult(Verdict.RETRY, f"account links: {error}")
+            if linked is not None:
+                mapping = mapper(notification, self.catalog, linked)
         if isinstance(mapping, Ignored):
             return IngestResult(Verdict.IGNORED, mapping.why)
         if isinstance(mapping, Unmappable):
             return await self._dead_letter(source, delivery_id, notification, mapping)
         return await self._record(source, delivery_id, notification, mapping)
+
+    async def _linked_user(self, source: str, notification: MappingType[str, Any]) -> str | None:
+        """The user the notification's store account is linked to, if any."""
+        account = store_account(source, notification)
+        if self.account_links is None or account is None:
+            return None
+        return await self._store_calls.call(
+            "user_for", self._timeout, self.account_links.user_for, source, account
+        )
 
     async def _record(
         self,

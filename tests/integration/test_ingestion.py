@@ -576,3 +576,32 @@ def test_a_store_that_cannot_write_is_answered_503_and_the_redelivery_lands(
     status, answer = ingest.stripe(event)
     assert (status, answer["verdict"]) == (200, "recorded")
     assert ingest.granted(user)
+
+
+def test_a_stripe_customer_linked_to_a_user_maps_its_notifications(
+    ingest: Ingest, tmp_path: Path
+) -> None:
+    """No metadata.user_id: a dead letter; once the customer is linked (the CLI), the
+    replay records it, and the customer's later notifications map at once."""
+    user, now = f"web-{uuid.uuid4()}", datetime.now(UTC)
+    customer = f"cus_{uuid.uuid4().hex[:12]}"
+
+    def event(event_id: str, kind: str, status: str, minutes_ago: int) -> dict[str, Any]:
+        made = stripe_subscription_event(
+            event_id, kind, created=now - timedelta(minutes=minutes_ago),
+            subscription_id="sub_linked", user=None, price_lookup_key=PLAN, status=status,
+            period_end=now + 30 * DAY,
+        )  # fmt: skip
+        made["data"]["object"]["customer"] = customer
+        return made
+
+    created = event("evt_link_1", "customer.subscription.created", "active", 10)
+    assert ingest.stripe(created)[1]["verdict"] == "dead_letter"
+    storage = ("--storage", ingest.storage_url)
+    run_cli("link-store-account", "stripe", customer, user, *storage, cwd=tmp_path)
+    replayed = run_cli("replay-dead-letters", "evt_link_1", *storage, cwd=tmp_path)
+    assert "evt_link_1: recorded" in replayed.stdout
+    assert ingest.granted(user)
+    canceled = event("evt_link_2", "customer.subscription.deleted", "canceled", 1)
+    assert ingest.stripe(canceled)[1]["verdict"] == "recorded"
+    assert not ingest.granted(user)
