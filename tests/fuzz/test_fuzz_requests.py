@@ -109,7 +109,7 @@ def set_time(field: Any, value: dict[str, int]) -> None:
 
 
 ENTITLEMENTS = "/entitlements.v1.EntitlementService/"
-STREAMING_METHODS = {ENTITLEMENTS + "WatchEntitlements"}
+STREAMING_METHODS = {ENTITLEMENTS + "WatchEntitlements", ENTITLEMENTS + "WatchChanges"}
 OFFERS = "/entitlements.v1.OfferService/"
 EVENTS = "/entitlements.v1.SubscriptionEventService/"
 
@@ -138,6 +138,13 @@ def test_watch_entitlements(
         user_id=user, feature_ids=features, resume_token=token
     )
     assert_deliberate(channel, ENTITLEMENTS + "WatchEntitlements", request)
+
+
+@FUZZ
+@given(position=texts)
+def test_watch_changes(channel: grpc.Channel, position: str) -> None:
+    request = entitlement_service_pb2.WatchChangesRequest(position=position)
+    assert_deliberate(channel, ENTITLEMENTS + "WatchChanges", request)
 
 
 @FUZZ
@@ -264,6 +271,7 @@ METHODS = [
     EVENTS + "RecordStudentVerification",
     EVENTS + "RevokeStudentVerification",
     ENTITLEMENTS + "WatchEntitlements",
+    ENTITLEMENTS + "WatchChanges",
     "/entitlements.v1.AdminService/GetUserHistory",
 ]
 
