@@ -32,6 +32,7 @@ from service.grpc_api.server import RunningServer, start_server
 from storage.sqlite import SqliteRepository
 from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.integration.server_process import ServerProcess, server_process
+from tests.integration.test_auth import make_cert, tls_server
 from tests.integration.test_operations import free_port, scrape, value
 
 FEATURE = "offline_downloads"
@@ -328,3 +329,32 @@ def test_adaptive_throttling_under_a_refusing_server(servers: Servers) -> None:
         assert refusing.calls < 100
     finally:
         refusing.server.stop(None)
+
+
+def test_the_client_speaks_mutual_tls_with_its_bearer_credential(tmp_path: Path) -> None:
+    server_cert = make_cert("entitlements-server")
+    client_ca = make_cert("client-ca", ca=True)
+    client_cert = make_cert("playback-backend", client_ca)
+    running = tls_server(tmp_path, server_cert, client_ca)
+    target = target_of(running)
+    try:
+        with EntitlementsClient(
+            target,
+            credential=SERVICE_TOKEN,
+            root_certificates=server_cert.cert,
+            private_key=client_cert.key,
+            certificate_chain=client_cert.cert,
+            near_cache=True,
+            read_timeout=WAIT,
+        ) as client:
+            eventually(lambda: client.cache is not None and client.cache.stream_fresh)
+            first = client.get_entitlement("tls-user", FEATURE)
+            assert client.get_entitlement("tls-user", FEATURE) is first  # cached over TLS
+        with EntitlementsClient(
+            target, credential=SERVICE_TOKEN, root_certificates=server_cert.cert, read_timeout=5
+        ) as no_certificate:
+            with pytest.raises(EntitlementsError) as refused:
+                no_certificate.get_entitlement("tls-user", FEATURE)
+            assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        running.stop(0)
