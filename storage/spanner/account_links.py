@@ -1,4 +1,4 @@
-"""Store accounts linked to users on Spanner: the StoreAccounts table of migration 0006
+"""Store accounts linked to users on Spanner: the StoreAccounts table of migration 0007
 (storage.account_links has the contract)."""
 
 from __future__ import annotations

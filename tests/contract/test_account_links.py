@@ -24,7 +24,7 @@ def links(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AccountLin
         store = MemoryAccountLinks()
     elif request.param == "sqlite":
         db = tmp_path / "accounts.sqlite3"
-        SqliteRepository(db, create=True).close()  # migrates (0006: store_accounts)
+        SqliteRepository(db, create=True).close()  # migrates (0007: store_accounts)
         store = open_account_links(f"sqlite:///{db}")
     else:
         emulator: SpannerEmulator = request.getfixturevalue("spanner_emulator")

@@ -232,6 +232,7 @@ def test_sqlite_database_from_before_0002_is_migrated_keeping_its_data(
         connection.execute("ALTER TABLE household_memberships DROP COLUMN member_user_id")
         connection.execute("DROP TABLE user_changes")
         connection.execute("DROP TABLE IF EXISTS dead_letters")
+        connection.execute("DROP TABLE IF EXISTS store_accounts")
         connection.execute("DROP TABLE subscription_events")
         connection.execute("ALTER TABLE subscriptions DROP COLUMN folded_events")
         connection.execute("DELETE FROM schema_migrations WHERE version >= 2")
