@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ TYPE_ORDER: tuple[EventType, ...] = (
     EventType.REVOKED,
 )
 _TYPE_RANK = {t: i for i, t in enumerate(TYPE_ORDER)}
+_KIND_RANK = {t.value: i for i, t in enumerate(TYPE_ORDER)}
 
 # Events that pay for the period they carry (rule 4).
 PAID = frozenset(
@@ -355,28 +357,44 @@ def _merge_lines(a: RefundLine, b: RefundLine) -> RefundLine:
 
 def merge(a: Fold, b: Fold) -> Fold:
     """The fold of the union of two disjoint event sets."""
-    paid = _max(a.paid, b.paid)
+    return merge_all((a, b))
+
+
+def merge_all(folds: Sequence[Fold]) -> Fold:
+    """The fold of the union of disjoint event sets, in one pass (merge, n-ary)."""
+    if not folds:
+        return Fold()
+    paid = None
+    for f in folds:
+        paid = _max(paid, f.paid)
     floor = paid[0] if paid is not None else None
     ends: dict[datetime, Key] = {}
-    for end, key in (*a.known_ends, *b.known_ends):
-        if floor is None or end >= floor:
-            ends[end] = _min(ends.get(end), key)
     lines: dict[datetime, RefundLine] = {}
-    for end, line in (*a.refunds, *b.refunds):
-        if floor is None or end >= floor:
-            seen = lines.get(end)
-            lines[end] = line if seen is None else _merge_lines(seen, line)
+    events = 0
+    first = offer_id = status = plan = period = revoked = None
+    for f in folds:
+        events += f.events
+        first, offer_id = _min(first, f.first), _min(offer_id, f.offer_id)
+        status, plan, period = _max(status, f.status), _max(plan, f.plan), _max(period, f.period)
+        revoked = _min(revoked, f.revoked)
+        for end, key in f.known_ends:
+            if floor is None or end >= floor:
+                ends[end] = _min(ends.get(end), key)
+        for end, line in f.refunds:
+            if floor is None or end >= floor:
+                seen = lines.get(end)
+                lines[end] = line if seen is None else _merge_lines(seen, line)
     return Fold(
-        events=a.events + b.events,
-        first=_min(a.first, b.first),
-        offer_id=_min(a.offer_id, b.offer_id),
-        status=_max(a.status, b.status),
-        plan=_max(a.plan, b.plan),
-        period=_max(a.period, b.period),
+        events=events,
+        first=first,
+        offer_id=offer_id,
+        status=status,
+        plan=plan,
+        period=period,
         paid=paid,
         known_ends=tuple(sorted(ends.items())),
         refunds=tuple(sorted(lines.items())),
-        revoked=_min(a.revoked, b.revoked),
+        revoked=revoked,
     )
 
 
@@ -415,11 +433,9 @@ def fold_of_event(event: SubscriptionEvent) -> Fold:
 
 
 def fold(entries: Iterable[StoredEvent]) -> Fold:
-    """The fold of a subscription's kept events (events and snapshots), in fold order."""
-    result = Fold()
-    for entry in sort_entries(entries):
-        result = merge(result, _entry_fold(entry))
-    return result
+    """The fold of a subscription's kept events (events and snapshots), in fold order
+    (the merge is commutative and associative: one n-ary merge gives the same fold)."""
+    return merge_all([_entry_fold(entry.kind, entry.payload) for entry in sort_entries(entries)])
 
 
 def refunds_in_force(f: Fold) -> list[tuple[datetime, RefundLine]]:
@@ -611,7 +627,12 @@ def stored_event(event: SubscriptionEvent, recorded_at: datetime) -> StoredEvent
 
 
 def decode_event(entry: StoredEvent) -> SubscriptionEvent:
-    data = json.loads(entry.payload)
+    return _decode_payload(entry.payload)
+
+
+@functools.lru_cache(maxsize=16384)
+def _decode_payload(payload: str) -> SubscriptionEvent:
+    data = json.loads(payload)
     return SubscriptionEvent(
         event_id=str(data["event_id"]),
         subscription_id=str(data["subscription_id"]),
@@ -720,17 +741,20 @@ def snapshot_entry(subscription_id: str, f: Fold, recorded_at: datetime) -> Stor
     )
 
 
-def _entry_fold(entry: StoredEvent) -> Fold:
-    if entry.kind == SNAPSHOT_KIND:
-        return snapshot_fold(entry)
-    return fold_of_event(decode_event(entry))
+@functools.lru_cache(maxsize=16384)
+def _entry_fold(kind: str, payload: str) -> Fold:
+    """The fold of one kept entry. Cached by its content (a pure function of immutable
+    text): a write re-folds the same kept events as the one before it."""
+    if kind == SNAPSHOT_KIND:
+        return decode_fold(json.loads(payload))
+    return fold_of_event(_decode_payload(payload))
 
 
 def entry_key(entry: StoredEvent) -> Key:
     if entry.kind == SNAPSHOT_KIND:
         # Before any event of the same instant: its place does not change the fold.
         return (entry.occurred_at, -1, entry.event_id)
-    return (entry.occurred_at, _TYPE_RANK[EventType(entry.kind)], entry.event_id)
+    return (entry.occurred_at, _KIND_RANK[entry.kind], entry.event_id)
 
 
 def sort_entries(entries: Iterable[StoredEvent]) -> list[StoredEvent]:
@@ -891,15 +915,21 @@ def kept_events(account: AccountState) -> list[KeptEvent]:
 
 def _same_content(entries: Sequence[StoredEvent], event: SubscriptionEvent) -> str | None:
     """The id of a kept event equal to `event` but for its id, if any."""
-    mine = encode_event(event)
-    del mine["event_id"]
+    mine, kind = _content(event), event.type.value if event.type else None
     for entry in entries:
-        if entry.kind != SNAPSHOT_KIND:
-            theirs = json.loads(entry.payload)
-            del theirs["event_id"]
-            if theirs == mine:
-                return entry.event_id
+        if entry.kind == kind and _content(_decode_payload(entry.payload)) == mine:
+            return entry.event_id
     return None
+
+
+def _content(event: SubscriptionEvent) -> tuple[object, ...]:
+    """Everything of an event but its id."""
+    return tuple(getattr(event, name) for name in _CONTENT_FIELDS)
+
+
+_CONTENT_FIELDS = tuple(
+    f.name for f in dataclasses.fields(SubscriptionEvent) if f.name != "event_id"
+)
 
 
 def effects(account: AccountState) -> dict[tuple[str, str], EventEffect]:
