@@ -243,7 +243,7 @@ def test_sqlite_database_from_before_0002_is_migrated_keeping_its_data(
     repo = SqliteRepository(sqlite_path)
     try:
         assert [name for _, name in migration_rows(sqlite_path)] == migration_files()
-        # (Kept events are of 0007, dropped above with its table.)
+        # (Kept events are of 0006, dropped above with its table.)
         expected = dataclasses.replace(RICH, version=1, subscription_events=())
         assert repo.load(RICH.user_id).account == expected
         assert repo.history(RICH.user_id) == []
