@@ -1,5 +1,6 @@
-"""The gRPC service config shipped to client teams: which calls a client retries by itself,
-how, and the longest it waits for each. The `entitlements` CLI's channels use it
+"""The gRPC service config shipped to client teams: how a client balances its calls over the
+servers (round_robin), which calls it retries by itself, how, and the longest it waits for
+each. The `entitlements` CLI's channels use it
 (service/cli/call.py); clients/service_config.json is this config as JSON for other
 languages and the stubs package (`python -m service.service_config >
 clients/service_config.json` after a change; tests/test_service_config.py checks they agree).
@@ -67,7 +68,18 @@ def _retry_policy(max_attempts: int) -> dict[str, Any]:
     }
 
 
+# Balancing per RPC over every address the target resolves to. In Kubernetes the Service is
+# headless (deploy/kubernetes/service.yaml): `dns:///entitlements.NAMESPACE.svc...:50051`
+# resolves to every ready pod, and without this the default pick_first would send every
+# RPC of a client to one of them. Re-resolved when the server ends a connection
+# (max_connection_age_seconds), so new pods get traffic. No client-side health checking:
+# the server's health follows the store, and a client checking it would refuse every call
+# in a store outage that the servers answer from their caches (stale-if-error); DNS
+# publishes only ready pods anyway.
+LOAD_BALANCING: Final = "round_robin"
+
 SERVICE_CONFIG: Final[dict[str, Any]] = {
+    "loadBalancingConfig": [{LOAD_BALANCING: {}}],
     "methodConfig": [
         {"name": _names(READS), "timeout": "5s", "retryPolicy": _retry_policy(3)},
         # Writes may take the server's whole 5 s on a busy store; 10 s leaves a retry room.

@@ -10,6 +10,7 @@ Identity. deploy/healthcheck.py is run against a real server."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -267,6 +268,15 @@ def test_service_is_headless_and_its_ports_reach_the_container() -> None:
         assert number in container_ports.values(), port
         assert port["port"] == number, "clients resolve pod IPs: the port must be the pod's"
     assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}
+
+
+def test_the_shipped_service_config_balances_over_the_headless_service() -> None:
+    """Headless, the Service gives clients every pod's address; only a client-side policy
+    that balances per RPC uses them (pick_first, gRPC's default, sticks to one pod)."""
+    assert _one("Service", "entitlements")["spec"]["clusterIP"] == "None"
+    shipped = json.loads((ROOT / "clients" / "service_config.json").read_text(encoding="utf-8"))
+    assert shipped["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert "clients/service_config.json" in (KUBERNETES / "service.yaml").read_text()
 
 
 def test_pdb_selects_the_deployment_pods() -> None:

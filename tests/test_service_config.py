@@ -241,3 +241,66 @@ def test_the_cli_retries_by_the_config(flaky: tuple[FlakyServicer, str], tmp_pat
     assert result.returncode == 0, result.stdout + result.stderr
     assert "flaky-test" in result.stdout
     assert servicer.attempts == ["u1", "u1"]
+
+
+@pytest.fixture
+def two_servers() -> Iterator[tuple[list[FlakyServicer], str]]:
+    """Two servers, as two pods behind the headless Service, and a target that resolves to
+    both (what DNS answers for it)."""
+    servicers, servers, ports = [], [], []
+    for _ in range(2):
+        servicer = FlakyServicer()
+        servicer.failures = 0
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    f"{PACKAGE}.EntitlementService",
+                    {
+                        "GetEntitlement": grpc.unary_unary_rpc_method_handler(
+                            servicer.GetEntitlement,
+                            entitlement_service_pb2.GetEntitlementRequest.FromString,
+                            entitlement_service_pb2.GetEntitlementResponse.SerializeToString,
+                        )
+                    },
+                ),
+            )
+        )
+        ports.append(server.add_insecure_port("127.0.0.1:0"))
+        server.start()
+        servicers.append(servicer)
+        servers.append(server)
+    try:
+        yield servicers, "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
+    finally:
+        for server in servers:
+            server.stop(grace=None)
+
+
+BALANCED_CALLS = 20
+
+
+def test_the_config_balances_every_rpc_over_the_resolved_servers(
+    two_servers: tuple[list[FlakyServicer], str],
+) -> None:
+    """round_robin: one channel's calls alternate over the addresses (the pods of the
+    headless Service), where gRPC's default, pick_first, sends them all to one."""
+    assert SERVICE_CONFIG["loadBalancingConfig"] == [{"round_robin": {}}]
+    servicers, target = two_servers
+    with grpc.insecure_channel(target, options=channel_options()) as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)
+        for _ in range(BALANCED_CALLS):
+            assert get_entitlement(channel).entitlement.granted
+    counts = [len(servicer.attempts) for servicer in servicers]
+    assert sum(counts) == BALANCED_CALLS
+    assert min(counts) >= BALANCED_CALLS // 4, counts
+
+
+def test_without_the_config_one_server_takes_every_call(
+    two_servers: tuple[list[FlakyServicer], str],
+) -> None:
+    servicers, target = two_servers
+    with grpc.insecure_channel(target) as channel:
+        for _ in range(BALANCED_CALLS):
+            assert get_entitlement(channel).entitlement.granted
+    assert sorted(len(servicer.attempts) for servicer in servicers) == [0, BALANCED_CALLS]
