@@ -58,7 +58,9 @@ lock: | $(BIN)/python
 		--generate-hashes --no-emit-index-url --no-emit-find-links --output-file $(RUNTIME_LOCK) \
 		pyproject.toml
 
-# The development credentials go beside the database (ENTITLEMENTS_DATA_DIR).
+# The development credentials go beside the database (ENTITLEMENTS_DATA_DIR). seed-demo writes
+# the demo users into a new store only, so a restart keeps their state and history
+# (docs/DEMO.md; `entitlements seed-demo --reseed` writes them again).
 run: setup
 	$(BIN)/entitlements seed-demo --storage sqlite:///$(DATA_DIR)/entitlements.db
 	ENTITLEMENTS_DATA_DIR=$(DATA_DIR) \

@@ -11,24 +11,35 @@ made, and every block has the same mix of situations.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
-from service.catalog.demo import demo_accounts
+from service.catalog import load_catalog
+from service.catalog.demo import DEMO_PREFIX, DEMO_USER_IDS
+from service.cli.store_commands import write_demo
 from service.domain.account import AccountState, UserState
 from service.grpc_api.auth import Role, credentials_yaml
-from storage.repository import AccountRepository
+from storage.memory import MemoryRepository
+from storage.repository import AccountRepository, IdempotencyKey, Mutation
 
-DEMO_PREFIX = "demo-"
 # Fixed, benchmark-only tokens: the servers under test run on loopback and die with the run.
 SERVICE_TOKEN = "bench-service-token-0123456789"
 ADMIN_TOKEN = "bench-admin-token-0123456789"
-SITUATIONS = tuple(a.user_id.removeprefix(DEMO_PREFIX) for a in demo_accounts(datetime.now()))
+SITUATIONS = tuple(user_id.removeprefix(DEMO_PREFIX) for user_id in DEMO_USER_IDS)
 
 
 def user_id(block: int, situation: str) -> str:
     return f"u{block:05d}-{situation}"
+
+
+def demo_accounts(now: datetime) -> list[AccountState]:
+    """The demo users' states as seeding them at `now` leaves them (service.catalog.demo:
+    through the write use cases, here into a store of this process)."""
+    repository = MemoryRepository()
+    write_demo(repository, load_catalog(), now)
+    return [repository.load(user_id).account for user_id in DEMO_USER_IDS]
 
 
 def block_accounts(block: int, now: datetime) -> list[AccountState]:
@@ -44,6 +55,7 @@ def block_accounts(block: int, now: datetime) -> list[AccountState]:
                 m,
                 household_id=f"{m.household_id}-{block}",
                 manager_user_id=rename(m.manager_user_id),
+                member_user_id=m.member_user_id and rename(m.member_user_id),
             )
             for m in account.memberships
         )
@@ -70,14 +82,16 @@ def bench_user_ids(users: int) -> list[str]:
 
 
 def seed(repository: AccountRepository, users: int, now: datetime) -> int:
-    """Writes at least `users` benchmark users (whole blocks); returns how many."""
+    """Writes at least `users` benchmark users (whole blocks), each with one write that
+    stores its state (under a fresh request id, without history); returns how many."""
     count = 0
     for account in bench_accounts(blocks_for(users), now):
 
-        def replace(_current: AccountState, account: AccountState = account) -> AccountState:
-            return account
+        def replace(_current: AccountState, account: AccountState = account) -> Mutation:
+            return Mutation(account, {})
 
-        repository.update(account.user_id, replace)
+        key = IdempotencyKey("bench_seed", uuid.uuid4().hex, "bench_seed")
+        repository.apply(account.user_id, key, replace, datetime.now(UTC))
         count += 1
     return count
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from service.domain.account import AccountState, UserState
+from service.domain.account import UserState
 from service.domain.deadlines import store_seconds_left
 from service.domain.errors import DeadlineExceeded, StoreUnavailable
 from storage.feed import BATCH_LIMIT, ChangeBatch, ChangeFeed
 from storage.repository import (
-    AccountChange,
     AccountMutation,
     AccountRepository,
     Applied,
@@ -60,10 +59,6 @@ class FaultInjectingRepository:
     def load(self, user_id: str, *, min_version: int = 0, stale_ok: bool = False) -> UserState:
         self._before()
         return self.inner.load(user_id, min_version=min_version, stale_ok=stale_ok)
-
-    def update(self, user_id: str, change: AccountChange) -> AccountState:
-        self._before()
-        return self.inner.update(user_id, change)
 
     def apply(
         self, user_id: str, key: IdempotencyKey, mutate: AccountMutation, recorded_at: datetime

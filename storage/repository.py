@@ -1,8 +1,9 @@
 """The repository interface every storage backend implements.
 
-A backend loads a user's whole state (with their household) in one call, and applies a
-change in one transaction that increments the user's version (a write that changes
-nothing keeps it: see `Mutation`). What `apply` does is written once, in storage.apply;
+A backend loads a user's whole state (with their household) in one call, and applies an
+idempotent write (`apply`: every write of the service, demo seeding included) in one
+transaction that increments the user's version (a write that changes nothing keeps it:
+see `Mutation`). What `apply` does is written once, in storage.apply;
 a backend supplies only its transaction. The same contract test suite (tests/contract)
 runs unchanged against every backend.
 """
@@ -15,10 +16,6 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from service.domain.account import AccountState, HouseholdMembership, HouseholdRole, UserState
-
-# A pure function from the current state to the desired state. Backends may call it more
-# than once (a retried transaction), so it must have no side effects.
-AccountChange = Callable[[AccountState], AccountState]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +106,6 @@ class AccountRepository(Protocol):
         new even when that is 0 (the change feed proved that nothing newer was written for
         the user within that bound: service.usecases.freshness). The default asks for the
         latest state (a strong read)."""
-        ...
-
-    def update(self, user_id: str, change: AccountChange) -> AccountState:
-        """Applies `change` to the user's current state in one transaction, stores the
-        result with version = previous version + 1 and returns it. The `user_id` and
-        `version` of the state returned by `change` are ignored. Exceptions raised by
-        `change` abort the transaction and propagate unchanged."""
         ...
 
     def apply(

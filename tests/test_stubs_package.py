@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from service.catalog.demo import seed_demo
 from service.config import Settings
 from service.grpc_api.auth import Role, credentials_yaml
 from service.grpc_api.server import start_server
 from storage.sqlite import SqliteRepository
+from tests.state_writes import seed_demo_users
 
 ROOT = Path(__file__).resolve().parent.parent
 STUBS_PROJECT = ROOT / "clients" / "python"
@@ -90,7 +90,7 @@ def server_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("stubs-server")
     db = folder / "entitlements.db"
     seeder = SqliteRepository(db)
-    seed_demo(seeder, NOW)
+    seed_demo_users(seeder, NOW)
     seeder.close()
     credentials = folder / "credentials.yaml"
     credentials.write_text(

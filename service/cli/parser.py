@@ -102,11 +102,21 @@ def _command_seed_demo(commands: Commands) -> None:
         "write the demo users to the store",
         "Writes the demo users (demo-free, demo-trial, demo-active, demo-grace, "
         "demo-canceled, demo-lapsed, demo-on-hold, demo-family-manager, demo-family-member, "
-        "demo-student, demo-promo) to the store, with times relative to now.",
+        "demo-student, demo-promo) through the write use cases (store events, grants, a "
+        "household, a student verification), with times relative to now, so `history` "
+        "tells why each has what it has. A store that holds them already is left as it is "
+        "(the command says so), unless --reseed.",
         "entitlements seed-demo",
         "entitlements seed-demo --storage sqlite:///data/entitlements.db",
+        "entitlements seed-demo --reseed",
     )
     storage_flag(seed)
+    seed.add_argument(
+        "--reseed",
+        action="store_true",
+        help="write the demo users' situations again, as of now, into a store that holds "
+        "them already (new events and requests: their history keeps the earlier ones)",
+    )
     seed.set_defaults(run=seed_demo)
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Sequence
 
 from service.domain.account import AccountState, Household, UserState
 from storage.apply import AppliesWrites, IdempotentWrite, KeptRequest, Replay
-from storage.feed import BATCH_LIMIT, Change, ChangeBatch, changes_of
+from storage.feed import BATCH_LIMIT, Change, ChangeBatch
 from storage.repository import (
-    AccountChange,
     Applied,
     HistoryEntry,
     IdempotencyKey,
@@ -49,15 +47,6 @@ class MemoryRepository(AppliesWrites):
             manager.subscriptions if manager is not None else (),
             manager.version if manager is not None else 0,
         )
-
-    def update(self, user_id: str, change: AccountChange) -> AccountState:
-        with self._lock:
-            current = self._accounts.get(user_id) or AccountState.new(user_id)
-            desired = change(current)
-            stored = dataclasses.replace(desired, user_id=user_id, version=current.version + 1)
-            self._accounts[user_id] = stored
-            self._publish(changes_of(current, stored))
-            return stored
 
     def _run_write(self, write: IdempotentWrite) -> Applied:
         with self._lock:

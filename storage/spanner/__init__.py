@@ -14,12 +14,12 @@ one locality group.
   active member) in the same snapshot. Strong by default; `max_staleness` with
   `min_version` reads bounded-stale first and falls back to a strong read when that
   snapshot is older than the version the caller must see.
-- `update` and `apply` run in `Database.run_in_transaction`: the function reads the state
+- `apply` runs in `Database.run_in_transaction`: the function reads the state
   (and the processed request) with one query inside the transaction, computes, and
   buffers mutations; it has no other effects, since the client re-runs it after ABORTED.
   Every mutation is a keyed blind write (the child tables' rows replaced, the request row
   and the history rows keyed by (user, version, index)), so a re-run or a re-sent commit
-  writes the same rows and never a duplicate. Exceptions from `change`/`mutate` roll the
+  writes the same rows and never a duplicate. Exceptions from `mutate` roll the
   transaction back and propagate unchanged.
 - Every write that stores a user's state publishes its changes (storage.feed) to the
   UserChanges table in the same transaction, with the commit timestamp; `read_changes`
@@ -32,8 +32,8 @@ one locality group.
 - A statement the database rejects (InvalidArgument) makes the repository check the
   schema again: a database that lost it (recreated, restored) is SchemaNotReady
   (UNAVAILABLE, health NOT_SERVING) until `migrate`, with no restart.
-- Requests carry request tags ("load", "history", "update-read", "apply-grant-read"...)
-  and transactions transaction tags ("update", "apply-grant"...), so Spanner's query
+- Requests carry request tags ("load", "history", "apply-grant-read"...) and
+  transactions transaction tags ("apply-grant"...), so Spanner's query
   and lock statistics show which RPC family they serve.
 - One client and database handle per process, created on first use (after any worker
   fork) and kept; `close()` only detaches this repository (see client.py).
@@ -51,7 +51,6 @@ from storage.spanner.queries import (
     APPLY_READ_QUERY,
     LOAD_QUERY,
     SUBSCRIPTION_COLUMNS,
-    UPDATE_READ_QUERY,
     Query,
 )
 from storage.spanner.repository import SpannerRepository
@@ -61,7 +60,6 @@ __all__ = [
     "APPLY_READ_QUERY",
     "LOAD_QUERY",
     "SUBSCRIPTION_COLUMNS",
-    "UPDATE_READ_QUERY",
     "URL_PREFIX",
     "DatabasePath",
     "Query",

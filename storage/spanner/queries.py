@@ -1,6 +1,6 @@
 """The queries of the Spanner backend and the reading of their results.
 
-`load`, and the reads inside `update`'s and `apply`'s transactions, are one query each:
+`load`, and the read inside `apply`'s transaction, are one query each:
 ARRAY subqueries return the user row and every child table (for `apply`, also the
 processed request with the key), so one round trip reads a user's whole state in one
 snapshot. An active household member's `load` reads the manager's subscriptions and
@@ -105,8 +105,6 @@ def _query(*parts: _Part) -> Query:
 LOAD_QUERY = _query(*_STATE)
 # The household manager's subscriptions and version.
 MANAGER_QUERY = _query(_MANAGER_SUBSCRIPTIONS, _MANAGER_VERSION)
-# The user's state, inside `update`'s transaction.
-UPDATE_READ_QUERY = _query(*_STATE)
 # The user's state and the processed request with the key, inside `apply`'s transaction.
 APPLY_READ_QUERY = _query(*_STATE, _REQUEST)
 HISTORY_QUERY = (

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import random
 import re
 import threading
@@ -17,13 +16,13 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud.spanner_v1.database import Database
 from google.cloud.spanner_v1.transaction import Transaction
 
-from service.domain.account import AccountState, UserState
+from service.domain.account import UserState
 from service.domain.deadlines import store_seconds_left
 from service.domain.errors import StoreUnavailable
 from storage.apply import AppliesWrites, IdempotentWrite
-from storage.feed import BATCH_LIMIT, ChangeBatch, changes_of
+from storage.feed import BATCH_LIMIT, ChangeBatch
 from storage.observers import transaction_aborted
-from storage.repository import AccountChange, Applied, HistoryEntry, household_membership
+from storage.repository import Applied, HistoryEntry, household_membership
 from storage.spanner import changes, mutations, queries, schema
 from storage.spanner.client import DatabasePath, SchemaNotReady, database_handle, store_call
 from storage.spanner.codec import CODEC
@@ -109,28 +108,6 @@ class SpannerRepository(AppliesWrites):
                     return state
                 self.stale_reads["too old"] += 1
             return self._load(database, user_id, "load", None)
-
-    def update(self, user_id: str, change: AccountChange) -> AccountState:
-        def work(transaction: Transaction) -> AccountState:
-            row = queries.first_row(
-                transaction.execute_sql(
-                    queries.UPDATE_READ_QUERY.sql,
-                    params={"user_id": user_id},
-                    param_types=queries.USER_PARAM_TYPES,
-                    request_options={"request_tag": "update-read"},
-                    timeout=store_seconds_left(),
-                )
-            )
-            current = queries.account(user_id, row)
-            # Whatever `change` raises rolls back and propagates unchanged.
-            desired = change(current)
-            stored = dataclasses.replace(desired, user_id=user_id, version=current.version + 1)
-            mutations.write_account(transaction, current, stored)
-            changes.publish(transaction, user_id, changes_of(current, stored))
-            return stored
-
-        with self._call("update") as database:
-            return self._transact(database, work, "update")
 
     def _run_write(self, write: IdempotentWrite) -> Applied:
         tag = _tag(f"apply-{write.key.kind}")

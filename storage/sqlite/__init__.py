@@ -1,7 +1,7 @@
 """SQLite backend (standard library sqlite3): the embedded default.
 
 The database runs in WAL mode with synchronous=FULL, so a write is on disk before
-`update` returns and survives kill -9 (and power loss). Each thread gets its own
+`apply` returns and survives kill -9 (and power loss). Each thread gets its own
 connection, since the gRPC server calls the repository from a thread pool; WAL lets
 readers run alongside the single writer. Writes take the write lock up front
 (BEGIN IMMEDIATE), so concurrent updates of one user serialize instead of failing; a call

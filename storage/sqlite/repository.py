@@ -3,18 +3,17 @@ docstring for durability, locking and idempotency)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from service.domain.account import AccountState, UserState
+from service.domain.account import UserState
 from service.domain.errors import StoreUnavailable
 from storage.apply import AppliesWrites, IdempotentWrite
-from storage.feed import BATCH_LIMIT, ChangeBatch, changes_of
-from storage.repository import AccountChange, Applied, HistoryEntry, household_membership
+from storage.feed import BATCH_LIMIT, ChangeBatch
+from storage.repository import Applied, HistoryEntry, household_membership
 from storage.sqlite import queries, schema
 from storage.sqlite.connection import (
     DEFAULT_BUSY_TIMEOUT_MS,
@@ -97,18 +96,6 @@ class SqliteRepository(AppliesWrites):
             return UserState(account, household)
 
         return self._read(read)
-
-    def update(self, user_id: str, change: AccountChange) -> AccountState:
-        def write(connection: sqlite3.Connection) -> AccountState:
-            current = queries.read_account(connection, user_id)
-            # Whatever `change` raises propagates unchanged (and rolls back).
-            desired = change(current)
-            stored = dataclasses.replace(desired, user_id=user_id, version=current.version + 1)
-            queries.write_account(connection, stored)
-            queries.publish_changes(connection, changes_of(current, stored))
-            return stored
-
-        return self._write(write)
 
     def _run_write(self, write: IdempotentWrite) -> Applied:
         # A replay writes nothing; committed all the same.

@@ -23,7 +23,6 @@ from service.domain.account import (
     SubscriptionStatus,
 )
 from storage.repository import (
-    AccountChange,
     AccountMutation,
     Applied,
     HistoryDraft,
@@ -31,6 +30,7 @@ from storage.repository import (
     Mutation,
 )
 from storage.sqlite import SqliteRepository
+from tests.state_writes import AccountChange
 
 T0 = datetime(2024, 1, 15, 9, 30, tzinfo=UTC)
 

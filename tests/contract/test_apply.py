@@ -31,6 +31,7 @@ from tests.contract.builders import (
     redeem,
     run_appliers,
 )
+from tests.state_writes import write_state
 
 
 def redeemed(repository: AccountRepository, user_id: str) -> list[str]:
@@ -49,7 +50,7 @@ def test_apply_writes_bumps_version_and_returns_response(repository: AccountRepo
     assert redeemed(repository, "u1") == ["o1"]
 
     # The next write continues from the stored version, whichever way it is written.
-    repository.update("u1", lambda s: s)
+    write_state(repository, "u1", lambda s: s)
     second = repository.apply("u1", key("r2"), redeem("o2", calls), RECORDED)
     assert calls[-1] == dataclasses.replace(applied.state, version=2)
     assert (second.version, second.state.version, second.replayed) == (3, 3, False)
@@ -79,7 +80,7 @@ def test_apply_replay_returns_original_answer_without_writing(
     assert repository.load("u1").account == first.state
     assert repository.history("u1") == history
     # Nothing was written, so the next write is version 2.
-    assert repository.update("u1", lambda s: s).version == 2
+    assert write_state(repository, "u1", lambda s: s).version == 2
 
 
 def test_apply_replay_returns_current_state_with_original_version(
@@ -108,7 +109,7 @@ def test_apply_with_reused_id_and_other_fingerprint_conflicts(
     assert repository.apply("u1", key("r1", "fp-1"), redeem("o1"), RECORDED).replayed is True
     with pytest.raises(IdempotencyConflict):
         repository.apply("u1", key("r1", "fp-2"), redeem("other"), RECORDED)
-    assert repository.update("u1", lambda s: s).version == 2
+    assert write_state(repository, "u1", lambda s: s).version == 2
 
 
 def test_same_id_under_another_kind_is_another_request(repository: AccountRepository) -> None:
@@ -179,7 +180,7 @@ def test_history_is_appended_in_order_with_version_and_recorded_at(
     # the order it was appended.
     recorded = [RECORDED + timedelta(hours=n) for n in (2, 0, 3, 1)]
     repository.apply("u1", key("r1"), redeem("o1", effective_at=effective, drafts=2), recorded[0])
-    repository.update("u1", lambda s: s)  # version 2, no history
+    write_state(repository, "u1", lambda s: s)  # version 2, no history
     repository.apply("u1", key("r3"), redeem("o3", drafts=0), recorded[1])  # no history
     repository.apply("u1", key("r4"), redeem("o4", effective_at=at(100)), recorded[2])
     repository.apply("u1", key("r1"), redeem("o1"), recorded[3])  # a replay: no history
@@ -203,7 +204,7 @@ def test_history_is_appended_in_order_with_version_and_recorded_at(
 
 def test_history_of_unknown_user_is_empty(repository: AccountRepository) -> None:
     assert repository.history("nobody") == []
-    repository.update("updated-only", lambda s: s)
+    write_state(repository, "updated-only", lambda s: s)
     assert repository.history("updated-only") == []
 
 
@@ -211,11 +212,11 @@ def test_apply_and_update_interleave_with_consistent_versions(
     repository: AccountRepository,
 ) -> None:
     assert repository.apply("u1", key("r1"), redeem("o1"), RECORDED).version == 1
-    assert repository.update("u1", append_redemption("u2")).version == 2
+    assert write_state(repository, "u1", append_redemption("u2")).version == 2
     assert repository.apply("u1", key("r3"), redeem("o3"), RECORDED).version == 3
     replay = repository.apply("u1", key("r1"), redeem("o1"), RECORDED)
     assert (replay.replayed, replay.version, replay.state.version) == (True, 1, 3)
-    assert repository.update("u1", append_redemption("u4")).version == 4
+    assert write_state(repository, "u1", append_redemption("u4")).version == 4
     assert repository.apply("u1", key("r5"), redeem("o5"), RECORDED).version == 5
     assert redeemed(repository, "u1") == ["o1", "u2", "o3", "u4", "o5"]
     assert [e.version for e in repository.history("u1")] == [1, 3, 5]
@@ -227,8 +228,8 @@ def test_keys_and_history_survive_later_updates_of_the_state(
     first = repository.apply(RICH.user_id, key("r1"), redeem("o1"), RECORDED)
     history = repository.history(RICH.user_id)
     # Rewriting the whole state, then emptying it, keeps what is not part of the state.
-    repository.update(RICH.user_id, lambda _: RICH)
-    repository.update(RICH.user_id, lambda _: AccountState.new(RICH.user_id))
+    write_state(repository, RICH.user_id, lambda _: RICH)
+    write_state(repository, RICH.user_id, lambda _: AccountState.new(RICH.user_id))
     assert repository.history(RICH.user_id) == history
     calls: list[AccountState] = []
     replay = repository.apply(RICH.user_id, key("r1"), redeem("o1", calls), RECORDED)
@@ -255,7 +256,7 @@ def test_a_write_that_changes_nothing_keeps_its_key_at_the_current_version(
     repository: AccountRepository,
 ) -> None:
     repository.apply("u1", key("r1"), redeem("o1"), RECORDED)
-    current = repository.update("u1", append_redemption("u2"))  # version 2
+    current = write_state(repository, "u1", append_redemption("u2"))  # version 2
     history = repository.history("u1")
     calls: list[AccountState] = []
     applied = repository.apply("u1", key("r2"), unchanged({"same": [1, 2]}, calls), RECORDED)
@@ -278,7 +279,7 @@ def test_a_write_that_changes_nothing_keeps_its_key_at_the_current_version(
     later = repository.apply("u1", key("r2"), unchanged({}), RECORDED)
     assert (later.replayed, later.version, later.state.version) == (True, 2, 3)
     assert [e.version for e in repository.history("u1")] == [1, 3]
-    assert repository.update("u1", lambda s: s).version == 4
+    assert write_state(repository, "u1", lambda s: s).version == 4
 
 
 def test_writes_that_change_nothing_never_move_the_version(

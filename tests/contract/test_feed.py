@@ -27,6 +27,7 @@ from tests.contract.builders import (
     redeem,
     run_appliers,
 )
+from tests.state_writes import write_state
 
 
 def feed_of(repository: AccountRepository) -> ChangeFeed:
@@ -50,9 +51,9 @@ def test_the_feed_publishes_each_write_in_commit_order(repository: AccountReposi
     feed = feed_of(repository)
     start = feed.feed_position()
     assert feed.read_changes(start).changes == ()
-    repository.update("a", lambda s: s)
+    write_state(repository, "a", lambda s: s)
     repository.apply("b", key("r1"), redeem("o1"), RECORDED)
-    repository.update("a", lambda s: s)
+    write_state(repository, "a", lambda s: s)
     changes, position = read_all(feed, start, limit=2)
     assert changes == [Change("a", 1), Change("b", 1), Change("a", 2)]
     assert feed.read_changes(position).changes == ()
@@ -70,7 +71,7 @@ def test_writes_that_store_nothing_publish_nothing(repository: AccountRepository
         raise ChangeFailed("nope")
 
     with pytest.raises(ChangeFailed):
-        repository.update("b", failing)
+        write_state(repository, "b", failing)
     assert feed.read_changes(start).changes == ()
 
 
@@ -80,11 +81,11 @@ def test_a_managers_write_publishes_the_members_of_the_household(
     feed = feed_of(repository)
     seat = HouseholdMembership("hh-1", HouseholdRole.MANAGER, "manager", at(-30), None, "m1")
     start = feed.feed_position()
-    repository.update("manager", lambda s: dataclasses.replace(s, memberships=(seat,)))
+    write_state(repository, "manager", lambda s: dataclasses.replace(s, memberships=(seat,)))
     # The seat released: the member who left must drop the household too.
     left = dataclasses.replace(seat, left_at=at(-1))
-    repository.update("manager", lambda s: dataclasses.replace(s, memberships=(left,)))
-    repository.update("manager", lambda s: dataclasses.replace(s, memberships=()))
+    write_state(repository, "manager", lambda s: dataclasses.replace(s, memberships=(left,)))
+    write_state(repository, "manager", lambda s: dataclasses.replace(s, memberships=()))
     changes, _ = read_all(feed, start)
     assert changes == [
         Change("manager", 1),
@@ -113,7 +114,7 @@ def test_concurrent_writes_are_all_published_once(repository: AccountRepository)
 
 
 def test_a_healthy_store_passes_the_readiness_probe(repository: AccountRepository) -> None:
-    repository.update("u", lambda s: s)
+    write_state(repository, "u", lambda s: s)
     check_store(repository)
     check_store(repository, writable=True)  # a backend that cannot tell: reads only
     assert repository.load("u").account.version == 1

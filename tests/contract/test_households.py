@@ -16,13 +16,13 @@ from service.domain.account import (
     SubscriptionStatus,
 )
 from storage.repository import (
-    AccountChange,
     AccountRepository,
 )
 from tests.contract.builders import (
     at,
     sub,
 )
+from tests.state_writes import AccountChange, write_state
 
 MANAGER_SUBS = (
     sub("mgr-family", SubscriptionStatus.ACTIVE, Store.APP_STORE, "premium_family"),
@@ -41,7 +41,8 @@ def member_of(household_id: str, manager: str, left_at: datetime | None = None) 
 
 def setup_household(repository: AccountRepository) -> None:
     manager = HouseholdMembership("hh-1", HouseholdRole.MANAGER, "manager", at(-30))
-    repository.update(
+    write_state(
+        repository,
         "manager",
         lambda s: dataclasses.replace(s, subscriptions=MANAGER_SUBS, memberships=(manager,)),
     )
@@ -51,26 +52,26 @@ def test_active_member_gets_household_with_managers_current_subscriptions(
     repository: AccountRepository,
 ) -> None:
     setup_household(repository)
-    repository.update("member", member_of("hh-1", "manager"))
+    write_state(repository, "member", member_of("hh-1", "manager"))
     assert repository.load("member").household == Household("hh-1", "manager", MANAGER_SUBS, 1)
 
     # The manager's subscriptions (and version) as they are now, not as they were when
     # the member joined.
     renewed = (dataclasses.replace(MANAGER_SUBS[0], current_period_end=at(60)),)
-    repository.update("manager", lambda s: dataclasses.replace(s, subscriptions=renewed))
+    write_state(repository, "manager", lambda s: dataclasses.replace(s, subscriptions=renewed))
     assert repository.load("member").household == Household("hh-1", "manager", renewed, 2)
 
 
 def test_member_who_left_has_no_household(repository: AccountRepository) -> None:
     setup_household(repository)
-    repository.update("former", member_of("hh-1", "manager", left_at=at(-1)))
+    write_state(repository, "former", member_of("hh-1", "manager", left_at=at(-1)))
     assert repository.load("former").household is None
 
 
 def test_first_current_membership_decides_the_household(repository: AccountRepository) -> None:
     setup_household(repository)
-    repository.update("mover", member_of("hh-0", "old-manager", left_at=at(-10)))
-    repository.update("mover", member_of("hh-1", "manager"))
+    write_state(repository, "mover", member_of("hh-0", "old-manager", left_at=at(-10)))
+    write_state(repository, "mover", member_of("hh-1", "manager"))
     assert repository.load("mover").household == Household("hh-1", "manager", MANAGER_SUBS, 1)
 
 
@@ -82,5 +83,5 @@ def test_manager_has_no_household(repository: AccountRepository) -> None:
 def test_member_of_unknown_manager_gets_household_without_subscriptions(
     repository: AccountRepository,
 ) -> None:
-    repository.update("orphan", member_of("hh-9", "never-seen"))
+    write_state(repository, "orphan", member_of("hh-9", "never-seen"))
     assert repository.load("orphan").household == Household("hh-9", "never-seen", ())

@@ -25,6 +25,7 @@ from tests.contract.builders import (
     migration_files,
     redeem,
 )
+from tests.state_writes import write_state
 
 
 def test_sqlite_without_create_opens_an_existing_database_only(sqlite_path: Path) -> None:
@@ -35,7 +36,7 @@ def test_sqlite_without_create_opens_an_existing_database_only(sqlite_path: Path
     SqliteRepository(sqlite_path, create=True).close()
     repo = SqliteRepository(sqlite_path, create=False)
     try:
-        assert repo.update("u", lambda s: s).version == 1
+        assert write_state(repo, "u", lambda s: s).version == 1
     finally:
         repo.close()
 
@@ -70,7 +71,7 @@ def test_sqlite_creates_a_private_database_file(sqlite_path: Path) -> None:
     previous = os.umask(0o022)
     try:
         repo = SqliteRepository(sqlite_path)
-        repo.update("u", lambda s: s)
+        write_state(repo, "u", lambda s: s)
     finally:
         os.umask(previous)
     try:
@@ -83,7 +84,7 @@ def test_sqlite_creates_a_private_database_file(sqlite_path: Path) -> None:
         repo.close()
 
 
-@pytest.mark.parametrize("operation", ["update", "apply"])
+@pytest.mark.parametrize("operation", ["write_state", "apply"])
 def test_sqlite_waits_for_a_lock_no_longer_than_the_call_budget(
     sqlite_path: Path, operation: str
 ) -> None:
@@ -91,8 +92,8 @@ def test_sqlite_waits_for_a_lock_no_longer_than_the_call_budget(
     calls: list[AccountState] = []
 
     def write() -> object:
-        if operation == "update":
-            return repo.update("u", lambda s: calls.append(s) or s)  # type: ignore[func-returns-value]
+        if operation == "write_state":
+            return write_state(repo, "u", lambda s: calls.append(s) or s)  # type: ignore[func-returns-value]
         return repo.apply("u", key("r1"), redeem("o1", calls), RECORDED)
 
     blocker = sqlite3.connect(sqlite_path, isolation_level=None)
@@ -126,15 +127,15 @@ def test_sqlite_waits_for_a_lock_up_to_the_busy_timeout_without_a_budget(
         blocker.execute("BEGIN IMMEDIATE")
         release = threading.Timer(0.1, lambda: blocker.execute("ROLLBACK"))
         release.start()
-        assert repo.update("u", lambda s: s).version == 1  # waited for the lock
+        assert write_state(repo, "u", lambda s: s).version == 1  # waited for the lock
         release.join()
         blocker.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match="locked"):
-            repo.update("u", lambda s: s)
+            write_state(repo, "u", lambda s: s)
         assert 0.15 < time.monotonic() - started < 0.2 + 0.3
         with within_store_deadline(2.0), pytest.raises(StoreUnavailable):
-            repo.update("u", lambda s: s)  # the busy timeout is the longer wait's cap
+            write_state(repo, "u", lambda s: s)  # the busy timeout is the longer wait's cap
         blocker.execute("ROLLBACK")
     finally:
         blocker.close()
@@ -144,7 +145,7 @@ def test_sqlite_waits_for_a_lock_up_to_the_busy_timeout_without_a_budget(
 def test_sqlite_deleted_database_is_unavailable_until_restored(sqlite_path: Path) -> None:
     repo = SqliteRepository(sqlite_path)
     try:
-        repo.update("kept", lambda s: dataclasses.replace(s, home_market="SE"))
+        write_state(repo, "kept", lambda s: dataclasses.replace(s, home_market="SE"))
         backup = sqlite_path.with_name("backup.db")
         with sqlite3.connect(sqlite_path) as source, sqlite3.connect(backup) as copy:
             source.backup(copy)
@@ -174,7 +175,7 @@ def test_sqlite_deleted_database_is_unavailable_until_restored(sqlite_path: Path
 def test_sqlite_database_replaced_by_a_foreign_file_is_unavailable(sqlite_path: Path) -> None:
     repo = SqliteRepository(sqlite_path)
     try:
-        repo.update("u", lambda s: s)
+        write_state(repo, "u", lambda s: s)
         foreign = sqlite_path.with_name("foreign.db")
         sqlite3.connect(foreign).close()
         for path in sqlite_path.parent.glob(f"{sqlite_path.name}*"):
@@ -183,7 +184,7 @@ def test_sqlite_database_replaced_by_a_foreign_file_is_unavailable(sqlite_path: 
         with pytest.raises(StoreUnavailable, match="no such table"):
             repo.load("u")
         with pytest.raises(StoreUnavailable):
-            repo.update("u", lambda s: s)
+            write_state(repo, "u", lambda s: s)
     finally:
         repo.close()
 
@@ -192,7 +193,7 @@ def test_sqlite_corrupt_database_is_unavailable(sqlite_path: Path) -> None:
     repo = SqliteRepository(sqlite_path)
     try:
         for i in range(500):
-            repo.update(f"user-{i:04d}", lambda s: dataclasses.replace(s, home_market="SE"))
+            write_state(repo, f"user-{i:04d}", lambda s: dataclasses.replace(s, home_market="SE"))
         connection = sqlite3.connect(sqlite_path)
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         connection.close()
@@ -208,7 +209,7 @@ def test_sqlite_corrupt_database_is_unavailable(sqlite_path: Path) -> None:
                 failures += 1
         assert failures > 0
         with pytest.raises(StoreUnavailable):
-            repo.update("user-0000", lambda s: s)
+            write_state(repo, "user-0000", lambda s: s)
     finally:
         repo.close()
 

@@ -24,11 +24,12 @@ from tests.contract.builders import (
     migration_rows,
     run_threads,
 )
+from tests.state_writes import write_state
 
 
 def test_sqlite_state_survives_close_and_reopen(sqlite_path: Path) -> None:
     repo = SqliteRepository(sqlite_path)
-    repo.update(RICH.user_id, lambda _: RICH)
+    write_state(repo, RICH.user_id, lambda _: RICH)
     repo.close()
     with pytest.raises(StoreUnavailable):
         repo.load(RICH.user_id)
@@ -36,7 +37,7 @@ def test_sqlite_state_survives_close_and_reopen(sqlite_path: Path) -> None:
     reopened = SqliteRepository(sqlite_path)
     try:
         assert reopened.load(RICH.user_id).account == dataclasses.replace(RICH, version=1)
-        assert reopened.update(RICH.user_id, lambda s: s).version == 2
+        assert write_state(reopened, RICH.user_id, lambda s: s).version == 2
     finally:
         reopened.close()
 
@@ -72,7 +73,7 @@ def test_sqlite_concurrent_openers_apply_each_migration_once(sqlite_path: Path) 
     try:
         assert errors == []
         assert [name for _, name in migration_rows(sqlite_path)] == migration_files()
-        repos[0].update("u", lambda s: dataclasses.replace(s, home_market="NO"))
+        write_state(repos[0], "u", lambda s: dataclasses.replace(s, home_market="NO"))
         assert all(r.load("u").account.home_market == "NO" for r in repos)
     finally:
         for repo in repos:
@@ -82,9 +83,10 @@ def test_sqlite_concurrent_openers_apply_each_migration_once(sqlite_path: Path) 
 _OPEN_AND_UPDATE_SCRIPT = """
 import sys
 from storage.sqlite import SqliteRepository
+from tests.state_writes import write_state
 sys.stdin.read()  # wait until every process is started
 repo = SqliteRepository(sys.argv[1])
-repo.update("u", lambda s: s)
+write_state(repo, "u", lambda s: s)
 repo.close()
 """
 
@@ -146,9 +148,9 @@ def test_sqlite_database_is_in_wal_mode(sqlite_path: Path) -> None:
 def test_sqlite_two_repositories_on_one_file_see_each_others_writes(sqlite_path: Path) -> None:
     one, two = SqliteRepository(sqlite_path), SqliteRepository(sqlite_path)
     try:
-        one.update("shared", append_redemption("from-one"))
+        write_state(one, "shared", append_redemption("from-one"))
         assert [r.offer_id for r in two.load("shared").account.redemptions] == ["from-one"]
-        two.update("shared", append_redemption("from-two"))
+        write_state(two, "shared", append_redemption("from-two"))
         account = one.load("shared").account
         assert account.version == 2
         assert [r.offer_id for r in account.redemptions] == ["from-one", "from-two"]
@@ -159,7 +161,7 @@ def test_sqlite_two_repositories_on_one_file_see_each_others_writes(sqlite_path:
         def work(repo: SqliteRepository, name: str) -> None:
             try:
                 for i in range(10):
-                    repo.update("shared", append_redemption(f"{name}-{i}"))
+                    write_state(repo, "shared", append_redemption(f"{name}-{i}"))
             except BaseException as exc:
                 errors.append(exc)
 
@@ -180,8 +182,9 @@ def test_sqlite_two_repositories_on_one_file_see_each_others_writes(sqlite_path:
 _KILL_SCRIPT = """
 import dataclasses, os, signal, sys
 from storage.sqlite import SqliteRepository
+from tests.state_writes import write_state
 repo = SqliteRepository(sys.argv[1])
-stored = repo.update("durable", lambda s: dataclasses.replace(s, home_market="FI"))
+stored = write_state(repo, "durable", lambda s: dataclasses.replace(s, home_market="FI"))
 print(stored.version, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -207,7 +210,7 @@ def test_sqlite_acknowledged_write_survives_kill_9(sqlite_path: Path) -> None:
 
 def test_sqlite_locked_database_is_store_unavailable(sqlite_path: Path) -> None:
     repo = SqliteRepository(sqlite_path, busy_timeout_ms=50)
-    repo.update("u", lambda s: dataclasses.replace(s, home_market="SE"))
+    write_state(repo, "u", lambda s: dataclasses.replace(s, home_market="SE"))
     blocker = sqlite3.connect(sqlite_path, isolation_level=None)
     calls: list[AccountState] = []
 
@@ -218,12 +221,12 @@ def test_sqlite_locked_database_is_store_unavailable(sqlite_path: Path) -> None:
     try:
         blocker.execute("BEGIN IMMEDIATE")
         with pytest.raises(StoreUnavailable):
-            repo.update("u", change)
+            write_state(repo, "u", change)
         assert calls == []
         # WAL: readers are not blocked by a writer.
         assert repo.load("u").account.version == 1
         blocker.execute("ROLLBACK")
-        assert repo.update("u", change).version == 2
+        assert write_state(repo, "u", change).version == 2
     finally:
         blocker.close()
         repo.close()

@@ -28,6 +28,7 @@ from tests.contract.builders import (
     migration_rows,
     redeem,
 )
+from tests.state_writes import write_state
 
 
 def test_sqlite_rejects_naive_timestamps(sqlite_path: Path) -> None:
@@ -37,7 +38,7 @@ def test_sqlite_rejects_naive_timestamps(sqlite_path: Path) -> None:
             AccountState.new("u"), student_verified_until=datetime(2024, 1, 1)
         )
         with pytest.raises(ValueError, match="naive"):
-            repo.update("u", lambda _: naive)
+            write_state(repo, "u", lambda _: naive)
         assert repo.load("u").account == AccountState.new("u")
     finally:
         repo.close()
@@ -47,7 +48,7 @@ def test_sqlite_stores_utc_iso_text(sqlite_path: Path) -> None:
     repo = SqliteRepository(sqlite_path)
     try:
         plus_two = datetime(2024, 6, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
-        repo.update("u", lambda s: dataclasses.replace(s, student_verified_until=plus_two))
+        write_state(repo, "u", lambda s: dataclasses.replace(s, student_verified_until=plus_two))
     finally:
         repo.close()
     connection = sqlite3.connect(sqlite_path)
@@ -74,7 +75,7 @@ def test_sqlite_keys_and_history_survive_close_and_reopen(sqlite_path: Path) -> 
         assert replay == Applied(first.state, 1, first.response, replayed=True)
         with pytest.raises(IdempotencyConflict):
             reopened.apply("u1", key("r1", "fp-2"), redeem("o1"), RECORDED)
-        reopened.update("u1", lambda _: AccountState.new("u1"))
+        write_state(reopened, "u1", lambda _: AccountState.new("u1"))
         assert reopened.apply("u1", key("r1"), redeem("o1"), RECORDED).replayed is True
         assert reopened.history("u1") == history
     finally:
@@ -124,7 +125,7 @@ repo.close()
 def test_sqlite_replay_is_detected_across_processes(sqlite_path: Path) -> None:
     repo = SqliteRepository(sqlite_path)  # open before the other process writes
     try:
-        repo.update("u", lambda s: s)
+        write_state(repo, "u", lambda s: s)
         result = subprocess.run(
             [sys.executable, "-c", _APPLY_SCRIPT, str(sqlite_path)],
             capture_output=True,
@@ -222,7 +223,7 @@ def test_sqlite_database_from_before_0002_is_migrated_keeping_its_data(
     sqlite_path: Path,
 ) -> None:
     repo = SqliteRepository(sqlite_path)
-    repo.update(RICH.user_id, lambda _: RICH)
+    write_state(repo, RICH.user_id, lambda _: RICH)
     repo.close()
     # Make it look like a database only 0001 was applied to.
     connection = sqlite3.connect(sqlite_path, isolation_level=None)

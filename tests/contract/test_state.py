@@ -32,6 +32,7 @@ from tests.contract.builders import (
     append_redemption,
     run_threads,
 )
+from tests.state_writes import write_state
 
 
 def test_unknown_user_loads_as_version_zero_free_state(repository: AccountRepository) -> None:
@@ -45,8 +46,8 @@ def test_check_passes_on_a_healthy_store(repository: AccountRepository) -> None:
 
 def test_update_bumps_version_by_exactly_one(repository: AccountRepository) -> None:
     for expected in range(1, 4):
-        stored = repository.update(
-            "u1", lambda s: dataclasses.replace(s, home_market=f"M{s.version}")
+        stored = write_state(
+            repository, "u1", lambda s: dataclasses.replace(s, home_market=f"M{s.version}")
         )
         assert stored.version == expected
         assert stored.home_market == f"M{expected - 1}"
@@ -55,23 +56,23 @@ def test_update_bumps_version_by_exactly_one(repository: AccountRepository) -> N
 
 
 def test_change_receives_current_stored_state(repository: AccountRepository) -> None:
-    first = repository.update("u1", lambda s: dataclasses.replace(s, home_market="DE"))
+    first = write_state(repository, "u1", lambda s: dataclasses.replace(s, home_market="DE"))
     seen: list[AccountState] = []
 
     def change(state: AccountState) -> AccountState:
         seen.append(state)
         return state
 
-    repository.update("u1", change)
+    write_state(repository, "u1", change)
     assert seen[-1] == first
 
 
 def test_update_ignores_version_and_user_id_returned_by_change(
     repository: AccountRepository,
 ) -> None:
-    repository.update("u1", lambda s: s)
-    stored = repository.update(
-        "u1", lambda s: dataclasses.replace(s, user_id="someone-else", version=99)
+    write_state(repository, "u1", lambda s: s)
+    stored = write_state(
+        repository, "u1", lambda s: dataclasses.replace(s, user_id="someone-else", version=99)
     )
     assert stored.user_id == "u1"
     assert stored.version == 2
@@ -80,22 +81,22 @@ def test_update_ignores_version_and_user_id_returned_by_change(
 
 
 def test_users_are_independent(repository: AccountRepository) -> None:
-    repository.update("a", lambda s: dataclasses.replace(s, home_market="SE"))
-    repository.update("a", lambda s: s)
-    repository.update("b", lambda s: dataclasses.replace(s, home_market="US"))
+    write_state(repository, "a", lambda s: dataclasses.replace(s, home_market="SE"))
+    write_state(repository, "a", lambda s: s)
+    write_state(repository, "b", lambda s: dataclasses.replace(s, home_market="US"))
     assert repository.load("a").account == AccountState("a", version=2, home_market="SE")
     assert repository.load("b").account == AccountState("b", version=1, home_market="US")
 
 
 def test_rich_state_round_trips(repository: AccountRepository) -> None:
-    stored = repository.update(RICH.user_id, lambda _: RICH)
+    stored = write_state(repository, RICH.user_id, lambda _: RICH)
     expected = dataclasses.replace(RICH, version=1)
     assert stored == expected
     assert repository.load(RICH.user_id).account == expected
 
 
 def test_update_replaces_collections_and_clears_fields(repository: AccountRepository) -> None:
-    repository.update(RICH.user_id, lambda _: RICH)
+    write_state(repository, RICH.user_id, lambda _: RICH)
     smaller = dataclasses.replace(
         RICH,
         home_market=None,
@@ -105,7 +106,7 @@ def test_update_replaces_collections_and_clears_fields(repository: AccountReposi
         redemptions=(),
         memberships=(),
     )
-    repository.update(RICH.user_id, lambda _: smaller)
+    write_state(repository, RICH.user_id, lambda _: smaller)
     assert repository.load(RICH.user_id).account == dataclasses.replace(smaller, version=2)
 
 
@@ -113,7 +114,7 @@ def test_timestamps_are_aware_and_keep_their_instant(repository: AccountReposito
     stockholm_summer = timezone(timedelta(hours=2))
     local = datetime(2024, 6, 1, 12, 0, 0, 500, tzinfo=stockholm_summer)
     state = dataclasses.replace(AccountState.new("tz"), student_verified_until=local)
-    repository.update("tz", lambda _: state)
+    write_state(repository, "tz", lambda _: state)
     loaded = repository.load("tz").account.student_verified_until
     assert loaded == local
     assert loaded is not None and loaded.utcoffset() is not None
@@ -199,7 +200,7 @@ _states = st.builds(
 )
 @given(state=_states)
 def test_any_state_round_trips(repository: AccountRepository, state: AccountState) -> None:
-    stored = repository.update("prop-user", lambda _: state)
+    stored = write_state(repository, "prop-user", lambda _: state)
     assert stored == dataclasses.replace(state, version=stored.version)
     assert repository.load("prop-user").account == stored
 
@@ -207,18 +208,18 @@ def test_any_state_round_trips(repository: AccountRepository, state: AccountStat
 def test_exception_in_change_leaves_state_unchanged_and_propagates(
     repository: AccountRepository,
 ) -> None:
-    before = repository.update(RICH.user_id, lambda _: RICH)
+    before = write_state(repository, RICH.user_id, lambda _: RICH)
     error = ChangeFailed("nope")
 
     def failing(state: AccountState) -> AccountState:
         raise error
 
     with pytest.raises(ChangeFailed) as raised:
-        repository.update(RICH.user_id, failing)
+        write_state(repository, RICH.user_id, failing)
     assert raised.value is error
     assert repository.load(RICH.user_id).account == before
     # The next successful update continues from the last stored version.
-    assert repository.update(RICH.user_id, lambda s: s).version == 2
+    assert write_state(repository, RICH.user_id, lambda s: s).version == 2
 
 
 def test_exception_in_change_for_unknown_user_stores_nothing(
@@ -228,9 +229,9 @@ def test_exception_in_change_for_unknown_user_stores_nothing(
         raise ChangeFailed
 
     with pytest.raises(ChangeFailed):
-        repository.update("ghost", failing)
+        write_state(repository, "ghost", failing)
     assert repository.load("ghost").account == AccountState.new("ghost")
-    assert repository.update("ghost", lambda s: s).version == 1
+    assert write_state(repository, "ghost", lambda s: s).version == 1
 
 
 def test_concurrent_updates_lose_nothing(repository: AccountRepository) -> None:
@@ -242,7 +243,7 @@ def test_concurrent_updates_lose_nothing(repository: AccountRepository) -> None:
         try:
             barrier.wait()
             for i in range(per_thread):
-                repository.update("counter", append_redemption(f"t{thread}-{i}"))
+                write_state(repository, "counter", append_redemption(f"t{thread}-{i}"))
                 repository.load("counter")
         except BaseException as exc:
             errors.append(exc)

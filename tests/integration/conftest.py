@@ -20,7 +20,6 @@ import grpc
 import pytest
 
 from entitlements.v1 import entitlement_service_pb2_grpc, offer_service_pb2_grpc
-from service.catalog.demo import seed_demo
 from service.config import Settings
 from service.grpc_api.auth import Role, bearer_metadata, credentials_yaml, with_bearer_token
 from service.grpc_api.server import RunningServer, start_server
@@ -28,6 +27,7 @@ from storage.repository import AccountRepository
 from storage.spanner import SpannerRepository
 from storage.sqlite import SqliteRepository
 from tests.spanner_emulator import BUSY_MACHINE_STORE_TIMEOUT, SpannerEmulator
+from tests.state_writes import seed_demo_users
 
 # Inside the example catalog's holiday discount window (2026-11-20 .. 2027-01-06).
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -105,7 +105,7 @@ def harness(
             return SqliteRepository(sqlite_path)
 
     seeder = open_store()
-    seed_demo(seeder, NOW)
+    seed_demo_users(seeder, NOW)
     seeder.close()
     credentials_file = write_test_credentials(folder / "credentials.yaml")
     settings = Settings(

@@ -123,7 +123,9 @@ class TestGetEntitlement:
         member = get(harness, "demo-family-member", "offline_downloads")
         assert member.granted
         assert member.source.type == es.SOURCE_TYPE_HOUSEHOLD
-        assert member.source.id == "household-1"
+        # The household the manager created (its id derived from the create request).
+        managed = harness.running.app.repository.load("demo-family-manager").account
+        assert member.source.id == managed.memberships[0].household_id
         assert member.plan_id == "premium_family"
         audiobooks = get(harness, "demo-family-member", "audiobook_hours")
         assert not audiobooks.granted
@@ -133,7 +135,9 @@ class TestGetEntitlement:
         e = get(harness, "demo-promo", "high_fidelity_audio")
         assert e.granted
         assert e.source.type == es.SOURCE_TYPE_GRANT
-        assert e.source.id == "grant-hifi"
+        # The grant the demo's GrantEntitlement wrote (its id derived from the request).
+        (grant,) = harness.running.app.repository.load("demo-promo").account.grants
+        assert (e.source.id, grant.feature_id) == (grant.grant_id, "high_fidelity_audio")
         assert not get(harness, "demo-promo", "offline_downloads").granted
 
 

@@ -15,6 +15,7 @@ from entitlements.v1 import entitlement_service_pb2 as es
 from service.domain.account import AccountState, Grant, GrantKind
 from service.usecases.tokens import issue_token
 from tests.integration.conftest import HARNESS_BACKENDS, NOW, Harness
+from tests.state_writes import write_state
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -83,7 +84,7 @@ def test_token_and_full_consistency_see_a_write_the_cache_has_not(harness: Harne
     def add_grant(state: AccountState) -> AccountState:
         return dataclasses.replace(state, grants=(*state.grants, grant))
 
-    written = other_process.update(user_id, add_grant)
+    written = write_state(other_process, user_id, add_grant)
     other_process.close()
 
     assert read() is False  # the cache still serves the older state, within its TTL
@@ -101,7 +102,7 @@ def test_full_consistency_bypasses_the_cache(harness: Harness) -> None:
     assert not harness.entitlements.GetEntitlement(request, timeout=5).entitlement.granted
     other_process = harness.open_store()
     grant = Grant("g-2", GrantKind.PROMOTIONAL, NOW, feature_id="high_fidelity_audio")
-    other_process.update(user_id, lambda s: dataclasses.replace(s, grants=(grant,)))
+    write_state(other_process, user_id, lambda s: dataclasses.replace(s, grants=(grant,)))
     other_process.close()
     assert not harness.entitlements.GetEntitlement(request, timeout=5).entitlement.granted
     request.consistency.full_consistency = True

@@ -26,6 +26,7 @@ from storage.spanner import DatabasePath, SpannerRepository, migrate
 from storage.spanner.changes import TABLE, Position, shard_of
 from storage.spanner.client import database_handle
 from tests.spanner_emulator import SpannerEmulator
+from tests.state_writes import write_state
 
 SLACK = 2.0  # scheduling slack on a busy 2-core machine
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -71,7 +72,7 @@ def test_commits_racing_a_polling_reader_are_each_read_once_in_order(
     def writer(thread: int) -> None:
         try:
             for i in range(writes_per_thread):
-                repo.update(f"t{thread}-u{i % 3}", same)
+                write_state(repo, f"t{thread}-u{i % 3}", same)
         except BaseException as error:
             failures.append(error)
 
@@ -122,8 +123,8 @@ def test_a_write_with_many_changes_is_read_in_order_one_at_a_time(
         for member in ("m1", "m2", "m3")
     )
     start = repo.feed_position()
-    repo.update("boss", lambda s: dataclasses.replace(s, memberships=seats))
-    repo.update("other", same)
+    write_state(repo, "boss", lambda s: dataclasses.replace(s, memberships=seats))
+    write_state(repo, "other", same)
     changes, position = drain(repo, start, limit=1)
     assert changes == [
         Change("boss", 1),
@@ -142,7 +143,7 @@ def test_changes_are_spread_over_shards_and_clear_empties_the_feed(
     repo = SpannerRepository(path, endpoint=spanner_emulator.host)
     users = [f"user-{i}" for i in range(24)]
     for user in users:
-        repo.update(user, same)
+        write_state(repo, user, same)
     rows = query(spanner_emulator, path, f"SELECT UserId, Shard FROM {TABLE}")
     assert sorted((u, s) for u, s in rows) == sorted((u, shard_of(u)) for u in users)
     assert len({s for _, s in rows}) > 4
@@ -166,7 +167,7 @@ def test_a_position_older_than_the_retention_is_a_gap(spanner_emulator: SpannerE
         feed_retention=timedelta(seconds=2),
     )
     behind = repo.feed_position()
-    repo.update("u", same)
+    write_state(repo, "u", same)
     time.sleep(2.5)
     batch = repo.read_changes(behind)
     assert batch.gap
@@ -174,7 +175,7 @@ def test_a_position_older_than_the_retention_is_a_gap(spanner_emulator: SpannerE
     # From the position it gave, the reader follows again.
     again = repo.read_changes(batch.position)
     assert (again.changes, again.gap) == ((), False)
-    repo.update("u", same)
+    write_state(repo, "u", same)
     assert repo.read_changes(batch.position).changes == (Change("u", 2),)
 
 
@@ -188,7 +189,7 @@ def test_an_idle_reader_never_falls_into_a_gap(spanner_emulator: SpannerEmulator
         # busy machine without a gap.
         feed_retention=timedelta(seconds=3),
     )
-    repo.update("u", same)
+    write_state(repo, "u", same)
     position = repo.feed_position()
     until = time.monotonic() + 4.5
     while time.monotonic() < until:
@@ -197,7 +198,7 @@ def test_an_idle_reader_never_falls_into_a_gap(spanner_emulator: SpannerEmulator
         assert batch.changes == ()
         position = batch.position
         time.sleep(0.2)
-    repo.update("u", same)
+    write_state(repo, "u", same)
     batch = repo.read_changes(position)
     assert (batch.changes, batch.gap) == ((Change("u", 2),), False)
 
@@ -249,7 +250,7 @@ def test_an_outage_fails_feed_reads_within_their_budget_and_reading_resumes_afte
     path = emulator.create_database("feed-outage")
     budget = 1.0
     repo = SpannerRepository(path, endpoint=emulator.host, default_timeout=budget)
-    repo.update("before", same)
+    write_state(repo, "before", same)
     position = repo.feed_position()
     emulator.kill()
     for call in (lambda: repo.read_changes(position), repo.feed_position):
@@ -268,6 +269,6 @@ def test_an_outage_fails_feed_reads_within_their_budget_and_reading_resumes_afte
     # This process's client still holds a session of the killed emulator: the first
     # calls may fail while it makes a new one.
     eventually(lambda: migrate(path, endpoint=emulator.host))
-    eventually(lambda: repo.update("after", same))
+    eventually(lambda: write_state(repo, "after", same))
     batch = repo.read_changes(position)
     assert (batch.changes, batch.gap) == ((Change("after", 1),), False)

@@ -26,6 +26,7 @@ from storage.urls import UnsupportedStorageUrl, open_repository
 from tests.integration.conftest import ADMIN_TOKEN, write_test_credentials
 from tests.integration.server_process import ENTITLEMENTS, await_serving
 from tests.spanner_emulator import SpannerEmulator
+from tests.state_writes import write_state
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 ALL_MIGRATIONS = [m.name for m in migrations()]
@@ -102,11 +103,11 @@ def test_repository_names_the_missing_migration_until_it_is_applied(
 ) -> None:
     path = spanner_emulator.create_database(migrated=False, prefix="unmigrated")
     repo = SpannerRepository(path, endpoint=spanner_emulator.host)
-    for call in (lambda: repo.load("u"), repo.check, lambda: repo.update("u", lambda s: s)):
+    for call in (lambda: repo.load("u"), repo.check, lambda: write_state(repo, "u", lambda s: s)):
         with pytest.raises(SchemaNotReady, match=f"entitlements migrate --storage {path.url}"):
             call()
     migrate(path, endpoint=spanner_emulator.host)
-    assert repo.update("u", lambda s: s).version == 1  # the same repository, no restart
+    assert write_state(repo, "u", lambda s: s).version == 1  # the same repository, no restart
     repo.check()
 
 
@@ -155,7 +156,7 @@ def test_bounded_staleness_read_never_returns_less_than_min_version(
     path = spanner_emulator.shared_database("stale")
     repo = SpannerRepository(path, endpoint=spanner_emulator.host, stale_read=timedelta(seconds=15))
     for expected in range(1, 4):
-        written = repo.update("u", lambda s: dataclasses.replace(s, home_market="SE"))
+        written = write_state(repo, "u", lambda s: dataclasses.replace(s, home_market="SE"))
         assert written.version == expected
         loaded = repo.load("u", min_version=written.version)
         assert loaded.account == written

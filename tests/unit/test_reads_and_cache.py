@@ -23,7 +23,7 @@ from service.usecases.cache import UserStateCache
 from service.usecases.reads import Consistency, ReadService
 from service.usecases.tokens import MalformedToken, issue_token, parse_token
 from storage.memory import MemoryRepository
-from storage.repository import AccountChange
+from tests.state_writes import AccountChange, write_state
 from tests.unit.factories import SyncReads
 
 START = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -91,7 +91,7 @@ def test_memoised_decision_is_not_served_past_valid_until(
     repository: CountingRepository, clocks: Clocks
 ) -> None:
     period_end = START + timedelta(hours=1)
-    repository.update("u1", trial(period_end))
+    write_state(repository, "u1", trial(period_end))
     reads = make_reads(repository, clocks, ttl=24 * 3600)
     first = reads.get_entitlement("u1", "offline_downloads").value
     assert first.granted and first.valid_until == period_end
@@ -107,7 +107,7 @@ def test_memoised_decision_is_not_served_past_valid_until(
 def test_state_older_than_ttl_is_reloaded(repository: CountingRepository, clocks: Clocks) -> None:
     reads = make_reads(repository, clocks, ttl=30)
     assert not reads.get_entitlement("u1", "offline_downloads").value.granted
-    repository.update("u1", trial(START + timedelta(days=30)))
+    write_state(repository, "u1", trial(START + timedelta(days=30)))
     clocks.advance(timedelta(seconds=29))
     assert not reads.get_entitlement("u1", "offline_downloads").value.granted
     clocks.advance(timedelta(seconds=1))
@@ -118,7 +118,7 @@ def test_state_older_than_ttl_is_reloaded(repository: CountingRepository, clocks
 def test_token_forces_a_newer_state(repository: CountingRepository, clocks: Clocks) -> None:
     reads = make_reads(repository, clocks)
     reads.get_entitlement("u1", "offline_downloads")
-    written = repository.update("u1", trial(START + timedelta(days=30)))
+    written = write_state(repository, "u1", trial(START + timedelta(days=30)))
     stale = reads.get_entitlement("u1", "offline_downloads").value
     assert not stale.granted
     token = issue_token("u1", written.version)
@@ -241,7 +241,7 @@ def test_memoised_offers_are_reused_until_their_valid_until(
         START - timedelta(days=29),
         last_event_at=START - timedelta(days=29),
     )
-    repository.update("u1", lambda s: dataclasses.replace(s, subscriptions=(lapsed,)))
+    write_state(repository, "u1", lambda s: dataclasses.replace(s, subscriptions=(lapsed,)))
     reads = make_reads(repository, clocks, ttl=7 * 24 * 3600)
     first = reads.get_offers("u1", "US", Platform.WEB).value
     assert first is reads.get_offers("u1", "US", Platform.WEB).value  # memoised

@@ -20,6 +20,7 @@ from service.usecases.watch import WatchReason, WatchService
 from storage.faults import FaultInjectingRepository
 from storage.feed import Change
 from storage.memory import MemoryRepository
+from tests.state_writes import write_state
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 FEATURE = "offline_downloads"
@@ -48,7 +49,7 @@ def test_a_failed_re_read_is_tried_again_and_the_change_then_sent() -> None:
         first = await anext(updates)
         assert first.reason is WatchReason.INITIAL and not first.decisions[0].granted
         store.failing = True
-        store.inner.update("u1", granted)  # behind the watch's back, as another replica
+        write_state(store.inner, "u1", granted)  # behind the watch's back, as another replica
         cache.drop("u1", 1)  # what the change feed does, then tells the watches
         watches.on_changes([Change("u1", 1)])
         next_update = asyncio.ensure_future(anext(updates))
