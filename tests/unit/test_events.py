@@ -260,3 +260,26 @@ def test_stale_event_keeps_its_facts() -> None:
     assert sub.status is SubscriptionStatus.ACTIVE
     assert sub.started_at == T0
     assert [r.offer_group for r in late_trial.account.redemptions] == ["trial"]
+
+
+def test_a_row_without_events_is_where_the_fold_starts() -> None:
+    """A subscription RedeemOffer wrote (or one from before events were kept) has a row
+    and no events: its first event folds on a snapshot of the row."""
+    redeemed = Subscription(
+        subscription_id=SUB, plan_id="premium_individual", status=SubscriptionStatus.TRIALING,
+        store=Store.APP_STORE, started_at=T0, current_period_end=T0 + 30 * DAY,
+        offer_id="premium-individual-trial-1m",
+    )  # fmt: skip
+    account = AccountState("u1", version=1, subscriptions=(redeemed,))
+    cancel = apply_event(
+        account, event("c", EventType.CANCELED, T0 + DAY, period_end=T0 + 30 * DAY), CATALOG
+    )
+    sub = known(cancel)
+    assert (sub.status, sub.started_at, sub.offer_id) == (
+        SubscriptionStatus.CANCELED, T0, "premium-individual-trial-1m",
+    )  # fmt: skip
+    assert [e.kind for e in cancel.account.subscription_events] == ["snapshot", "canceled"]
+    assert sub.folded_events == 2
+    # A refund of the trial period, then: refunded (rule 6).
+    refund = event("r", EventType.REFUNDED, T0 + 2 * DAY, refunded_period_end=T0 + 30 * DAY)
+    assert known(apply_event(cancel.account, refund, CATALOG)).status is SubscriptionStatus.REFUNDED
