@@ -89,11 +89,11 @@ def open_account_links(url: str) -> AccountLinks:
     """The store accounts linked to users (storage.account_links) in the store the URL
     names; memory:// keeps them in this process."""
     if url.startswith(SQLITE_PREFIX):
-        from storage.account_links import SqliteAccountLinks
+        from storage.sqlite.account_links import SqliteAccountLinks
 
         return SqliteAccountLinks(url[len(SQLITE_PREFIX) :])
     if url == MEMORY_URL:
-        from storage.account_links import MemoryAccountLinks
+        from storage.memory.account_links import MemoryAccountLinks
 
         return MemoryAccountLinks()
     if url.startswith(SPANNER_PREFIX):

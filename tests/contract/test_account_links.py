@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.account_links import AccountLinks, MemoryAccountLinks
+from storage.account_links import AccountLinks
+from storage.memory.account_links import MemoryAccountLinks
 from storage.spanner.account_links import SpannerAccountLinks
 from storage.sqlite import SqliteRepository
 from storage.urls import open_account_links
