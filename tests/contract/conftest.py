@@ -35,7 +35,9 @@ def _spanner(request: pytest.FixtureRequest) -> AccountRepository:
     emulator: SpannerEmulator = request.getfixturevalue("spanner_emulator")
     path = emulator.shared_database("contract")
     emulator.clear(path)
-    return SpannerRepository(path, endpoint=emulator.host)
+    # A busy machine (CI shares it): eight threads contending for one user on an emulator
+    # that serialises transactions can take longer than the default 10 s per call.
+    return SpannerRepository(path, endpoint=emulator.host, default_timeout=30.0)
 
 
 BACKENDS: dict[str, BackendFactory] = {

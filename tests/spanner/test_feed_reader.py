@@ -64,7 +64,7 @@ def test_two_workers_on_spanner_read_the_feed_through_one_reader(
         metrics = free_port()
         with serving(spanner_emulator, path, credentials, workers, metrics) as (target, output):
             if workers == 2:
-                banner = next(line for line in output if "serving on" in line)
+                banner = next(line for line in output if "entitlements: serving on" in line)
                 workers_pids = banner.split("pids ")[1].split(";")[0].split(", ")
                 assert str(feed_reader_pid(output)) not in workers_pids
                 assert "2 workers" in banner
