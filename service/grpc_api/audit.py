@@ -1,7 +1,11 @@
 """The audit log of admin calls: one JSON line per call to the write service, naming who
 called what, with which request id, for which (hashed) user, and how it ended.
 
-Records go to the logger "entitlements.audit". They never carry a token nor a raw user id:
+Records go to the logger "entitlements.audit", in the format of every log line
+(service.grpc_api.logs: timestamp, level, logger, message, pid, request_id, trace_id when
+the call is traced) with the audit fields beside them (principal, role, method, user,
+outcome, duration_ms); a logging record carries them as its `audit` attribute, its
+message a one-line summary. They never carry a token nor a raw user id:
 the user is the first 16 hex digits of the SHA-256 of the user id, enough to correlate the
 records of one user (hash the id you are looking for the same way) without storing it.
 `entitlements serve` routes the logger to stderr or to `audit_log_file`
@@ -16,9 +20,7 @@ and the counts written as one summary line per method and outcome when the inter
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -31,6 +33,7 @@ from typing import Any
 import grpc
 
 from service.domain.identity import user_digest
+from service.grpc_api.logs import AUDIT_ATTRIBUTE, JsonFormatter
 from storage.files import make_private_directory
 
 AUDIT_LOGGER = "entitlements.audit"
@@ -102,7 +105,6 @@ class AuditLog:
             return
         self._write(
             {
-                "time": _now(),
                 "principal": principal,
                 "role": role,
                 "method": method,
@@ -110,8 +112,6 @@ class AuditLog:
                 "user": _user(request),
                 "outcome": outcome.name,
                 "duration_ms": round((time.monotonic() - started) * 1000, 3),
-                # Which worker process served it (serve --workers N).
-                "pid": os.getpid(),
             }
         )
 
@@ -120,7 +120,15 @@ class AuditLog:
         self._anonymous.flush()
 
     def _write(self, entry: dict[str, Any]) -> None:
-        self._logger.info(json.dumps(entry, separators=(",", ":")))
+        self._logger.info("%s", _summary(entry), extra={AUDIT_ATTRIBUTE: entry})
+
+
+def _summary(entry: dict[str, Any]) -> str:
+    """The record's message: who called what and how it ended, or a summary's own text."""
+    if "summary" in entry:
+        return str(entry["summary"])
+    who = entry["principal"] or "an unauthenticated caller"
+    return f"{entry['method']} by {who}: {entry['outcome']}"
 
 
 class _AnonymousCalls:
@@ -197,7 +205,6 @@ class _AnonymousCalls:
         since = datetime.now(UTC).timestamp() - (now - self._opened)
         summaries = [
             {
-                "time": _now(),
                 "principal": None,
                 "role": None,
                 "method": method,
@@ -209,7 +216,6 @@ class _AnonymousCalls:
                     + ("refused" if outcome == "UNAUTHENTICATED" else f"ended {outcome}")
                     + f" in the last {seconds:g} s (not recorded one by one)"
                 ),
-                "pid": os.getpid(),
             }
             for (method, outcome), calls in sorted(self._counts.items())
         ]
@@ -220,10 +226,6 @@ class _AnonymousCalls:
         return summaries
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
 def flush_audit_summaries() -> None:
     """Writes the pending counts of anonymous calls of every AuditLog of this process: a
     stopping server calls it, so that no refused call goes unaccounted for."""
@@ -232,15 +234,16 @@ def flush_audit_summaries() -> None:
 
 
 def configure_audit_logging(path: Path | None) -> logging.Handler:
-    """Routes audit records, as bare JSON lines, to `path` (appended) or to stderr, and
-    stops them from also reaching the root logger's handlers. Returns the handler."""
+    """Routes audit records, as JSON lines in the log format of every line, to `path`
+    (appended) or to stderr, and stops them from also reaching the root logger's handlers
+    (whose format may be text). Returns the handler."""
     handler: logging.Handler
     if path is None:
         handler = logging.StreamHandler(sys.stderr)
     else:
         make_private_directory(path.parent)
         handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(JsonFormatter())
     _log.addHandler(handler)
     _log.setLevel(logging.INFO)
     _log.propagate = False

@@ -4,7 +4,8 @@ Every line has timestamp (UTC, ISO 8601), level, logger, message and pid, plus
 request_id (and trace_id) when the event happened while serving a call that carries one;
 an exception's traceback travels in the same line ("exception"). Nothing logged may carry
 a token, a credential or a raw user id: log `user_digest(user_id)` where a user matters.
-The audit log (service.grpc_api.audit) keeps its own JSON records and destination.
+The audit log (service.grpc_api.audit) has its own destination but this format: its
+records carry their fields in the attribute AUDIT_ATTRIBUTE, which join the line's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The attribute of a logging record holding an audit record's fields (a dict).
+AUDIT_ATTRIBUTE = "audit"
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,6 +48,11 @@ class JsonFormatter(logging.Formatter):
         trace_id = trace_id_var.get()
         if trace_id:
             entry["trace_id"] = trace_id
+        fields = getattr(record, AUDIT_ATTRIBUTE, None)
+        if isinstance(fields, dict):
+            # Beside the line's own; an audit record's request_id (None: the call named
+            # none) is the call's, as is the context's.
+            entry.update((k, v) for k, v in fields.items() if k not in entry or v is not None)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:

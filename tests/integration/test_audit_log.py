@@ -6,11 +6,14 @@ authenticated principal (allowed or refused) is still recorded."""
 
 from __future__ import annotations
 
+import contextvars
+import io
 import json
 import logging
 import re
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.grpc_api.audit import ANONYMOUS_RECORDS_PER_INTERVAL, AuditLog
 from service.grpc_api.auth import bearer_metadata
+from service.grpc_api.logs import JsonFormatter, trace_id_var
 from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.integration.server_process import server_process
 
@@ -101,6 +105,11 @@ def test_anonymous_calls_leave_a_bounded_trail_and_every_admin_call_is_recorded(
             channel.close()
     assert server.process.returncode == 0
     entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    # The format of every log line (issue 25: audit lines had `time`, no level or logger).
+    for entry in entries:
+        assert {"timestamp", "level", "logger", "message", "pid"} <= entry.keys(), entry
+        assert (entry["level"], entry["logger"]) == ("INFO", "entitlements.audit"), entry
+        assert "time" not in entry
 
     recorded = {e["request_id"]: (e["principal"], e["outcome"]) for e in entries if e["principal"]}
     assert recorded.keys() == expected.keys()
@@ -151,7 +160,9 @@ def test_a_summary_is_written_when_its_interval_ends(caplog: pytest.LogCaptureFi
             )
 
     def lines() -> list[dict[str, Any]]:
-        return [json.loads(r.getMessage()) for r in caplog.records if r.name == logger.name]
+        return [
+            json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name == logger.name
+        ]
 
     refused(10)
     refused(2, f"/{REVOKE}")
@@ -176,3 +187,42 @@ def test_a_summary_is_written_when_its_interval_ends(caplog: pytest.LogCaptureFi
         started=time.monotonic(),
     )
     assert lines()[-1]["request_id"] == "admin-1"
+
+
+def test_an_audit_line_has_the_format_of_every_log_line() -> None:
+    """timestamp, level, logger, message, pid, and the call's request_id and trace_id
+    (set by the guard while it serves a traced call), then the audit fields."""
+    # As `serve` writes them: formatted by the handler, in the call's context.
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.audit.format")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    audit = AuditLog(logger)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    def call() -> None:
+        trace_id_var.set(trace_id)
+        audit.record(
+            method="/" + GRANT,
+            principal="test-admin",
+            role="admin",
+            request=grant("fmt-1"),
+            outcome=grpc.StatusCode.OK,
+            started=time.monotonic(),
+        )
+
+    contextvars.copy_context().run(call)
+    logger.removeHandler(handler)
+    (line,) = stream.getvalue().splitlines()
+    entry = json.loads(line)
+    assert entry["level"] == "INFO" and entry["logger"] == "test.audit.format"
+    assert entry["message"] == f"{GRANT} by test-admin: OK"
+    assert entry["trace_id"] == trace_id
+    assert entry["request_id"] == "fmt-1"
+    assert (entry["principal"], entry["role"], entry["method"]) == ("test-admin", "admin", GRANT)
+    assert entry["outcome"] == "OK" and entry["duration_ms"] >= 0 and entry["pid"] > 0
+    datetime.fromisoformat(entry["timestamp"])
+    assert list(entry)[:3] == ["timestamp", "level", "logger"]

@@ -54,6 +54,7 @@ from service.grpc_api.auth import (
 )
 from service.grpc_api.event_loop import LoopThread
 from service.grpc_api.guard import RpcGuard
+from service.grpc_api.logs import JsonFormatter
 from service.grpc_api.server import RunningServer, start_server
 from tests.integration.conftest import (
     ADMIN_PRINCIPAL,
@@ -289,7 +290,8 @@ def test_admin_calls_are_audited_without_tokens_or_user_ids(
     call(bare_channel, read_service, read_method, bearer_metadata(ADMIN_TOKEN))
 
     assert [r.name for r in audit_records] == [AUDIT_LOGGER] * len(expected)
-    lines = [record.getMessage() for record in audit_records]
+    # As `serve` writes them: the format of every log line (JsonFormatter).
+    lines = [JsonFormatter().format(record) for record in audit_records]
     entries = [json.loads(line) for line in lines]
     assert [(e["method"], e["principal"], e["request_id"], e["outcome"]) for e in entries] == [
         (method, principal, request_id, code.name)
@@ -301,7 +303,10 @@ def test_admin_calls_are_audited_without_tokens_or_user_ids(
         assert entry["user"] == user_digest(USER_ID)
         assert len(entry["user"]) == 16
         assert entry["role"] in {"admin", "service", None}
-        dt.datetime.fromisoformat(entry["time"])
+        dt.datetime.fromisoformat(entry["timestamp"])
+        assert (entry["level"], entry["logger"]) == ("INFO", AUDIT_LOGGER)
+        who = entry["principal"] or "an unauthenticated caller"
+        assert entry["message"] == f"{entry['method']} by {who}: {entry['outcome']}"
         assert USER_ID not in line
         assert ADMIN_TOKEN not in line and SERVICE_TOKEN not in line
 
