@@ -498,53 +498,75 @@ def effect_of(entry: StoredEvent, f: Fold, subscription: Subscription | None) ->
     assert event.type is not None
     kind, key = event.type, event_key(event)
     if subscription is None:
-        missing = [
-            name
-            for name, value in (("a plan", f.plan), ("a period end", f.period))
-            if value is None
-        ]
-        if f.status is None and f.revoked is None:
-            missing.append("a status (purchase, renewal...)")
-        return EventEffect(
-            EventOutcome.PENDING,
-            "the subscription is not known yet: no event gave " + ", ".join(missing),
-        )
-    if f.revoked is not None:
-        if kind is EventType.REVOKED:
-            if key == f.revoked:
-                return EventEffect(EventOutcome.APPLIED, "revoked: no access from then on")
-            return EventEffect(EventOutcome.SUPERSEDED, f"revoked earlier, at {_at(f.revoked)}")
-        if key > f.revoked:
-            return EventEffect(EventOutcome.SUPERSEDED, f"after the revocation at {_at(f.revoked)}")
+        return _pending_effect(f)
+    revoked = _revocation_effect(kind, key, f)
+    if revoked is not None:
+        return revoked
     if kind in SNAPSHOT:
-        assert f.status is not None
-        if key == f.status[0]:
-            if f.revoked is not None:
-                return EventEffect(EventOutcome.APPLIED, "the plan and settings before revocation")
-            return EventEffect(
-                EventOutcome.APPLIED, f"sets the status: {subscription.status.value}"
-            )
-        period_note = ""
-        if f.period is not None and f.period[1] == key:
-            period_note = "; its period end is the latest"
-        later = f.status[0]
-        return EventEffect(
-            EventOutcome.STALE,
-            f"older than the {f.status[1].value} at {_at(later)}, which sets the status"
-            + period_note,
-        )
+        return _status_effect(key, f, subscription)
     if kind is EventType.PERIOD_EXTENDED:
-        assert f.period is not None
-        if f.period[1] == key:
-            refunded = (
-                " (no access while its period is refunded)"
-                if subscription.status is S.REFUNDED
-                else ""
-            )
-            return EventEffect(EventOutcome.APPLIED, "moves the period end" + refunded)
-        return EventEffect(
-            EventOutcome.STALE, f"the period already ends later ({f.period[0].isoformat()})"
+        return _extension_effect(key, f, subscription)
+    return _refund_effect(event, kind, key, f)
+
+
+def _pending_effect(f: Fold) -> EventEffect:
+    """An event of a subscription no event made known yet: what is still missing."""
+    missing = [
+        name for name, value in (("a plan", f.plan), ("a period end", f.period)) if value is None
+    ]
+    if f.status is None and f.revoked is None:
+        missing.append("a status (purchase, renewal...)")
+    return EventEffect(
+        EventOutcome.PENDING,
+        "the subscription is not known yet: no event gave " + ", ".join(missing),
+    )
+
+
+def _revocation_effect(kind: EventType, key: Key, f: Fold) -> EventEffect | None:
+    """The revocation itself, or an event after it; None: the revocation does not decide."""
+    if f.revoked is None:
+        return None
+    if kind is EventType.REVOKED:
+        if key == f.revoked:
+            return EventEffect(EventOutcome.APPLIED, "revoked: no access from then on")
+        return EventEffect(EventOutcome.SUPERSEDED, f"revoked earlier, at {_at(f.revoked)}")
+    if key > f.revoked:
+        return EventEffect(EventOutcome.SUPERSEDED, f"after the revocation at {_at(f.revoked)}")
+    return None
+
+
+def _status_effect(key: Key, f: Fold, subscription: Subscription) -> EventEffect:
+    """An event that sets the status: the latest one does."""
+    assert f.status is not None
+    if key == f.status[0]:
+        if f.revoked is not None:
+            return EventEffect(EventOutcome.APPLIED, "the plan and settings before revocation")
+        return EventEffect(EventOutcome.APPLIED, f"sets the status: {subscription.status.value}")
+    period_note = ""
+    if f.period is not None and f.period[1] == key:
+        period_note = "; its period end is the latest"
+    later = f.status[0]
+    return EventEffect(
+        EventOutcome.STALE,
+        f"older than the {f.status[1].value} at {_at(later)}, which sets the status" + period_note,
+    )
+
+
+def _extension_effect(key: Key, f: Fold, subscription: Subscription) -> EventEffect:
+    """A period extension: the one giving the latest period end moves it."""
+    assert f.period is not None
+    if f.period[1] == key:
+        refunded = (
+            " (no access while its period is refunded)" if subscription.status is S.REFUNDED else ""
         )
+        return EventEffect(EventOutcome.APPLIED, "moves the period end" + refunded)
+    return EventEffect(
+        EventOutcome.STALE, f"the period already ends later ({f.period[0].isoformat()})"
+    )
+
+
+def _refund_effect(event: SubscriptionEvent, kind: EventType, key: Key, f: Fold) -> EventEffect:
+    """A refund of a period, or its reversal."""
     assert event.refunded_period_end is not None
     end = event.refunded_period_end
     paid = f.paid[0] if f.paid is not None else None
@@ -558,13 +580,12 @@ def effect_of(entry: StoredEvent, f: Fold, subscription: Subscription | None) ->
     if f.revoked is not None:
         return EventEffect(EventOutcome.SUPERSEDED, f"revoked at {_at(f.revoked)}")
     assert line is not None
-    known = end in {e for e, _ in f.known_ends}
     if kind is EventType.REFUNDED:
         if line.last != key:
             if line.last_is_refund:
                 return EventEffect(EventOutcome.STALE, "the period was refunded again later")
             return EventEffect(EventOutcome.SUPERSEDED, f"reversed at {_at(line.last)}")
-        if not known:
+        if end not in {e for e, _ in f.known_ends}:
             return EventEffect(
                 EventOutcome.PENDING,
                 f"no event carried the refunded period (ending {end.isoformat()}) yet",

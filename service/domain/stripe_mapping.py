@@ -188,31 +188,10 @@ def _subscription(
     )
     if period_end is None:
         return Unmappable(DeadLetterReason.MISSING_DATA, "no current_period_end")
-    grace_end = None
-    if kind == "customer.subscription.deleted" or status == "canceled":
-        event_type = EventType.EXPIRED
-    elif status in _STATUS_EVENTS:
-        event_type = _STATUS_EVENTS[status]
-        if event_type is EventType.RENEWAL_FAILED:
-            grace_end = occurred_at + PAST_DUE_GRACE
-    elif status == "trialing":
-        event_type = EventType.TRIAL_STARTED
-    elif status != "active":
+    event_type = _subscription_event_type(kind, status, sub, previous)
+    if event_type is None:
         return Unmappable(DeadLetterReason.UNHANDLED_TYPE, f"{kind} with status {status!r}")
-    elif kind == "customer.subscription.created":
-        event_type = EventType.PURCHASED
-    elif sub.get("cancel_at_period_end") is True or sub.get("cancel_at") is not None:
-        event_type = EventType.CANCELED
-    elif previous.get("status") in ("past_due", "unpaid", "paused"):
-        event_type = EventType.RESUMED
-    elif "items" in previous or "plan" in previous:
-        event_type = EventType.PLAN_CHANGED
-    elif "cancel_at_period_end" in previous or "cancel_at" in previous:
-        event_type = EventType.UNCANCELED
-    elif previous.get("status") == "trialing":
-        event_type = EventType.PURCHASED  # the trial converted
-    else:
-        event_type = EventType.RENEWED
+    grace_end = occurred_at + PAST_DUE_GRACE if event_type is EventType.RENEWAL_FAILED else None
     return Mapped(
         user_id,
         SubscriptionEvent(
@@ -226,6 +205,34 @@ def _subscription(
             grace_period_end=grace_end,
         ),
     )
+
+
+def _subscription_event_type(
+    kind: str, status: str, sub: MappingType[str, Any], previous: MappingType[str, Any]
+) -> EventType | None:
+    """The event a subscription change is: by its status, then for an active subscription by
+    what changed (`previous` holds the attributes before the change); None: not one of ours."""
+    if kind == "customer.subscription.deleted" or status == "canceled":
+        return EventType.EXPIRED
+    if status in _STATUS_EVENTS:
+        return _STATUS_EVENTS[status]
+    if status == "trialing":
+        return EventType.TRIAL_STARTED
+    if status != "active":
+        return None
+    if kind == "customer.subscription.created":
+        return EventType.PURCHASED
+    if sub.get("cancel_at_period_end") is True or sub.get("cancel_at") is not None:
+        return EventType.CANCELED
+    if previous.get("status") in ("past_due", "unpaid", "paused"):
+        return EventType.RESUMED
+    if "items" in previous or "plan" in previous:
+        return EventType.PLAN_CHANGED
+    if "cancel_at_period_end" in previous or "cancel_at" in previous:
+        return EventType.UNCANCELED
+    if previous.get("status") == "trialing":
+        return EventType.PURCHASED  # the trial converted
+    return EventType.RENEWED
 
 
 def _invoice_subscription(invoice: MappingType[str, Any]) -> tuple[str | None, Any]:

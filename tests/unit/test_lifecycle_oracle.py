@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -172,60 +173,11 @@ def build_life(rng: random.Random) -> Life:
     else:
         life.add(EventType.PURCHASED, start, current_period_end=end)
     life.periods.append((start, end))
-    minute = timedelta(minutes=1)
     for _ in range(rng.choice([0, 1, 1, 2, 3, 4, 5, 7])):
-        step = rng.choice(["renew", "renew", "fail", "pause", "cancel", "extend", "plan"])
-        if step == "renew":
-            start, end = end, end + 30 * DAY
-            life.add(EventType.RENEWED, start, current_period_end=end)
-            life.periods.append((start, end))
-        elif step == "fail":
-            grace = end + 7 * DAY
-            life.add(EventType.RENEWAL_FAILED, end, current_period_end=end, grace_period_end=grace)
-            if rng.random() < 0.5:  # recovered in grace
-                start, end = end + 2 * DAY, end + 32 * DAY
-                life.add(EventType.RENEWED, start, current_period_end=end)
-                life.periods.append((start, end))
-                continue
-            life.add(EventType.GRACE_EXPIRED, grace, current_period_end=end)
-            if rng.random() < 0.3:  # the user gives up during account hold
-                life.add(EventType.CANCELED, grace + DAY, current_period_end=end)
-                if rng.random() < 0.5:
-                    life.add(EventType.EXPIRED, grace + 20 * DAY, current_period_end=end)
-                    break
-                continue
-            if rng.random() < 0.3:
-                life.add(EventType.EXPIRED, grace + 20 * DAY, current_period_end=end)
-                break
-            start, end = grace + 5 * DAY, grace + 35 * DAY
-            life.add(EventType.RESUMED, start, current_period_end=end)
-            life.periods.append((start, end))
-        elif step == "pause":
-            life.add(EventType.PAUSED, end, current_period_end=end)
-            start, end = end + 30 * DAY, end + 60 * DAY
-            life.add(EventType.RESUMED, start, current_period_end=end)
-            life.periods.append((start, end))
-        elif step == "cancel":
-            at = end - 10 * DAY + rng.randint(0, 5) * DAY
-            life.add(EventType.CANCELED, at, current_period_end=end)
-            if rng.random() < 0.5:
-                life.add(EventType.UNCANCELED, at + DAY, current_period_end=end)
-            else:
-                life.add(EventType.EXPIRED, end + minute, current_period_end=end)
-                break
-        elif step == "plan":
-            life.plan = rng.choice([p for p in PLANS if p != life.plan])
-            at = start + rng.randint(1, 20) * DAY
-            if rng.random() < 0.5:  # an upgrade, charged at once for a new period
-                start, end = at, at + 30 * DAY
-                life.periods.append((start, end))
-            life.add(EventType.PLAN_CHANGED, at, current_period_end=end)
-        else:
-            at = end - DAY
-            end = end + 10 * DAY
-            life.add(EventType.PERIOD_EXTENDED, at, current_period_end=end)
-            # The extended transaction's end is what a refund then names.
-            life.periods.append((start, end))
+        step = _STEPS[rng.choice(["renew", "renew", "fail", "pause", "cancel", "extend", "plan"])]
+        start, end, ended = step(life, rng, start, end)
+        if ended:
+            break
     for index, (paid_from, paid_until) in enumerate(life.periods):
         # The last period is refunded more often: its refund is the one still in force.
         if rng.random() < (0.6 if index == len(life.periods) - 1 else 0.3):
@@ -240,6 +192,101 @@ def build_life(rng: random.Random) -> Life:
         if rng.random() < 0.5:
             life.add(EventType.CANCELED, last + timedelta(hours=2), current_period_end=end)
     return life
+
+
+# One step of a life: (life, rng, current period start, end) -> the new period and whether
+# the subscription ended. Each draws from `rng` in the order the life happens.
+Step = Callable[[Life, random.Random, datetime, datetime], tuple[datetime, datetime, bool]]
+
+
+def _renew(
+    life: Life, rng: random.Random, start: datetime, end: datetime
+) -> tuple[datetime, datetime, bool]:
+    start, end = end, end + 30 * DAY
+    life.add(EventType.RENEWED, start, current_period_end=end)
+    life.periods.append((start, end))
+    return start, end, False
+
+
+def _fail(
+    life: Life, rng: random.Random, start: datetime, end: datetime
+) -> tuple[datetime, datetime, bool]:
+    grace = end + 7 * DAY
+    life.add(EventType.RENEWAL_FAILED, end, current_period_end=end, grace_period_end=grace)
+    if rng.random() < 0.5:  # recovered in grace
+        start, end = end + 2 * DAY, end + 32 * DAY
+        life.add(EventType.RENEWED, start, current_period_end=end)
+        life.periods.append((start, end))
+        return start, end, False
+    life.add(EventType.GRACE_EXPIRED, grace, current_period_end=end)
+    if rng.random() < 0.3:  # the user gives up during account hold
+        life.add(EventType.CANCELED, grace + DAY, current_period_end=end)
+        if rng.random() < 0.5:
+            life.add(EventType.EXPIRED, grace + 20 * DAY, current_period_end=end)
+            return start, end, True
+        return start, end, False
+    if rng.random() < 0.3:
+        life.add(EventType.EXPIRED, grace + 20 * DAY, current_period_end=end)
+        return start, end, True
+    start, end = grace + 5 * DAY, grace + 35 * DAY
+    life.add(EventType.RESUMED, start, current_period_end=end)
+    life.periods.append((start, end))
+    return start, end, False
+
+
+def _pause(
+    life: Life, rng: random.Random, start: datetime, end: datetime
+) -> tuple[datetime, datetime, bool]:
+    life.add(EventType.PAUSED, end, current_period_end=end)
+    start, end = end + 30 * DAY, end + 60 * DAY
+    life.add(EventType.RESUMED, start, current_period_end=end)
+    life.periods.append((start, end))
+    return start, end, False
+
+
+def _cancel(
+    life: Life, rng: random.Random, start: datetime, end: datetime
+) -> tuple[datetime, datetime, bool]:
+    at = end - 10 * DAY + rng.randint(0, 5) * DAY
+    life.add(EventType.CANCELED, at, current_period_end=end)
+    if rng.random() < 0.5:
+        life.add(EventType.UNCANCELED, at + DAY, current_period_end=end)
+        return start, end, False
+    life.add(EventType.EXPIRED, end + timedelta(minutes=1), current_period_end=end)
+    return start, end, True
+
+
+def _change_plan(
+    life: Life, rng: random.Random, start: datetime, end: datetime
+) -> tuple[datetime, datetime, bool]:
+    life.plan = rng.choice([p for p in PLANS if p != life.plan])
+    at = start + rng.randint(1, 20) * DAY
+    if rng.random() < 0.5:  # an upgrade, charged at once for a new period
+        start, end = at, at + 30 * DAY
+        life.periods.append((start, end))
+    life.add(EventType.PLAN_CHANGED, at, current_period_end=end)
+    return start, end, False
+
+
+def _extend(
+    life: Life, rng: random.Random, start: datetime, end: datetime
+) -> tuple[datetime, datetime, bool]:
+    at = end - DAY
+    end = end + 10 * DAY
+    life.add(EventType.PERIOD_EXTENDED, at, current_period_end=end)
+    # The extended transaction's end is what a refund then names.
+    life.periods.append((start, end))
+    return start, end, False
+
+
+_STEPS: dict[str, Step] = {
+    "renew": _renew,
+    "fail": _fail,
+    "pause": _pause,
+    "cancel": _cancel,
+    "plan": _change_plan,
+    "extend": _extend,
+}
 
 
 def deliver(
