@@ -7,6 +7,8 @@ grpcio-health-checking, which the image has anyway. Exit status 0 when the servi
     python /app/healthcheck.py --service liveness    # the liveness service (not the store)
     python /app/healthcheck.py --tls-ca ca.pem --tls-cert c.pem --tls-key k.pem
 
+Outside the image, run it with the service's Python (`.venv/bin/python deploy/healthcheck.py
+--address HOST:PORT` after `make setup`): another Python lacks grpcio, and it says so.
 The Dockerfile's HEALTHCHECK runs it; Kubernetes uses its own gRPC probes (deploy/kubernetes/
 deployment.yaml) unless the server port is TLS, which those cannot speak: then use this
 script as an exec probe with the --tls-* flags.
@@ -20,8 +22,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2
+try:
+    import grpc
+    from grpc_health.v1 import health_pb2
+except ImportError as missing:  # run by a Python without the service's packages
+    print(
+        f"healthcheck.py needs grpcio and grpcio-health-checking ({missing}). Run it with the "
+        "service's Python: in a checkout after `make setup`, `.venv/bin/python "
+        "deploy/healthcheck.py --address HOST:PORT`; in a pod, `kubectl exec POD -- python "
+        "/app/healthcheck.py`",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 CHECK_METHOD = "/grpc.health.v1.Health/Check"

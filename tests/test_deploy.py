@@ -542,6 +542,31 @@ def test_probe_fails_for_an_unknown_service(server: RunningServer) -> None:
     assert "NOT_FOUND" in result.stderr
 
 
+def test_probe_without_grpc_says_which_python_to_use() -> None:
+    """The runbook's probe run by a Python without the service's packages (issue 25: a
+    traceback, "No module named 'grpc'"): exit 2 and how to run it."""
+    bare_python = Path(sys.base_prefix) / "bin" / "python3"
+    result = subprocess.run(
+        [str(bare_python), "-I", "-S", str(HEALTHCHECK), "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert ".venv/bin/python deploy/healthcheck.py" in result.stderr
+    assert "kubectl exec POD -- python /app/healthcheck.py" in result.stderr
+
+
+def test_the_runbook_runs_the_probe_with_the_service_python() -> None:
+    runbook = (ROOT / "docs" / "RUNBOOK.md").read_text(encoding="utf-8")
+    commands = re.findall(r"`([^`]*healthcheck\.py[^`]*)`", runbook)
+    assert commands
+    for command in commands:
+        assert command.startswith((".venv/bin/python ", "kubectl ")), command
+
+
 def test_probe_fails_when_nothing_listens() -> None:
     result = _probe("--address", "127.0.0.1:1", "--timeout", "1")
     assert result.returncode == 1

@@ -275,9 +275,14 @@ class Connections:
             current: Opened | None = getattr(self._local, "opened", None)
             if current is not None:
                 self._forget(current)
+            # What the operator reads in the outage log line: a lost file is restored, not
+            # re-created (migrate would make an empty database: every user a free user).
             raise DatabaseNotFound(
-                f"sqlite database {self._path} does not exist (was it deleted? create it "
-                f"with `entitlements migrate --storage sqlite:///{self._path}`)"
+                f"sqlite database {self._path} does not exist (deleted, or its volume lost?): "
+                f"restore it from a backup at that path (docs/RUNBOOK.md, "
+                f"EntitlementsStoreNotReady); the workers serve it again once it is there. "
+                f"Do not run `entitlements migrate` for a lost database: it creates an empty "
+                f"one, in which every user is a free user"
             ) from None
         except OSError as exc:
             raise StoreUnavailable(f"sqlite: cannot reach {self._path}: {exc}") from exc

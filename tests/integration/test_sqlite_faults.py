@@ -472,9 +472,14 @@ def test_deleted_data_directory_is_a_store_failure_until_the_database_is_restore
         client.await_status(NOT_SERVING)
         assert code_of(lambda: client.grant("lost", "l-1")) is UNAVAILABLE
         assert not data.exists()
-        # What a replacement worker does: open the existing file only.
-        with pytest.raises(DatabaseNotFound):
+        # What a replacement worker does: open the existing file only. The cause, as the
+        # outage log line prints it, says to restore (issue 25: it advised `migrate`,
+        # which makes an empty database: every user a free user).
+        with pytest.raises(DatabaseNotFound) as raised:
             SqliteRepository(db, create=False)
+        cause = str(raised.value)
+        assert "restore it from a backup" in cause
+        assert "Do not run `entitlements migrate` for a lost database" in cause
         assert not data.exists()
 
         # The database restored at its path: served again, without a restart.
