@@ -50,9 +50,9 @@ SHUTDOWN_SLACK_SECONDS = 5
 Manifest = dict[str, Any]
 
 
-def _manifests() -> list[tuple[str, Manifest]]:
+def _manifests(folder: Path = KUBERNETES) -> list[tuple[str, Manifest]]:
     found = []
-    for path in sorted(KUBERNETES.glob("*.yaml")):
+    for path in sorted(folder.glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             if document is not None:
                 found.append((path.name, document))
@@ -60,6 +60,9 @@ def _manifests() -> list[tuple[str, Manifest]]:
 
 
 MANIFESTS = _manifests()
+# The example overlay: the base and a Secret with example digests (a trial cluster only).
+EXAMPLE_OVERLAY = KUBERNETES / "overlays" / "example"
+EXAMPLE_MANIFESTS = _manifests(EXAMPLE_OVERLAY)
 
 
 def _one(kind: str, name: str | None = None) -> Manifest:
@@ -235,9 +238,29 @@ def test_catalog_comes_from_the_configmap_and_parses() -> None:
 
 def test_credentials_come_from_the_secret_and_parse() -> None:
     volume, key = _mounted_file("ENTITLEMENTS_CREDENTIALS_FILE")
-    secret = _one("Secret", volume["secret"]["secretName"])
+    (secret,) = (
+        document
+        for _, document in EXAMPLE_MANIFESTS
+        if document["kind"] == "Secret"
+        and document["metadata"]["name"] == volume["secret"]["secretName"]
+    )
     credentials = parse_credentials(yaml.safe_load(secret["stringData"][key]), "secret")
     assert credentials
+
+
+def test_the_base_ships_no_secret_and_the_example_overlay_adds_it() -> None:
+    """`kubectl apply -k deploy/kubernetes` must not install example digests (issue 25):
+    the Secret is the operator's; the example overlay is the base plus an example one."""
+    assert not [document for _, document in MANIFESTS if document["kind"] == "Secret"]
+    (overlay,) = (d for _, d in EXAMPLE_MANIFESTS if d["kind"] == "Kustomization")
+    assert overlay["resources"][0] == "../.."
+    assert overlay["namespace"] == _one("Kustomization")["namespace"]
+    for resource in overlay["resources"][1:]:
+        assert (EXAMPLE_OVERLAY / resource).is_file(), resource
+    secrets = [d for _, d in EXAMPLE_MANIFESTS if d["kind"] == "Secret"]
+    assert {s["metadata"]["name"] for s in secrets} == {
+        v["secret"]["secretName"] for v in _pod_spec()["volumes"] if "secret" in v
+    }
 
 
 def test_spanner_through_workload_identity() -> None:
