@@ -40,7 +40,7 @@ def _user_rows(user_id: str) -> KeySet:
 def write_account(transaction: Transaction, current: AccountState, stored: AccountState) -> None:
     """Buffers mutations that store `stored` (version included) in place of `current`,
     the state read in this transaction: the user row, and each child table's rows
-    deleted (if there were any) and written again."""
+    deleted (if there were any) and written again, unless they would be the same."""
     user_id = stored.user_id
     transaction.insert_or_update(
         name(USERS.name),
@@ -48,9 +48,11 @@ def write_account(transaction: Transaction, current: AccountState, stored: Accou
         values=[(user_id, *CODEC.user_row(stored))],
     )
     for table in CHILD_TABLES:
+        rows = table.rows(CODEC, stored)
+        if table.rows(CODEC, current) == rows:
+            continue  # the same rows: not rewritten (a grant leaves the kept events alone)
         if table.items(current):
             transaction.delete(name(table.name), _user_rows(user_id))
-        rows = table.rows(CODEC, stored)
         if rows:
             # `replace` rather than `insert`: the same rows again if a commit is re-sent.
             transaction.replace(

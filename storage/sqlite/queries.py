@@ -129,14 +129,21 @@ def read_household(connection: sqlite3.Connection, account: AccountState) -> Hou
     )
 
 
-def write_account(connection: sqlite3.Connection, account: AccountState) -> None:
-    """Stores `account` as is (version included), replacing all of the user's rows."""
+def write_account(
+    connection: sqlite3.Connection, account: AccountState, current: AccountState | None = None
+) -> None:
+    """Stores `account` as is (version included), replacing the user's rows of each child
+    table; with `current` (the stored state it replaces, read in this transaction), a
+    table whose rows would be the same is left alone (a grant does not rewrite the kept
+    subscription events)."""
     user_id = account.user_id
     connection.execute(_UPSERT_USER, (user_id, *CODEC.user_row(account)))
     for table in CHILD_TABLES:
+        rows = table.rows(CODEC, account)
+        if current is not None and table.rows(CODEC, current) == rows:
+            continue
         connection.execute(_DELETE_CHILDREN[table.name], (user_id,))
-    for table in CHILD_TABLES:
-        connection.executemany(_INSERT_CHILDREN[table.name], table.rows(CODEC, account))
+        connection.executemany(_INSERT_CHILDREN[table.name], rows)
 
 
 # -- processed requests and history ------------------------------------------------------
@@ -154,7 +161,7 @@ class Write:
         return read_account(self._connection, user_id), seen
 
     def write_account(self, current: AccountState, stored: AccountState) -> None:
-        write_account(self._connection, stored)
+        write_account(self._connection, stored, current)
 
     def publish(self, user_id: str, changes: Sequence[Change]) -> None:
         publish_changes(self._connection, changes)

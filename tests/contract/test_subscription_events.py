@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +15,8 @@ from service.catalog import load_catalog
 from service.domain.account import AccountState, Store, SubscriptionStatus
 from service.domain.events import EventType, SubscriptionEvent, apply_event, events_of
 from storage.repository import AccountRepository, Mutation
-from tests.contract.builders import RECORDED, at, key
+from storage.sqlite import SqliteRepository
+from tests.contract.builders import RECORDED, at, key, redeem
 from tests.unit.test_lifecycle_oracle import build_life, oracle, redelivered
 
 CATALOG = load_catalog()
@@ -99,3 +102,35 @@ def test_a_row_an_older_server_patched_is_where_the_next_fold_starts(
     )  # fmt: skip
     assert [e.kind for e in events_of(account, "s1")] == ["snapshot", "period_extended"]
     assert sub.folded_events == 2
+
+
+def test_a_write_that_leaves_the_events_alone_does_not_rewrite_them(sqlite_path: Path) -> None:
+    """SQLite: a write that changes other parts of the state (a redemption here, a grant in
+    the service) does not delete and insert the kept-event rows again; an event does. A
+    trigger in the test database counts the deletes."""
+    repository = SqliteRepository(sqlite_path)
+    try:
+        for n in range(3):
+            record(repository, "u", SubscriptionEvent(
+                f"r{n}", "s1", Store.APP_STORE, EventType.RENEWED, at(30 * n),
+                "premium_individual", at(30 * n + 30),
+            ))  # fmt: skip
+        with sqlite3.connect(sqlite_path) as connection:
+            connection.executescript(
+                "CREATE TABLE deletes (n INTEGER);"
+                "CREATE TRIGGER count_deletes AFTER DELETE ON subscription_events"
+                " BEGIN INSERT INTO deletes VALUES (1); END;"
+            )
+
+        def deletes() -> int:
+            with sqlite3.connect(sqlite_path) as connection:
+                return int(connection.execute("SELECT count(*) FROM deletes").fetchone()[0])
+
+        repository.apply("u", key("redeem-1"), redeem("o1"), RECORDED)
+        assert deletes() == 0
+        record(repository, "u", SubscriptionEvent(
+            "c1", "s1", Store.APP_STORE, EventType.CANCELED, at(70), "premium_individual", at(90),
+        ))  # fmt: skip
+        assert deletes() == 3  # the three kept rows, written again with the fourth
+    finally:
+        repository.close()
