@@ -13,7 +13,8 @@ follows server B; writes of "another process" go through server A. Measured:
    (on B) answers with it, polling every 2 ms (p50/p99/max); then again while h2load keeps
    B busy with cache-hit reads (4 connections, closed loop);
 4. memory per cached decision (tracemalloc, decisions stored into a NearCache);
-5. server B's CPU and memory with 100 open change streams (heartbeats only) vs none.
+5. server B's CPU and memory with 100 open change streams vs none: idle (heartbeats only),
+   then while 20 writes/s go through A (every stream gets every change).
 
 JSON and Markdown go to --out (benchmarks/results). The machine's load is recorded: these
 are figures of a shared 2-core machine.
@@ -73,6 +74,9 @@ def _markdown(results: dict[str, Any]) -> str:
         f"| memory per cached decision | {results['memory']['bytes_per_decision']} bytes |",
         f"| server CPU, idle vs {cost['streams']} change streams | "
         f"{cost['server_cpu_percent_idle']}% vs {cost['server_cpu_percent_with_streams']}% |",
+        f"| server CPU while {cost['writes_per_second']} writes/s go through A, no stream vs "
+        f"{cost['streams']} | {cost['server_cpu_percent_writing']}% vs "
+        f"{cost['server_cpu_percent_writing_with_streams']}% |",
         f"| server RSS per open change stream | {cost['server_rss_kib_per_stream']} KiB |",
     ]
     return "\n".join(lines) + "\n"
@@ -127,14 +131,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["memory"] = measures.memory_per_decision(
                     sample, 20_000 if short else 100_000
                 )
-            results["streams"] = measures.open_streams_cost(
-                b.target,
-                SERVICE_TOKEN,
-                100,
-                5 if short else 10,
-                b.cpu_seconds,
-                b.worker_pids[0],
-            )
+                results["streams"] = measures.open_streams_cost(
+                    b.target,
+                    SERVICE_TOKEN,
+                    100,
+                    5 if short else 10,
+                    b.cpu_seconds,
+                    b.worker_pids[0],
+                    writer,
+                    writes_per_second=20,
+                )
         finally:
             a.stop()
             b.stop()

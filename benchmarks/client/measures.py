@@ -247,16 +247,30 @@ def open_streams_cost(
     seconds: float,
     cpu_of: Callable[[], float],
     pid: int,
+    writer: EntitlementsClient,
+    writes_per_second: float,
 ) -> dict[str, Any]:
-    """The server's CPU and memory with no change stream open, then with `streams` open
-    (heartbeats every second, no writes), each over `seconds`."""
+    """The server's CPU and memory with no change stream open, then with `streams` open,
+    each over `seconds`: idle (heartbeats every second), then while `writer` writes
+    `writes_per_second` through another server (every stream gets every change)."""
+    written = [0]
 
-    def measure() -> StreamCost:
+    def measure(writing: bool) -> StreamCost:
         cpu = cpu_of()
-        time.sleep(seconds)
+        began = time.monotonic()
+        sent = 0
+        while writing and time.monotonic() - began < seconds:
+            request_id = f"streams-{written[0]}-{time.time_ns()}"
+            writer.grant_entitlement(grant(f"bench-streams-{written[0]}", request_id))
+            written[0] += 1
+            sent += 1
+            time.sleep(max(0.0, began + sent / writes_per_second - time.monotonic()))
+        if not writing:
+            time.sleep(seconds)
         return StreamCost(cpu_of() - cpu, rss_kib(pid))
 
-    idle = measure()
+    idle = measure(False)
+    idle_writing = measure(True)
     channel = grpc.insecure_channel(target)
     stub = es_grpc.EntitlementServiceStub(channel)
     calls = [
@@ -276,7 +290,8 @@ def open_streams_cost(
     for thread in threads:
         thread.start()
     time.sleep(2)  # every stream open and past its first message
-    opened = measure()
+    opened = measure(False)
+    opened_writing = measure(True)
     for call in calls:
         call.cancel()
     channel.close()
@@ -288,6 +303,11 @@ def open_streams_cost(
         "server_rss_kib_idle": idle.rss_kib,
         "server_rss_kib_with_streams": opened.rss_kib,
         "server_rss_kib_per_stream": round((opened.rss_kib - idle.rss_kib) / streams, 1),
+        "writes_per_second": writes_per_second,
+        "server_cpu_percent_writing": round(100 * idle_writing.cpu_seconds / seconds, 2),
+        "server_cpu_percent_writing_with_streams": round(
+            100 * opened_writing.cpu_seconds / seconds, 2
+        ),
         "messages_received": sum(received),
         "streams_that_got_messages": sum(1 for r in received if r),
     }
