@@ -105,7 +105,7 @@ chaos: setup bench-h2load
 #   bench-memory  the memory of a warm cache of 1,000,000 users (~1 minute)
 #   bench-freshness  write-to-visible and watch latency, the feed's cost, hit rate by TTL
 #   bench-client  the client library's near cache (docs/CLIENT.md): hit latency, RPCs saved,
-#                 staleness, memory, the server's cost of change streams (~1.5 minutes)
+#                 staleness, memory, the server's cost of change streams (~2.5 minutes)
 #   bench-h2load  installs h2load (Debian package nghttp2-client), the load tool's C loader
 #   bench-capacity  the capacity plan's tables (docs/CAPACITY.md), from the model and simulator
 BENCH_RESULTS ?= benchmarks/results

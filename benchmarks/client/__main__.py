@@ -1,7 +1,7 @@
 """Client benchmark (issue 22): the near cache of the client library against real servers.
 
-    python -m benchmarks.client            # `make bench-client`: about a minute
-    python -m benchmarks.client --short    # a smoke (about 30 s)
+    python -m benchmarks.client            # `make bench-client`: about 2.5 minutes
+    python -m benchmarks.client --short    # a smoke (about a minute)
 
 Two `entitlements serve` processes (1 worker each) on one SQLite file: the measured client
 follows server B; writes of "another process" go through server A. Measured:
