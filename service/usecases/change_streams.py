@@ -77,8 +77,9 @@ class ChangeMessage:
 @dataclass(frozen=True, slots=True)
 class _Entry:
     index: int
-    # None: a reset (the feed had a gap: anything may have changed).
-    changes: tuple[Change, ...] | None
+    # None: a reset (the feed had a gap: anything may have changed). As sent: each
+    # change's token made once here, not once per stream.
+    changes: tuple[UserChange, ...] | None
 
 
 class ChangeStreams:
@@ -128,7 +129,7 @@ class ChangeStreams:
         if changes is None and self._feed_lost():
             self._wake_all()
             return
-        batch = None if changes is None else tuple(changes)
+        batch = None if changes is None else tuple(_sent(change) for change in changes)
         self._last += 1
         self._log.append(_Entry(self._last, batch))
         self._logged_changes += len(batch) if batch is not None else 1
@@ -248,7 +249,7 @@ class ChangeStreams:
         after it (after the newest reset among them, which becomes the message's),
         after `prefix` (changes caught up from the feed, which end at `cursor`)."""
         newest: dict[str, UserChange] = {}
-        entries = [_Entry(cursor, prefix)] if prefix else []
+        entries = [_Entry(cursor, tuple(_sent(c) for c in prefix))] if prefix else []
         entries += [entry for entry in self._log if entry.index > cursor]
         for entry in entries:
             if entry.changes is None:
@@ -318,11 +319,18 @@ class ChangeStreams:
         return True
 
 
-def _merged(previous: UserChange | None, change: Change) -> UserChange:
-    """The newest of a user's changes; a derived change (version None) wins over a
-    versioned one (a read with full consistency is at least as new as any version)."""
-    if change.version is None or (previous is not None and previous.version == 0):
+def _sent(change: Change) -> UserChange:
+    """A change as streams send it: version 0 and no token for a derived change."""
+    if change.version is None:
         return UserChange(change.user_id, 0, "")
-    if previous is not None and previous.version >= change.version:
-        return previous
     return UserChange(change.user_id, change.version, issue_token(change.user_id, change.version))
+
+
+def _merged(previous: UserChange | None, change: UserChange) -> UserChange:
+    """The newest of a user's changes; a derived change (version 0) wins over a versioned
+    one (a read with full consistency is at least as new as any version)."""
+    if previous is None:
+        return change
+    if change.version == 0 or previous.version == 0:
+        return change if change.version == 0 else previous
+    return previous if previous.version >= change.version else change
