@@ -418,3 +418,14 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_slos_count_unary_calls_only() -> None:
+    """Server streams are counted too (grpc_type="server_stream"): a watch ended by a
+    rollout, or held open for an hour, must not count against the request SLOs."""
+    text = RULES.read_text(encoding="utf-8")
+    # (grpc_server_handling_seconds holds unary calls only: streams have their own.)
+    selectors = re.findall(r"grpc_server_(?:handled|started)_total\{([^}]*)\}", text)
+    assert selectors
+    for selector in selectors:
+        assert 'grpc_type="unary"' in selector, selector

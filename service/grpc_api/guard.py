@@ -23,6 +23,7 @@ same, without an interceptor coroutine per call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -70,8 +71,13 @@ class MethodObserver(Protocol):
 class RpcObserver(Protocol):
     def for_method(self, method: str) -> MethodObserver: ...
 
+    def for_stream(self, method: str) -> MethodObserver:
+        """As for_method, for a server stream: `observe` takes the stream's duration."""
+        ...
+
 
 SHED_DETAILS = "the server is at capacity; retry with backoff"
+CANCELLED = grpc.StatusCode.CANCELLED
 MALFORMED_REQUEST = Refusal(
     grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid protobuf message"
 )
@@ -160,7 +166,8 @@ class RpcGuard:
         stream is long-lived, so it neither counts against nor is refused by the unary
         in-flight bound (the use case bounds open streams), and gets no deadline budget
         of its own (each store call in it has the store's); errors end it with their
-        status. Audit, metrics and tracing do not wrap streams."""
+        status. With an observer, each stream is counted when it starts and when it ends
+        (by status) and its duration observed; audit and tracing do not wrap streams."""
         admit = self._admission(method, self._policy.rule_for(method))
 
         async def guarded(
@@ -178,7 +185,37 @@ class RpcGuard:
             except Exception as error:  # mapped, or reported as INTERNAL
                 await _abort_for(error, context, method)
 
+        if self._observer is not None:
+            return self._measured_stream(self._observer.for_stream(method), guarded)
         return guarded
+
+    @staticmethod
+    def _measured_stream(observer: MethodObserver, inner: StreamBehaviour) -> StreamBehaviour:
+        started, observe, handled = observer.started, observer.observe, observer.handled
+        clock = time.perf_counter
+
+        async def measured(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncGenerator[Any, None]:
+            started()
+            began = clock()
+            failed, cancelled = True, False
+            try:
+                async with contextlib.aclosing(inner(request, context)) as responses:
+                    async for response in responses:
+                        yield response
+                failed = False
+            except (asyncio.CancelledError, GeneratorExit):
+                # The caller went away (or the server stops): grpc cancels the stream's
+                # task before context.cancelled() says so.
+                cancelled = True
+                raise
+            finally:
+                observe(clock() - began)
+                code = context.code() if cancelled else None
+                handled(code or (CANCELLED if cancelled else _code(context, failed=failed)))
+
+        return measured
 
     def _admission(self, method: str, rule: MethodRule) -> Admission:
         """Steps 1 and 2 for calls of `method`, unary or streaming: the caller's principal

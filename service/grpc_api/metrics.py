@@ -59,7 +59,11 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 # How often a worker copies its use-case counts into the metrics (and on stop).
 SYNC_SECONDS = 1.0
-GRPC_TYPE = "unary"  # every method of our services is unary
+GRPC_TYPE = "unary"
+STREAM_GRPC_TYPE = "server_stream"  # WatchEntitlements, WatchChanges
+# A server stream lives from seconds to hours (a watch until its caller leaves, or the
+# connection's max age rotates it).
+STREAM_BUCKETS = (1, 10, 30, 60, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
 
 
 def build_version() -> str:
@@ -87,6 +91,14 @@ class Metrics:
             "Time from the RPC reaching our code to its answer.",
             rpc_labels,
             buckets=LATENCY_BUCKETS,
+        )
+        # Apart from grpc_server_handling_seconds, whose buckets (and latency SLO) are
+        # the unary calls'.
+        self.stream_duration = Histogram(
+            "grpc_server_stream_duration_seconds",
+            "Time a server stream was open: from reaching our code to its end.",
+            rpc_labels,
+            buckets=STREAM_BUCKETS,
         )
         self.cache_lookups = Counter(
             "entitlements_cache_lookups",
@@ -252,8 +264,16 @@ class RpcMetrics:
 
     def for_method(self, method: str) -> MethodMetrics:
         """`method` is "/package.Service/Method"."""
+        return self._for(method, GRPC_TYPE, self._metrics.handling)
+
+    def for_stream(self, method: str) -> MethodMetrics:
+        """A server stream: started and handled as the unary calls (grpc_type
+        server_stream), its duration in grpc_server_stream_duration_seconds."""
+        return self._for(method, STREAM_GRPC_TYPE, self._metrics.stream_duration)
+
+    def _for(self, method: str, grpc_type: str, seconds: Histogram) -> MethodMetrics:
         service, _, name = method.lstrip("/").rpartition("/")
-        labels = (service, name, GRPC_TYPE)
+        labels = (service, name, grpc_type)
         handled = self._metrics.handled
         by_code: dict[grpc.StatusCode, Any] = {}
 
@@ -265,7 +285,7 @@ class RpcMetrics:
 
         return MethodMetrics(
             started=self._metrics.started.labels(*labels).inc,
-            observe=self._metrics.handling.labels(*labels).observe,
+            observe=seconds.labels(*labels).observe,
             handled=count_handled,
         )
 

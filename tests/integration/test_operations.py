@@ -463,3 +463,52 @@ def test_the_worker_count_follows_the_cpu_affinity_and_port_the_port_variable(
         assert target == f"127.0.0.1:{port}"
         cpus = available_cpus()
         assert ("(1 worker," if cpus == 1 else f"({cpus} workers,") in "".join(output)
+
+
+def test_watch_streams_are_counted_by_status_and_timed(tmp_path: Path) -> None:
+    """WatchEntitlements had no request metrics (issue 25): now started, handled by code and
+    its duration, like the unary calls (grpc_type server_stream)."""
+    credentials = write_test_credentials(tmp_path / "credentials.yaml")
+    metrics_port = free_port()
+    env = {"ENTITLEMENTS_METRICS_PORT": str(metrics_port)}
+    with server_process(tmp_path / "w.db", credentials, workers=1, env=env) as server:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = entitlement_service_pb2_grpc.EntitlementServiceStub(channel)
+            metadata = bearer_metadata(SERVICE_TOKEN)
+            watching = stub.WatchEntitlements(
+                es.WatchEntitlementsRequest(user_id="watched", feature_ids=["shuffle_play"]),
+                metadata=metadata,
+                timeout=30,
+            )
+            assert next(watching).entitlements
+            time.sleep(0.2)  # open a moment: the duration is measured
+            watching.cancel()  # the caller leaves: CANCELLED
+            refused = stub.WatchEntitlements(
+                es.WatchEntitlementsRequest(user_id="watched", feature_ids=["no such"]),
+                metadata=metadata,
+                timeout=30,
+            )
+            assert code_of(lambda: next(refused)) is grpc.StatusCode.INVALID_ARGUMENT
+        watch = {
+            "grpc_service": ENTITLEMENT_SERVICE,
+            "grpc_method": "WatchEntitlements",
+            "grpc_type": "server_stream",
+        }
+        handled = "grpc_server_handled_total"
+
+        def both_ended() -> bool:
+            return value(scrape(metrics_port), handled, **watch) == 2
+
+        eventually(both_ended)
+        samples = scrape(metrics_port)
+    assert value(samples, "grpc_server_started_total", **watch) == 2
+    assert value(samples, handled, grpc_code="CANCELLED", **watch) == 1
+    assert value(samples, handled, grpc_code="INVALID_ARGUMENT", **watch) == 1
+    duration = "grpc_server_stream_duration_seconds"
+    assert value(samples, f"{duration}_count", **watch) == 2
+    assert value(samples, f"{duration}_sum", **watch) >= 0.2
+    assert value(samples, f"{duration}_bucket", le="+Inf", **watch) == 2
+    # Not in the unary latency histogram (its buckets and SLO are the unary calls').
+    assert (
+        value(samples, "grpc_server_handling_seconds_count", grpc_method="WatchEntitlements") == 0
+    )
