@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 import prometheus_client
+import pytest
 
 import service
 from service.config import Settings
@@ -312,6 +313,7 @@ def test_every_port_the_docs_give_is_one_something_listens_on() -> None:
 # --- versions --------------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_version_names_the_server_and_the_api() -> None:
     shown = subprocess.run(
         [ENTITLEMENTS, "--version"], capture_output=True, text=True, timeout=60, check=True

@@ -219,6 +219,7 @@ def test_a_write_is_retried_with_the_same_request_id(flaky: tuple[FlakyServicer,
     assert servicer.attempts == ["grant-req-1", "grant-req-1"]
 
 
+@pytest.mark.subprocess
 def test_the_cli_retries_by_the_config(flaky: tuple[FlakyServicer, str], tmp_path: Path) -> None:
     """The real console script against the flaky server: one UNAVAILABLE, then the answer."""
     servicer, target = flaky

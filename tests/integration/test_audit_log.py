@@ -68,6 +68,7 @@ def authenticated(
         expected[request.request_id] = (principal, code_of(call, request, metadata).name)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("workers", [1, 2])
 def test_anonymous_calls_leave_a_bounded_trail_and_every_admin_call_is_recorded(
     tmp_path: Path, workers: int

@@ -102,6 +102,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         server.stop()
 
 
+@pytest.mark.subprocess
 def test_get_entitlement_prints_the_decision(served: Served) -> None:
     granted = run_cli(
         "get-entitlement", "--target", served.target, "demo-active", "offline_downloads",
@@ -115,6 +116,7 @@ def test_get_entitlement_prints_the_decision(served: Served) -> None:
     assert "DENIED (no_entitling_source)" in denied.stdout
 
 
+@pytest.mark.subprocess
 def test_list_entitlements(served: Served) -> None:
     out = run_cli(
         "list-entitlements", "--target", served.target, "demo-family-member", cwd=served.folder
@@ -123,6 +125,7 @@ def test_list_entitlements(served: Served) -> None:
     assert re.search(r"offline_downloads: GRANTED .*household household-[0-9a-f]{20}\b", out)
 
 
+@pytest.mark.subprocess
 def test_get_offers(served: Served) -> None:
     out = run_cli(
         "get-offers", "--target", served.target, "demo-lapsed", "--market", "US",
@@ -132,6 +135,7 @@ def test_get_offers(served: Served) -> None:
     assert "premium-individual-trial-1m: had_premium_before" in out
 
 
+@pytest.mark.subprocess
 def test_bad_input_prints_field_violations(served: Served) -> None:
     result = run_cli(
         "get-entitlement", "--target", served.target, "demo-free", "teleportation",
@@ -151,6 +155,7 @@ def dev_tokens_in(data: Path) -> dict[str, str]:
     return tokens
 
 
+@pytest.mark.subprocess
 def test_serve_generates_development_credentials_and_says_where_they_are(served: Served) -> None:
     """Owner-only: the data folder 0700 (made by seed-demo's database), both files 0600;
     the server's output (its log) names the tokens' file, never a token (issue 25)."""
@@ -173,6 +178,7 @@ def test_serve_generates_development_credentials_and_says_where_they_are(served:
         assert token not in output
 
 
+@pytest.mark.subprocess
 def test_serve_makes_its_own_data_folder_owner_only(tmp_path: Path) -> None:
     """serve alone (no seed-demo first), in a fresh folder, with its data folder two
     levels down: every folder it creates is 0700, whatever the umask."""
@@ -192,6 +198,7 @@ def test_serve_makes_its_own_data_folder_owner_only(tmp_path: Path) -> None:
         server.stop()
 
 
+@pytest.mark.subprocess
 def test_credential_flag_and_environment(served: Served) -> None:
     args = ("get-entitlement", "--target", served.target, "demo-active", "offline_downloads")
     wrong = run_cli(*args, "--credential", "not-a-known-token", cwd=served.folder, check=False)
@@ -216,6 +223,7 @@ def test_credential_flag_and_environment(served: Served) -> None:
     assert "no development tokens found" in elsewhere.stderr
 
 
+@pytest.mark.subprocess
 def test_admin_calls_are_audited_on_stderr(served: Served) -> None:
     admin = dev_tokens(served.folder)["admin"]
     with grpc.insecure_channel(served.target) as channel:
@@ -246,6 +254,7 @@ def wait_for_audit_line(served: Served, request_id: str) -> dict[str, object]:
     raise AssertionError(f"no audit line for {request_id}:\n{served.text()}")
 
 
+@pytest.mark.subprocess
 def test_restart_reuses_the_development_credentials(served: Served) -> None:
     before = dev_tokens(served.folder)
     credentials = served.folder / "data" / "dev-credentials.yaml"
@@ -264,6 +273,7 @@ def test_restart_reuses_the_development_credentials(served: Served) -> None:
         again.stop()
 
 
+@pytest.mark.subprocess
 def test_explicit_credentials_file_and_audit_file(tmp_path: Path) -> None:
     credentials = write_test_credentials(tmp_path / "credentials.yaml")
     audit_file = tmp_path / "audit" / "admin.jsonl"
@@ -363,6 +373,7 @@ def test_a_bug_is_not_reported_as_bad_input(
     assert "error:" not in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 def test_a_setting_out_of_range_is_an_error_message(tmp_path: Path) -> None:
     result = run_cli(
         "serve", "--port", "0", "--storage", "memory://", cwd=tmp_path, check=False,
@@ -372,6 +383,7 @@ def test_a_setting_out_of_range_is_an_error_message(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1] == "error: threads must be greater than 0, got 0"
 
 
+@pytest.mark.subprocess
 def test_a_grant_repeated_with_its_request_id_replays(served: Served) -> None:
     """`grant --request-id ID --days N` run again (a retry after an error) is the same
     request, so it gets the first answer instead of ALREADY_EXISTS."""

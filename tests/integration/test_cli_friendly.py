@@ -24,6 +24,8 @@ from service.grpc_api.auth import bearer_metadata
 from tests.integration.server_process import ENTITLEMENTS
 from tests.integration.test_cli import Served, dev_tokens, run_cli, serve
 
+pytestmark = pytest.mark.subprocess
+
 READS = ("get-entitlement", "list-entitlements", "batch-get-entitlements", "get-offers")
 
 

@@ -21,6 +21,8 @@ import pytest
 from service.cli.remembered import TOKENS_FILE
 from tests.integration.test_cli import CLEAN_ENV, ENTITLEMENTS, Served, run_cli, serve
 
+pytestmark = pytest.mark.subprocess
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:

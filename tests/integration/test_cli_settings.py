@@ -6,12 +6,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from service.config import Settings, unknown_environment_variables
 from tests.integration.test_cli import run_cli, serve
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.subprocess
 def test_settings_reference_is_up_to_date() -> None:
     generated = run_cli("settings-reference", cwd=REPO).stdout
     committed = (REPO / "docs" / "SETTINGS.md").read_text(encoding="utf-8")
@@ -23,6 +26,7 @@ def test_settings_reference_is_up_to_date() -> None:
         assert f"`ENTITLEMENTS_{field.name.upper()}`" in committed
 
 
+@pytest.mark.subprocess
 def test_every_setting_is_a_serve_flag(tmp_path: Path) -> None:
     text = run_cli("serve", "--help", cwd=tmp_path).stdout
     for field in dataclasses.fields(Settings):
@@ -38,6 +42,7 @@ def test_every_setting_is_a_serve_flag(tmp_path: Path) -> None:
     assert refused.stderr.strip().splitlines()[-1] == "error: threads must be greater than 0, got 0"
 
 
+@pytest.mark.subprocess
 def test_an_unknown_environment_variable_is_reported_at_start(tmp_path: Path) -> None:
     server = serve(
         tmp_path, "--storage", "memory://", "--log-format", "text",

@@ -142,6 +142,7 @@ def test_a_hit_sends_no_rpc(servers: Servers, server: RunningServer) -> None:
     assert client.cache is not None and client.cache.stats.hits >= 200
 
 
+@pytest.mark.subprocess
 def test_another_processs_write_invalidates_the_entry(
     servers: Servers, server: RunningServer, other_process: ServerProcess
 ) -> None:
@@ -155,6 +156,7 @@ def test_another_processs_write_invalidates_the_entry(
     assert answer.granted and answer.source_type == "GRANT" and not answer.stale
 
 
+@pytest.mark.subprocess
 def test_read_your_writes_through_the_cache(
     servers: Servers, server: RunningServer, other_process: ServerProcess
 ) -> None:
@@ -204,6 +206,7 @@ def test_valid_until_expires_an_entry_without_any_write(
     assert server_rpcs() == before + 1
 
 
+@pytest.mark.subprocess
 def test_a_stream_outage_serves_stale_within_the_bound_then_reads(servers: Servers) -> None:
     running = servers.start()
     try:
@@ -249,6 +252,7 @@ def test_start_up_never_waits_for_the_stream(servers: Servers) -> None:
         running.stop(grace_seconds=1)
 
 
+@pytest.mark.subprocess
 def test_a_feed_gap_resets_the_near_cache(servers: Servers, tmp_path: Path) -> None:
     """The server the client follows loses changes from its feed (made as in
     test_freshness: its process stopped while they are deleted): it tells the client

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from service.catalog.demo import DEMO_USER_IDS
 from storage.sqlite import SqliteRepository
 from tests.integration.test_cli import run_cli, serve
+
+pytestmark = pytest.mark.subprocess
 
 
 def test_make_run_again_keeps_the_demo_users_state_and_history(tmp_path: Path) -> None:

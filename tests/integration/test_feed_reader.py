@@ -12,12 +12,16 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import write_test_credentials
 from tests.integration.server_process import server_process
 from tests.integration.test_freshness import channels_to_each_worker, granted, seconds_until
 from tests.integration.test_operations import free_port, scrape, value
 from tests.integration.test_supervisor import worker_pids
 from tests.integration.test_write_processes import grant_request, writer
+
+pytestmark = pytest.mark.subprocess
 
 # Long enough for a few hundred polls at 0.05 s, short enough for the default suite.
 WINDOW_SECONDS = 3.0

@@ -67,6 +67,7 @@ def seconds_until(condition: Callable[[], bool], limit: float = SEEN_WITHIN_SECO
     return time.monotonic() - began
 
 
+@pytest.mark.subprocess
 def test_a_write_in_one_process_is_seen_without_token_in_another(tmp_path: Path) -> None:
     db = tmp_path / "shared.db"
     credentials = write_test_credentials(tmp_path / "credentials.yaml")
@@ -78,6 +79,7 @@ def test_a_write_in_one_process_is_seen_without_token_in_another(tmp_path: Path)
         assert on_b()
 
 
+@pytest.mark.subprocess
 def test_a_feed_gap_empties_the_cache_and_says_so(tmp_path: Path) -> None:
     """The feed loses changes B has not read (trimmed while B was behind: made here by
     stopping B's worker and deleting them): B cannot know what changed, so it drops
@@ -119,6 +121,7 @@ def test_a_feed_gap_empties_the_cache_and_says_so(tmp_path: Path) -> None:
         watch.cancel()
 
 
+@pytest.mark.subprocess
 def test_a_lost_feed_never_serves_stale_state_silently(tmp_path: Path) -> None:
     """B cannot read the feed (its table gone; the rest of the store answers): B logs
     that the feed is lost and expires its cache at every poll, so a change made behind
@@ -160,6 +163,7 @@ def manager_event(
     )
 
 
+@pytest.mark.subprocess
 def test_a_member_in_another_process_follows_the_managers_writes(tmp_path: Path) -> None:
     """The manager's writes change the member's decisions: B drops the member's cached
     state when the manager's subscription is revoked, and again when they buy anew."""
@@ -244,6 +248,7 @@ def channels_to_each_worker(target: str, worker_pids: list[int]) -> dict[int, gr
     pytest.fail(f"no connection to every worker: {sorted(held)} of {worker_pids}")
 
 
+@pytest.mark.subprocess
 def test_workers_of_one_server_see_each_others_writes_and_wake_each_others_watches(
     tmp_path: Path,
 ) -> None:

@@ -1,10 +1,10 @@
 """Hostile input against a real `entitlements serve` process: each request gets a
-deliberate status, the server stays up, and its memory does not grow."""
+deliberate status and the server stays up (its memory under the barrage is not
+asserted: see test_server_survives_a_hostile_barrage)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,15 +16,10 @@ from service.grpc_api.auth import with_bearer_token
 from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
 from tests.integration.server_process import ServerProcess, server_process
 
+pytestmark = pytest.mark.subprocess
+
 GET = "/entitlements.v1.EntitlementService/GetEntitlement"
 BATCH = "/entitlements.v1.EntitlementService/BatchGetEntitlements"
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def raw_call(
@@ -92,34 +87,24 @@ def test_hostile_request_gets_the_right_status(
         assert raw_call(channel, method, payload, metadata) is expected
 
 
-# Known, not yet diagnosed: on the grpc.aio server the worker's RSS grows ~10 MiB per 100
-# rounds of this barrage when the test runs alone (measured 72 -> 114 MiB over 600 rounds),
-# while it passed within the suite. Single cases repeated 3,000 times (malformed bytes, bad
-# ids, batches of 101 and 5,000) showed no steady growth, so it is the mix (the connection
-# resets of the oversize cases?). Not strict: the rest of the test still guards the statuses
-# and that the server stays up and SERVING. Since the lock moved the grpcio family to
-# 1.85.1 (from grpcio 1.85.3) it passed alone 3 runs of 3 and in CI: make it strict once
-# more runs agree (the growth may have been grpcio 1.85.3's).
-@pytest.mark.xfail(strict=False, reason="RSS growth under the mixed barrage on grpc.aio")
-def test_server_survives_a_hostile_barrage_without_growing(server: ServerProcess) -> None:
+# The barrage's statuses, and that the server stays up and SERVING, are what this test
+# guards. It used to assert that the worker's RSS grows by less than 20 MiB too, under a
+# non-strict xfail, so it could never fail: the growth is real and not yet diagnosed
+# (on the grpc.aio server, measured 72 -> 114 MiB over 600 rounds alone, and 29 MiB over
+# 300 rounds on 2026-12-04; single cases repeated 3,000 times showed no steady growth, so
+# it is the mix, perhaps the connection resets of the oversize cases). The memory
+# assertion is gone until it is diagnosed; issue 19 item 8 records it.
+def test_server_survives_a_hostile_barrage(server: ServerProcess) -> None:
     with with_bearer_token(grpc.insecure_channel(server.target), SERVICE_TOKEN) as channel:
         # Requests over the size limits cost ~0.5 s each (the connection is reset), so
         # they are repeated less than the cheap ones.
         cheap = [case for case in CASES if case[4] is not OK and case[4] is not EXHAUSTED]
         costly = [case for case in CASES if case[4] is EXHAUSTED]
-
-        def barrage(rounds: int) -> None:
-            for round_ in range(rounds):
-                for _, method, payload, metadata, expected in cheap + (
-                    costly if round_ % 50 == 0 else []
-                ):
-                    assert raw_call(channel, method, payload, metadata) is expected
-
-        barrage(50)  # warm up: allocator pools, caches, code paths
-        before = rss_kib(server.process.pid)
-        barrage(300)
-        after = rss_kib(server.process.pid)
-        assert after - before < 20 * 1024, f"RSS grew {after - before} KiB"
+        for round_ in range(350):
+            for _, method, payload, metadata, expected in cheap + (
+                costly if round_ % 50 == 0 else []
+            ):
+                assert raw_call(channel, method, payload, metadata) is expected
         health = health_pb2_grpc.HealthStub(channel)
         status = health.Check(health_pb2.HealthCheckRequest(), timeout=5)  # type: ignore[attr-defined]
         assert status.status == health_pb2.HealthCheckResponse.SERVING

@@ -378,6 +378,7 @@ def test_unmappable_notifications_become_dead_letters_and_replay_after_a_fix(
     assert ingest.count("stripe", Verdict.DEAD_LETTER) == 3
 
 
+@pytest.mark.subprocess
 def test_dead_letters_are_listed_and_replayed_by_the_cli_after_a_catalog_fix(
     ingest: Ingest, tmp_path: Path
 ) -> None:
@@ -491,6 +492,7 @@ def test_a_stripe_life_delivered_backwards_and_twice_ends_as_in_order(ingest: In
     assert a.status.value == "canceled" and ingest.granted(ordered) and ingest.granted(backwards)
 
 
+@pytest.mark.subprocess
 def test_serve_runs_the_ingress_in_every_worker_with_metrics_and_drains(tmp_path: Path) -> None:
     """`entitlements serve` with two workers: the port is claimed by the supervisor and
     shared; a notification through either worker is read back through the gRPC port (the
@@ -578,6 +580,7 @@ def test_a_store_that_cannot_write_is_answered_503_and_the_redelivery_lands(
     assert ingest.granted(user)
 
 
+@pytest.mark.subprocess
 def test_a_stripe_customer_linked_to_a_user_maps_its_notifications(
     ingest: Ingest, tmp_path: Path
 ) -> None:

@@ -84,6 +84,7 @@ def health_status(channel: grpc.Channel, service: str) -> int:
 # --- metrics summed across two workers ---------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_metrics_of_two_workers_add_up(tmp_path: Path) -> None:
     credentials = write_test_credentials(tmp_path / "credentials.yaml")
     metrics_port = free_port()
@@ -194,6 +195,7 @@ def test_metrics_of_two_workers_add_up(tmp_path: Path) -> None:
     assert value(samples, "entitlements_build_info") == 1
 
 
+@pytest.mark.subprocess
 def test_a_replaced_worker_is_counted_and_its_gauges_leave(tmp_path: Path) -> None:
     credentials = write_test_credentials(tmp_path / "credentials.yaml")
     metrics_port = free_port()
@@ -210,6 +212,7 @@ def test_a_replaced_worker_is_counted_and_its_gauges_leave(tmp_path: Path) -> No
         assert len(catalogs) == 1
 
 
+@pytest.mark.subprocess
 def test_metrics_are_off_by_default(tmp_path: Path) -> None:
     credentials = write_test_credentials(tmp_path / "credentials.yaml")
     with server_process(tmp_path / "off.db", credentials) as server:
@@ -269,6 +272,7 @@ def failing_calls(
     ]
 
 
+@pytest.mark.subprocess
 def test_logs_of_a_full_run_are_json_without_secrets(tmp_path: Path) -> None:
     """Reads, writes, refused credentials and errors through a real 2-worker server; every
     line it writes is JSON, and none carries a token, a credential or a raw user id."""
@@ -373,6 +377,7 @@ def test_liveness_stays_serving_while_the_store_is_down(tmp_path: Path) -> None:
             eventually(lambda: server.status() == SERVING)
 
 
+@pytest.mark.subprocess
 def test_sigterm_turns_readiness_off_then_serves_for_the_drain_delay(tmp_path: Path) -> None:
     credentials = write_test_credentials(tmp_path / "credentials.yaml")
     env = {"ENTITLEMENTS_DRAIN_DELAY_SECONDS": "2", "ENTITLEMENTS_SHUTDOWN_GRACE_SECONDS": "1"}
@@ -446,6 +451,7 @@ def serve_default_workers(
         process.wait(timeout=30)
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 def test_the_worker_count_follows_the_cpu_affinity_and_port_the_port_variable(
     tmp_path: Path,

@@ -376,6 +376,7 @@ def test_wrong_package_malformed_and_unknown_user_are_refused_or_kept(play: Play
     eventually(kept)
 
 
+@pytest.mark.subprocess
 def test_reconciliation_records_a_purchase_whose_notification_never_came(
     play: Play, tmp_path: Path
 ) -> None:

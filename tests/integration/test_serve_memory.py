@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import pytest
 
 from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import entitlement_service_pb2_grpc as es_grpc
@@ -16,6 +17,8 @@ from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.grpc_api.auth import bearer_metadata
 from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.integration.test_cli import run_cli, serve
+
+pytestmark = pytest.mark.subprocess
 
 # Reads on this many connections of their own: the kernel spreads connections (not RPCs)
 # over the workers' sockets, so with two workers all of them landing on one is 2**-11.

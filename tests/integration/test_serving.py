@@ -132,6 +132,7 @@ def test_concurrent_misses_for_one_user_read_the_store_once(tmp_path: Path) -> N
         assert server.store.calls - before == 1
 
 
+@pytest.mark.subprocess
 def test_load_shedding_answers_at_once_and_admitted_calls_keep_their_latency(
     tmp_path: Path,
 ) -> None:
@@ -208,6 +209,7 @@ def reader(target: str) -> entitlement_service_pb2_grpc.EntitlementServiceStub:
     )
 
 
+@pytest.mark.subprocess
 def test_sigterm_under_load_fails_no_in_flight_rpc(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -248,6 +250,7 @@ def test_sigterm_under_load_fails_no_in_flight_rpc(
     assert any("draining" in line for line in server.output)
 
 
+@pytest.mark.subprocess
 def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
     db = tmp_path / "workers.db"
     credentials = write_test_credentials(tmp_path / "credentials.yaml")
@@ -272,6 +275,7 @@ def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
                 )
 
 
+@pytest.mark.subprocess
 def test_max_connection_age_rebalances_a_client_across_workers(tmp_path: Path) -> None:
     """One long-lived client channel: the server closes its connection every 0.3 s, the
     client reconnects, and the kernel spreads the reconnections over both workers (the
@@ -315,6 +319,7 @@ def test_max_connection_age_rebalances_a_client_across_workers(tmp_path: Path) -
     assert len(pids) == 2
 
 
+@pytest.mark.subprocess
 def test_overload_is_refused_at_once_while_admitted_calls_are_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

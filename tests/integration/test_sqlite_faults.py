@@ -308,6 +308,7 @@ def test_writers_giving_up_on_a_lock_leave_the_store_threads_free(tmp_path: Path
 # -- issue 11, item 6: faults of the file are UNAVAILABLE, and the service heals by itself
 
 
+@pytest.mark.subprocess
 def test_read_only_database_answers_unavailable_and_recovers_without_restart(
     tmp_path: Path,
 ) -> None:
@@ -341,6 +342,7 @@ def test_read_only_database_answers_unavailable_and_recovers_without_restart(
         client.channel.close()
 
 
+@pytest.mark.subprocess
 def test_health_follows_whether_the_database_can_be_written(tmp_path: Path) -> None:
     prefix = file_modes_bind_a_child(tmp_path)
     db = create_database(tmp_path / "data" / "entitlements.db")
@@ -495,6 +497,7 @@ def worker_pids(server: ServerProcess) -> list[int]:
     return [int(pid) for pid in banner.split("pids ")[1].split(";")[0].split(", ")]
 
 
+@pytest.mark.subprocess
 def test_a_restarted_worker_does_not_create_a_new_database(tmp_path: Path) -> None:
     data = tmp_path / "data"
     db = create_database(data / "entitlements.db")
@@ -533,6 +536,7 @@ def umask(mask: int) -> Iterator[None]:
         os.umask(previous)
 
 
+@pytest.mark.subprocess
 def test_new_database_files_are_readable_by_the_service_only(tmp_path: Path) -> None:
     credentials = write_test_credentials(tmp_path / "credentials.yaml")
     served = tmp_path / "served" / "entitlements.db"

@@ -28,6 +28,8 @@ from service.grpc_api.workers import MAX_RESTARTS
 from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
 from tests.integration.server_process import ENTITLEMENTS, ServerProcess, server_process
 
+pytestmark = pytest.mark.subprocess
+
 INVALID_CATALOG = "features: [unclosed\n"
 
 

@@ -20,6 +20,8 @@ from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
 from tests.integration.server_process import ServerProcess, server_process
 from tests.integration.test_write_processes import grant_request, writer
 
+pytestmark = pytest.mark.subprocess
+
 FEATURE = "offline_downloads"
 # The whole stream's deadline: a bound on every wait of these tests, for a busy machine.
 STREAM_SECONDS = 30

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import grpc
+import pytest
 
 from entitlements.v1 import common_pb2, entitlement_service_pb2, entitlement_service_pb2_grpc
 from entitlements.v1 import subscription_event_service_pb2 as ev
@@ -15,6 +16,8 @@ from service.grpc_api.auth import with_bearer_token
 from storage.sqlite import SqliteRepository
 from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.integration.server_process import server_process
+
+pytestmark = pytest.mark.subprocess
 
 
 def reader(target: str) -> entitlement_service_pb2_grpc.EntitlementServiceStub:

@@ -209,6 +209,7 @@ def test_aborted_transactions_are_rerun_without_duplicates(
     pytest.fail("the emulator aborted no transaction in 5 rounds of 12 concurrent writes")
 
 
+@pytest.mark.subprocess
 def test_cli_migrates_seeds_and_reads_history(
     spanner_emulator: SpannerEmulator, tmp_path: Path
 ) -> None:

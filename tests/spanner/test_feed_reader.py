@@ -23,7 +23,7 @@ from tests.integration.test_operations import free_port, scrape, value
 from tests.integration.test_write_processes import grant_request, writer
 from tests.spanner_emulator import SpannerEmulator
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.subprocess, pytest.mark.timeout(240)]
 
 
 @contextmanager
