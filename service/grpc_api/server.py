@@ -164,12 +164,17 @@ class RunningServer:
         then refuses new RPCs, lets in-flight RPCs finish within the grace, and closes
         the store."""
         try:
-            if drain_delay_seconds > 0:
-                self.loop_thread.run(self._drain(drain_delay_seconds))
+            self.drain(drain_delay_seconds)
             self.loop_thread.run(self._stop(grace_seconds))
         finally:
             self.loop_thread.stop()
             self.app.close()
+
+    def drain(self, delay_seconds: float) -> None:
+        """The first step of stop, alone (what else the worker serves drains alongside:
+        service/grpc_api/workers.py): readiness NOT_SERVING at once, serving for the delay."""
+        if delay_seconds > 0:
+            self.loop_thread.run(self._drain(delay_seconds))
 
     async def _drain(self, delay_seconds: float) -> None:
         await self.readiness.stop()  # it must not turn readiness back to SERVING

@@ -149,9 +149,7 @@ def _serve_in_process(settings: Settings, announce: Announce) -> int:
         announce(f"store notifications on http://{settings.host}:{ingress.port}")
     received = signal.sigwait(STOP_SIGNALS)
     announce(f"{signal.Signals(received).name}: draining")
-    if ingress is not None:
-        ingress.stop()
-    running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds)
+    _drain_and_stop(settings, running, ingress)
     flush_audit_summaries()
     return 0
 
@@ -186,10 +184,29 @@ def _worker_main(
     report.send(("ready", running.reads.catalog.version))
     report.close()
     signal.sigwait(STOP_SIGNALS)
-    if ingress is not None:
-        ingress.stop()
-    running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds)
+    _drain_and_stop(settings, running, ingress)
     flush_audit_summaries()
+
+
+def _drain_and_stop(
+    settings: Settings, running: RunningServer, ingress: RunningIngress | None
+) -> None:
+    """A worker's graceful stop: the gRPC readiness and the notification ingress's health
+    turn unhealthy at once and both keep serving for the drain delay (load balancers
+    notice); then the ingress stops (its requests in flight still write), then the gRPC
+    server, the two within the shutdown grace."""
+    if ingress is None:
+        running.stop(settings.shutdown_grace_seconds, settings.drain_delay_seconds)
+        return
+    stopping = time.monotonic()
+    try:
+        ingress.drain()
+        running.drain(settings.drain_delay_seconds)
+        stopping = time.monotonic()
+        ingress.stop()
+    finally:
+        spent = time.monotonic() - stopping
+        running.stop(max(0.0, settings.shutdown_grace_seconds - spent))
 
 
 def _start_ingress(settings: Settings, running: RunningServer) -> RunningIngress | None:

@@ -9,7 +9,11 @@ Routes: POST /notifications/app-store ({"signedPayload": JWS}), POST /notificati
   or environment); 404: that store is not configured here; 409: its id was recorded with
   another content; 413: too large. Counted by reason;
 - 503 (Retry-After): a transient fault (store unavailable, event not yet applicable,
-  draining); the store redelivers.
+  the worker stopping); the store redelivers.
+
+On SIGTERM the worker drains first (drain(): /healthz answers 503 so that load balancers
+stop sending, notifications are still answered as usual for the drain delay), then stops
+(stop(): the port closes, requests in flight finish within the grace).
 
 Verification (certificate chains, ECDSA, HMAC) runs in the loop's default thread pool,
 never on the loop that answers cache hits; the write runs in the store pool.
@@ -61,7 +65,11 @@ class NotificationIngress:
         self._on_refusal = on_refusal
         # Refusals before mapping, per (source, reason): tests and the metrics.
         self.refusals: dict[tuple[str, str], int] = {}
+        # Draining: health answers 503 (load balancers stop sending), notifications are
+        # still taken. Stopping: the port is closing; a request on a connection still open
+        # is answered 503 (the store redelivers).
         self.draining = False
+        self.stopping = False
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -90,12 +98,14 @@ class NotificationIngress:
         return self.port
 
     async def drain(self) -> None:
-        """Health turns 503 (load balancers stop sending); requests are still served."""
+        """Health turns 503 (load balancers stop sending); notifications are still taken
+        and answered as usual."""
         self.draining = True
 
     async def stop(self) -> None:
-        """Stops listening and waits for the requests in flight (within the grace)."""
-        self.draining = True
+        """Stops listening and waits for the requests in flight (within the grace given
+        to start)."""
+        self.draining = self.stopping = True
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -118,8 +128,8 @@ class NotificationIngress:
         )
 
     async def _read(self, request: web.Request, source: str) -> bytes | web.Response:
-        if self.draining:
-            return _retry("draining")
+        if self.stopping:
+            return _retry("stopping")
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:

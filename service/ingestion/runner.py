@@ -104,9 +104,17 @@ class RunningIngress:
     def port(self) -> int:
         return self.ingress.port if self.ingress is not None else 0
 
+    def drain(self) -> None:
+        """The first step of a graceful stop: the HTTP ingress's health turns 503 (load
+        balancers stop sending) while it keeps answering notifications; Pub/Sub pulls go
+        on (Pub/Sub needs no warning)."""
+        if self.ingress is not None:
+            self.running.loop_thread.run(self.ingress.drain())
+
     def stop(self) -> None:
         """Stops taking notifications: Pub/Sub pulls end (unacknowledged messages are
-        redelivered), the HTTP port closes after the requests in flight."""
+        redelivered), the HTTP port closes after the requests in flight (within the
+        shutdown grace)."""
         if self.subscriber is not None:
             self.subscriber.stop()
         if self.ingress is not None:

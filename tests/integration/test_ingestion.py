@@ -9,6 +9,7 @@ import json
 import signal
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -544,6 +545,68 @@ def test_serve_runs_the_ingress_in_every_worker_with_metrics_and_drains(tmp_path
         assert "entitlements_notification_lag_seconds_bucket" in text
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0
+
+
+def _http_status(url: str) -> int | None:
+    """The HTTP status of a GET (None: nothing answers)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return None
+
+
+def test_sigterm_keeps_the_ingress_answering_through_the_drain_delay(tmp_path: Path) -> None:
+    """SIGTERM to `entitlements serve`: the ingress's /healthz turns 503 at once (load
+    balancers stop sending), but a notification still arriving in the drain delay is
+    answered 200 and recorded; then the process stops within the grace."""
+    db = tmp_path / "entitlements.db"
+    SqliteRepository(db, create=True).close()
+    credentials = write_test_credentials(tmp_path / "credentials.yaml")
+    notifications = free_port()
+    drain_delay = 4.0
+    env = {
+        "ENTITLEMENTS_STRIPE_WEBHOOK_SECRET": STRIPE_SECRET,
+        "ENTITLEMENTS_DRAIN_DELAY_SECONDS": str(drain_delay),
+        "ENTITLEMENTS_SHUTDOWN_GRACE_SECONDS": "2",
+    }
+    args = ("--notifications-port", str(notifications))
+    user, now = f"web-{uuid.uuid4()}", datetime.now(UTC)
+    body, signature = stripe_signed(
+        stripe_subscription_event(
+            "evt_drain", "customer.subscription.created", created=now - timedelta(minutes=1),
+            subscription_id="sub_drain", user=user, price_lookup_key=PLAN, status="active",
+            period_end=now + 30 * DAY,
+        )
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{notifications}"
+    with server_process(db, credentials, *args, workers=2, env=env) as server:
+        assert _http_status(base + "/healthz") == 200
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        while _http_status(base + "/healthz") != 503:
+            assert time.monotonic() - signalled < drain_delay / 2, "health never turned 503"
+            time.sleep(0.05)
+        post = urllib.request.Request(
+            base + "/notifications/stripe",
+            data=body,
+            headers={"Stripe-Signature": signature, "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(post, timeout=30) as response:
+            assert (response.status, json.loads(response.read())["verdict"]) == (200, "recorded")
+        assert time.monotonic() - signalled < drain_delay  # answered within the drain delay
+        assert server.process.wait(timeout=60) == 0
+        assert time.monotonic() - signalled >= drain_delay
+        assert _http_status(base + "/healthz") is None
+    repository = SqliteRepository(db)
+    try:
+        (subscription,) = repository.load(user).account.subscriptions
+    finally:
+        repository.close()
+    assert subscription.status.value == "active"
 
 
 def test_a_store_that_cannot_write_is_answered_503_and_the_redelivery_lands(
