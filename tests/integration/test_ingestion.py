@@ -558,6 +558,7 @@ def _http_status(url: str) -> int | None:
         return None
 
 
+@pytest.mark.subprocess
 def test_sigterm_keeps_the_ingress_answering_through_the_drain_delay(tmp_path: Path) -> None:
     """SIGTERM to `entitlements serve`: the ingress's /healthz turns 503 at once (load
     balancers stop sending), but a notification still arriving in the drain delay is
