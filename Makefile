@@ -189,26 +189,41 @@ CLIENT_PLUGIN_DEBS := protoc-gen-go protoc-gen-go-grpc
 CLIENT_CHECK_DEBS := golang-go golang-google-grpc-dev golang-google-protobuf-dev
 TS_PLUGIN_DEPS := clients/typescript/node_modules/.package-lock.json
 GO_CHECK := $(VENV)/go-check
-client-plugins: $(TS_PLUGIN_DEPS)
-	@command -v protoc-gen-go >/dev/null && command -v protoc-gen-go-grpc >/dev/null || { \
-		$(APT_GET) install -y -q --no-install-recommends $(CLIENT_PLUGIN_DEBS) \
-			|| { $(APT_GET) update -q \
-				&& $(APT_GET) install -y -q --no-install-recommends $(CLIENT_PLUGIN_DEBS); }; }
+# The Debian packages of these targets: root (CI) installs them with apt-get; anyone else
+# gets them without root or sudo, downloaded with their missing dependencies (~25 packages,
+# Go among them) and unpacked into DEB_ROOT (clients/fetch_debs.py). FETCH_DEBS=1 does that
+# as root too; FETCH_DEBS= installs through sudo instead.
+DEB_ROOT := $(abspath $(VENV)/debroot)
+FETCH_DEBS ?= $(shell [ "$$(id -u)" = 0 ] || echo 1)
+WITH_DEBS := PATH="$(DEB_ROOT)/usr/bin:$$PATH"
+define deb_install
+if [ -n "$(FETCH_DEBS)" ]; then \
+	echo "fetching the Debian packages $(1) and their missing dependencies into $(DEB_ROOT) (no root needed)"; \
+	$(BIN)/python clients/fetch_debs.py $(DEB_ROOT) $(1); \
+else \
+	echo "installing the Debian packages $(1) and their dependencies with apt-get (needs root: $(if $(SUDO),through sudo,as root))"; \
+	$(APT_GET) install -y -q --no-install-recommends $(1) \
+		|| { $(APT_GET) update -q && $(APT_GET) install -y -q --no-install-recommends $(1); }; \
+fi
+endef
+client-plugins: setup $(TS_PLUGIN_DEPS)
+	@$(WITH_DEBS); command -v protoc-gen-go >/dev/null && command -v protoc-gen-go-grpc >/dev/null \
+		|| { $(call deb_install,$(CLIENT_PLUGIN_DEBS)); }
 $(TS_PLUGIN_DEPS): clients/typescript/package-lock.json
 	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error
 
 generate-clients: setup client-plugins
-	$(BIN)/buf generate
+	$(WITH_DEBS) $(BIN)/buf generate
 
 check-clients: generate-clients
-	@command -v go >/dev/null && [ -d /usr/share/gocode/src/google.golang.org/grpc ] || { \
-		$(APT_GET) install -y -q --no-install-recommends $(CLIENT_CHECK_DEBS) \
-			|| { $(APT_GET) update -q \
-				&& $(APT_GET) install -y -q --no-install-recommends $(CLIENT_CHECK_DEBS); }; }
+	@$(WITH_DEBS); command -v go >/dev/null && { [ -d /usr/share/gocode/src/google.golang.org/grpc ] \
+		|| [ -d $(DEB_ROOT)/usr/share/gocode/src/google.golang.org/grpc ]; } \
+		|| { $(call deb_install,$(CLIENT_CHECK_DEBS)); }
 	cd clients/typescript && node_modules/.bin/tsc -p tsconfig.json
 	rm -rf $(GO_CHECK)/src && mkdir -p $(GO_CHECK)/src/stubs
 	cp -r clients/go/generated/entitlements $(GO_CHECK)/src/stubs/
-	GO111MODULE=off GOPATH=$(abspath $(GO_CHECK)):/usr/share/gocode \
+	$(WITH_DEBS) GO111MODULE=off \
+		GOPATH=$(abspath $(GO_CHECK)):/usr/share/gocode:$(DEB_ROOT)/usr/share/gocode \
 		GOCACHE=$(abspath $(GO_CHECK))/cache GOFLAGS= go vet stubs/entitlements/v1
 	@echo "Go and TypeScript stubs generated and compiled"
 
