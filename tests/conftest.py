@@ -1,4 +1,5 @@
-"""Fixtures shared by every test folder: the Cloud Spanner emulator (tests/spanner_emulator.py).
+"""Fixtures shared by every test folder: the Cloud Spanner emulator (tests/spanner_emulator.py)
+and the in-process real server `harness` (tests/support/harness.py).
 
 Every test that needs the emulator is marked `spanner` here, from the fixtures it uses
 (spanner_emulator, private_spanner_emulator) or the backend it is parametrized with
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.spanner_emulator"]
+pytest_plugins = ["tests.spanner_emulator", "tests.support.harness"]
 
 EMULATOR_FIXTURES = frozenset({"spanner_emulator", "private_spanner_emulator"})
 

@@ -30,7 +30,7 @@ import pytest
 import service
 from service.config import Settings
 from service.grpc_api import metrics as metrics_module
-from tests.integration.server_process import ENTITLEMENTS
+from tests.support.processes import ENTITLEMENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 METRIC_SOURCES = ("service", "storage")

@@ -36,7 +36,7 @@ from service.service_config import (
     channel_options,
     service_config_json,
 )
-from tests.integration.server_process import ENTITLEMENTS
+from tests.support.processes import ENTITLEMENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "clients" / "service_config.json"

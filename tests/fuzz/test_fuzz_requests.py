@@ -22,7 +22,7 @@ from service.config import Settings
 from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.server import RunningServer, start_server
 from storage.sqlite import SqliteRepository
-from tests.integration.conftest import ADMIN_TOKEN, write_test_credentials
+from tests.support.harness import ADMIN_TOKEN, write_test_credentials
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 FUZZ = settings(

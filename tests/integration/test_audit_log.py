@@ -25,8 +25,8 @@ from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.grpc_api.audit import ANONYMOUS_RECORDS_PER_INTERVAL, AuditLog
 from service.grpc_api.auth import bearer_metadata
 from service.grpc_api.logs import JsonFormatter, trace_id_var
-from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
-from tests.integration.server_process import server_process
+from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
+from tests.support.processes import server_process
 
 GRANT = "entitlements.v1.SubscriptionEventService/GrantEntitlement"
 REVOKE = "entitlements.v1.SubscriptionEventService/RevokeEntitlement"

@@ -56,7 +56,7 @@ from service.grpc_api.event_loop import LoopThread
 from service.grpc_api.guard import RpcGuard
 from service.grpc_api.logs import JsonFormatter
 from service.grpc_api.server import RunningServer, start_server
-from tests.integration.conftest import (
+from tests.support.harness import (
     ADMIN_PRINCIPAL,
     ADMIN_TOKEN,
     SERVICE_PRINCIPAL,

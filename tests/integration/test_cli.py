@@ -32,8 +32,8 @@ from service.cli.choices import EVENT_TYPES, GRANT_KINDS, PLATFORMS, STORES
 from service.domain.events import EventType
 from service.domain.identity import user_digest
 from service.grpc_api.auth import bearer_metadata
-from tests.integration.conftest import ADMIN_TOKEN, write_test_credentials
-from tests.integration.server_process import await_serving
+from tests.support.harness import ADMIN_TOKEN, write_test_credentials
+from tests.support.processes import await_serving
 
 ENTITLEMENTS = shutil.which("entitlements") or str(Path(sys.executable).parent / "entitlements")
 # The caller's own ENTITLEMENTS_* settings must not leak into the out-of-the-box runs.

@@ -21,8 +21,8 @@ import service
 from entitlements.v1 import entitlement_service_pb2, entitlement_service_pb2_grpc
 from service.cli.parser import build_parser
 from service.grpc_api.auth import bearer_metadata
-from tests.integration.server_process import ENTITLEMENTS
 from tests.integration.test_cli import Served, dev_tokens, run_cli, serve
+from tests.support.processes import ENTITLEMENTS
 
 pytestmark = pytest.mark.subprocess
 

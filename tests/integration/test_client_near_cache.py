@@ -30,10 +30,10 @@ from entitlements_client import EntitlementsClient, EntitlementsError, Throttled
 from service.config import Settings
 from service.grpc_api.server import RunningServer, start_server
 from storage.sqlite import SqliteRepository
-from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
-from tests.integration.server_process import ServerProcess, server_process
 from tests.integration.test_auth import make_cert, tls_server
-from tests.integration.test_operations import free_port, scrape, value
+from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
+from tests.support.metrics import free_port, scrape, value
+from tests.support.processes import ServerProcess, server_process
 
 FEATURE = "offline_downloads"
 WAIT = 20.0  # generous: a busy machine

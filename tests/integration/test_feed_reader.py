@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import write_test_credentials
-from tests.integration.server_process import server_process
-from tests.integration.test_freshness import channels_to_each_worker, granted, seconds_until
-from tests.integration.test_operations import free_port, scrape, value
-from tests.integration.test_supervisor import worker_pids
-from tests.integration.test_write_processes import grant_request, writer
+from tests.support.clients import channels_to_each_worker, grant_request, granted, writer
+from tests.support.harness import write_test_credentials
+from tests.support.metrics import free_port, scrape, value
+from tests.support.polling import seconds_until
+from tests.support.processes import server_process, worker_pids
 
 pytestmark = pytest.mark.subprocess
 

@@ -12,59 +12,28 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 
-from benchmarks.load import balance
-from entitlements.v1 import common_pb2, entitlement_service_pb2, entitlement_service_pb2_grpc
+from entitlements.v1 import common_pb2
 from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import entitlement_service_pb2_grpc as es_grpc
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.grpc_api.auth import bearer_metadata, with_bearer_token
-from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
-from tests.integration.server_process import server_process
-from tests.integration.test_operations import free_port, scrape, value
 from tests.integration.test_serving import code_of
-from tests.integration.test_sqlite_faults import (
-    create_database,
-    lock_held_elsewhere,
-    serving,
-    worker_pids,
-)
-from tests.integration.test_write_processes import grant_request, writer
+from tests.integration.test_sqlite_faults import create_database, lock_held_elsewhere, serving
 from tests.integration.test_write_rpcs import DAY, ts
+from tests.support.clients import channels_to_each_worker, grant_request, granted, writer
+from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
+from tests.support.metrics import free_port, scrape, value
+from tests.support.polling import seconds_until
+from tests.support.processes import server_process, worker_pids
 
 FAMILY_ONLY = "family_content_filter"  # a feature of the family plan only
-# Far below the cache TTL, far above the feed's poll interval (0.1 s).
-SEEN_WITHIN_SECONDS = 5.0
-
-
-def granted(target: str, user_id: str, feature_id: str = "offline_downloads") -> Callable[[], bool]:
-    channel = with_bearer_token(grpc.insecure_channel(target), SERVICE_TOKEN)
-    stub = entitlement_service_pb2_grpc.EntitlementServiceStub(channel)
-
-    def read() -> bool:
-        response = stub.GetEntitlement(
-            entitlement_service_pb2.GetEntitlementRequest(user_id=user_id, feature_id=feature_id),
-            timeout=10,
-        )
-        return bool(response.entitlement.granted)
-
-    return read
-
-
-def seconds_until(condition: Callable[[], bool], limit: float = SEEN_WITHIN_SECONDS) -> float:
-    began = time.monotonic()
-    while not condition():
-        elapsed = time.monotonic() - began
-        assert elapsed < limit, f"not seen after {elapsed:.1f} s"
-        time.sleep(0.02)
-    return time.monotonic() - began
 
 
 @pytest.mark.subprocess
@@ -227,25 +196,6 @@ def test_the_feed_keeps_its_own_thread_when_the_store_pool_is_saturated(tmp_path
             # have: the write waits for the lock for up to 4 s).
             assert feed.stats.last_success > held_since + 1.5
         waiting.join(timeout=10)
-
-
-def channels_to_each_worker(target: str, worker_pids: list[int]) -> dict[int, grpc.Channel]:
-    """A channel (its own connection) held by each worker of `serve --workers N`; calls
-    on it send their credential themselves."""
-    port = int(target.rsplit(":", 1)[1])
-    held: dict[int, grpc.Channel] = {}
-    for _ in range(64):
-        if len(held) == len(worker_pids):
-            return held
-        before = balance.own_socket_inodes()
-        channel = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-        grpc.channel_ready_future(channel).result(timeout=20)
-        pid = balance.worker_of(balance.own_socket_inodes() - before, port, tuple(worker_pids))
-        if pid is not None and pid not in held:
-            held[pid] = channel
-        else:
-            channel.close()
-    pytest.fail(f"no connection to every worker: {sorted(held)} of {worker_pids}")
 
 
 @pytest.mark.subprocess

@@ -13,8 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from entitlements.v1 import entitlement_service_pb2 as es
 from service.grpc_api.auth import with_bearer_token
-from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
-from tests.integration.server_process import ServerProcess, server_process
+from tests.support.harness import SERVICE_TOKEN, write_test_credentials
+from tests.support.processes import ServerProcess, server_process
 
 pytestmark = pytest.mark.subprocess
 

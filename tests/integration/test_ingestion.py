@@ -32,8 +32,6 @@ from service.ingestion.http import NotificationIngress
 from service.ingestion.runner import RunningIngress, start_ingress
 from service.usecases.ingestion import Verdict
 from storage.sqlite import SqliteRepository
-from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
-from tests.integration.server_process import server_process
 from tests.integration.test_cli import run_cli
 from tests.store_signing import (
     BUNDLE_ID,
@@ -44,6 +42,8 @@ from tests.store_signing import (
     stripe_signed,
     stripe_subscription_event,
 )
+from tests.support.harness import SERVICE_TOKEN, write_test_credentials
+from tests.support.processes import server_process
 
 FEATURE = "offline_downloads"
 PLAN = "premium_individual"

@@ -19,7 +19,7 @@ from service.config import Settings
 from service.grpc_api.auth import bearer_metadata
 from service.grpc_api.server import RunningServer, start_server
 from storage.memory import MemoryRepository
-from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
+from tests.support.harness import SERVICE_TOKEN, write_test_credentials
 
 # Calls per size (a refused call takes ~0.25 s here: the client's reconnect).
 CALLS = 12

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Harness
+from tests.support.harness import Harness
 
 NODE_CLIENT = Path(__file__).resolve().parent.parent / "interop" / "node"
 

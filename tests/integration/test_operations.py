@@ -10,10 +10,8 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +19,6 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from entitlements.v1 import common_pb2, entitlement_service_pb2_grpc
 from entitlements.v1 import entitlement_service_pb2 as es
@@ -30,43 +27,14 @@ from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.grpc_api.auth import bearer_metadata
 from service.grpc_api.cpus import available_cpus
 from service.grpc_api.server import LIVENESS_SERVICE
-from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
-from tests.integration.server_process import ENTITLEMENTS, await_serving, server_process
 from tests.integration.test_serving import NOT_SERVING, SERVING, code_of, faulty_server
+from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
+from tests.support.metrics import free_port, scrape, value
+from tests.support.polling import eventually
+from tests.support.processes import ENTITLEMENTS, await_serving, server_process
 
 ENTITLEMENT_SERVICE = "entitlements.v1.EntitlementService"
 EVENT_SERVICE = "entitlements.v1.SubscriptionEventService"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
-
-
-def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
 
 
 def fresh_channel(target: str) -> grpc.Channel:

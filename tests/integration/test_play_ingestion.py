@@ -33,8 +33,8 @@ from service.grpc_api.server import RunningServer, start_server
 from service.ingestion.play import PlayNotifications
 from service.ingestion.runner import RunningIngress, start_ingress
 from storage.sqlite import SqliteRepository
-from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
 from tests.integration.test_cli import run_cli
+from tests.support.harness import SERVICE_TOKEN, write_test_credentials
 
 EMULATOR = Path("/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator")
 PROJECT = "test-project"

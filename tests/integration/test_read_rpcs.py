@@ -11,7 +11,7 @@ from grpc_status import rpc_status
 
 from entitlements.v1 import common_pb2, offer_service_pb2
 from entitlements.v1 import entitlement_service_pb2 as es
-from tests.integration.conftest import HARNESS_BACKENDS, NOW, Harness
+from tests.support.harness import HARNESS_BACKENDS, NOW, Harness
 
 pytestmark = pytest.mark.parametrize("harness", HARNESS_BACKENDS, indirect=True)
 

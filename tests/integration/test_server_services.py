@@ -14,8 +14,8 @@ from entitlements.v1 import common_pb2
 from entitlements.v1 import entitlement_service_pb2 as es
 from service.domain.account import AccountState, Grant, GrantKind
 from service.usecases.tokens import issue_token
-from tests.integration.conftest import HARNESS_BACKENDS, NOW, Harness
 from tests.state_writes import write_state
+from tests.support.harness import HARNESS_BACKENDS, NOW, Harness
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

@@ -30,12 +30,8 @@ from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.server import RunningServer, start_server
 from storage.faults import FaultInjectingRepository
 from storage.sqlite import SqliteRepository
-from tests.integration.conftest import (
-    ADMIN_TOKEN,
-    SERVICE_TOKEN,
-    write_test_credentials,
-)
-from tests.integration.server_process import server_process
+from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
+from tests.support.processes import server_process
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

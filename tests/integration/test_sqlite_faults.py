@@ -45,8 +45,8 @@ from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.server import RunningServer, start_server
 from storage.sqlite import DatabaseNotFound, SqliteRepository
 from storage.sqlite.queries import write_account
-from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
-from tests.integration.server_process import ENTITLEMENTS, ServerProcess, await_serving
+from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
+from tests.support.processes import ENTITLEMENTS, ServerProcess, await_serving, worker_pids
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -490,11 +490,6 @@ def test_deleted_data_directory_is_a_store_failure_until_the_database_is_restore
         client.await_status(SERVING)
         assert client.entitled("kept", token=token)
         assert client.grant("lost", "l-1")
-
-
-def worker_pids(server: ServerProcess) -> list[int]:
-    banner = next(line for line in server.output if "entitlements: serving on" in line)
-    return [int(pid) for pid in banner.split("pids ")[1].split(";")[0].split(", ")]
 
 
 @pytest.mark.subprocess

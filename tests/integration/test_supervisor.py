@@ -25,17 +25,12 @@ from entitlements.v1 import entitlement_service_pb2_grpc
 from service.catalog import EXAMPLE_CATALOG
 from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.workers import MAX_RESTARTS
-from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
-from tests.integration.server_process import ENTITLEMENTS, ServerProcess, server_process
+from tests.support.harness import SERVICE_TOKEN, write_test_credentials
+from tests.support.processes import ENTITLEMENTS, ServerProcess, server_process, worker_pids
 
 pytestmark = pytest.mark.subprocess
 
 INVALID_CATALOG = "features: [unclosed\n"
-
-
-def worker_pids(server: ServerProcess) -> list[int]:
-    banner = next(line for line in server.output if "entitlements: serving on" in line)
-    return [int(p) for p in banner.split("pids ")[1].split(";")[0].split(", ")]
 
 
 def read_on_a_new_connection(target: str) -> grpc.StatusCode:

@@ -29,7 +29,7 @@ from service.grpc_api.logs import JsonFormatter
 from service.grpc_api.server import RunningServer, start_server
 from storage.faults import FaultInjectingRepository
 from storage.sqlite import SqliteRepository
-from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
+from tests.support.harness import SERVICE_TOKEN, write_test_credentials
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 PARENT_SPAN_ID = 0x00F067AA0BA902B7

@@ -16,9 +16,9 @@ from google.protobuf.duration_pb2 import Duration
 from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import entitlement_service_pb2_grpc as es_grpc
 from service.grpc_api.auth import with_bearer_token
-from tests.integration.conftest import SERVICE_TOKEN, write_test_credentials
-from tests.integration.server_process import ServerProcess, server_process
-from tests.integration.test_write_processes import grant_request, writer
+from tests.support.clients import grant_request, writer
+from tests.support.harness import SERVICE_TOKEN, write_test_credentials
+from tests.support.processes import ServerProcess, server_process
 
 pytestmark = pytest.mark.subprocess
 

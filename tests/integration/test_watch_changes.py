@@ -20,8 +20,8 @@ from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.server import start_server
 from service.usecases.tokens import issue_token
 from storage.sqlite import SqliteRepository
-from tests.integration.conftest import SERVICE_TOKEN, Harness
-from tests.integration.test_write_processes import grant_request
+from tests.support.clients import grant_request
+from tests.support.harness import SERVICE_TOKEN, Harness
 
 WAIT = 20.0  # generous: a busy machine
 

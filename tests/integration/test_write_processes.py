@@ -10,12 +10,11 @@ import grpc
 import pytest
 
 from entitlements.v1 import common_pb2, entitlement_service_pb2, entitlement_service_pb2_grpc
-from entitlements.v1 import subscription_event_service_pb2 as ev
-from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.grpc_api.auth import with_bearer_token
 from storage.sqlite import SqliteRepository
-from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
-from tests.integration.server_process import server_process
+from tests.support.clients import grant_request, writer
+from tests.support.harness import SERVICE_TOKEN, write_test_credentials
+from tests.support.processes import server_process
 
 pytestmark = pytest.mark.subprocess
 
@@ -23,19 +22,6 @@ pytestmark = pytest.mark.subprocess
 def reader(target: str) -> entitlement_service_pb2_grpc.EntitlementServiceStub:
     channel = with_bearer_token(grpc.insecure_channel(target), SERVICE_TOKEN)
     return entitlement_service_pb2_grpc.EntitlementServiceStub(channel)
-
-
-def writer(target: str) -> ev_grpc.SubscriptionEventServiceStub:
-    channel = with_bearer_token(grpc.insecure_channel(target), ADMIN_TOKEN)
-    return ev_grpc.SubscriptionEventServiceStub(channel)
-
-
-def grant_request(user_id: str, request_id: str) -> ev.GrantEntitlementRequest:
-    return ev.GrantEntitlementRequest(
-        request_id=request_id,
-        user_id=user_id,
-        grant=ev.Grant(kind=ev.GRANT_KIND_SUPPORT, feature_id="offline_downloads"),
-    )
 
 
 def test_token_from_one_process_is_honoured_by_another(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.config import Settings
 from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.server import start_server
-from tests.integration.conftest import ADMIN_TOKEN, write_test_credentials
+from tests.support.harness import ADMIN_TOKEN, write_test_credentials
 
 
 def test_a_grant_retried_later_replays_its_first_answer(tmp_path: Path) -> None:

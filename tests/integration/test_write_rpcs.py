@@ -18,7 +18,7 @@ from grpc_status import rpc_status
 from entitlements.v1 import common_pb2, entitlement_service_pb2
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
-from tests.integration.conftest import HARNESS_BACKENDS, NOW, Harness
+from tests.support.harness import HARNESS_BACKENDS, NOW, Harness
 
 pytestmark = pytest.mark.parametrize("harness", HARNESS_BACKENDS, indirect=True)
 

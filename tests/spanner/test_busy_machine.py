@@ -12,8 +12,8 @@ from datetime import timedelta
 import pytest
 
 from entitlements.v1 import entitlement_service_pb2 as es
-from tests.integration.conftest import NOW, Harness, harness  # noqa: F401 (the fixture)
 from tests.spanner_emulator import SpannerEmulator
+from tests.support.harness import NOW, Harness
 
 pytestmark = pytest.mark.parametrize("harness", ["spanner"], indirect=True)
 
@@ -21,7 +21,7 @@ LATE = 1.5  # seconds the emulator does not answer: three default store budgets
 
 
 def test_grace_period_read_waits_for_a_late_emulator(
-    harness: Harness,  # noqa: F811 (the fixture)
+    harness: Harness,
     spanner_emulator: SpannerEmulator,
 ) -> None:
     """test_grace_period_keeps_access_until_grace_end[spanner], with the emulator late."""

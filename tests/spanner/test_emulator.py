@@ -23,10 +23,10 @@ from storage.spanner import DatabasePath, SchemaNotReady, SpannerRepository, mig
 from storage.spanner.client import database_handle
 from storage.spanner.schema import MIGRATIONS_TABLE, migrations
 from storage.urls import UnsupportedStorageUrl, open_repository
-from tests.integration.conftest import ADMIN_TOKEN, write_test_credentials
-from tests.integration.server_process import ENTITLEMENTS, await_serving
 from tests.spanner_emulator import SpannerEmulator
 from tests.state_writes import write_state
+from tests.support.harness import ADMIN_TOKEN, write_test_credentials
+from tests.support.processes import ENTITLEMENTS, await_serving
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 ALL_MIGRATIONS = [m.name for m in migrations()]

@@ -46,7 +46,6 @@ from storage.spanner.client import (
     _BudgetedDatabase,
     store_call,
 )
-from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.spanner.mock_server import (
     ABORTED,
     DATABASE,
@@ -57,6 +56,7 @@ from tests.spanner.mock_server import (
     start_mock_spanner,
     status,
 )
+from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 # Scheduling slack of a timing assertion on a busy 2-core machine (the stalls last 10 s).

@@ -28,8 +28,8 @@ from service.config import Settings
 from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.server import RunningServer, start_server
 from storage.spanner import DatabasePath, SchemaNotReady, SpannerRepository, migrate
-from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.spanner_emulator import BUSY_MACHINE_STORE_TIMEOUT, SpannerEmulator
+from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 
 THREADS = 4  # store threads of the server
 WRITE_TIMEOUT = 2.0

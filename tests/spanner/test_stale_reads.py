@@ -25,8 +25,8 @@ from service.config import Settings
 from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.server import RunningServer, start_server
 from storage.spanner import DatabasePath, SpannerRepository
-from tests.integration.conftest import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.spanner_emulator import SpannerEmulator
+from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 
 pytestmark = pytest.mark.timeout(180)
 

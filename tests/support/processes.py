@@ -95,3 +95,9 @@ def server_process(
                 process.kill()
                 process.wait(timeout=30)
         drain.join(timeout=5)
+
+
+def worker_pids(server: ServerProcess) -> list[int]:
+    """The worker PIDs `serve` reports in its banner."""
+    banner = next(line for line in server.output if "entitlements: serving on" in line)
+    return [int(pid) for pid in banner.split("pids ")[1].split(";")[0].split(", ")]

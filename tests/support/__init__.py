@@ -1,0 +1,12 @@
+"""Helpers every test folder shares, imported from here and never from another test module.
+
+- harness: the in-process real server on a free loopback port (the `harness` fixture,
+  registered for every folder by tests/conftest.py), its tokens, fixed clock and
+  credentials file.
+- processes: `entitlements serve` as a real child process (server_process, await_serving,
+  worker_pids).
+- clients: stubs and reads on a running server (writer, grant_request, granted,
+  channels_to_each_worker).
+- metrics: a free port and the Prometheus endpoint's samples (free_port, scrape, value).
+- polling: the one `eventually()` (and `seconds_until`, which measures the wait).
+"""
