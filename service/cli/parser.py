@@ -187,7 +187,7 @@ def _command_replay_dead_letters(commands: Commands) -> None:
         "entitlements reconcile-play u-123 TOKEN1 TOKEN2",
     )
     storage_flag(reconcile)
-    reconcile.add_argument("user_id", metavar="USER")
+    reconcile.add_argument("user_id", metavar="USER", help="the user the purchases belong to")
     reconcile.add_argument("tokens", nargs="+", metavar="TOKEN", help="Play purchase tokens")
     reconcile.set_defaults(run=reconcile_play)
 
@@ -204,8 +204,12 @@ def _command_replay_dead_letters(commands: Commands) -> None:
     )
     storage_flag(link)
     link.add_argument("store", metavar="STORE", help="stripe or app_store")
-    link.add_argument("account_id", metavar="ACCOUNT")
-    link.add_argument("user_id", metavar="USER")
+    link.add_argument(
+        "account_id",
+        metavar="ACCOUNT",
+        help="the store's account: a Stripe customer id, or an App Store originalTransactionId",
+    )
+    link.add_argument("user_id", metavar="USER", help="the user the store account belongs to")
     link.set_defaults(run=link_store_account)
 
 

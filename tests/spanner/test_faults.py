@@ -164,7 +164,8 @@ def test_an_aborted_attempt_is_told_to_the_observer_of_the_store_call(
 
 def test_unavailable_read_is_retried(mock: MockSpanner) -> None:
     subscription = [
-        "sub-1", "premium", "active", "web", T0, T0 + timedelta(days=30), None, True, None, None
+        "sub-1", "premium", "active", "web", T0, T0 + timedelta(days=30), None, True, None, None,
+        None,  # folded_events: a row no fold has written yet
     ]  # fmt: skip
     assert len(subscription) == len(SUBSCRIPTION_COLUMNS)
     # The user row and one subscription; every other column of the load query empty.
