@@ -72,6 +72,21 @@ class Settings:
     # Concurrent RPCs a worker admits; beyond it callers get RESOURCE_EXHAUSTED at once,
     # before any of our code runs. 0: 256 (see service/grpc_api/server.py).
     max_concurrent_rpcs: int = 0
+    # Admission by queueing delay (service/grpc_api/overload.py, CoDel): while the event
+    # loop's lag has stayed above this target (ms) for a whole interval (ms), calls are
+    # refused RESOURCE_EXHAUSTED at once. 0: never shed on delay (still measured).
+    overload_target_ms: float = 5.0
+    overload_interval_ms: float = 100.0
+    # HTTP/2 streams (calls) one connection may have open at once (grpc.max_concurrent_streams);
+    # 0: grpc's default, no limit. Off by default: under a burst, grpc-core refuses streams
+    # beyond it (RST_STREAM REFUSED_STREAM) that grpcio clients report as UNAVAILABLE
+    # (docs/OPERATIONS.md, "Overload").
+    max_streams_per_connection: int = 0
+    # A new connection that has not finished its TLS and HTTP/2 handshake within this long
+    # is closed (grpc's default: 120 s, which let 4,000 idle sockets hold 72 MB).
+    handshake_timeout_seconds: float = 10.0
+    # A connection with no call for this long is closed (GOAWAY); clients reconnect.
+    max_connection_idle_seconds: float = 600.0
     # Deadline given to RPCs that arrive without one, and the cap on any RPC's budget.
     max_rpc_seconds: float = 5.0
     # The most one store call may take (within the RPC's remaining budget), so that a slow
@@ -217,6 +232,9 @@ _POSITIVE = (
     "readiness_interval_seconds",
     "max_connection_age_seconds",
     "keepalive_seconds",
+    "handshake_timeout_seconds",
+    "max_connection_idle_seconds",
+    "overload_interval_ms",
     "max_request_bytes",
     "max_metadata_bytes",
 )
@@ -226,6 +244,8 @@ _NOT_NEGATIVE = (
     "cache_ttl_seconds",
     "workers",
     "max_concurrent_rpcs",
+    "overload_target_ms",
+    "max_streams_per_connection",
     "max_staleness_seconds",
     "shutdown_grace_seconds",
     "max_connection_age_grace_seconds",

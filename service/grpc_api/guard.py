@@ -10,9 +10,12 @@ registered, that does per call what every RPC needs before and after the service
 4. map use-case errors to statuses with details (service.grpc_api.errors); an unexpected
    error is logged and answered INTERNAL without details;
 5. write an audit record of each call the policy marks audited;
-6. admission: beyond `max_in_flight` calls in flight in this worker a call is refused
-   RESOURCE_EXHAUSTED at once, before any other work, and counted (`shed`); grpc's own
-   bound (maximum_concurrent_rpcs) stays as a backstop above it;
+6. admission, before any other work: a call whose deadline passed before its handler
+   started is dropped DEADLINE_EXCEEDED and counted (`expired`); while the worker's
+   queueing delay is above its target (service.grpc_api.overload, CoDel) a call is
+   refused RESOURCE_EXHAUSTED and counted (`shed_queue_delay`); beyond `max_in_flight`
+   calls in flight in this worker, likewise (`shed`); grpc's own bound
+   (maximum_concurrent_rpcs) stays as a backstop above it;
 7. with an observer (the metrics), count and time each call by method and status;
 8. with tracing (service.grpc_api.tracing), a SERVER span per call, child of the caller's
    W3C traceparent. Off (the default), neither 7 nor 8 adds a wrapper.
@@ -78,6 +81,19 @@ class RpcObserver(Protocol):
 
 SHED_DETAILS = "the server is at capacity; retry with backoff"
 CANCELLED = grpc.StatusCode.CANCELLED
+EXPIRED_DETAILS = "the deadline passed before the server could start the call"
+
+
+class OverloadSignal(Protocol):
+    """Whether the worker is overloaded now (service.grpc_api.overload): read per call."""
+
+    overloaded: bool
+
+
+class _NeverOverloaded:
+    overloaded = False
+
+
 MALFORMED_REQUEST = Refusal(
     grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid protobuf message"
 )
@@ -113,8 +129,10 @@ class RpcGuard:
         max_in_flight: int = 0,
         observer: RpcObserver | None = None,
         tracing: RpcTracing | None = None,
+        overload: OverloadSignal | None = None,
     ) -> None:
-        """`max_in_flight` 0: no admission bound of our own (grpc's alone)."""
+        """`max_in_flight` 0: no admission bound of our own (grpc's alone). `overload`
+        None: no shedding on queueing delay."""
         self._authenticator = authenticator
         self._max_rpc_seconds = max_rpc_seconds
         self._policy = policy
@@ -122,10 +140,15 @@ class RpcGuard:
         self._max_in_flight = max_in_flight or 2**62
         self._observer = observer
         self._tracing = tracing
+        self._overload: OverloadSignal = overload or _NeverOverloaded()
         # Calls of every guarded method in flight in this worker (all on its event loop:
-        # no lock), and the calls refused because too many were.
+        # no lock), the calls refused because too many were (`shed`) or because the
+        # worker's queueing delay was above target (`shed_queue_delay`), and the calls
+        # whose deadline had passed when their handler started (`expired`).
         self.in_flight = 0
         self.shed = 0
+        self.shed_queue_delay = 0
+        self.expired = 0
 
     def wrap(self, method: str, inner: Behaviour) -> Behaviour:
         """The guarded behaviour of unary method `method` ("/package.Service/Method")."""
@@ -133,8 +156,16 @@ class RpcGuard:
         admit = self._admission(method, rule)
         cap = self._max_rpc_seconds
         limit = self._max_in_flight
+        overload = self._overload
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            remaining = context.time_remaining()  # None: no deadline; never negative
+            if remaining is not None and remaining <= 0:
+                self.expired += 1
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, EXPIRED_DETAILS)
+            if overload.overloaded:
+                self.shed_queue_delay += 1
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, SHED_DETAILS)
             if self.in_flight >= limit:
                 self.shed += 1
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, SHED_DETAILS)
@@ -143,7 +174,6 @@ class RpcGuard:
                 principal = admit(request, context)
                 if isinstance(principal, Refusal):
                     await context.abort(principal.code, principal.details)
-                remaining = context.time_remaining()
                 budget = cap if remaining is None else min(cap, remaining)
                 current_principal_var.set(principal)  # the call's own task: no reset needed
                 try:

@@ -57,6 +57,11 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 )  # fmt: skip
+# The event loop's lag: fine around the 5 ms shedding target, up to the 0.5 s a probe
+# caller's deadline allows.
+LOOP_LAG_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+)  # fmt: skip
 # How often a worker copies its use-case counts into the metrics (and on stop).
 SYNC_SECONDS = 1.0
 GRPC_TYPE = "unary"
@@ -120,7 +125,21 @@ class Metrics:
         )
         self.rpcs_shed = Counter(
             "entitlements_rpcs_shed",
-            "RPCs refused RESOURCE_EXHAUSTED because a worker had max_concurrent_rpcs in flight.",
+            "RPCs refused RESOURCE_EXHAUSTED before any work: reason queue_delay (the worker's "
+            "event loop lag above its target for an interval) or in_flight (a worker had "
+            "max_concurrent_rpcs in flight).",
+            ("reason",),
+        )
+        self.rpcs_expired = Counter(
+            "entitlements_rpcs_expired",
+            "RPCs whose deadline had passed when their handler started (they waited it out "
+            "in the queue), dropped DEADLINE_EXCEEDED.",
+        )
+        self.loop_lag = Histogram(
+            "entitlements_event_loop_lag_seconds",
+            "How late a worker's event loop woke a probe asking to wake every 10 ms: the "
+            "queueing delay of a call waiting for the loop (service/grpc_api/overload.py).",
+            buckets=LOOP_LAG_BUCKETS,
         )
         self.store_call_seconds = Histogram(
             "entitlements_store_call_seconds",
@@ -323,7 +342,8 @@ class StoreMetrics:
 
 class WorkerMetrics:
     """Copies a worker's counts into the metrics every SYNC_SECONDS (and once more when
-    it stops): cache lookups, evictions and entries, single-flight waits, RPCs shed,
+    it stops): cache lookups, evictions and entries, single-flight waits, RPCs shed (by
+    reason) and expired,
     store readiness and the change feed's lag and resets. Runs on the worker's event
     loop."""
 
@@ -339,6 +359,8 @@ class WorkerMetrics:
         feed_stats: Callable[[], Any] | None = None,
         watch_streams: Callable[[], int] | None = None,
         change_streams: Callable[[], Any] | None = None,
+        rpcs_shed_queue_delay: Callable[[], int] = lambda: 0,
+        rpcs_expired: Callable[[], int] = lambda: 0,
         registry: Metrics | None = None,
     ) -> None:
         self._metrics = m = registry or metrics()
@@ -346,6 +368,8 @@ class WorkerMetrics:
         self._cache_entries = cache_entries
         self._single_flight_waits = single_flight_waits
         self._rpcs_shed = rpcs_shed
+        self._rpcs_shed_queue_delay = rpcs_shed_queue_delay
+        self._rpcs_expired = rpcs_expired
         self._store_ready = store_ready
         # The FeedStats of service.usecases.freshness (None: the store has no feed).
         self._feed_stats = feed_stats
@@ -359,7 +383,9 @@ class WorkerMetrics:
             "stale": m.cache_lookups.labels("stale"),
             "evictions": m.cache_evictions,
             "waits": m.single_flight_waits,
-            "shed": m.rpcs_shed,
+            "shed": m.rpcs_shed.labels("in_flight"),
+            "shed_queue_delay": m.rpcs_shed.labels("queue_delay"),
+            "expired": m.rpcs_expired,
             "feed_changes": m.feed_changes,
             "feed_gaps": m.feed_resets.labels("gap"),
             "feed_lost": m.feed_resets.labels("lost"),
@@ -378,6 +404,8 @@ class WorkerMetrics:
             "evictions": stats.evictions,
             "waits": self._single_flight_waits(),
             "shed": self._rpcs_shed(),
+            "shed_queue_delay": self._rpcs_shed_queue_delay(),
+            "expired": self._rpcs_expired(),
         }
         if self._feed_stats is not None:
             feed = self._feed_stats()

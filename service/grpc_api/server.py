@@ -4,10 +4,14 @@ Cache hits are answered on the event loop, with no thread hop; blocking store ca
 in the application's bounded store pool (service.usecases.store_calls). Each method of
 our services is registered wrapped by the RPC guard (auth, malformed requests, deadline
 budget, error mapping, audit); health and reflection are registered as they are.
-Admission is the guard's: beyond `max_concurrent_rpcs` calls of our services in flight a
-call is answered RESOURCE_EXHAUSTED at once, and counted; grpc's own bound stays as a
-backstop at twice that (it also counts health and reflection calls, and refuses before
-any of our code runs, uncounted).
+Admission is the guard's: while the worker's queueing delay (the event loop's lag) is
+above its target (service.grpc_api.overload), or beyond `max_concurrent_rpcs` calls of
+our services in flight, a call is answered RESOURCE_EXHAUSTED at once, and counted; a call
+whose deadline passed before its handler started is dropped DEADLINE_EXCEEDED, counted.
+grpc's own bound stays as a backstop at twice max_concurrent_rpcs (it also counts health
+and reflection calls, and refuses before any of our code runs, uncounted). The server's
+options bound what queues before our code: streams per connection, handshake and idle
+timeouts, keepalive enforcement.
 
 Health: "liveness" is SERVING while the process runs (the store does not change it);
 "" and each of our services report readiness, which follows the store. On stop, readiness
@@ -49,6 +53,7 @@ from service.grpc_api.auth import (
 )
 from service.grpc_api.event_loop import LoopThread, loop_kind
 from service.grpc_api.guard import RpcGuard, tolerant
+from service.grpc_api.overload import QueueDelayMonitor
 from service.grpc_api.readiness import ReadinessMonitor, set_health
 from service.grpc_api.servicers import EntitlementServicer, OfferServicer, SubscriptionEventServicer
 from service.usecases.clock import Clock, utc_now
@@ -64,6 +69,9 @@ DEFAULT_MAX_CONCURRENT_RPCS = 256
 GRPC_BACKSTOP_FACTOR = 2
 # The health service name of liveness (SERVING while the process runs).
 LIVENESS_SERVICE = "liveness"
+# Pings sooner than min_ping_interval_without_data a client may send before its connection
+# is closed (grpc's default, stated).
+MAX_PING_STRIKES = 2
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -83,14 +91,41 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ),
         ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", 20_000),
-        # Clients may ping idle connections (their own keepalive), but not flood them.
+        # Clients may ping idle connections (their own keepalive), but not flood them: a
+        # ping sooner than this is a strike, and after max_ping_strikes (2) the connection
+        # is closed (GOAWAY ENHANCE_YOUR_CALM).
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
         ("grpc.keepalive_permit_without_calls", 1),
-    ]
+        # Bounds on what can queue before our code runs (issue 21): connections that never
+        # finish their handshake, connections left idle, and (when set) calls per
+        # connection.
+        ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_seconds * 1000)),
+        ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_seconds * 1000)),
+    ] + (
+        [("grpc.max_concurrent_streams", settings.max_streams_per_connection)]
+        if settings.max_streams_per_connection
+        else []
+    )
 
 
 def max_concurrent_rpcs(settings: Settings) -> int:
     return settings.max_concurrent_rpcs or DEFAULT_MAX_CONCURRENT_RPCS
+
+
+def queue_delay_monitor(settings: Settings) -> QueueDelayMonitor:
+    """The worker's CoDel state on the event loop's lag, the lag histogram told each
+    sample when metrics are on."""
+    on_lag = None
+    if settings.metrics_port:
+        from service.grpc_api.metrics import metrics
+
+        on_lag = metrics().loop_lag.observe
+    return QueueDelayMonitor(
+        settings.overload_target_ms / 1000,
+        settings.overload_interval_ms / 1000,
+        on_lag=on_lag,
+    )
 
 
 def build_aio_server(settings: Settings) -> grpc.aio.Server:
@@ -146,6 +181,8 @@ class RunningServer:
     guard: RpcGuard | None = None
     # Copies the worker's counts into the metrics (None: metrics off).
     metrics: Any = field(default=None)
+    # The worker's queueing delay and whether it sheds on it (service.grpc_api.overload).
+    overload: QueueDelayMonitor | None = None
 
     @property
     def reads(self) -> ReadService:
@@ -189,6 +226,8 @@ class RunningServer:
         # clients resume on another server instead of holding this one for the grace.
         self.app.end_streams()
         await self.server.stop(grace_seconds)
+        if self.overload is not None:
+            await self.overload.stop()
         await self.app.stop_feed()
         if self.metrics is not None:
             await self.metrics.stop()
@@ -253,12 +292,14 @@ async def _start(
     loop_thread: LoopThread,
 ) -> RunningServer:
     server = build_aio_server(settings)
+    overload = queue_delay_monitor(settings)
     guard = RpcGuard(
         authenticator,
         settings.max_rpc_seconds,
         max_in_flight=max_concurrent_rpcs(settings),
         observer=app.observers.rpc,
         tracing=app.observers.tracing,
+        overload=overload,
     )
     _register_services(server, app, guard)
     health_servicer = health.aio.HealthServicer()
@@ -274,6 +315,7 @@ async def _start(
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     await app.start_feed()
     await server.start()
+    overload.start()
     await set_health(health_servicer, serving=True)
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     readiness = ReadinessMonitor(
@@ -294,6 +336,7 @@ async def _start(
         loop_thread,
         guard,
         worker_metrics,
+        overload,
     )
 
 
@@ -328,6 +371,8 @@ def _worker_metrics(
         cache_entries=lambda: len(app.cache),
         single_flight_waits=lambda: app.reads.single_flight_waits,
         rpcs_shed=lambda: guard.shed,
+        rpcs_shed_queue_delay=lambda: guard.shed_queue_delay,
+        rpcs_expired=lambda: guard.expired,
         store_ready=lambda: readiness.ready,
         catalog_version=app.catalog.version,
         feed_stats=(lambda: feed.stats) if (feed := app.feed) is not None else None,
