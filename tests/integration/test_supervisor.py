@@ -261,13 +261,16 @@ def assert_refused(result: subprocess.CompletedProcess[str], port: int) -> None:
 def test_serve_refuses_a_port_another_server_serves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
-    """A server on SQLite, then another on memory:// on the same port: the second must not
-    start (before, both reported serving and split the connections between two stores)."""
+    """A server on SQLite, then another on a store of its own on the same port: the second
+    must not start (before, both reported serving and split the connections between two
+    stores)."""
     credentials = write_test_credentials(tmp_path / "credentials.yaml")
     monkeypatch.setenv("ENTITLEMENTS_CREDENTIALS_FILE", str(credentials))
     with server_process(tmp_path / "first.db", credentials, workers=2) as first:
         port = int(first.target.rsplit(":", 1)[1])
-        result = serve_on(port, "--storage", "memory://", workers=workers)
+        # Another SQLite file (memory:// runs one worker only).
+        other = f"sqlite:///{tmp_path / 'second.db'}"
+        result = serve_on(port, "--storage", other, workers=workers)
         assert_refused(result, port)
         # On the wildcard address too (it covers the loopback one).
         assert_refused(
@@ -291,7 +294,8 @@ def test_serve_refuses_a_port_any_socket_listens_on_with_so_reuseport(
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        assert_refused(serve_on(port, "--storage", "memory://", workers=workers), port)
+        other = f"sqlite:///{tmp_path / 'other.db'}"  # memory:// runs one worker only
+        assert_refused(serve_on(port, "--storage", other, workers=workers), port)
 
 
 def test_a_stopped_server_s_port_can_be_served_again_at_once(tmp_path: Path) -> None:
