@@ -158,6 +158,14 @@ class Settings:
     # The App Store environment accepted, in Apple's spelling: Sandbox or Production;
     # notifications of the other one are refused.
     apple_environment: str = "Production"
+    # The App Store Server API (reconcile-app-store): the In-App Purchase key file (.p8),
+    # its key id and the issuer id, from App Store Connect.
+    apple_api_key_file: str = ""
+    apple_api_key_id: str = ""
+    apple_api_issuer_id: str = ""
+    # Base URL of the App Store Server API; unset: Apple's for apple_environment. Tests
+    # point it at a local stand-in.
+    apple_api_url: str = ""
     # The signing secret of the Stripe webhook endpoint (whsec_...). Unset: Stripe
     # notifications are refused.
     stripe_webhook_secret: str = ""

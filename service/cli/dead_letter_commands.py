@@ -60,6 +60,26 @@ def reconcile_play(args: argparse.Namespace) -> int:
     return 1 if any(failed(outcome) for _, outcome in outcomes) else 0
 
 
+def reconcile_app_store(args: argparse.Namespace) -> int:
+    from service.ingestion.app_store_api import AppStoreApiUnavailable
+    from service.ingestion.errors import VerificationUnavailable
+    from service.ingestion.reconcile import failed
+    from service.ingestion.reconcile import reconcile_app_store as reconcile
+
+    settings = Settings.load(storage_url=args.storage)
+    try:
+        outcomes = reconcile(settings, args.user_id, list(args.original_transaction_ids))
+    except ValueError as error:
+        print(f"error: {error}")
+        return 2
+    except (AppStoreApiUnavailable, VerificationUnavailable) as error:
+        print(f"error: the App Store Server API: {error}")
+        return 1
+    for original, outcome in outcomes:
+        print(f"{original}: {outcome}")
+    return 1 if any(failed(outcome) for _, outcome in outcomes) else 0
+
+
 def link_store_account(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from service.cli.dead_letter_commands import (
     dead_letters,
     link_store_account,
+    reconcile_app_store,
     reconcile_play,
     replay_dead_letters,
 )
@@ -190,6 +191,26 @@ def _command_replay_dead_letters(commands: Commands) -> None:
     reconcile.add_argument("user_id", metavar="USER", help="the user the purchases belong to")
     reconcile.add_argument("tokens", nargs="+", metavar="TOKEN", help="Play purchase tokens")
     reconcile.set_defaults(run=reconcile_play)
+
+    reconcile_apple = command(
+        commands,
+        "reconcile-app-store",
+        "read USER's App Store purchases again and record what is missing",
+        "Reads each purchase's status from the App Store Server API (Get All Subscription "
+        "Statuses; ENTITLEMENTS_APPLE_API_KEY_FILE, _KEY_ID, _ISSUER_ID, _BUNDLE_ID, "
+        "_ENVIRONMENT), verifies it as notifications are (ENTITLEMENTS_APPLE_ROOT_CERTIFICATES) "
+        "and records it for USER (docs/INGESTION.md). Exit status 1 when any could not be.",
+        "entitlements reconcile-app-store u-123 2000000123456789",
+    )
+    storage_flag(reconcile_apple)
+    reconcile_apple.add_argument("user_id", metavar="USER")
+    reconcile_apple.add_argument(
+        "original_transaction_ids",
+        nargs="+",
+        metavar="ORIGINAL_TRANSACTION_ID",
+        help="App Store originalTransactionIds",
+    )
+    reconcile_apple.set_defaults(run=reconcile_app_store)
 
     link = command(
         commands,

@@ -87,6 +87,28 @@ class AppStoreVerifier:
             root_certificates, online_checks, ENVIRONMENTS[environment], bundle_id, app_apple_id
         )
 
+    def verify_signed(
+        self, signed_transaction: str, signed_renewal: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """A signed transaction and renewal info from the App Store Server API, verified
+        as those inside notifications are (chain, signature, bundle, environment); their
+        claims. NotVerifiable or VerificationUnavailable otherwise."""
+        try:
+            self._verifier.verify_and_decode_signed_transaction(signed_transaction)
+            transaction = _claims(signed_transaction)
+            renewal = None
+            if signed_renewal is not None:
+                self._verifier.verify_and_decode_renewal_info(signed_renewal)
+                renewal = _claims(signed_renewal)
+        except VerificationException as error:
+            if error.status is VerificationStatus.RETRYABLE_VERIFICATION_FAILURE:
+                raise VerificationUnavailable(str(error)) from error
+            status, reason = _REFUSALS.get(error.status, (401, "verification_failure"))
+            raise NotVerifiable(status, reason, str(error)) from error
+        except ValueError as error:
+            raise NotVerifiable(400, "malformed", str(error)) from error
+        return transaction, renewal
+
     def verify(self, body: bytes) -> tuple[str, dict[str, Any]]:
         """(notificationUUID, the decoded notification with "transaction" and
         "renewalInfo" decoded in it). NotVerifiable or VerificationUnavailable otherwise."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from service.bootstrap import Application
 from service.config import Settings, SettingsError
 from service.ingestion.app_store import AppStoreVerifier, load_root_certificates
+from service.ingestion.app_store_api import AppStoreServerApi, LibraryAppStoreServerApi
 from service.ingestion.http import NotificationIngress
 from service.ingestion.play import (
     HttpPlayDeveloperApi,
@@ -56,6 +57,26 @@ def build_ingestion(
     )
 
 
+def app_store_verifier(settings: Settings) -> AppStoreVerifier:
+    return AppStoreVerifier(
+        load_root_certificates(settings.apple_root_certificates),
+        settings.apple_bundle_id,
+        settings.apple_environment,
+        settings.apple_app_apple_id,
+    )
+
+
+def app_store_api(settings: Settings) -> AppStoreServerApi:
+    return LibraryAppStoreServerApi(
+        settings.apple_api_key_file,
+        settings.apple_api_key_id,
+        settings.apple_api_issuer_id,
+        settings.apple_bundle_id,
+        settings.apple_environment,
+        settings.apple_api_url,
+    )
+
+
 def build_ingress(
     settings: Settings,
     ingestion: IngestionService,
@@ -64,12 +85,7 @@ def build_ingress(
     """The ingress with a verifier for each store configured in the settings."""
     apple = None
     if settings.apple_root_certificates or settings.apple_bundle_id:
-        apple = AppStoreVerifier(
-            load_root_certificates(settings.apple_root_certificates),
-            settings.apple_bundle_id,
-            settings.apple_environment,
-            settings.apple_app_apple_id,
-        )
+        apple = app_store_verifier(settings)
     stripe = (
         StripeVerifier(settings.stripe_webhook_secret) if settings.stripe_webhook_secret else None
     )
