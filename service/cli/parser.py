@@ -203,7 +203,9 @@ def _command_replay_dead_letters(commands: Commands) -> None:
         "entitlements reconcile-app-store u-123 2000000123456789",
     )
     storage_flag(reconcile_apple)
-    reconcile_apple.add_argument("user_id", metavar="USER")
+    reconcile_apple.add_argument(
+        "user_id", metavar="USER", help="the user the purchases are recorded for"
+    )
     reconcile_apple.add_argument(
         "original_transaction_ids",
         nargs="+",
