@@ -91,7 +91,8 @@ def ts(value: datetime) -> Timestamp:
 
 def request(user: str, n: int) -> ev.RecordSubscriptionEventRequest:
     event = renewal(n)
-    assert event.occurred_at is not None and event.current_period_end is not None
+    assert event.occurred_at is not None
+    assert event.current_period_end is not None
     return ev.RecordSubscriptionEventRequest(
         event_id=f"{user}-e{n}",
         user_id=user,

@@ -386,7 +386,8 @@ print("spanner", len(spanner_schema.migrations()))
     output = _run([sys.executable, "-c", probe], cwd=tmp_path, env=environment)
     sqlite_count = len(list((ROOT / "storage" / "sqlite" / "migrations").glob("*.sql")))
     spanner_count = len(list((ROOT / "storage" / "spanner" / "migrations").glob("*.sql")))
-    assert f"sqlite {sqlite_count}" in output and f"spanner {spanner_count}" in output, output
+    assert f"sqlite {sqlite_count}" in output, output
+    assert f"spanner {spanner_count}" in output, output
     script = site / "bin" / "entitlements"
     assert script.is_file()
     _run([sys.executable, str(script), "--help"], cwd=tmp_path, env=environment)

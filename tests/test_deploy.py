@@ -51,12 +51,12 @@ Manifest = dict[str, Any]
 
 
 def _manifests(folder: Path = KUBERNETES) -> list[tuple[str, Manifest]]:
-    found = []
-    for path in sorted(folder.glob("*.yaml")):
-        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            if document is not None:
-                found.append((path.name, document))
-    return found
+    return [
+        (path.name, document)
+        for path in sorted(folder.glob("*.yaml"))
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+        if document is not None
+    ]
 
 
 MANIFESTS = _manifests()

@@ -350,9 +350,11 @@ def test_dates_of_the_released_api_are_the_changelogs() -> None:
             for sentence in re.split(r"(?<=\.)\s+", paragraph):
                 if not re.search(r"\bimage\b|\brelease", sentence, re.I):
                     continue
-                for date in re.findall(r"\b\d{4}-\d{2}-\d{2}\b", sentence):
-                    if date not in releases.values():
-                        wrong.append(f"{page.relative_to(ROOT)}: {date} in {sentence[:120]!r}")
+                wrong.extend(
+                    f"{page.relative_to(ROOT)}: {date} in {sentence[:120]!r}"
+                    for date in re.findall(r"\b\d{4}-\d{2}-\d{2}\b", sentence)
+                    if date not in releases.values()
+                )
     assert not wrong, f"CHANGELOG.md's releases: {releases}\n" + "\n".join(wrong)
 
 

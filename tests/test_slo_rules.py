@@ -320,7 +320,8 @@ def test_slow_burn_opens_a_ticket_over_three_days(alert: str, sli: str) -> None:
 def test_budgets_match_the_objectives() -> None:
     """Availability 99.9% (budget 0.001), latency 99% (0.01), as docs/SLO.md states."""
     text = SLO.read_text(encoding="utf-8")
-    assert "99.9%" in text and "99%" in text
+    assert "99.9%" in text
+    assert "99%" in text
     for name, budget in (
         ("EntitlementsAvailabilityFastBurn", "0.001"),
         ("EntitlementsAvailabilitySlowBurn", "0.001"),
@@ -356,7 +357,8 @@ def _panel_queries() -> Iterator[tuple[str, str]]:
 
 def test_dashboard_is_a_grafana_dashboard() -> None:
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    assert dashboard["title"] and dashboard["uid"]
+    assert dashboard["title"]
+    assert dashboard["uid"]
     assert isinstance(dashboard["schemaVersion"], int)
     variables = {variable["name"] for variable in dashboard["templating"]["list"]}
     assert {"datasource", "namespace"} <= variables
@@ -364,7 +366,8 @@ def test_dashboard_is_a_grafana_dashboard() -> None:
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in _panels():
         position = panel["gridPos"]
-        assert position["x"] >= 0 and position["x"] + position["w"] <= 24, panel["title"]
+        assert position["x"] >= 0, panel["title"]
+        assert position["x"] + position["w"] <= 24, panel["title"]
         if panel["type"] != "row":
             assert panel.get("targets"), panel["title"]
 

@@ -273,7 +273,8 @@ class Run:
 
     def recovery_point(self) -> float | None:
         """When the service served normally again after the fault (None: not yet)."""
-        assert self.load is not None and self.server is not None
+        assert self.load is not None
+        assert self.server is not None
         end = self.fault_end
         if end is None:
             return None
@@ -291,7 +292,8 @@ class Run:
         return max(*firsts, workers, end)
 
     def _await_recovery(self) -> None:
-        assert self.server is not None and self.fault_end is not None
+        assert self.server is not None
+        assert self.fault_end is not None
         deadline = self.fault_end + self.config.recovery_timeout_s
         while time.monotonic() < deadline and self.server.alive():
             point = self.recovery_point()

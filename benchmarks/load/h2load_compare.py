@@ -128,15 +128,15 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| p99.9 ms | CPU us/RPC | rps (runs) | CPU us/RPC (runs) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['name']} | {_fmt(row['rps'])} | {_fmt(row['cpu_us_per_rpc'])} "
-            f"| {_fmt(row['p50_ms'], 2)} | {_fmt(row['p99_ms'], 2)} "
-            f"| {_fmt(row['latency_p50_ms'], 3)} | {_fmt(row['latency_p99_ms'], 3)} "
-            f"| {_fmt(row['latency_p999_ms'], 3)} | {_fmt(row['latency_cpu_us_per_rpc'])} "
-            f"| {', '.join(f'{v:,}' for v in row['rps_runs'])} "
-            f"| {', '.join(str(v) for v in row['cpu_us_per_rpc_runs'])} |"
-        )
+    lines.extend(
+        f"| {row['name']} | {_fmt(row['rps'])} | {_fmt(row['cpu_us_per_rpc'])} "
+        f"| {_fmt(row['p50_ms'], 2)} | {_fmt(row['p99_ms'], 2)} "
+        f"| {_fmt(row['latency_p50_ms'], 3)} | {_fmt(row['latency_p99_ms'], 3)} "
+        f"| {_fmt(row['latency_p999_ms'], 3)} | {_fmt(row['latency_cpu_us_per_rpc'])} "
+        f"| {', '.join(f'{v:,}' for v in row['rps_runs'])} "
+        f"| {', '.join(str(v) for v in row['cpu_us_per_rpc_runs'])} |"
+        for row in rows
+    )
     return "\n".join(lines)
 
 

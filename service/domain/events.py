@@ -291,7 +291,8 @@ def _end_violations(
 
 
 def event_key(event: SubscriptionEvent) -> Key:
-    assert event.occurred_at is not None and event.type is not None
+    assert event.occurred_at is not None
+    assert event.type is not None
     return (event.occurred_at, _TYPE_RANK[event.type], event.event_id)
 
 
@@ -400,7 +401,8 @@ def merge_all(folds: Sequence[Fold]) -> Fold:
 
 def fold_of_event(event: SubscriptionEvent) -> Fold:
     """The fold of one event."""
-    assert event.type is not None and event.store is not None
+    assert event.type is not None
+    assert event.store is not None
     key, kind, end = event_key(event), event.type, event.current_period_end
     status = None
     if kind in SNAPSHOT:
@@ -619,7 +621,8 @@ def _dumps(payload: Mapping[str, Any]) -> str:
 
 def encode_event(event: SubscriptionEvent) -> dict[str, Any]:
     """The event as sent, as a JSON object."""
-    assert event.store is not None and event.type is not None
+    assert event.store is not None
+    assert event.type is not None
     return {
         "event_id": event.event_id,
         "subscription_id": event.subscription_id,
@@ -636,7 +639,8 @@ def encode_event(event: SubscriptionEvent) -> dict[str, Any]:
 
 
 def stored_event(event: SubscriptionEvent, recorded_at: datetime) -> StoredEvent:
-    assert event.type is not None and event.occurred_at is not None
+    assert event.type is not None
+    assert event.occurred_at is not None
     return StoredEvent(
         subscription_id=event.subscription_id,
         event_id=event.event_id,
@@ -882,7 +886,9 @@ def apply_event(
     """The account with `event` (validated with validate_event first) kept, and its
     subscription re-folded; `recorded_at` is when the service accepted it (default: its
     occurrence). A subscription with more than `compact_above` entries is compacted."""
-    assert event.type is not None and event.occurred_at is not None and event.store is not None
+    assert event.type is not None
+    assert event.occurred_at is not None
+    assert event.store is not None
     at = recorded_at or event.occurred_at
     sub_id = event.subscription_id
     entries = events_of(account, sub_id)
@@ -969,7 +975,8 @@ def _record_facts(
 ) -> AccountState:
     """Facts an event establishes whatever it does to the subscription: an offer was
     redeemed (for the once-per-group rules), the user's market if none is known yet."""
-    assert event.occurred_at is not None and event.store is not None
+    assert event.occurred_at is not None
+    assert event.store is not None
     if event.offer_id is not None and all(
         r.offer_id != event.offer_id for r in account.redemptions
     ):

@@ -52,8 +52,10 @@ def load_root_certificates(files: str) -> list[bytes]:
             continue
         data = Path(name).read_bytes()
         if b"-----BEGIN CERTIFICATE-----" in data:
-            for certificate in x509.load_pem_x509_certificates(data):
-                roots.append(certificate.public_bytes(Encoding.DER))
+            roots.extend(
+                certificate.public_bytes(Encoding.DER)
+                for certificate in x509.load_pem_x509_certificates(data)
+            )
         else:
             roots.append(x509.load_der_x509_certificate(data).public_bytes(Encoding.DER))
     return roots

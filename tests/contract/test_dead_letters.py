@@ -112,4 +112,6 @@ def test_resolved_letters_leave_the_open_list_and_a_new_failure_reopens(
     assert resolved.resolved_at == T0 + timedelta(hours=1)
     letters.keep(letter("evt_1"))
     found = letters.get("stripe", "evt_1")
-    assert found is not None and found.resolved_at is None and found.attempts == 2
+    assert found is not None
+    assert found.resolved_at is None
+    assert found.attempts == 2

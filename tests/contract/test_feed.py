@@ -110,7 +110,8 @@ def test_concurrent_writes_are_all_published_once(repository: AccountRepository)
     )
     for user in range(4):  # each user's versions in commit order
         versions = [c.version or 0 for c in changes if c.user_id == f"u{user}"]
-        assert versions == sorted(versions) and 0 not in versions
+        assert versions == sorted(versions)
+        assert 0 not in versions
 
 
 def test_a_healthy_store_passes_the_readiness_probe(repository: AccountRepository) -> None:

@@ -117,7 +117,8 @@ def test_timestamps_are_aware_and_keep_their_instant(repository: AccountReposito
     write_state(repository, "tz", lambda _: state)
     loaded = repository.load("tz").account.student_verified_until
     assert loaded == local
-    assert loaded is not None and loaded.utcoffset() is not None
+    assert loaded is not None
+    assert loaded.utcoffset() is not None
     assert loaded.astimezone(UTC) == datetime(2024, 6, 1, 10, 0, 0, 500, tzinfo=UTC)
 
 

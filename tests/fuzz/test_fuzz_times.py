@@ -355,7 +355,8 @@ def test_a_grant_ending_after_the_latest_time_names_its_duration(
     if starts_at is not None:
         request.grant.starts_at.FromDatetime(starts_at)
     error = _call(channel, EVENTS + "GrantEntitlement", request)
-    assert error is not None and error.code() is grpc.StatusCode.INVALID_ARGUMENT, error
+    assert error is not None, error
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, error
     assert _violated_fields(error) == ["duration"]
 
 

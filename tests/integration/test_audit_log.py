@@ -219,11 +219,14 @@ def test_an_audit_line_has_the_format_of_every_log_line() -> None:
     logger.removeHandler(handler)
     (line,) = stream.getvalue().splitlines()
     entry = json.loads(line)
-    assert entry["level"] == "INFO" and entry["logger"] == "test.audit.format"
+    assert entry["level"] == "INFO"
+    assert entry["logger"] == "test.audit.format"
     assert entry["message"] == f"{GRANT} by test-admin: OK"
     assert entry["trace_id"] == trace_id
     assert entry["request_id"] == "fmt-1"
     assert (entry["principal"], entry["role"], entry["method"]) == ("test-admin", "admin", GRANT)
-    assert entry["outcome"] == "OK" and entry["duration_ms"] >= 0 and entry["pid"] > 0
+    assert entry["outcome"] == "OK"
+    assert entry["duration_ms"] >= 0
+    assert entry["pid"] > 0
     datetime.fromisoformat(entry["timestamp"])
     assert list(entry)[:3] == ["timestamp", "level", "logger"]

@@ -84,7 +84,8 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 def test_the_rpc_list_is_complete() -> None:
-    assert len(READ_RPCS) >= 4 and len(WRITE_RPCS) >= 4
+    assert len(READ_RPCS) >= 4
+    assert len(WRITE_RPCS) >= 4
     for _, method in RPCS:  # call() below speaks unary-unary and unary-stream only
         assert not method.client_streaming, method.full_name
     assert any(method.server_streaming for _, method in RPCS)
@@ -114,9 +115,11 @@ def call(
         else:
             channel.unary_unary(path, serialize, deserialize)(message, metadata=metadata, timeout=5)
     except grpc.RpcError as error:
-        assert isinstance(error, grpc.Call)
-        return error.code()
-    return grpc.StatusCode.OK
+        failure = error
+    else:
+        return grpc.StatusCode.OK
+    assert isinstance(failure, grpc.Call)
+    return failure.code()
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +311,8 @@ def test_admin_calls_are_audited_without_tokens_or_user_ids(
         who = entry["principal"] or "an unauthenticated caller"
         assert entry["message"] == f"{entry['method']} by {who}: {entry['outcome']}"
         assert USER_ID not in line
-        assert ADMIN_TOKEN not in line and SERVICE_TOKEN not in line
+        assert ADMIN_TOKEN not in line
+        assert SERVICE_TOKEN not in line
 
 
 # --- deny by default, and the principal seen by handlers ------------------------------
@@ -361,8 +365,9 @@ def raw_call(port: int, method: str, metadata: Metadata) -> tuple[grpc.StatusCod
         try:
             return grpc.StatusCode.OK, stub(b"", metadata=metadata, timeout=5)
         except grpc.RpcError as error:
-            assert isinstance(error, grpc.Call)
-            return error.code(), b""
+            failure = error
+    assert isinstance(failure, grpc.Call)
+    return failure.code(), b""
 
 
 def test_handlers_see_the_authenticated_principal(custom_server: Bare) -> None:
@@ -389,7 +394,8 @@ def test_policy_rules() -> None:
     assert DEFAULT_POLICY.rule_for("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").open
     for method in ("/other.Service/Method", "garbage", "", "/Method", "/grpc.health.v1.Health"):
         rule = DEFAULT_POLICY.rule_for(method)
-        assert not rule.open and not rule.roles, method
+        assert not rule.open, method
+        assert not rule.roles, method
 
 
 def test_server_without_credentials_refuses_everything_but_health() -> None:
@@ -448,7 +454,8 @@ def test_credentials_file_in_json(tmp_path: Path) -> None:
     path = tmp_path / "credentials.json"
     path.write_text(json.dumps({"principals": [entry("ops", "service", "s3cret")]}))
     (credential,) = load_credentials(path)
-    assert credential.principal.name == "ops" and credential.principal.role is Role.SERVICE
+    assert credential.principal.name == "ops"
+    assert credential.principal.role is Role.SERVICE
     authenticator = Authenticator([credential])
     assert authenticator.authenticate(bearer_metadata("s3cret")) == credential.principal
     assert authenticator.authenticate(bearer_metadata("s3cre")) is None
@@ -466,11 +473,13 @@ def test_development_credentials_are_created_once(tmp_path: Path) -> None:
     text = first.credentials_file.read_text()
     assert not any(token in text for token in first.tokens.values())
     second = ensure_dev_credentials(data)
-    assert not second.created and second.tokens == first.tokens
+    assert not second.created
+    assert second.tokens == first.tokens
     # A deleted credentials file is derived again from the kept tokens.
     first.credentials_file.unlink()
     third = ensure_dev_credentials(data)
-    assert not third.created and third.credentials_file.read_text() == text
+    assert not third.created
+    assert third.credentials_file.read_text() == text
     first.tokens_file.write_text("{}")
     with pytest.raises(CredentialsError, match="delete it to regenerate"):
         ensure_dev_credentials(data)

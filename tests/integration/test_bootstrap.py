@@ -66,7 +66,8 @@ def test_a_write_of_another_process_wakes_a_watch_through_the_feed(tmp_path: Pat
 
 def test_close_releases_everything_once(tmp_path: Path) -> None:
     app = build_application(settings_for(tmp_path / "store.db"))
-    assert app.observers.rpc is None and app.observers.store is None  # metrics, tracing off
+    assert app.observers.rpc is None
+    assert app.observers.store is None
     app.close()
     app.close()  # a second close does nothing (the store is not closed twice)
     with pytest.raises(RuntimeError):  # the store pool is shut down

@@ -38,7 +38,8 @@ def drill(name: str) -> DrillResult:
     assert result.writes_checked == result.writes_acked, table
     assert result.writes_lost == 0, table
     assert result.recovered, table
-    assert result.recovery_s is not None and result.recovery_s < FAST.recovery_timeout_s, table
+    assert result.recovery_s is not None, table
+    assert result.recovery_s < FAST.recovery_timeout_s, table
     assert not NEVER & set(result.phases["all"].by_status), table
     return result
 

@@ -108,7 +108,8 @@ def test_get_entitlement_prints_the_decision(served: Served) -> None:
         "get-entitlement", "--target", served.target, "demo-active", "offline_downloads",
         cwd=served.folder,
     )  # fmt: skip
-    assert "GRANTED" in granted.stdout and "sub-active" in granted.stdout
+    assert "GRANTED" in granted.stdout
+    assert "sub-active" in granted.stdout
     denied = run_cli(
         "get-entitlement", "--target", served.target, "demo-free", "offline_downloads",
         cwd=served.folder,
@@ -169,7 +170,8 @@ def test_serve_generates_development_credentials_and_says_where_they_are(served:
     assert set(tokens) == {"admin", "service"}
     assert all(len(token) >= 40 for token in tokens.values())
     credentials = (data / "dev-credentials.yaml").read_text()
-    assert "role: admin" in credentials and "role: service" in credentials
+    assert "role: admin" in credentials
+    assert "role: service" in credentials
     assert not any(token in credentials for token in tokens.values())  # digests only
     output = served.text()
     assert "generated development credentials" in output
@@ -203,7 +205,8 @@ def test_credential_flag_and_environment(served: Served) -> None:
     args = ("get-entitlement", "--target", served.target, "demo-active", "offline_downloads")
     wrong = run_cli(*args, "--credential", "not-a-known-token", cwd=served.folder, check=False)
     assert wrong.returncode == 1
-    assert "UNAUTHENTICATED" in wrong.stderr and "--credential" in wrong.stderr
+    assert "UNAUTHENTICATED" in wrong.stderr
+    assert "--credential" in wrong.stderr
     wrong_env = run_cli(
         *args, cwd=served.folder, check=False, env={"ENTITLEMENTS_CREDENTIAL": "nope"}
     )
@@ -395,6 +398,5 @@ def test_a_grant_repeated_with_its_request_id_replays(served: Served) -> None:
     time.sleep(0.05)
     again = run_cli(*command, cwd=served.folder)
     grant_lines = [line for line in first.stdout.splitlines() if "grant-" in line]
-    assert grant_lines and grant_lines == [
-        line for line in again.stdout.splitlines() if "grant-" in line
-    ]
+    assert grant_lines
+    assert grant_lines == [line for line in again.stdout.splitlines() if "grant-" in line]

@@ -53,7 +53,8 @@ def test_every_subcommand_has_a_description_examples_and_argument_help() -> None
         text = run_cli(command, "--help", cwd=Path.cwd()).stdout
         assert "examples:\n  entitlements" in text, command
         description = text.split("\n\n")[1]
-        assert len(description) > 40 and not description.startswith("options"), command
+        assert len(description) > 40, command
+        assert not description.startswith("options"), command
     parser = build_parser()
     (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, sub in subparsers.choices.items():
@@ -109,7 +110,8 @@ def test_json_on_every_client_command(served: Served) -> None:
     assert answers["batch-get-entitlements"]["entitlements"][0]["user_id"] == "demo-active"
     assert answers["get-offers"]["offers"]
     assert answers["record-event"]["outcome"] == "EVENT_OUTCOME_APPLIED"
-    assert answers["grant"]["grant"]["quota_value"] == "5" and answers["grant"]["consistency_token"]
+    assert answers["grant"]["grant"]["quota_value"] == "5"
+    assert answers["grant"]["consistency_token"]
     assert answers["redeem-offer"]["subscription"]["status"] == "SUBSCRIPTION_STATUS_TRIALING"
     assert answers["revoke"]["grant"]["revoked_at"]
     assert [e["kind"] for e in answers["history"]["entries"]] == ["subscription_event", "grant"]
@@ -126,10 +128,12 @@ def test_batch_from_arguments_and_stdin(served: Served) -> None:
     result = run_cli_stdin(served, "\n".join(lines) + "\n", "batch-get-entitlements", "--json")
     answers = json.loads(result)["entitlements"]
     assert len(answers) == 121
-    assert answers[119]["user_id"] == "batch-119" and answers[120]["granted"] is True
+    assert answers[119]["user_id"] == "batch-119"
+    assert answers[120]["granted"] is True
     bad = run_cli("batch-get-entitlements", "--target", served.target, "no-colon",
                   cwd=served.folder, check=False)  # fmt: skip
-    assert bad.returncode == 2 and "expected USER:FEATURE" in bad.stderr
+    assert bad.returncode == 2
+    assert "expected USER:FEATURE" in bad.stderr
 
 
 def run_cli_stdin(served: Served, stdin: str, *args: str) -> str:
@@ -221,7 +225,8 @@ def test_reads_after_a_write_see_it_on_every_worker(tmp_path: Path) -> None:
             assert "GRANTED" in read
         command = re.search(r"read it back: (.+)", written).group(1)  # type: ignore[union-attr]
         words = shlex.split(command)
-        assert words[0] == "entitlements" and "--consistency-token" in words
+        assert words[0] == "entitlements"
+        assert "--consistency-token" in words
         elsewhere = tmp_path / "elsewhere"  # no remembered tokens there: only the flag's
         elsewhere.mkdir()
         read_back = run_cli(*words[1:], cwd=elsewhere, env={
@@ -245,12 +250,14 @@ def test_history_reads_the_servers_store(tmp_path: Path) -> None:
         assert "grant grant-" in out
         assert not (tmp_path / "data" / "entitlements.db").exists()
         unseen = run_cli("history", "--target", server.target, "nobody-1", cwd=tmp_path)
-        assert "(nothing recorded)" in unseen.stdout and "never seen" in unseen.stderr
+        assert "(nothing recorded)" in unseen.stdout
+        assert "never seen" in unseen.stderr
         # Support tooling needs the admin credential: the service token is refused.
         refused = run_cli(
             "history", "--target", server.target, "support-user", cwd=tmp_path, check=False,
             env={"ENTITLEMENTS_CREDENTIAL": dev_tokens(tmp_path)["service"]},
         )  # fmt: skip
-        assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+        assert refused.returncode == 1
+        assert "PERMISSION_DENIED" in refused.stderr
     finally:
         server.stop()

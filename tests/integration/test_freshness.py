@@ -228,7 +228,8 @@ def test_workers_of_one_server_see_each_others_writes_and_wake_each_others_watch
         )
         seconds_until(lambda: granted_on(second))
         woken = next(watch)
-        assert woken.reason == es.WATCH_REASON_WRITE and woken.entitlements[0].granted
+        assert woken.reason == es.WATCH_REASON_WRITE
+        assert woken.entitlements[0].granted
         watch.cancel()
         for channel in (into_first, into_second):
             channel.close()

@@ -4,8 +4,6 @@ of a request id, removal, and the student offer following verification."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 
@@ -23,8 +21,8 @@ PREMIUM = "ad_free_playback"
 
 
 @pytest.fixture(scope="module")
-def writes(harness: Harness) -> Iterator[ev_grpc.SubscriptionEventServiceStub]:
-    yield ev_grpc.SubscriptionEventServiceStub(harness.admin_channel)
+def writes(harness: Harness) -> ev_grpc.SubscriptionEventServiceStub:
+    return ev_grpc.SubscriptionEventServiceStub(harness.admin_channel)
 
 
 def subscribe(writes: ev_grpc.SubscriptionEventServiceStub, user_id: str, plan: str) -> None:

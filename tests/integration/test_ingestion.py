@@ -144,7 +144,8 @@ def ingest(tmp_path: Path) -> Iterator[Ingest]:
     )
     running = start_server(settings)
     ingress = start_ingress(settings, running)
-    assert ingress is not None and ingress.port == settings.notifications_port
+    assert ingress is not None
+    assert ingress.port == settings.notifications_port
     channel = with_bearer_token(grpc.insecure_channel(f"127.0.0.1:{running.port}"), SERVICE_TOKEN)
     try:
         stub = es_grpc.EntitlementServiceStub(channel)
@@ -200,7 +201,8 @@ def test_an_app_store_purchase_grants_access_and_wakes_a_watch(ingest: Ingest) -
     assert ingest.granted(user)
     reader.join(timeout=20)
     stream.cancel()
-    assert messages and messages[0].entitlements[0].granted
+    assert messages
+    assert messages[0].entitlements[0].granted
     # The same notification again (Apple retries until it gets a 2xx): a duplicate.
     status, answer = ingest.apple(body)
     assert (status, answer["verdict"]) == (200, "duplicate")
@@ -230,7 +232,8 @@ def test_a_whole_app_store_life_ends_the_same_in_any_order_and_with_redeliveries
         sub_b.auto_renew,
     )
     assert sub_a.status.value == "expired"
-    assert not ingest.granted(in_order) and not ingest.granted(reordered)
+    assert not ingest.granted(in_order)
+    assert not ingest.granted(reordered)
 
 
 def test_app_store_test_notification_is_answered(ingest: Ingest) -> None:
@@ -396,7 +399,8 @@ def test_dead_letters_are_listed_and_replayed_by_the_cli_after_a_catalog_fix(
     assert "stripe evt_new_plan  unknown_product: price karaoke_plan/price_karaoke_plan" in listed
     # Still unmappable with the old catalog: it stays, exit status 1.
     failed = run_cli("replay-dead-letters", "--storage", storage, cwd=tmp_path, check=False)
-    assert failed.returncode == 1 and "dead_letter" in failed.stdout
+    assert failed.returncode == 1
+    assert "dead_letter" in failed.stdout
     # The fix: a catalog that sells the plan.
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(
@@ -490,7 +494,9 @@ def test_a_stripe_life_delivered_backwards_and_twice_ends_as_in_order(ingest: In
     assert (a.status, a.current_period_end, a.auto_renew, a.plan_id) == (
         b.status, b.current_period_end, b.auto_renew, b.plan_id,
     )  # fmt: skip
-    assert a.status.value == "canceled" and ingest.granted(ordered) and ingest.granted(backwards)
+    assert a.status.value == "canceled"
+    assert ingest.granted(ordered)
+    assert ingest.granted(backwards)
 
 
 @pytest.mark.subprocess

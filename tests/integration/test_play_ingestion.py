@@ -277,7 +277,8 @@ def play(pubsub_emulator: str, tmp_path: Path) -> Iterator[Play]:
     )
     running = start_server(settings)
     ingestion = start_ingress(settings, running)
-    assert ingestion is not None and ingestion.ingress is None  # no HTTP port asked for
+    assert ingestion is not None
+    assert ingestion.ingress is None
     channel = with_bearer_token(grpc.insecure_channel(f"127.0.0.1:{running.port}"), SERVICE_TOKEN)
     try:
         stub = es_grpc.EntitlementServiceStub(channel)
@@ -304,7 +305,8 @@ def test_a_play_purchase_grants_access_and_is_acknowledged(play: Play) -> None:
     eventually(lambda: play.granted(user))
     eventually(lambda: token in play.api.acknowledged)
     (subscription,) = play.running.repository.load(user).account.subscriptions
-    assert subscription.store.value == "google_play" and subscription.plan_id == PLAN
+    assert subscription.store.value == "google_play"
+    assert subscription.plan_id == PLAN
 
 
 def test_an_upgrade_ends_the_linked_purchase_and_a_voided_one_is_a_refund(play: Play) -> None:

@@ -119,7 +119,8 @@ class TestGetEntitlement:
 
     def test_family_manager_and_member(self, harness: Harness) -> None:
         manager = get(harness, "demo-family-manager", "audiobook_hours")
-        assert manager.granted and manager.quota_value == 15
+        assert manager.granted
+        assert manager.quota_value == 15
         member = get(harness, "demo-family-member", "offline_downloads")
         assert member.granted
         assert member.source.type == es.SOURCE_TYPE_HOUSEHOLD

@@ -150,7 +150,8 @@ def test_load_shedding_answers_at_once_and_admitted_calls_keep_their_latency(
             thread.join()
         shed = [t for code, t in results if code is grpc.StatusCode.RESOURCE_EXHAUSTED]
         served = [t for code, t in results if code is grpc.StatusCode.OK]
-        assert len(served) >= 4 and len(shed) >= 4
+        assert len(served) >= 4
+        assert len(shed) >= 4
         assert len(served) + len(shed) == 12
         assert max(shed) < 0.2  # refused at once, not after queueing behind the slow ones
         assert max(served) < 0.3 + 0.25  # the store's 300 ms plus little
@@ -165,7 +166,8 @@ def test_stale_if_error_and_readiness(tmp_path: Path) -> None:
         server.store.failing = True
         time.sleep(0.4)  # the cached entry is now past its freshness
         answer = server.get("warm")
-        assert answer.stale and answer.entitlement.user_id == "warm"
+        assert answer.stale
+        assert answer.entitlement.user_id == "warm"
         started = time.monotonic()
         assert code_of(lambda: server.get("cold")) is grpc.StatusCode.UNAVAILABLE
         assert time.monotonic() - started < 0.2  # fails fast
@@ -293,6 +295,7 @@ def test_max_connection_age_rebalances_a_client_across_workers(tmp_path: Path) -
         stub = ev_grpc.SubscriptionEventServiceStub(channel)
         deadline = time.monotonic() + 8
         pids: set[int] = set()
+        refusals: list[grpc.StatusCode] = []
         i = 0
         while time.monotonic() < deadline and len(pids) < 2:
             i += 1
@@ -307,11 +310,12 @@ def test_max_connection_age_rebalances_a_client_across_workers(tmp_path: Path) -
                 )
             except grpc.RpcError as error:
                 # A call racing the connection's close may be refused; the next one reconnects.
-                assert error.code() is grpc.StatusCode.UNAVAILABLE
+                refusals.append(error.code())
             time.sleep(0.05)
             if audit.exists():
                 pids = {json.loads(line)["pid"] for line in audit.read_text().splitlines()}
         channel.close()
+    assert set(refusals) <= {grpc.StatusCode.UNAVAILABLE}, refusals
     assert len(pids) == 2
 
 
@@ -360,7 +364,8 @@ def test_overload_is_refused_at_once_while_admitted_calls_are_served(
     refused = sorted(t for code, t in results if code is grpc.StatusCode.RESOURCE_EXHAUSTED)
     served = sorted(t for code, t in results if code is grpc.StatusCode.OK)
     assert len(refused) + len(served) == calls, {code for code, _ in results}
-    assert len(served) >= 32 and len(refused) >= calls // 2
+    assert len(served) >= 32
+    assert len(refused) >= calls // 2
     refused_p50, served_p50 = refused[len(refused) // 2], served[len(served) // 2]
     # Refused at once: not after queueing behind the admitted calls (each >= 400 ms);
     # both include the client's own time to send them all, on a busy machine too.

@@ -4,7 +4,6 @@ it needs arrives, and GetUserHistory showing each event's effect in the fold."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -29,8 +28,8 @@ def ts(value: datetime) -> Timestamp:
 
 
 @pytest.fixture(scope="module")
-def writes(harness: Harness) -> Iterator[ev_grpc.SubscriptionEventServiceStub]:
-    yield ev_grpc.SubscriptionEventServiceStub(harness.admin_channel)
+def writes(harness: Harness) -> ev_grpc.SubscriptionEventServiceStub:
+    return ev_grpc.SubscriptionEventServiceStub(harness.admin_channel)
 
 
 def event(

@@ -117,7 +117,8 @@ def test_a_restart_failing_on_a_locked_database_is_retried_while_the_other_worke
         serve_while(server, lambda: bool(lines_with(server, "worker 0 restarted")), timeout=60)
         (restarted,) = lines_with(server, "worker 0 restarted")
         replacement = int(re.findall(r"pid (\d+)", restarted)[0])
-        assert alive(second) and alive(replacement)
+        assert alive(second)
+        assert alive(replacement)
         assert not lines_with(server, "worker 1 (pid")  # worker 1 never stopped
         for _ in range(8):
             assert read_on_a_new_connection(server.target) is grpc.StatusCode.OK
@@ -143,7 +144,8 @@ def test_a_worker_that_cannot_start_is_retried_with_backoff_until_it_can(
         serve_while(server, lambda: bool(lines_with(server, "worker 0 restarted")), 30)
         failures = lines_with(server, "worker 0", "failed to start")
         assert all("catalog" in line for line in failures), failures
-        assert "restarting it in 0.25 s" in failures[0] and "in 0.5 s" in failures[1]
+        assert "restarting it in 0.25 s" in failures[0]
+        assert "in 0.5 s" in failures[1]
         assert alive(second)
         assert read_on_a_new_connection(server.target) is grpc.StatusCode.OK
     assert server.process.returncode == 0, "".join(server.output)
@@ -221,8 +223,10 @@ def test_a_configuration_error_is_one_error_line_and_exit_2(
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and expected in result.stderr, output
-    assert "Traceback" not in output and "worker" not in output, output
+    assert len(errors) == 1, output
+    assert expected in result.stderr, output
+    assert "Traceback" not in output, output
+    assert "worker" not in output, output
     assert len(result.stderr.splitlines()) <= 3, output
     if problem == "corrupt database":
         assert db.read_bytes() == CORRUPT_DATABASE  # left as it was
@@ -253,7 +257,8 @@ def serve_on(port: int, *args: str, workers: int) -> subprocess.CompletedProcess
 def assert_refused(result: subprocess.CompletedProcess[str], port: int) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert f":{port}" in error and "already in use" in error
+    assert f":{port}" in error
+    assert "already in use" in error
     assert "serving on" not in result.stdout
 
 

@@ -93,8 +93,10 @@ def test_a_span_per_rpc_child_of_the_callers_traceparent(tmp_path: Path) -> None
         server.get("traced-user", ("traceparent", TRACEPARENT))
         (span,) = server.spans(GET_ENTITLEMENT)
         assert span.kind is SpanKind.SERVER
-        assert span.context is not None and span.context.trace_id == TRACE_ID
-        assert span.parent is not None and span.parent.is_remote
+        assert span.context is not None
+        assert span.context.trace_id == TRACE_ID
+        assert span.parent is not None
+        assert span.parent.is_remote
         assert (span.parent.trace_id, span.parent.span_id) == (TRACE_ID, PARENT_SPAN_ID)
         assert dict(span.attributes or {}) == {
             "rpc.system": "grpc",
@@ -106,13 +108,16 @@ def test_a_span_per_rpc_child_of_the_callers_traceparent(tmp_path: Path) -> None
         assert span.status.status_code is StatusCode.UNSET
         # The store read of the miss: a child span of the RPC's.
         (load,) = server.spans("store.load")
-        assert load.parent is not None and load.parent.span_id == span.context.span_id
-        assert load.context is not None and load.context.trace_id == TRACE_ID
+        assert load.parent is not None
+        assert load.parent.span_id == span.context.span_id
+        assert load.context is not None
+        assert load.context.trace_id == TRACE_ID
         assert dict(load.attributes or {}) == {
             "store.backend": "sqlite",
             "store.operation": "load",
         }
-        assert span.start_time is not None and load.start_time is not None
+        assert span.start_time is not None
+        assert load.start_time is not None
         assert span.start_time <= load.start_time
 
         # Read again: answered from the cache, no store span, no cache miss.
@@ -130,7 +135,8 @@ def test_the_span_carries_the_status_of_a_refused_call(tmp_path: Path) -> None:
             server.get("anyone", ("traceparent", TRACEPARENT), token=False)
         assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
         (span,) = server.ended(GET_ENTITLEMENT)
-        assert span.context is not None and span.context.trace_id == TRACE_ID
+        assert span.context is not None
+        assert span.context.trace_id == TRACE_ID
         assert (span.attributes or {})["rpc.grpc.status_code"] == 16  # UNAUTHENTICATED
         # A caller's error is not the server's (OpenTelemetry's gRPC conventions).
         assert span.status.status_code is StatusCode.UNSET
@@ -141,7 +147,8 @@ def test_no_span_and_no_wrapper_when_tracing_is_off(tmp_path: Path) -> None:
         server.get("untraced-user", ("traceparent", TRACEPARENT))
         assert server.exporter.get_finished_spans() == ()
         assert server.running.app.observers.tracing is None
-        assert server.running.guard is not None and server.running.guard._tracing is None
+        assert server.running.guard is not None
+        assert server.running.guard._tracing is None
         assert server.running.app.store_calls.observer is None
 
 

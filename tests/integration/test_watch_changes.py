@@ -70,7 +70,9 @@ def watch(harness: Harness) -> Iterator[Any]:
 def test_a_write_reaches_the_stream_with_its_token(harness: Harness, watch: Any) -> None:
     reader = watch()
     first = reader.next()
-    assert not first.reset and not first.changes and first.position
+    assert not first.reset
+    assert not first.changes
+    assert first.position
     answer = ev_grpc.SubscriptionEventServiceStub(harness.admin_channel).GrantEntitlement(
         grant_request("wc-user-1", "wc-1"), timeout=WAIT
     )
@@ -102,7 +104,8 @@ def test_resume_sends_what_followed_once_and_an_unknown_position_resets(
     from_start = watch(start).next(changes=True)
     assert [c.user_id for c in from_start.changes] == ["wc-user-2", "wc-user-3"]
     unknown = watch("a-position-of-another-server").next()
-    assert unknown.reset and unknown.position
+    assert unknown.reset
+    assert unknown.position
 
 
 def test_the_stream_needs_a_read_role_and_is_bounded(harness: Harness, watch: Any) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
@@ -33,8 +32,8 @@ def ts(value: datetime) -> Timestamp:
 
 
 @pytest.fixture(scope="module")
-def writes(harness: Harness) -> Iterator[ev_grpc.SubscriptionEventServiceStub]:
-    yield ev_grpc.SubscriptionEventServiceStub(harness.admin_channel)
+def writes(harness: Harness) -> ev_grpc.SubscriptionEventServiceStub:
+    return ev_grpc.SubscriptionEventServiceStub(harness.admin_channel)
 
 
 def entitled(harness: Harness, user_id: str, feature: str, token: str = "") -> bool:
@@ -212,7 +211,8 @@ def test_grant_and_revoke(harness: Harness, writes: ev_grpc.SubscriptionEventSer
     granted = writes.GrantEntitlement(
         ev.GrantEntitlementRequest(request_id="g-1", user_id="promo-user", grant=grant), timeout=5
     )
-    assert granted.grant.grant_id and granted.grant.HasField("starts_at")
+    assert granted.grant.grant_id
+    assert granted.grant.HasField("starts_at")
     assert entitled(harness, "promo-user", "high_fidelity_audio", granted.consistency_token)
     revoke = ev.RevokeEntitlementRequest(
         request_id="r-1", user_id="promo-user", grant_id=granted.grant.grant_id
@@ -248,11 +248,13 @@ def test_fifty_concurrent_trial_redemptions_have_exactly_one_winner(
         try:
             writes.RedeemOffer(request, timeout=30)
         except grpc.RpcError as error:
-            assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
-            info = details_of(error)[0]
-            assert isinstance(info, error_details_pb2.ErrorInfo)
-            return str(info.reason)
-        return "OK"
+            refusal = error
+        else:
+            return "OK"
+        assert refusal.code() is grpc.StatusCode.FAILED_PRECONDITION
+        info = details_of(refusal)[0]
+        assert isinstance(info, error_details_pb2.ErrorInfo)
+        return str(info.reason)
 
     with ThreadPoolExecutor(attempts) as pool:
         results = list(pool.map(redeem, range(attempts)))

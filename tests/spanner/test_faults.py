@@ -224,7 +224,8 @@ def test_store_call_outliving_the_rpc_deadline_ends_in_deadline_exceeded(
     # cancelled when it passed: no store work goes on after the RPC ended.
     assert stall.done.wait(2)
     # (gRPC rounds a deadline up when it sends it.)
-    assert stall.deadlines[0] is not None and stall.deadlines[0] <= budget + 0.05
+    assert stall.deadlines[0] is not None
+    assert stall.deadlines[0] <= budget + 0.05
     assert stall.cancelled == [True]
     assert mock.servicer.requests_of("CommitRequest") == []
 
@@ -238,7 +239,8 @@ def test_without_an_rpc_deadline_the_default_timeout_bounds_a_call(mock: MockSpa
     with pytest.raises(StoreUnavailable, match="did not finish in time"):
         repo.load("u1")
     assert time.monotonic() - started < 0.3 + SLACK
-    assert stall.done.wait(2) and stall.cancelled == [True]
+    assert stall.done.wait(2)
+    assert stall.cancelled == [True]
 
 
 def test_an_expired_budget_sends_nothing(mock: MockSpanner) -> None:
@@ -325,7 +327,8 @@ def test_a_caller_deadline_bounds_the_spanner_call_behind_the_server(
         assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         # Spanner was asked to finish within the caller's deadline and saw the call end.
         assert stall.done.wait(2)
-        assert stall.deadlines[0] is not None and stall.deadlines[0] <= 0.45
+        assert stall.deadlines[0] is not None
+        assert stall.deadlines[0] <= 0.45
         assert stall.cancelled == [True]
     finally:
         reader.close()

@@ -279,7 +279,9 @@ def test_the_compare_command_compares_two_run_files(
 
     assert compare.main([str(run), str(baseline)]) == 1
     out = capsys.readouterr()
-    assert "get_hit" in out.out and "-37.5%" in out.out and "comparison: FAILED" in out.out
+    assert "get_hit" in out.out
+    assert "-37.5%" in out.out
+    assert "comparison: FAILED" in out.out
     assert "BENCHMARK REGRESSION against the baseline" in out.err
     assert compare.main([str(run), str(baseline), "--compare-threshold", "0.5"]) == 0
 
@@ -320,7 +322,8 @@ def test_one_legible_plot_per_scenario_linked_from_the_markdown(tmp_path: Path) 
     text = paths.markdown.read_text()
     for path in paths.plots:
         width, height = _png_size(path)
-        assert 800 <= width <= 1400 and 500 <= height <= 1200
+        assert 800 <= width <= 1400
+        assert 500 <= height <= 1200
         assert f"]({path.name})" in text
 
 

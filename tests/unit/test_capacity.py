@@ -55,7 +55,8 @@ def test_the_diurnal_curve_peaks_at_its_peak_factor_and_averages_one() -> None:
 def test_the_zipf_sampler_favours_low_ranks_and_stays_in_range() -> None:
     draw = ZipfSampler(1_000_000, 1.0, random.Random(1))
     ranks = [draw() for _ in range(20_000)]
-    assert min(ranks) >= 1 and max(ranks) <= 1_000_000
+    assert min(ranks) >= 1
+    assert max(ranks) <= 1_000_000
     top = sum(rank <= 1_000 for rank in ranks) / len(ranks)
     # H(1,000) / H(1,000,000) = 7.49 / 14.39 = 0.52 for the discrete distribution.
     assert 0.45 < top < 0.60
@@ -79,7 +80,8 @@ def test_the_simulated_pods_count_one_feed_poll_per_pod_and_cache_the_popular() 
     assert result.hit_rate > 0.8  # every user fits: only first reads and written users miss
     assert result.dropped > 0  # writes reached the workers through the feed
     small = simulate_servers(replace(trace, cache_entries=50))
-    assert small.hit_rate < result.hit_rate and small.evictions > 0
+    assert small.hit_rate < result.hit_rate
+    assert small.evictions > 0
 
 
 def test_a_callers_near_cache_hits_within_sessions() -> None:

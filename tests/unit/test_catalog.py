@@ -99,7 +99,8 @@ def test_example_catalog_loads_with_plans_and_features() -> None:
     assert catalog.plans["premium_family"].household_size == 6
     assert catalog.plans["premium_individual"].household_size == 1
     audiobooks = catalog.features["audiobook_hours"]
-    assert audiobooks.kind is FeatureKind.QUOTA and audiobooks.unit
+    assert audiobooks.kind is FeatureKind.QUOTA
+    assert audiobooks.unit
     family_hours = catalog.plans["premium_family"].features["audiobook_hours"]
     assert family_hours.value == 15
     assert family_hours.roles == {HouseholdRole.MANAGER}
@@ -149,7 +150,8 @@ def test_example_catalog_offers_of_every_kind() -> None:
     assert experiment is not None
     assert [arm.name for arm in experiment.arms] == ["control", "intro-price"]
     holiday = offers[HOLIDAY]
-    assert holiday.valid_from is not None and holiday.valid_until is not None
+    assert holiday.valid_from is not None
+    assert holiday.valid_until is not None
     assert holiday.valid_from.utcoffset() is not None
     assert holiday.valid_from.isoformat() == "2026-11-20T00:00:00+00:00"
     assert holiday.valid_until.isoformat() == "2027-01-06T00:00:00+00:00"
@@ -684,7 +686,10 @@ def test_mangled_documents_raise_catalog_error_only(
     try:
         parse_catalog(doc)
     except CatalogError as exc:
-        assert exc.problems
+        problems = exc.problems
+    else:
+        return
+    assert problems
 
 
 def test_schema_version_must_be_the_integer_1() -> None:

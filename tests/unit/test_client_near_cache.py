@@ -86,10 +86,12 @@ def test_an_invalidation_drops_the_users_entries_and_requires_its_token() -> Non
     cache.store(("e", "v", "f1"), "v", Value("c"), INF, "", cache.ticket())
     in_flight = cache.ticket()
     cache.invalidate("u", "token-7")
-    assert cache.lookup(("e", "u", "f1")) is None and cache.lookup(("e", "u", "f2")) is None
+    assert cache.lookup(("e", "u", "f1")) is None
+    assert cache.lookup(("e", "u", "f2")) is None
     assert cache.lookup(("e", "v", "f1")) == Value("c")
     required = cache.requirement("u")
-    assert required is not None and required.token == "token-7"
+    assert required is not None
+    assert required.token == "token-7"
     # An answer whose read started before the change may predate it: not stored.
     assert not cache.store(("e", "u", "f1"), "u", Value("old"), INF, "", in_flight)
     assert cache.store(("e", "u", "f1"), "u", Value("new"), INF, "token-7", cache.ticket())
@@ -99,7 +101,8 @@ def test_an_invalidation_drops_the_users_entries_and_requires_its_token() -> Non
     assert cache.requirement("u") is None
     cache.invalidate("w", "")
     derived = cache.requirement("w")
-    assert derived is not None and derived.full_consistency
+    assert derived is not None
+    assert derived.full_consistency
 
 
 def test_a_reset_drops_everything_and_answers_in_flight() -> None:
@@ -109,7 +112,8 @@ def test_a_reset_drops_everything_and_answers_in_flight() -> None:
     cache.store("k", "u", Value("a"), INF, "", cache.ticket())
     in_flight = cache.ticket()
     cache.reset()
-    assert len(cache) == 0 and cache.lookup("k") is None
+    assert len(cache) == 0
+    assert cache.lookup("k") is None
     assert not cache.store("k", "u", Value("a"), INF, "", in_flight)
 
 

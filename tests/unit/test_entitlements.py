@@ -107,7 +107,9 @@ def test_trialing_subscription() -> None:
     assert d.expires_at == end
     assert d.valid_until == end
     hours = decide(state, "audiobook_hours")
-    assert hours.granted and hours.value == 15 and hours.state is EntitlementState.TRIAL
+    assert hours.granted
+    assert hours.value == 15
+    assert hours.state is EntitlementState.TRIAL
 
 
 def test_active_subscription() -> None:
@@ -125,9 +127,11 @@ def test_active_subscription() -> None:
     shuffle = decide(state, "shuffle_play")
     assert shuffle.source == Source(SourceType.SUBSCRIPTION, "sub-1", Store.GOOGLE_PLAY)
     assert shuffle.plan_id == PREMIUM
-    assert shuffle.expires_at == end and shuffle.valid_until == end
+    assert shuffle.expires_at == end
+    assert shuffle.valid_until == end
     after = decide(state, "shuffle_play", end)
-    assert after.source == Source(SourceType.FREE_TIER) and after.valid_until is None
+    assert after.source == Source(SourceType.FREE_TIER)
+    assert after.valid_until is None
 
 
 def test_active_subscription_past_its_period_end_is_not_granted() -> None:
@@ -146,7 +150,8 @@ def test_canceled_subscription_until_period_end_then_expired() -> None:
     d = decide(state, "ad_free_playback")
     assert d.granted
     assert d.state is EntitlementState.CANCELED_UNTIL_PERIOD_END
-    assert d.expires_at == end and d.valid_until == end
+    assert d.expires_at == end
+    assert d.valid_until == end
     later = end - 1 * DAY
     assert decide(state, "ad_free_playback", later) == d
     assert_denied(decide(state, "ad_free_playback", end), DenialReason.EXPIRED)
@@ -168,7 +173,8 @@ def test_grace_period_until_grace_end_then_expired() -> None:
     d = decide(state, "unlimited_skips")
     assert d.granted
     assert d.state is EntitlementState.GRACE_PERIOD
-    assert d.expires_at == grace_end and d.valid_until == grace_end
+    assert d.expires_at == grace_end
+    assert d.valid_until == grace_end
     assert_denied(decide(state, "unlimited_skips", grace_end), DenialReason.EXPIRED)
 
 
@@ -180,7 +186,8 @@ def test_grace_period_without_grace_end_lasts_until_period_end() -> None:
         ]
     )
     d = decide(state, "unlimited_skips")
-    assert d.granted and d.state is EntitlementState.GRACE_PERIOD
+    assert d.granted
+    assert d.state is EntitlementState.GRACE_PERIOD
     assert d.valid_until == period_end
     assert_denied(decide(state, "unlimited_skips", period_end), DenialReason.EXPIRED)
 
@@ -256,7 +263,8 @@ def test_family_member_gets_household_features_but_not_audiobook_hours() -> None
     assert d.source == Source(SourceType.HOUSEHOLD, "hh-42", Store.APP_STORE)
     assert d.state is EntitlementState.ACTIVE
     assert d.plan_id == "premium_family"
-    assert d.expires_at == end and d.valid_until == end
+    assert d.expires_at == end
+    assert d.valid_until == end
     assert decide(state, "family_content_filter").granted
     # Audiobook hours go only to the plan manager; the denial holds as long as the
     # manager's subscription (then the reason becomes EXPIRED).
@@ -267,8 +275,10 @@ def test_family_member_gets_household_features_but_not_audiobook_hours() -> None
 def test_duo_member() -> None:
     state = household_member(subscription("premium_duo", status=SubscriptionStatus.TRIALING))
     d = decide(state, "high_fidelity_audio")
-    assert d.granted and d.state is EntitlementState.TRIAL
-    assert d.source is not None and d.source.type is SourceType.HOUSEHOLD
+    assert d.granted
+    assert d.state is EntitlementState.TRIAL
+    assert d.source is not None
+    assert d.source.type is SourceType.HOUSEHOLD
     assert_denied(
         decide(state, "audiobook_hours"), DenialReason.HOUSEHOLD_ROLE, valid_until=NOW + 20 * DAY
     )
@@ -316,7 +326,9 @@ def test_member_with_own_subscription_prefers_it() -> None:
     assert d.source == Source(SourceType.SUBSCRIPTION, "own", Store.WEB)
     # Audiobook hours come from the member's own individual plan.
     hours = decide(state, "audiobook_hours")
-    assert hours.granted and hours.value == 15 and hours.plan_id == PREMIUM
+    assert hours.granted
+    assert hours.value == 15
+    assert hours.plan_id == PREMIUM
 
 
 # --- grants ------------------------------------------------------------------------------
@@ -331,7 +343,8 @@ def test_feature_grant_with_quota_value() -> None:
     assert d.source == Source(SourceType.GRANT, "grant-1")
     assert d.state is EntitlementState.ACTIVE
     assert d.plan_id is None
-    assert d.expires_at == expires and d.valid_until == expires
+    assert d.expires_at == expires
+    assert d.valid_until == expires
     # The grant is of one feature only.
     assert_denied(decide(state, "offline_downloads"), DenialReason.NO_ENTITLING_SOURCE)
 
@@ -339,8 +352,10 @@ def test_feature_grant_with_quota_value() -> None:
 def test_boolean_feature_grant_has_no_value() -> None:
     state = user(grants=[grant(feature_id="offline_downloads", quota_value=3, expires_at=None)])
     d = decide(state, "offline_downloads")
-    assert d.granted and d.value is None
-    assert d.expires_at is None and d.valid_until is None
+    assert d.granted
+    assert d.value is None
+    assert d.expires_at is None
+    assert d.valid_until is None
 
 
 def test_plan_grant() -> None:
@@ -366,7 +381,8 @@ def test_future_grant_is_not_granted_yet() -> None:
         decide(state, "offline_downloads"), DenialReason.NO_ENTITLING_SOURCE, valid_until=starts
     )
     d = decide(state, "offline_downloads", starts)
-    assert d.granted and d.valid_until == expires
+    assert d.granted
+    assert d.valid_until == expires
 
 
 def test_expired_grant() -> None:
@@ -385,7 +401,9 @@ def test_grant_revoked_in_the_future_lasts_until_revocation() -> None:
     revoked = NOW + 2 * DAY
     state = user(grants=[grant(plan_id=PREMIUM, expires_at=NOW + 9 * DAY, revoked_at=revoked)])
     d = decide(state, "offline_downloads")
-    assert d.granted and d.expires_at == revoked and d.valid_until == revoked
+    assert d.granted
+    assert d.expires_at == revoked
+    assert d.valid_until == revoked
     assert_denied(decide(state, "offline_downloads", revoked), DenialReason.REVOKED)
 
 
@@ -427,7 +445,8 @@ def test_higher_quota_wins() -> None:
     assert d.valid_until == NOW + 5 * DAY
     # After the grant ends, the subscription's 15 hours remain.
     after = decide(state, "audiobook_hours", NOW + 5 * DAY)
-    assert after.value == 15 and after.source is not None
+    assert after.value == 15
+    assert after.source is not None
     assert after.source.type is SourceType.SUBSCRIPTION
     # A smaller quota from a longer-lasting source loses to the larger one.
     small = user(
@@ -453,7 +472,8 @@ def test_longer_lasting_source_wins() -> None:
     )
     d = decide(forever, "offline_downloads")
     assert d.source == Source(SourceType.GRANT, "grant-1")
-    assert d.expires_at is None and d.valid_until == NOW + 3 * DAY
+    assert d.expires_at is None
+    assert d.valid_until == NOW + 3 * DAY
 
 
 def test_equal_sources_prefer_own_subscription() -> None:
@@ -473,4 +493,5 @@ def test_equal_sources_prefer_own_subscription() -> None:
         household=state.household,
     )
     d = decide(without_own, "offline_downloads")
-    assert d.source is not None and d.source.type is SourceType.HOUSEHOLD
+    assert d.source is not None
+    assert d.source.type is SourceType.HOUSEHOLD

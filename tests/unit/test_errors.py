@@ -104,7 +104,8 @@ def test_status_of_each_kind(error: ServiceError, code: grpc.StatusCode, message
 
 def test_details_travel_with_invalid_requests_and_failed_preconditions() -> None:
     invalid = status_for(InvalidRequest([FieldViolation("user_id", "must be set")]))
-    assert invalid is not None and invalid.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert invalid is not None
+    assert invalid.code is grpc.StatusCode.INVALID_ARGUMENT
     detail = _first_detail(invalid.trailing_metadata)
     bad_request = error_details_pb2.BadRequest()
     assert detail.Unpack(bad_request)
@@ -113,7 +114,8 @@ def test_details_travel_with_invalid_requests_and_failed_preconditions() -> None
     failed = status_for(
         PreconditionFailed(PreconditionReason.HOUSEHOLD_FULL, "household h", "no seat left")
     )
-    assert failed is not None and failed.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert failed is not None
+    assert failed.code is grpc.StatusCode.FAILED_PRECONDITION
     info = error_details_pb2.ErrorInfo()
     assert _first_detail(failed.trailing_metadata).Unpack(info)
     assert info.reason == "HOUSEHOLD_FULL"
@@ -137,7 +139,8 @@ def test_rpc_time_left_goes_negative_and_the_store_refuses_to_start() -> None:
     with within_rpc_deadline(0.0):
         time.sleep(0.001)
         left = rpc_seconds_left()
-        assert left is not None and left < 0  # never raises: the caller decides
+        assert left is not None
+        assert left < 0
         # No time for a store call at all.
         with pytest.raises(DeadlineExceeded), store_budget(1.0):
             pass
@@ -147,14 +150,19 @@ def test_rpc_time_left_goes_negative_and_the_store_refuses_to_start() -> None:
 
 def test_store_budget_is_the_smaller_of_store_timeout_and_rpc_time() -> None:
     with store_budget(0.5) as budget:
-        assert budget.seconds == 0.5 and not budget.bound_by_rpc
+        assert budget.seconds == 0.5
+        assert not budget.bound_by_rpc
     with within_rpc_deadline(10.0), store_budget(0.5) as budget:
-        assert budget.seconds == 0.5 and not budget.bound_by_rpc
+        assert budget.seconds == 0.5
+        assert not budget.bound_by_rpc
         left = store_seconds_left()
-        assert left is not None and 0 < left <= 0.5
+        assert left is not None
+        assert 0 < left <= 0.5
     with within_rpc_deadline(0.2), store_budget(0.5) as budget:
         assert budget.bound_by_rpc
-        assert budget.seconds is not None and budget.seconds <= 0.2 - ANSWER_RESERVE_SECONDS
+        assert budget.seconds is not None
+        assert budget.seconds <= 0.2 - ANSWER_RESERVE_SECONDS
     # No store timeout: the RPC's time alone (none outside an RPC).
     with store_budget(None) as budget:
-        assert budget.seconds is None and store_seconds_left() is None
+        assert budget.seconds is None
+        assert store_seconds_left() is None

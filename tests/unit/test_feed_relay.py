@@ -24,7 +24,8 @@ def test_reads_the_changes_after_a_position_in_order() -> None:
     start = ring.position()
     ring.append((Change("a", 1), Change("b", 3)))
     batch = ring.read(start, limit=10, wait_seconds=0)
-    assert batch.changes == (Change("a", 1), Change("b", 3)) and not batch.gap
+    assert batch.changes == (Change("a", 1), Change("b", 3))
+    assert not batch.gap
     ring.append((Change("a", 2),))
     assert ring.read(batch.position, 10, 0).changes == (Change("a", 2),)
     assert ring.read(start, limit=1, wait_seconds=0).changes == (Change("a", 1),)
@@ -35,7 +36,9 @@ def test_nothing_new_is_an_empty_batch_at_the_same_position() -> None:
     ring.append((Change("a", 1),))
     position = ring.position()
     batch = ring.read(position, 10, 0)
-    assert batch.changes == () and batch.position == position and not batch.gap
+    assert batch.changes == ()
+    assert batch.position == position
+    assert not batch.gap
 
 
 def test_another_epoch_or_a_trimmed_position_is_a_gap() -> None:
@@ -46,7 +49,8 @@ def test_another_epoch_or_a_trimmed_position_is_a_gap() -> None:
     recent = ring.position()
     ring.restart()  # the store's feed had a gap
     batch = ring.read(recent, 10, 0)
-    assert batch.gap and batch.position == ring.position()
+    assert batch.gap
+    assert batch.position == ring.position()
     assert ring.read("not-a-position", 10, 0).gap
 
 

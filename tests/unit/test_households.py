@@ -66,7 +66,8 @@ def test_create_needs_a_current_household_plan() -> None:
     created, plan = create_household(manager(), CATALOG, "hh", NOW)
     assert plan.id == "premium_duo"
     owned = managed_household(created)
-    assert owned is not None and owned.household_id == "hh"
+    assert owned is not None
+    assert owned.household_id == "hh"
     # Not a member of their own household: reads do not treat the manager as one.
     assert household_membership(created) is None
     assert create_household(created, CATALOG, "hh", NOW)[0] == created
@@ -100,7 +101,8 @@ def test_join_and_leave_one_household_per_member() -> None:
     kid = AccountState("kid")
     joined = join_household(kid, "hh", "boss", NOW)
     membership = member_household(joined)
-    assert membership is not None and membership.role is HouseholdRole.MEMBER
+    assert membership is not None
+    assert membership.role is HouseholdRole.MEMBER
     assert household_membership(joined) == membership
     assert join_household(joined, "hh", "boss", NOW) == joined
     with pytest.raises(PreconditionFailed) as raised:
@@ -111,7 +113,8 @@ def test_join_and_leave_one_household_per_member() -> None:
         join_household(boss, "hh", "someone", NOW)
 
     left = leave_household(joined, "hh", NOW + DAY)
-    assert member_household(left) is None and household_membership(left) is None
+    assert member_household(left) is None
+    assert household_membership(left) is None
     assert leave_household(left, "hh", NOW + 2 * DAY) == left
     assert facts(left, NOW + 2 * DAY).last_household_change == NOW + DAY
     join_household(left, "other", "boss-2", NOW + 2 * DAY)  # no cooldown by default
@@ -165,17 +168,20 @@ def test_the_student_plan_entitles_only_while_the_student_status_is_verified() -
     period_end = NOW + 20 * DAY
     assert CATALOG.plans["premium_student"].requires_verified_student
     verified = decide_entitlement(CATALOG, student(NOW + 200 * DAY), "offline_downloads", NOW)
-    assert verified.granted and verified.expires_at == period_end
+    assert verified.granted
+    assert verified.expires_at == period_end
     # Verification ending inside the paid period: access (and the decision) end with it.
     ending = decide_entitlement(CATALOG, student(NOW + 5 * DAY), "offline_downloads", NOW)
     assert ending.granted
     assert ending.expires_at == ending.valid_until == NOW + 5 * DAY
     after = decide_entitlement(CATALOG, student(NOW + 5 * DAY), "offline_downloads", NOW + 6 * DAY)
-    assert not after.granted and after.denial is DenialReason.STUDENT_NOT_VERIFIED
+    assert not after.granted
+    assert after.denial is DenialReason.STUDENT_NOT_VERIFIED
     # The denial changes by itself when the paid period ends (then: expired).
     assert after.valid_until == period_end
     revoked = decide_entitlement(CATALOG, student(None), "offline_downloads", NOW)
-    assert not revoked.granted and revoked.denial is DenialReason.STUDENT_NOT_VERIFIED
+    assert not revoked.granted
+    assert revoked.denial is DenialReason.STUDENT_NOT_VERIFIED
     # The free tier's features stay; other plans need no verification.
     assert decide_entitlement(CATALOG, student(None), "shuffle_play", NOW).granted
     individual = UserState(AccountState("i", subscriptions=(subscription(),)))

@@ -85,7 +85,8 @@ def test_app_store_grace_refund_and_informational_types() -> None:
 )
 def test_app_store_unmappable(notification: dict[str, Any], reason: DeadLetterReason) -> None:
     result = map_app_store(notification, CATALOG)
-    assert isinstance(result, Unmappable) and result.reason is reason
+    assert isinstance(result, Unmappable)
+    assert result.reason is reason
 
 
 # -- Stripe ------------------------------------------------------------------------------
@@ -141,7 +142,8 @@ def test_stripe_user_from_the_customer_when_the_subscription_has_none() -> None:
     assert mapped(map_stripe(event, CATALOG)).user_id == "u-cus"
     event["data"]["object"]["customer"] = "cus_1"
     result = map_stripe(event, CATALOG)
-    assert isinstance(result, Unmappable) and result.reason is DeadLetterReason.NO_USER
+    assert isinstance(result, Unmappable)
+    assert result.reason is DeadLetterReason.NO_USER
 
 
 def invoice(billing_reason: str, new_api: bool = True) -> dict[str, Any]:
@@ -188,7 +190,8 @@ def test_stripe_refunds_and_disputes_name_the_invoice_period() -> None:
     assert isinstance(map_stripe(partial, CATALOG), Ignored)
     by_id = {**refund, "data": {"object": {**charge, "invoice": "in_1"}}}
     result = map_stripe(by_id, CATALOG)
-    assert isinstance(result, Unmappable) and result.reason is DeadLetterReason.MISSING_DATA
+    assert isinstance(result, Unmappable)
+    assert result.reason is DeadLetterReason.MISSING_DATA
 
 
 def test_stripe_unknown_price_and_unhandled_types() -> None:
@@ -197,10 +200,12 @@ def test_stripe_unknown_price_and_unhandled_types() -> None:
         user="u1", price_lookup_key="karaoke", status="active", period_end=T0 + 30 * DAY,
     )  # fmt: skip
     result = map_stripe(unknown, CATALOG)
-    assert isinstance(result, Unmappable) and result.reason is DeadLetterReason.UNKNOWN_PRODUCT
+    assert isinstance(result, Unmappable)
+    assert result.reason is DeadLetterReason.UNKNOWN_PRODUCT
     other = {"id": "evt_6", "type": "payout.paid", "created": seconds(T0), "data": {"object": {}}}
     result = map_stripe(other, CATALOG)
-    assert isinstance(result, Unmappable) and result.reason is DeadLetterReason.UNHANDLED_TYPE
+    assert isinstance(result, Unmappable)
+    assert result.reason is DeadLetterReason.UNHANDLED_TYPE
     assert isinstance(map_stripe(sub_event("customer.subscription.created", "incomplete"),
                                  CATALOG), Ignored)  # fmt: skip
 
@@ -235,7 +240,8 @@ def test_play_purchase_trial_grace_and_linked_purchase() -> None:
     assert (purchased.user_id, purchased.event.type, purchased.event.market) == (
         "u-play", E.PURCHASED, "DE",
     )  # fmt: skip
-    assert purchased.event.subscription_id == subscription_id("tok") and purchased.then == ()
+    assert purchased.event.subscription_id == subscription_id("tok")
+    assert purchased.then == ()
     assert mapped(map_play(play(4, trial=True), CATALOG)).event.type is E.TRIAL_STARTED
     grace = mapped(map_play(play(6), CATALOG)).event
     assert (grace.type, grace.grace_period_end) == (E.RENEWAL_FAILED, T0 + 30 * DAY)
@@ -252,4 +258,5 @@ def test_play_informational_test_and_unhandled() -> None:
     test = {"messageId": "m", "notification": {"testNotification": {"version": "1.0"}}}
     assert isinstance(map_play(test, CATALOG), Ignored)
     result = map_play(play(99), CATALOG)
-    assert isinstance(result, Unmappable) and result.reason is DeadLetterReason.UNHANDLED_TYPE
+    assert isinstance(result, Unmappable)
+    assert result.reason is DeadLetterReason.UNHANDLED_TYPE

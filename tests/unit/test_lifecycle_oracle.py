@@ -74,7 +74,8 @@ ORACLE_REFUNDABLE = {"trialing", "active", "canceled", "in_grace_period"}
 
 
 def order(e: SubscriptionEvent) -> tuple[datetime, int, str]:
-    assert e.occurred_at is not None and e.type is not None
+    assert e.occurred_at is not None
+    assert e.type is not None
     return (e.occurred_at, ORACLE_TIE.index(e.type.value), e.event_id)
 
 
@@ -416,28 +417,33 @@ def test_the_oracle_decides_the_issue_lives() -> None:
     refund_first.add(EventType.REFUNDED, T0 + 27 * DAY, refunded_period_end=T0 + 30 * DAY)
     refund_first.add(EventType.CANCELED, T0 + 29 * DAY, current_period_end=T0 + 30 * DAY)
     state = oracle(refund_first.events)
-    assert state is not None and state.status == "refunded"
+    assert state is not None
+    assert state.status == "refunded"
     extended = Life()  # refund, then an unpaid extension: still refunded
     extended.add(EventType.PURCHASED, T0, current_period_end=T0 + 30 * DAY)
     extended.add(EventType.REFUNDED, T0 + 5 * DAY, refunded_period_end=T0 + 30 * DAY)
     extended.add(EventType.PERIOD_EXTENDED, T0 + 9 * DAY, current_period_end=T0 + 57 * DAY)
     state = oracle(extended.events)
-    assert state is not None and state.status == "refunded"
+    assert state is not None
+    assert state.status == "refunded"
     assert state.period_end == T0 + 57 * DAY
     trial_only = Life()  # a refunded trial: refunded
     trial_only.add(EventType.TRIAL_STARTED, T0, current_period_end=T0 + 30 * DAY)
     trial_only.add(EventType.REFUNDED, T0 + DAY, refunded_period_end=T0 + 30 * DAY)
     state = oracle(trial_only.events)
-    assert state is not None and state.status == "refunded"
+    assert state is not None
+    assert state.status == "refunded"
     trial = Life()  # a refunded trial, canceled later: refunded
     trial.add(EventType.TRIAL_STARTED, T0, current_period_end=T0 + 30 * DAY)
     trial.add(EventType.REFUNDED, T0 + DAY / 2, refunded_period_end=T0 + 30 * DAY)
     trial.add(EventType.CANCELED, T0 + 2 * DAY, current_period_end=T0 + 30 * DAY)
     state = oracle(trial.events)
-    assert state is not None and state.status == "refunded"
+    assert state is not None
+    assert state.status == "refunded"
     trial.add(EventType.REFUND_REVERSED, T0 + 3 * DAY, refunded_period_end=T0 + 30 * DAY)
     state = oracle(trial.events)
-    assert state is not None and state.status == "canceled"
+    assert state is not None
+    assert state.status == "canceled"
     for life in (refund_first, extended, trial_only, trial):
         for seed in range(6):
             delivered = list(life.events)

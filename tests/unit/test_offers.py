@@ -400,7 +400,8 @@ def test_verified_student() -> None:
         7500,
         "SEK",
     )
-    assert answer.valid_until is not None and answer.valid_until <= until
+    assert answer.valid_until is not None
+    assert answer.valid_until <= until
     assert reason(offers(user(student_verified_until=until), now=until), STUDENT) is (
         R.STUDENT_NOT_VERIFIED
     )
@@ -439,7 +440,8 @@ def test_experiment_arm() -> None:
     answer = offers(user(CONTROL_USER))
     duo = ineligible(answer, DUO_INTRO)
     assert duo.reason is R.EXPERIMENT_ARM
-    assert "duo-intro-price-2026" in duo.detail and "control" in duo.detail
+    assert "duo-intro-price-2026" in duo.detail
+    assert "control" in duo.detail
 
 
 def test_users_who_could_never_see_the_offer_are_not_assigned() -> None:

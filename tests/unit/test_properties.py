@@ -236,9 +236,11 @@ def test_granted_decision_ends_with_its_source(state: UserState, now: datetime) 
     for feature_id in CATALOG.features:
         decision = decide_entitlement(CATALOG, state, feature_id, now)
         if not decision.granted:
-            assert decision.denial is not None and decision.source is None
+            assert decision.denial is not None
+            assert decision.source is None
             continue
-        assert decision.source is not None and decision.state is not None
+        assert decision.source is not None
+        assert decision.state is not None
         if decision.expires_at is None:
             continue
         assert decision.valid_until is not None

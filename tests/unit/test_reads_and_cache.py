@@ -94,7 +94,8 @@ def test_memoised_decision_is_not_served_past_valid_until(
     write_state(repository, "u1", trial(period_end))
     reads = make_reads(repository, clocks, ttl=24 * 3600)
     first = reads.get_entitlement("u1", "offline_downloads").value
-    assert first.granted and first.valid_until == period_end
+    assert first.granted
+    assert first.valid_until == period_end
     clocks.advance(timedelta(minutes=59))
     assert reads.get_entitlement("u1", "offline_downloads").value.granted
     clocks.advance(timedelta(minutes=1))
@@ -173,7 +174,8 @@ def test_cache_keeps_the_newer_of_two_racing_loads(clocks: Clocks) -> None:
     cache.put(UserState(AccountState("a", version=5)))
     cache.put(UserState(AccountState("a", version=4)))
     entry = cache.get("a")
-    assert entry is not None and entry.state.account.version == 5
+    assert entry is not None
+    assert entry.state.account.version == 5
 
 
 def versioned(user_id: str, version: int) -> UserState:
@@ -223,7 +225,9 @@ def test_expiring_all_entries_leaves_them_for_stale_if_error_only(clocks: Clocks
 
 def test_token_round_trip_and_rejects() -> None:
     token = parse_token(issue_token("user-1", 42))
-    assert token.version == 42 and token.applies_to("user-1") and not token.applies_to("x")
+    assert token.version == 42
+    assert token.applies_to("user-1")
+    assert not token.applies_to("x")
     for bad in ("", "abc", "MS5hYmMuNA", issue_token("u", 1) + "x" * 200):
         with pytest.raises(MalformedToken):
             parse_token(bad)

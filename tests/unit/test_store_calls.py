@@ -23,7 +23,7 @@ def test_a_cancel_that_meets_the_calls_completion_still_cancels() -> None:
         await asyncio.sleep(0)  # the task now waits for the store thread
         # Block the loop while the thread completes the call: its completion and the
         # cancel below are handled in the same loop iteration.
-        time.sleep(0.2)
+        time.sleep(0.2)  # noqa: ASYNC251 (blocking the loop is the point)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -79,7 +79,9 @@ def test_a_use_case_call_past_the_rpc_deadline_is_deadline_exceeded() -> None:
         asyncio.run(scenario())
     finally:
         calls.close()
-    assert seen and seen[0] is not None and 0 < seen[0] <= 0.1
+    assert seen
+    assert seen[0] is not None
+    assert 0 < seen[0] <= 0.1
 
 
 class Recorder:

@@ -47,7 +47,8 @@ def test_a_failed_re_read_is_tried_again_and_the_change_then_sent() -> None:
     async def scenario() -> None:
         updates = watches.watch("u1", [FEATURE])
         first = await anext(updates)
-        assert first.reason is WatchReason.INITIAL and not first.decisions[0].granted
+        assert first.reason is WatchReason.INITIAL
+        assert not first.decisions[0].granted
         store.failing = True
         write_state(store.inner, "u1", granted)  # behind the watch's back, as another replica
         cache.drop("u1", 1)  # what the change feed does, then tells the watches
@@ -57,7 +58,8 @@ def test_a_failed_re_read_is_tried_again_and_the_change_then_sent() -> None:
         assert not next_update.done()
         store.failing = False
         update = await asyncio.wait_for(next_update, 5)  # retried within ~0.5-1.5 s
-        assert update.reason is WatchReason.WRITE and update.decisions[0].granted
+        assert update.reason is WatchReason.WRITE
+        assert update.decisions[0].granted
         await updates.aclose()
         assert watches.open_watches == 0
 

@@ -193,7 +193,8 @@ def test_an_event_of_an_unknown_subscription_is_kept_pending(
         "evt-9", "sub-1", Store.WEB, EventType.UNCANCELED, NOW - DAY, plan_id="premium_duo"
     )
     answer = writes.record_event("u1", uncancel)
-    assert answer.outcome is EventOutcome.PENDING and answer.subscription is None
+    assert answer.outcome is EventOutcome.PENDING
+    assert answer.subscription is None
     account = repository.load("u1").account
     assert account.subscriptions == ()
     assert [e.event_id for e in account.subscription_events] == ["evt-9"]
