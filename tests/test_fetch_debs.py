@@ -21,7 +21,8 @@ SCRIPT = ROOT / "clients" / "fetch_debs.py"
 
 def _module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("fetch_debs", SCRIPT)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -71,4 +72,5 @@ def test_a_plugin_is_fetched_and_runs_without_installing_it(tmp_path: Path) -> N
         timeout=60,
         check=False,
     )
-    assert version.returncode == 0 and "protoc-gen-go-grpc" in version.stdout, version
+    assert version.returncode == 0, version
+    assert "protoc-gen-go-grpc" in version.stdout, version

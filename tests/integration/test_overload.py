@@ -25,7 +25,7 @@ BURST = 3000
 CHANNELS = 8
 
 
-async def _burst(port: int, calls: int, timeout: float) -> collections.Counter[str]:
+async def _burst(port: int, calls: int, rpc_timeout: float) -> collections.Counter[str]:
     """`calls` GetEntitlement calls at once over CHANNELS connections; their codes."""
     metadata = bearer_metadata(SERVICE_TOKEN)
     channels = [
@@ -40,7 +40,9 @@ async def _burst(port: int, calls: int, timeout: float) -> collections.Counter[s
     async def one(i: int) -> None:
         request = es.GetEntitlementRequest(user_id=f"hot-{i % 10}", feature_id="shuffle_play")
         try:
-            await stubs[i % CHANNELS].GetEntitlement(request, metadata=metadata, timeout=timeout)
+            await stubs[i % CHANNELS].GetEntitlement(
+                request, metadata=metadata, timeout=rpc_timeout
+            )
             codes["OK"] += 1
         except grpc.aio.AioRpcError as error:
             codes[error.code().name] += 1
@@ -66,9 +68,10 @@ def test_a_burst_is_answered_or_counted_and_the_worker_recovers(tmp_path: Path) 
         for i in range(10):  # the users are cached: every call of the burst is a hit
             server.get(f"hot-{i}")
         guard, overload = server.running.guard, server.running.overload
-        assert guard is not None and overload is not None
+        assert guard is not None
+        assert overload is not None
 
-        codes = asyncio.run(_burst(server.running.port, BURST, timeout=1.0))
+        codes = asyncio.run(_burst(server.running.port, BURST, rpc_timeout=1.0))
 
         seen = (codes, guard.shed_queue_delay, guard.expired, overload.episodes)
         assert sum(codes.values()) == BURST
@@ -96,8 +99,10 @@ def test_a_worker_whose_loop_is_late_sheds_counts_and_recovers(tmp_path: Path) -
     with faulty_server(tmp_path) as server:
         server.get("hot")
         guard, overload = server.running.guard, server.running.overload
-        assert guard is not None and overload is not None
-        assert guard.shed_queue_delay == 0 and overload.episodes == 0
+        assert guard is not None
+        assert overload is not None
+        assert guard.shed_queue_delay == 0
+        assert overload.episodes == 0
         stop = threading.Event()
 
         def burn() -> None:
@@ -118,7 +123,8 @@ def test_a_worker_whose_loop_is_late_sheds_counts_and_recovers(tmp_path: Path) -
             burner.join()
             sys.setswitchinterval(interval)
         seen = (codes, guard.shed_queue_delay, overload.episodes, overload.max_lag)
-        assert overload.episodes >= 1 and overload.max_lag > overload.target_seconds, seen
+        assert overload.episodes >= 1, seen
+        assert overload.max_lag > overload.target_seconds, seen
         assert codes["RESOURCE_EXHAUSTED"] > 0, seen
         assert guard.shed_queue_delay == codes["RESOURCE_EXHAUSTED"], seen
         assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, seen
