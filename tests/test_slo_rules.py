@@ -36,6 +36,7 @@ EXPORTED = {
     "entitlements_cache_evictions_total",
     "entitlements_single_flight_waits_total",
     "entitlements_rpcs_shed_total",
+    "entitlements_rpcs_expired_total",
     "entitlements_store_errors_total",
     "entitlements_spanner_transaction_aborts_total",
     "entitlements_store_ready",
@@ -52,6 +53,7 @@ EXPORTED = {
 }
 HISTOGRAMS = {
     "grpc_server_handling_seconds",
+    "entitlements_event_loop_lag_seconds",
     "entitlements_store_call_seconds",
     "entitlements_notification_lag_seconds",
 }
