@@ -85,16 +85,14 @@ class LibraryAppStoreServerApi:
             ) from error
         except (requests.RequestException, ValueError) as error:
             raise AppStoreApiUnavailable(f"Get All Subscription Statuses: {error}") from error
-        statuses: list[SubscriptionStatus] = []
-        for group in response.data or []:
-            for item in group.lastTransactions or []:
-                if item.originalTransactionId and item.signedTransactionInfo and item.rawStatus:
-                    statuses.append(
-                        SubscriptionStatus(
-                            item.originalTransactionId,
-                            int(item.rawStatus),
-                            item.signedTransactionInfo,
-                            item.signedRenewalInfo,
-                        )
-                    )
-        return statuses
+        return [
+            SubscriptionStatus(
+                item.originalTransactionId,
+                int(item.rawStatus),
+                item.signedTransactionInfo,
+                item.signedRenewalInfo,
+            )
+            for group in response.data or []
+            for item in group.lastTransactions or []
+            if item.originalTransactionId and item.signedTransactionInfo and item.rawStatus
+        ]

@@ -178,7 +178,8 @@ def test_reconciliation_records_an_app_store_purchase_whose_notification_never_c
     try:
         (subscription,) = repository.load(user).account.subscriptions
         assert subscription.subscription_id == f"app_store:{mine}"
-        assert subscription.status.value == "active" and subscription.plan_id == PLAN
+        assert subscription.status.value == "active"
+        assert subscription.plan_id == PLAN
         assert repository.load(stranger).account.subscriptions == ()
     finally:
         repository.close()
