@@ -26,6 +26,7 @@ from service.grpc_api.audit import ANONYMOUS_RECORDS_PER_INTERVAL, AuditLog
 from service.grpc_api.auth import bearer_metadata
 from service.grpc_api.logs import JsonFormatter, trace_id_var
 from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
+from tests.support.polling import eventually
 from tests.support.processes import server_process
 
 GRANT = "entitlements.v1.SubscriptionEventService/GrantEntitlement"
@@ -168,9 +169,7 @@ def test_a_summary_is_written_when_its_interval_ends(caplog: pytest.LogCaptureFi
     refused(10)
     refused(2, f"/{REVOKE}")
     assert len(lines()) == 3  # the first three, one by one
-    deadline = time.monotonic() + 5
-    while len(lines()) < 5 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: len(lines()) >= 5, 5, 0.05)
     summaries = lines()[3:]
     assert [(s["method"], s["calls"]) for s in summaries] == [(GRANT, 7), (REVOKE, 2)]
     assert summaries[0]["summary"].startswith(f"7 more unauthenticated calls to {GRANT} refused")

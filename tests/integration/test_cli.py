@@ -16,7 +16,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from service.domain.events import EventType
 from service.domain.identity import user_digest
 from service.grpc_api.auth import bearer_metadata
 from tests.support.harness import ADMIN_TOKEN, write_test_credentials
+from tests.support.polling import eventually
 from tests.support.processes import await_serving
 
 ENTITLEMENTS = shutil.which("entitlements") or str(Path(sys.executable).parent / "entitlements")
@@ -248,13 +248,21 @@ def test_admin_calls_are_audited_on_stderr(served: Served) -> None:
 
 
 def wait_for_audit_line(served: Served, request_id: str) -> dict[str, object]:
-    for _ in range(100):
-        for line in list(served.output):
-            if line.startswith("{") and f'"request_id":"{request_id}"' in line:
-                record: dict[str, object] = json.loads(line)
-                return record
-        threading.Event().wait(0.05)
-    raise AssertionError(f"no audit line for {request_id}:\n{served.text()}")
+    def audit_lines() -> list[str]:
+        return [
+            line
+            for line in list(served.output)
+            if line.startswith("{") and f'"request_id":"{request_id}"' in line
+        ]
+
+    eventually(
+        lambda: bool(audit_lines()),
+        5,
+        0.05,
+        lambda: f"no audit line for {request_id}:\n{served.text()}",
+    )
+    record: dict[str, object] = json.loads(audit_lines()[0])
+    return record
 
 
 @pytest.mark.subprocess

@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,18 +33,11 @@ from storage.sqlite import SqliteRepository
 from tests.integration.test_auth import make_cert, tls_server
 from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.support.metrics import free_port, scrape, value
+from tests.support.polling import eventually
 from tests.support.processes import ServerProcess, server_process
 
 FEATURE = "offline_downloads"
 WAIT = 20.0  # generous: a busy machine
-
-
-def eventually(check: Callable[[], bool], seconds: float = WAIT) -> float:
-    began = time.monotonic()
-    while not check():
-        assert time.monotonic() - began < seconds, "condition not met in time"
-        time.sleep(0.02)
-    return time.monotonic() - began
 
 
 def server_rpcs(method: str = "GetEntitlement", service: str = "EntitlementService") -> float:
@@ -100,7 +93,7 @@ class Servers:
     ) -> EntitlementsClient:
         client = self.client(target, admin=admin, near_cache=True, **options)
         assert client.cache is not None
-        eventually(lambda: client.cache is not None and client.cache.stream_fresh)
+        eventually(lambda: client.cache is not None and client.cache.stream_fresh, WAIT, 0.02)
         return client
 
 
@@ -151,7 +144,7 @@ def test_another_processs_write_invalidates_the_entry(
     client = servers.cached_client(target_of(server))
     assert not client.get_entitlement("roamer", FEATURE).granted
     servers.client(other_process.target, admin=True).grant_entitlement(grant("roamer", "r-1"))
-    seconds = eventually(lambda: client.get_entitlement("roamer", FEATURE).granted)
+    seconds = eventually(lambda: client.get_entitlement("roamer", FEATURE).granted, WAIT, 0.02)
     assert seconds < 5, f"seen after {seconds:.2f} s"
     assert client.cache is not None
     assert client.cache.stats.invalidations >= 1
@@ -198,7 +191,9 @@ def test_valid_until_expires_an_entry_without_any_write(
     )
     # The grant's own change has reached the stream: nothing else will drop the entry.
     assert client.cache is not None
-    eventually(lambda: client.cache is not None and client.cache.stats.invalidations >= 1)
+    eventually(
+        lambda: client.cache is not None and client.cache.stats.invalidations >= 1, WAIT, 0.02
+    )
     answer = client.get_entitlement("short-grant", FEATURE)
     assert answer.granted
     assert answer.valid_until is not None
@@ -224,7 +219,7 @@ def test_a_stream_outage_serves_stale_within_the_bound_then_reads(servers: Serve
         running.app.changes.close()  # the server ends the stream and refuses new ones
         follower = client.change_stream
         assert follower is not None
-        eventually(lambda: client.cache is not None and not client.cache.stream_fresh)
+        eventually(lambda: client.cache is not None and not client.cache.stream_fresh, WAIT, 0.02)
         served = client.get_entitlement("outage-user", FEATURE)
         assert served.stale
         assert served.granted == cached.granted
@@ -285,7 +280,7 @@ def test_a_feed_gap_resets_the_near_cache(servers: Servers, tmp_path: Path) -> N
                 connection.execute("DELETE FROM user_changes WHERE user_id = 'gap-user'")
         finally:
             os.kill(b.process.pid, signal.SIGCONT)
-        eventually(lambda: follower.resets >= 1)
+        eventually(lambda: follower.resets >= 1, WAIT, 0.02)
         assert client.cache.stats.resets >= 1
         assert client.get_entitlement("gap-user", FEATURE).granted
 
@@ -296,7 +291,7 @@ def test_a_feed_gap_resets_the_near_cache(servers: Servers, tmp_path: Path) -> N
                 and value(samples, "entitlements_change_streams_open") == 1
             )
 
-        eventually(counted)
+        eventually(counted, WAIT, 0.02)
 
 
 class Refusing:
@@ -363,7 +358,7 @@ def test_the_client_speaks_mutual_tls_with_its_bearer_credential(tmp_path: Path)
             near_cache=True,
             read_timeout=WAIT,
         ) as client:
-            eventually(lambda: client.cache is not None and client.cache.stream_fresh)
+            eventually(lambda: client.cache is not None and client.cache.stream_fresh, WAIT, 0.02)
             first = client.get_entitlement("tls-user", FEATURE)
             assert client.get_entitlement("tls-user", FEATURE) is first  # cached over TLS
         with EntitlementsClient(

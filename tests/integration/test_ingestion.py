@@ -43,6 +43,7 @@ from tests.store_signing import (
     stripe_subscription_event,
 )
 from tests.support.harness import SERVICE_TOKEN, write_test_credentials
+from tests.support.polling import eventually
 from tests.support.processes import server_process
 
 FEATURE = "offline_downloads"
@@ -593,9 +594,12 @@ def test_sigterm_keeps_the_ingress_answering_through_the_drain_delay(tmp_path: P
         assert _http_status(base + "/healthz") == 200
         signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
-        while _http_status(base + "/healthz") != 503:
-            assert time.monotonic() - signalled < drain_delay / 2, "health never turned 503"
-            time.sleep(0.05)
+        eventually(
+            lambda: _http_status(base + "/healthz") == 503,
+            drain_delay / 2 - (time.monotonic() - signalled),
+            0.05,
+            "health never turned 503",
+        )
         post = urllib.request.Request(
             base + "/notifications/stripe",
             data=body,

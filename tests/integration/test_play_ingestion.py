@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,12 +35,14 @@ from service.ingestion.runner import RunningIngress, start_ingress
 from storage.sqlite import SqliteRepository
 from tests.integration.test_cli import run_cli
 from tests.support.harness import SERVICE_TOKEN, write_test_credentials
+from tests.support.polling import eventually
 
 EMULATOR = Path("/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator")
 PROJECT = "test-project"
 PACKAGE = "com.example.music"
 PLAN = "premium_individual"
 FEATURE = "offline_downloads"
+WAIT = 60.0  # for a notification's effect: the emulator and a busy machine
 DAY = timedelta(days=1)
 APPLICATIONS = "/androidpublisher/v3/applications"
 ACKNOWLEDGED = "ACKNOWLEDGEMENT_STATE_ACKNOWLEDGED"
@@ -80,11 +82,18 @@ def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     host = f"127.0.0.1:{port}"
     saved = os.environ.get("PUBSUB_EMULATOR_HOST")
     try:
-        deadline = time.monotonic() + 120
-        while f"listening on {port}" not in log.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
+
+        def listening() -> bool:
+            if process.poll() is not None:
                 pytest.fail(f"the Pub/Sub emulator did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
+            return f"listening on {port}" in log.read_text(errors="replace")
+
+        eventually(
+            listening,
+            120,
+            0.2,
+            lambda: f"the Pub/Sub emulator did not start: {log.read_text()[-2000:]}",
+        )
         os.environ["PUBSUB_EMULATOR_HOST"] = host
         yield host
     finally:
@@ -242,13 +251,6 @@ class Play:
         return bool(self.stub.GetEntitlement(request, timeout=10).entitlement.granted)
 
 
-def eventually(check: Callable[[], bool], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "not within the time allowed"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def play(pubsub_emulator: str, tmp_path: Path) -> Iterator[Play]:
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
@@ -302,8 +304,8 @@ def test_a_play_purchase_grants_access_and_is_acknowledged(play: Play) -> None:
     play.publish(rtdn(4, token, now - timedelta(seconds=2)))
     assert next(stream).entitlements[0].granted  # the watch saw the purchase
     stream.cancel()
-    eventually(lambda: play.granted(user))
-    eventually(lambda: token in play.api.acknowledged)
+    eventually(lambda: play.granted(user), WAIT, 0.1)
+    eventually(lambda: token in play.api.acknowledged, WAIT, 0.1)
     (subscription,) = play.running.repository.load(user).account.subscriptions
     assert subscription.store.value == "google_play"
     assert subscription.plan_id == PLAN
@@ -315,14 +317,16 @@ def test_an_upgrade_ends_the_linked_purchase_and_a_voided_one_is_a_refund(play: 
     now = datetime.now(UTC)
     play.api.purchases[old] = purchase(user, now + 20 * DAY)
     play.publish(rtdn(4, old, now - 10 * DAY))
-    eventually(lambda: len(play.running.repository.load(user).account.subscriptions) == 1)
+    eventually(
+        lambda: len(play.running.repository.load(user).account.subscriptions) == 1, WAIT, 0.1
+    )
     play.api.purchases[new] = purchase(user, now + 30 * DAY, linked=old)
     play.publish(rtdn(4, new, now - timedelta(minutes=1)))
 
     def both() -> bool:
         return len(play.running.repository.load(user).account.subscriptions) == 2
 
-    eventually(both)
+    eventually(both, WAIT, 0.1)
     states = {
         s.subscription_id: s.status.value
         for s in play.running.repository.load(user).account.subscriptions
@@ -332,7 +336,7 @@ def test_an_upgrade_ends_the_linked_purchase_and_a_voided_one_is_a_refund(play: 
     assert play.granted(user)
     order = play.api.purchases[new]["lineItems"][0]["latestSuccessfulOrderId"]
     play.publish(voided(new, order, now - timedelta(seconds=1)))
-    eventually(lambda: not play.granted(user))
+    eventually(lambda: not play.granted(user), WAIT, 0.1)
 
 
 def test_a_whole_life_redelivered_and_reordered_ends_the_same(play: Play) -> None:
@@ -353,7 +357,7 @@ def test_a_whole_life_redelivered_and_reordered_ends_the_same(play: Play) -> Non
             subs = play.running.repository.load(user).account.subscriptions
             return len(subs) == 1 and subs[0].status.value == "expired"
 
-        eventually(settled)
+        eventually(settled, WAIT, 0.1)
         time.sleep(1)  # anything still in flight
         (subscription,) = play.running.repository.load(user).account.subscriptions
         ends[label] = (subscription.status, subscription.current_period_end, subscription.plan_id)
@@ -368,14 +372,14 @@ def test_wrong_package_malformed_and_unknown_user_are_refused_or_kept(play: Play
     play.publish(rtdn(4, token, now, package="com.example.other"))
     play.publish(b"not json")
     play.publish(rtdn(4, token, now))
-    eventually(lambda: play.notifications.refusals.get("wrong_app") == 1)
-    eventually(lambda: play.notifications.refusals.get("malformed") == 1)
+    eventually(lambda: play.notifications.refusals.get("wrong_app") == 1, WAIT, 0.1)
+    eventually(lambda: play.notifications.refusals.get("malformed") == 1, WAIT, 0.1)
     letters = play.notifications.ingestion.dead_letters
 
     def kept() -> bool:
         return [x.reason for x in letters.list() if x.source == "google_play"] == ["no_user"]
 
-    eventually(kept)
+    eventually(kept, WAIT, 0.1)
 
 
 @pytest.mark.subprocess

@@ -46,6 +46,7 @@ from service.grpc_api.server import RunningServer, start_server
 from storage.sqlite import DatabaseNotFound, SqliteRepository
 from storage.sqlite.queries import write_account
 from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
+from tests.support.polling import eventually
 from tests.support.processes import ENTITLEMENTS, ServerProcess, await_serving, worker_pids
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -108,12 +109,12 @@ class Client:
 
     def await_status(self, wanted: int, within: float = HEALTH_WITHIN_SECONDS) -> float:
         """Seconds until health reports `wanted` (fails the test if it does not)."""
-        started = time.monotonic()
-        while self.status() != wanted:
-            if time.monotonic() - started > within:
-                pytest.fail(f"health still {self.status()} after {within} s, wanted {wanted}")
-            time.sleep(0.05)
-        return time.monotonic() - started
+        return eventually(
+            lambda: self.status() == wanted,
+            within,
+            0.05,
+            lambda: f"health still {self.status()} after {within} s, wanted {wanted}",
+        )
 
 
 def code_of(call: Callable[[], object]) -> grpc.StatusCode:

@@ -26,6 +26,7 @@ from service.catalog import EXAMPLE_CATALOG
 from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.workers import MAX_RESTARTS
 from tests.support.harness import SERVICE_TOKEN, write_test_credentials
+from tests.support.polling import eventually
 from tests.support.processes import ENTITLEMENTS, ServerProcess, server_process, worker_pids
 
 pytestmark = pytest.mark.subprocess
@@ -53,22 +54,27 @@ def read_on_a_new_connection(target: str) -> grpc.StatusCode:
 def serve_while(server: ServerProcess, done: Callable[[], bool], timeout: float) -> None:
     """Until `done()`: the server keeps running and answers every read (each on a new
     connection, so on whichever worker listens)."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "timed out:\n" + "".join(server.output)
+
+    def serving_until_done() -> bool:
+        if done():
+            return True
         assert server.process.poll() is None, "the server stopped:\n" + "".join(server.output)
         assert read_on_a_new_connection(server.target) is grpc.StatusCode.OK
-        time.sleep(0.1)
+        return False
+
+    eventually(serving_until_done, timeout, 0.1, lambda: "timed out:\n" + "".join(server.output))
 
 
 def kill_worker(server: ServerProcess, pid: int) -> None:
     """kill -9 one worker, and wait until the supervisor saw it die (connections the kernel
     queued on its listener meanwhile are reset: no server can answer those)."""
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while not lines_with(server, f"(pid {pid}) died"):
-        assert time.monotonic() < deadline, "".join(server.output)
-        time.sleep(0.02)
+    eventually(
+        lambda: bool(lines_with(server, f"(pid {pid}) died")),
+        10,
+        0.02,
+        lambda: "".join(server.output),
+    )
 
 
 def lines_with(server: ServerProcess, *parts: str) -> list[str]:

@@ -225,7 +225,7 @@ def test_a_position_of_another_store_is_a_gap(
     assert not repo.read_changes(batch.position).gap
 
 
-def eventually(call: Callable[[], object], seconds: float = 30.0) -> None:
+def retried(call: Callable[[], object], seconds: float = 30.0) -> None:
     """Runs `call` until it stops raising StoreUnavailable (the client reconnecting)."""
     deadline = time.monotonic() + seconds
     while True:
@@ -268,7 +268,7 @@ def test_an_outage_fails_feed_reads_within_their_budget_and_reading_resumes_afte
     emulator.create_database(name=path.database, migrated=False)
     # This process's client still holds a session of the killed emulator: the first
     # calls may fail while it makes a new one.
-    eventually(lambda: migrate(path, endpoint=emulator.host))
-    eventually(lambda: write_state(repo, "after", same))
+    retried(lambda: migrate(path, endpoint=emulator.host))
+    retried(lambda: write_state(repo, "after", same))
     batch = repo.read_changes(position)
     assert (batch.changes, batch.gap) == ((Change("after", 1),), False)

@@ -57,6 +57,7 @@ from tests.spanner.mock_server import (
     status,
 )
 from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
+from tests.support.polling import eventually
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 # Scheduling slack of a timing assertion on a busy 2-core machine (the stalls last 10 s).
@@ -289,14 +290,13 @@ def test_the_service_answers_unavailable_while_spanner_is(
         assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
         # Readiness follows the store.
         health = health_pb2_grpc.HealthStub(reader)
-        deadline = time.monotonic() + 5
-        status_now = None
-        while time.monotonic() < deadline:
-            status_now = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status  # type: ignore[attr-defined]
-            if status_now == health_pb2.HealthCheckResponse.NOT_SERVING:
-                break
-            time.sleep(0.05)
-        assert status_now == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        def not_serving() -> bool:
+            request = health_pb2.HealthCheckRequest(service="")
+            status = health.Check(request, timeout=5).status  # type: ignore[attr-defined]
+            return bool(status == health_pb2.HealthCheckResponse.NOT_SERVING)
+
+        eventually(not_serving, 5, 0.05)
     finally:
         reader.close()
         writer.close()

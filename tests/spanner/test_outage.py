@@ -30,6 +30,7 @@ from service.grpc_api.server import RunningServer, start_server
 from storage.spanner import DatabasePath, SchemaNotReady, SpannerRepository, migrate
 from tests.spanner_emulator import BUSY_MACHINE_STORE_TIMEOUT, SpannerEmulator
 from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
+from tests.support.polling import eventually
 
 THREADS = 4  # store threads of the server
 WRITE_TIMEOUT = 2.0
@@ -97,11 +98,8 @@ class Server:
         return status
 
     def await_health(self, wanted: int, within: float = 15.0) -> None:
-        deadline = time.monotonic() + within
-        while self.status() != wanted:
-            name = health_pb2.HealthCheckResponse.ServingStatus.Name(wanted)
-            assert time.monotonic() < deadline, f"health never became {name}"
-            time.sleep(0.1)
+        name = health_pb2.HealthCheckResponse.ServingStatus.Name(wanted)
+        eventually(lambda: self.status() == wanted, within, 0.1, f"health never became {name}")
 
 
 @contextmanager

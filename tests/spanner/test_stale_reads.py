@@ -27,6 +27,7 @@ from service.grpc_api.server import RunningServer, start_server
 from storage.spanner import DatabasePath, SpannerRepository
 from tests.spanner_emulator import SpannerEmulator
 from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -102,10 +103,12 @@ def test_misses_read_stale_only_where_the_feed_vouches_for_the_user(
         # must not come from before the write (the stale snapshot is too old).
         follower = reader.app.feed
         assert follower is not None
-        deadline = time.monotonic() + 30
-        while follower.stats.changes < 1:
-            assert time.monotonic() < deadline, "the reader's feed never told of the write"
-            time.sleep(0.05)
+        eventually(
+            lambda: follower.stats.changes >= 1,
+            30,
+            0.05,
+            "the reader's feed never told of the write",
+        )
         assert granted("buyer")
         if time.monotonic() - acknowledged < STALE_SECONDS:
             assert stale_reads(reader)["too old"] == 1

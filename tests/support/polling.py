@@ -13,20 +13,22 @@ def eventually(
     check: Callable[[], bool],
     seconds: float = 10.0,
     interval: float = 0.2,
-    message: str = "condition not met in time",
-) -> None:
-    """Returns once `check()` is true; fails the test after `seconds`."""
-    deadline = time.monotonic() + seconds
+    message: str | Callable[[], str] = "condition not met in time",
+) -> float:
+    """Polls `check()` every `interval` seconds until it is true and returns the seconds
+    that took; fails the test after `seconds` with `message` (a callable is asked for it
+    then, e.g. to show the output the process wrote meanwhile)."""
+    began = time.monotonic()
     while not check():
-        assert time.monotonic() < deadline, message
+        if time.monotonic() - began >= seconds:
+            raise AssertionError(message() if callable(message) else message)
         time.sleep(interval)
+    return time.monotonic() - began
 
 
 def seconds_until(condition: Callable[[], bool], limit: float = SEEN_WITHIN_SECONDS) -> float:
     """How long `condition` took to hold (polled every 20 ms); fails past `limit`."""
     began = time.monotonic()
-    while not condition():
-        elapsed = time.monotonic() - began
-        assert elapsed < limit, f"not seen after {elapsed:.1f} s"
-        time.sleep(0.02)
-    return time.monotonic() - began
+    return eventually(
+        condition, limit, 0.02, lambda: f"not seen after {time.monotonic() - began:.1f} s"
+    )
