@@ -3,7 +3,6 @@ and the same content replays the first answer, whenever it arrives."""
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.config import Settings
 from service.grpc_api.auth import with_bearer_token
 from service.grpc_api.server import start_server
+from tests.support.clocks import MovingClock
 from tests.support.harness import ADMIN_TOKEN, write_test_credentials
 
 
@@ -28,7 +28,8 @@ def test_a_grant_retried_later_replays_its_first_answer(tmp_path: Path) -> None:
         storage_url="memory://",
         credentials_file=write_test_credentials(tmp_path / "credentials.yaml"),
     )
-    running = start_server(settings)
+    clock = MovingClock()
+    running = start_server(settings, clock=clock)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = ev_grpc.SubscriptionEventServiceStub(with_bearer_token(channel, ADMIN_TOKEN))
@@ -39,7 +40,7 @@ def test_a_grant_retried_later_replays_its_first_answer(tmp_path: Path) -> None:
             )
             request.duration.FromTimedelta(timedelta(days=14))
             first = stub.GrantEntitlement(request, timeout=5)
-            time.sleep(0.05)
+            clock.advance(timedelta(seconds=30))  # a retry after UNAVAILABLE, say
             again = stub.GrantEntitlement(request, timeout=5)
             assert again.grant == first.grant
             starts = first.grant.starts_at.ToDatetime()

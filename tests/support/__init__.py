@@ -9,4 +9,6 @@
   channels_to_each_worker).
 - metrics: a free port and the Prometheus endpoint's samples (free_port, scrape, value).
 - polling: the one `eventually()` (and `seconds_until`, which measures the wait).
+- clocks: MovingClock, a clock a test moves for the server (start_server(clock=...))
+  instead of sleeping.
 """
