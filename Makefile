@@ -12,7 +12,7 @@ PROTOC := $(BIN)/python -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 
 .PHONY: release-api-image fuzz interop-deps setup lock run run-spanner-emulator test generate check-generated lint typecheck buf-lint breaking ci clean \
-	bench bench-setup bench-h2load bench-micro bench-smoke bench-memory
+	bench bench-setup bench-h2load bench-micro bench-smoke bench-memory bench-overload
 
 # requirements-lock.txt pins every package of the venv, pip included, with its hashes: the
 # pip-compile of pyproject.toml with all its extras (docs/DEVELOPMENT.md, "Dependencies"). After changing
@@ -106,6 +106,8 @@ chaos: setup bench-h2load
 #   bench-freshness  write-to-visible and watch latency, the feed's cost, hit rate by TTL
 #   bench-client  the client library's near cache (docs/CLIENT.md): hit latency, RPCs saved,
 #                 staleness, memory, the server's cost of change streams (~2.5 minutes)
+#   bench-overload  the overload drill of issue 21 (docs/PERFORMANCE.md, "Overload"): saturation,
+#                 then 2x and 3x open loop for 15 s each with a 0.5 s-deadline probe (~1.5 minutes)
 #   bench-h2load  installs h2load (Debian package nghttp2-client), the load tool's C loader
 #   bench-capacity  the capacity plan's tables (docs/CAPACITY.md), from the model and simulator
 BENCH_RESULTS ?= benchmarks/results
@@ -156,6 +158,9 @@ bench-memory: setup
 BENCH_CLIENT_ARGS ?=
 bench-client: setup bench-h2load
 	$(BIN)/python -m benchmarks.client --out $(BENCH_RESULTS) $(BENCH_CLIENT_ARGS)
+
+bench-overload: setup bench-h2load
+	$(BIN)/python -m benchmarks.overload --out $(BENCH_RESULTS) $(BENCH_OVERLOAD_ARGS)
 
 .PHONY: bench-freshness
 BENCH_FRESHNESS_ARGS ?=
