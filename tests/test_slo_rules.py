@@ -50,6 +50,7 @@ EXPORTED = {
     "entitlements_notifications_total",
     "entitlements_notifications_refused_total",
     "entitlements_dead_letters_total",
+    "entitlements_dead_letters_open",
 }
 HISTOGRAMS = {
     "grpc_server_handling_seconds",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from service.usecases.ingestion import Verdict
 
@@ -32,6 +32,12 @@ class IngestionMetrics:
             "Notifications kept as dead letters, by store and reason.",
             ("store", "reason"),
         )
+        self.open_dead_letters = Gauge(
+            "entitlements_dead_letters_open",
+            "Dead letters not yet resolved by a replay, as the store counts them (the same "
+            "store for every worker: the latest count, not a sum).",
+            multiprocess_mode="livemax",
+        )
         self.lag = Histogram(
             "entitlements_notification_lag_seconds",
             "From the store sending a notification to its event being durable.",
@@ -46,6 +52,9 @@ class IngestionMetrics:
 
     def dead_letter(self, source: str, reason: str) -> None:
         self.dead_letters.labels(source, reason).inc()
+
+    def open_dead_letters_now(self, count: int) -> None:
+        self.open_dead_letters.set(count)
 
     def refused_one(self, source: str, reason: str) -> None:
         self.refused.labels(source, reason).inc()

@@ -12,8 +12,11 @@ HTTP."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,14 +32,77 @@ from service.ingestion.play import (
     PlaySubscriber,
 )
 from service.ingestion.stripe_webhook import StripeVerifier
-from service.usecases.ingestion import IngestionObserver, IngestionService
+from service.usecases.ingestion import IngestionObserver, IngestionService, Verdict
 from storage.dead_letters import DeadLetterStore
 from storage.urls import open_account_links, open_dead_letters
 
 if TYPE_CHECKING:
     from service.grpc_api.server import RunningServer
+    from service.ingestion.metrics import IngestionMetrics
 
 log = logging.getLogger(__name__)
+
+# How often a worker counts the open dead letters for their gauge (besides at start and
+# right after it keeps one): letters resolved by a replay, or kept by other workers.
+OPEN_DEAD_LETTERS_REFRESH_SECONDS = 30.0
+
+
+class OpenDeadLetters:
+    """Keeps the gauge of open dead letters (entitlements_dead_letters_open) from the
+    store's count: at start, right after this worker keeps a letter (wake), and every
+    `interval_seconds`. Runs on the worker's loop; the count in a thread."""
+
+    def __init__(
+        self,
+        store: DeadLetterStore,
+        publish: Callable[[int], None],
+        loop: asyncio.AbstractEventLoop,
+        interval_seconds: float = OPEN_DEAD_LETTERS_REFRESH_SECONDS,
+    ) -> None:
+        self._store = store
+        self._publish = publish
+        self._loop = loop
+        self._interval = interval_seconds
+        self._wake = asyncio.Event()
+        self._task: Future[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+
+    def wake(self) -> None:
+        self._loop.call_soon_threadsafe(self._wake.set)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                self._task.result(timeout=5)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                self._publish(await asyncio.to_thread(self._store.open_count))
+            except Exception as error:  # the store unavailable: the next round counts
+                log.warning("cannot count open dead letters: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+
+
+@dataclass
+class CountingObserver:
+    """The ingestion's metrics, and the open dead letters counted again after each kept."""
+
+    metrics: IngestionMetrics
+    open_letters: OpenDeadLetters
+
+    def ingested(self, source: str, verdict: Verdict, lag_seconds: float | None) -> None:
+        self.metrics.ingested(source, verdict, lag_seconds)
+
+    def dead_letter(self, source: str, reason: str) -> None:
+        self.metrics.dead_letter(source, reason)
+        self.open_letters.wake()
 
 
 def build_ingestion(
@@ -115,6 +181,7 @@ class RunningIngress:
     ingress: NotificationIngress | None = None
     play: PlayNotifications | None = None
     subscriber: PlaySubscriber | None = None
+    open_letters: OpenDeadLetters | None = None
 
     @property
     def port(self) -> int:
@@ -135,6 +202,8 @@ class RunningIngress:
             self.subscriber.stop()
         if self.ingress is not None:
             self.running.loop_thread.run(self.ingress.stop())
+        if self.open_letters is not None:
+            self.open_letters.stop()
         self.ingestion.dead_letters.close()
         if self.ingestion.account_links is not None:
             self.ingestion.account_links.close()
@@ -145,23 +214,37 @@ def play_api(settings: Settings) -> PlayDeveloperApi:
 
 
 def start_ingress(
-    settings: Settings, running: RunningServer, api: PlayDeveloperApi | None = None
+    settings: Settings,
+    running: RunningServer,
+    api: PlayDeveloperApi | None = None,
+    open_letters_refresh_seconds: float = OPEN_DEAD_LETTERS_REFRESH_SECONDS,
 ) -> RunningIngress | None:
     """Starts the ingestion in a worker: the HTTP ingress on the worker's loop when
     notifications_port is set, the Play subscriber when play_subscription is (None:
-    neither is)."""
+    neither is); with metrics, the gauge of open dead letters."""
     if not settings.notifications_port and not settings.play_subscription:
         return None
-    observer = None
+    observer: IngestionObserver | None = None
     on_refusal = None
+    open_letters = None
+    dead_letters = open_dead_letters(settings.storage_url)
     if settings.metrics_port:
         from service.ingestion.metrics import ingestion_metrics
 
-        observer = ingestion_metrics()
-        on_refusal = observer.refused_one
-    ingestion = build_ingestion(settings, running.app, observer=observer)
-    started = RunningIngress(ingestion, running)
+        metrics = ingestion_metrics()
+        on_refusal = metrics.refused_one
+        open_letters = OpenDeadLetters(
+            dead_letters,
+            metrics.open_dead_letters_now,
+            running.loop_thread.loop,
+            open_letters_refresh_seconds,
+        )
+        observer = CountingObserver(metrics, open_letters)
+    ingestion = build_ingestion(settings, running.app, dead_letters, observer)
+    started = RunningIngress(ingestion, running, open_letters=open_letters)
     try:
+        if open_letters is not None:
+            open_letters.start()
         if settings.notifications_port:
             ingress = build_ingress(settings, ingestion, ready=lambda: running.readiness.ready)
             started.ingress = ingress

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import entitlement_service_pb2_grpc as es_grpc
@@ -682,3 +683,65 @@ def test_a_stripe_customer_linked_to_a_user_maps_its_notifications(
     canceled = event("evt_link_2", "customer.subscription.deleted", "canceled", 1)
     assert ingest.stripe(canceled)[1]["verdict"] == "recorded"
     assert not ingest.granted(user)
+
+
+def _eventually(check: Callable[[], bool], seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+@pytest.mark.subprocess
+def test_open_dead_letters_are_a_gauge_that_follows_keeping_and_replaying(
+    tmp_path: Path,
+) -> None:
+    """entitlements_dead_letters_open: the store's count of open letters, published at
+    start, right after the worker keeps a letter, and on its refresh (a replay through the
+    CLI, in another process, resolves the letter)."""
+    db = tmp_path / "entitlements.db"
+    SqliteRepository(db, create=True).close()
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        storage_url=f"sqlite:///{db}",
+        credentials_file=write_test_credentials(tmp_path / "credentials.yaml"),
+        notifications_port=free_port(),
+        stripe_webhook_secret=STRIPE_SECRET,
+        metrics_port=1,  # metrics in this process (no endpoint in-process)
+    )
+    running = start_server(settings)
+    ingress = start_ingress(settings, running, open_letters_refresh_seconds=0.3)
+    assert ingress is not None
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("entitlements_dead_letters_open")
+
+    try:
+        _eventually(lambda: gauge() == 0)
+        user, now = f"web-{uuid.uuid4()}", datetime.now(UTC)
+        customer = f"cus_{uuid.uuid4().hex[:12]}"
+        event = stripe_subscription_event(
+            "evt_gauge_1", "customer.subscription.created", created=now - timedelta(minutes=1),
+            subscription_id="sub_gauge", user=None, price_lookup_key=PLAN, status="active",
+            period_end=now + 30 * DAY,
+        )  # fmt: skip
+        event["data"]["object"]["customer"] = customer
+        body, signature = stripe_signed(event)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ingress.port}/notifications/stripe",
+            data=body,
+            headers={"Stripe-Signature": signature, "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read())["verdict"] == "dead_letter"
+        _eventually(lambda: gauge() == 1)
+        storage = ("--storage", settings.storage_url)
+        run_cli("link-store-account", "stripe", customer, user, *storage, cwd=tmp_path)
+        replayed = run_cli("replay-dead-letters", "evt_gauge_1", *storage, cwd=tmp_path)
+        assert "evt_gauge_1: recorded" in replayed.stdout
+        _eventually(lambda: gauge() == 0)
+    finally:
+        ingress.stop()
+        running.stop(grace_seconds=1)
