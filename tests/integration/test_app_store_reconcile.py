@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from storage.sqlite import SqliteRepository
-from tests.integration.test_cli import run_cli
 from tests.store_signing import BUNDLE_ID, AppleChain, millis
+from tests.support.cli import run_cli
 
 PLAN = "premium_individual"
 DAY = timedelta(days=1)

@@ -10,15 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
 import sqlite3
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -31,62 +26,9 @@ from service.cli.choices import EVENT_TYPES, GRANT_KINDS, PLATFORMS, STORES
 from service.domain.events import EventType
 from service.domain.identity import user_digest
 from service.grpc_api.auth import bearer_metadata
+from tests.support.cli import Served, dev_tokens, dev_tokens_in, run_cli, serve
 from tests.support.harness import ADMIN_TOKEN, write_test_credentials
 from tests.support.polling import eventually
-from tests.support.processes import await_serving
-
-ENTITLEMENTS = shutil.which("entitlements") or str(Path(sys.executable).parent / "entitlements")
-# The caller's own ENTITLEMENTS_* settings must not leak into the out-of-the-box runs.
-CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("ENTITLEMENTS_")}
-
-
-def run_cli(
-    *args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ENTITLEMENTS, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=check,
-        cwd=cwd,
-        env={**CLEAN_ENV, **(env or {})},
-    )
-
-
-@dataclass
-class Served:
-    process: subprocess.Popen[str]
-    target: str
-    folder: Path
-    output: list[str] = field(default_factory=list)  # stdout and stderr lines, drained
-
-    def text(self) -> str:
-        return "".join(self.output)
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.wait(timeout=30) == 0
-
-
-def serve(folder: Path, *args: str, env: dict[str, str] | None = None) -> Served:
-    """`entitlements serve --port 0 ARGS` in `folder`, once it reports its port. Its output
-    is drained by a thread (and kept), so the server never blocks on a full pipe."""
-    process = subprocess.Popen(
-        [ENTITLEMENTS, "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=folder,
-        env={**CLEAN_ENV, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
-    try:
-        target, output, _ = await_serving(process)
-    except BaseException:
-        process.kill()
-        process.wait(timeout=30)
-        raise
-    return Served(process, target, folder, output)
 
 
 @pytest.fixture(scope="module")
@@ -145,15 +87,6 @@ def test_bad_input_prints_field_violations(served: Served) -> None:
     assert result.returncode == 1
     assert "INVALID_ARGUMENT" in result.stderr
     assert "feature_id: unknown feature 'teleportation'" in result.stderr
-
-
-def dev_tokens(folder: Path) -> dict[str, str]:
-    return dev_tokens_in(folder / "data")
-
-
-def dev_tokens_in(data: Path) -> dict[str, str]:
-    tokens: dict[str, str] = json.loads((data / "dev-tokens.json").read_text())
-    return tokens
 
 
 @pytest.mark.subprocess

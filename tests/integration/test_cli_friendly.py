@@ -21,7 +21,7 @@ import service
 from entitlements.v1 import entitlement_service_pb2, entitlement_service_pb2_grpc
 from service.cli.parser import build_parser
 from service.grpc_api.auth import bearer_metadata
-from tests.integration.test_cli import Served, dev_tokens, run_cli, serve
+from tests.support.cli import Served, dev_tokens, run_cli, serve
 from tests.support.processes import ENTITLEMENTS
 
 pytestmark = pytest.mark.subprocess
@@ -139,7 +139,7 @@ def test_batch_from_arguments_and_stdin(served: Served) -> None:
 def run_cli_stdin(served: Served, stdin: str, *args: str) -> str:
     import subprocess
 
-    from tests.integration.test_cli import CLEAN_ENV
+    from tests.support.cli import CLEAN_ENV
 
     result = subprocess.run(
         [ENTITLEMENTS, *args, "--target", served.target],

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from service.cli.remembered import TOKENS_FILE
-from tests.integration.test_cli import CLEAN_ENV, ENTITLEMENTS, Served, run_cli, serve
+from tests.support.cli import CLEAN_ENV, Served, run_cli, serve
+from tests.support.processes import ENTITLEMENTS
 
 pytestmark = pytest.mark.subprocess
 

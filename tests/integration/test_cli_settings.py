@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings, unknown_environment_variables
-from tests.integration.test_cli import run_cli, serve
+from tests.support.cli import run_cli, serve
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ import pytest
 
 from service.catalog.demo import DEMO_USER_IDS
 from storage.sqlite import SqliteRepository
-from tests.integration.test_cli import run_cli, serve
+from tests.support.cli import run_cli, serve
 
 pytestmark = pytest.mark.subprocess
 

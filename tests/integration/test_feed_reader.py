@@ -6,7 +6,6 @@ silently, and the supervisor replaces it."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sqlite3
 import time
@@ -18,20 +17,12 @@ from tests.support.clients import channels_to_each_worker, grant_request, grante
 from tests.support.harness import write_test_credentials
 from tests.support.metrics import free_port, scrape, value
 from tests.support.polling import seconds_until
-from tests.support.processes import server_process, worker_pids
+from tests.support.processes import feed_reader_pid, server_process, worker_pids
 
 pytestmark = pytest.mark.subprocess
 
 # Long enough for a few hundred polls at 0.05 s, short enough for the default suite.
 WINDOW_SECONDS = 3.0
-
-
-def feed_reader_pid(output: list[str]) -> int:
-    """The feed reader's pid, from `serve`'s banner."""
-    banner = next(line for line in output if "entitlements: serving on" in line)
-    match = re.search(r"feed reader pid (\d+)", banner)
-    assert match, banner
-    return int(match.group(1))
 
 
 def feed_reads_per_second(tmp_path: Path, workers: int) -> float:

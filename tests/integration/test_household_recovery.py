@@ -28,8 +28,8 @@ from storage.faults import FaultInjectingRepository
 from storage.repository import AccountMutation, Applied, IdempotencyKey
 from storage.sqlite import SqliteRepository
 from tests.integration.test_household_rpcs import FAMILY_ONLY, PREMIUM, add, remove
-from tests.integration.test_write_rpcs import DAY, entitled, event
 from tests.support.harness import ADMIN_TOKEN, NOW, SERVICE_TOKEN, Harness, write_test_credentials
+from tests.support.rpcs import DAY, entitled, event
 
 # Which writes fail: (user id, idempotency key kind) -> fail?
 WriteFilter = Callable[[str, str], bool]

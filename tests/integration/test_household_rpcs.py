@@ -11,8 +11,8 @@ from entitlements.v1 import common_pb2, offer_service_pb2
 from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
-from tests.integration.test_write_rpcs import DAY, details_of, entitled, event, ts
 from tests.support.harness import HARNESS_BACKENDS, NOW, Harness
+from tests.support.rpcs import DAY, details_of, entitled, event, ts
 
 pytestmark = pytest.mark.parametrize("harness", HARNESS_BACKENDS, indirect=True)
 

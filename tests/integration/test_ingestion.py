@@ -33,7 +33,6 @@ from service.ingestion.http import NotificationIngress
 from service.ingestion.runner import RunningIngress, start_ingress
 from service.usecases.ingestion import Verdict
 from storage.sqlite import SqliteRepository
-from tests.integration.test_cli import run_cli
 from tests.store_signing import (
     BUNDLE_ID,
     STRIPE_SECRET,
@@ -43,6 +42,7 @@ from tests.store_signing import (
     stripe_signed,
     stripe_subscription_event,
 )
+from tests.support.cli import run_cli
 from tests.support.harness import SERVICE_TOKEN, write_test_credentials
 from tests.support.polling import eventually
 from tests.support.processes import server_process

@@ -27,7 +27,7 @@ from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.grpc_api.auth import bearer_metadata
 from service.grpc_api.cpus import available_cpus
 from service.grpc_api.server import LIVENESS_SERVICE
-from tests.integration.test_serving import NOT_SERVING, SERVING, code_of, faulty_server
+from tests.support.faulty import NOT_SERVING, SERVING, code_of, faulty_server
 from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.support.metrics import free_port, scrape, value
 from tests.support.polling import eventually

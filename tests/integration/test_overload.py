@@ -18,7 +18,7 @@ import grpc
 from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import entitlement_service_pb2_grpc
 from service.grpc_api.auth import bearer_metadata
-from tests.integration.test_serving import code_of, faulty_server
+from tests.support.faulty import code_of, faulty_server
 from tests.support.harness import SERVICE_TOKEN
 
 BURST = 3000

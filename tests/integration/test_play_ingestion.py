@@ -33,7 +33,7 @@ from service.grpc_api.server import RunningServer, start_server
 from service.ingestion.play import PlayNotifications
 from service.ingestion.runner import RunningIngress, start_ingress
 from storage.sqlite import SqliteRepository
-from tests.integration.test_cli import run_cli
+from tests.support.cli import run_cli
 from tests.support.harness import SERVICE_TOKEN, write_test_credentials
 from tests.support.polling import eventually
 

@@ -15,7 +15,7 @@ from entitlements.v1 import entitlement_service_pb2_grpc as es_grpc
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.grpc_api.auth import bearer_metadata
-from tests.integration.test_cli import run_cli, serve
+from tests.support.cli import run_cli, serve
 from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 
 pytestmark = pytest.mark.subprocess

@@ -12,8 +12,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from entitlements.v1 import admin_service_pb2, admin_service_pb2_grpc, common_pb2
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
-from tests.integration.test_write_rpcs import entitled
 from tests.support.harness import HARNESS_BACKENDS, NOW, Harness
+from tests.support.rpcs import entitled
 
 pytestmark = pytest.mark.parametrize("harness", HARNESS_BACKENDS, indirect=True)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from entitlements.v1 import common_pb2
 from entitlements.v1 import entitlement_service_pb2 as es
 from service.usecases.tokens import issue_token
-from tests.integration.test_serving import faulty_server
+from tests.support.faulty import faulty_server
 
 
 def test_forged_tokens_do_not_multiply_store_reads(tmp_path: Path) -> None:

@@ -6,69 +6,25 @@ from __future__ import annotations
 import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from entitlements.v1 import common_pb2, entitlement_service_pb2
+from entitlements.v1 import common_pb2
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from tests.support.harness import HARNESS_BACKENDS, NOW, Harness
+from tests.support.rpcs import DAY, details_of, entitled, event, ts
 
 pytestmark = pytest.mark.parametrize("harness", HARNESS_BACKENDS, indirect=True)
 
-DAY = timedelta(days=1)
 T0 = NOW - 100 * DAY
-
-
-def ts(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 @pytest.fixture(scope="module")
 def writes(harness: Harness) -> ev_grpc.SubscriptionEventServiceStub:
     return ev_grpc.SubscriptionEventServiceStub(harness.admin_channel)
-
-
-def entitled(harness: Harness, user_id: str, feature: str, token: str = "") -> bool:
-    response = harness.entitlements.GetEntitlement(
-        entitlement_service_pb2.GetEntitlementRequest(
-            user_id=user_id,
-            feature_id=feature,
-            consistency=common_pb2.ReadConsistency(consistency_token=token),
-        ),
-        timeout=5,
-    )
-    return response.entitlement.granted
-
-
-def event(
-    user_id: str,
-    event_id: str,
-    type_: int,
-    at: datetime,
-    period_end: datetime,
-    plan: str = "premium_individual",
-    **extra: object,
-) -> ev.RecordSubscriptionEventRequest:
-    request = ev.RecordSubscriptionEventRequest(
-        event_id=event_id,
-        user_id=user_id,
-        subscription_id=f"{user_id}-sub",
-        store=common_pb2.STORE_GOOGLE_PLAY,
-        event_type=type_,  # type: ignore[arg-type]
-        occurred_at=ts(at),
-        plan_id=plan,
-        current_period_end=ts(period_end),
-        **extra,  # type: ignore[arg-type]
-    )
-    return request
 
 
 def life(user_id: str) -> list[ev.RecordSubscriptionEventRequest]:
@@ -164,23 +120,6 @@ def test_late_renewal_failure_is_stale(
     assert response.outcome == ev.EVENT_OUTCOME_STALE
     assert response.subscription.status == ev.SUBSCRIPTION_STATUS_ACTIVE
     assert entitled(harness, "late", "ad_free_playback", response.consistency_token)
-
-
-def details_of(error: grpc.RpcError) -> list[object]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    out: list[object] = []
-    for detail in status.details:
-        for kind in (
-            error_details_pb2.BadRequest,
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.PreconditionFailure,
-        ):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                out.append(message)
-    return out
 
 
 def test_bad_events_get_statuses_with_details(

@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 
 from storage.spanner import DatabasePath
-from tests.integration.test_feed_reader import feed_reader_pid
 from tests.spanner_emulator import SpannerEmulator
 from tests.support.clients import grant_request, granted, writer
 from tests.support.harness import write_test_credentials
 from tests.support.metrics import free_port, scrape, value
 from tests.support.polling import seconds_until
-from tests.support.processes import ENTITLEMENTS, await_serving
+from tests.support.processes import ENTITLEMENTS, await_serving, feed_reader_pid
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.timeout(240)]
 

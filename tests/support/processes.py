@@ -101,3 +101,11 @@ def worker_pids(server: ServerProcess) -> list[int]:
     """The worker PIDs `serve` reports in its banner."""
     banner = next(line for line in server.output if "entitlements: serving on" in line)
     return [int(pid) for pid in banner.split("pids ")[1].split(";")[0].split(", ")]
+
+
+def feed_reader_pid(output: list[str]) -> int:
+    """The feed reader's pid, from `serve`'s banner."""
+    banner = next(line for line in output if "entitlements: serving on" in line)
+    match = re.search(r"feed reader pid (\d+)", banner)
+    assert match, banner
+    return int(match.group(1))
