@@ -234,7 +234,8 @@ def markdown(report: dict[str, Any]) -> str:
         "# Overload drill (issue 21)",
         "",
         f"{report['workers']} workers, {report['machine']}; saturation (h2load -c 8 -m 1): "
-        f"{report['saturation_rps']:,.0f} rps.",
+        f"{report['saturation_rps']:,.0f} rps; server settings: "
+        f"{', '.join(report['server_env']) or 'defaults'}.",
         "",
         "| phase | offered/s | h2load/s | served OK/s | shed (queue_delay / in_flight) | "
         "expired | not OK in handled | probe within deadline | admitted p50 / p99 ms | "
@@ -268,6 +269,13 @@ def main() -> None:
     parser.add_argument("--saturation-seconds", type=float, default=5.0)
     parser.add_argument("--after", type=float, default=3.0, help="probe after the load ends")
     parser.add_argument("--factors", default="2,3")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="ENTITLEMENTS_X=V",
+        help="a server setting (repeatable): ENTITLEMENTS_MAX_STREAMS_PER_CONNECTION=4",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-overload-") as scratch:
@@ -277,7 +285,10 @@ def main() -> None:
             f"sqlite:///{folder / 'overload.db'}",
             write_credentials(folder / "credentials.yaml"),
             workers=args.workers,
-            env={"ENTITLEMENTS_METRICS_PORT": str(metrics_port)},
+            env={
+                "ENTITLEMENTS_METRICS_PORT": str(metrics_port),
+                **dict(item.split("=", 1) for item in args.server_env),
+            },
             cwd=folder,
         )
         try:
@@ -313,6 +324,7 @@ def main() -> None:
         "workers": args.workers,
         "machine": f"2 shared cores, load average {' '.join(load)} at the end",
         "saturation_rps": rate,
+        "server_env": args.server_env,
         "phases": [asdict(p) for p in phases],
     }
     (args.out / "overload.json").write_text(json.dumps(report, indent=2) + "\n")
