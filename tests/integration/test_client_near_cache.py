@@ -30,11 +30,11 @@ from entitlements_client import EntitlementsClient, EntitlementsError, Throttled
 from service.config import Settings
 from service.grpc_api.server import RunningServer, start_server
 from storage.sqlite import SqliteRepository
-from tests.integration.test_auth import make_cert, tls_server
 from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
 from tests.support.metrics import free_port, scrape, value
 from tests.support.polling import eventually
 from tests.support.processes import ServerProcess, server_process
+from tests.support.tls import make_cert, tls_server
 
 FEATURE = "offline_downloads"
 WAIT = 20.0  # generous: a busy machine

@@ -24,7 +24,6 @@ from entitlements.v1 import entitlement_service_pb2_grpc as es_grpc
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from service.grpc_api.auth import bearer_metadata, with_bearer_token
-from tests.integration.test_sqlite_faults import create_database, lock_held_elsewhere, serving
 from tests.support.clients import channels_to_each_worker, grant_request, granted, writer
 from tests.support.faulty import code_of
 from tests.support.harness import ADMIN_TOKEN, SERVICE_TOKEN, write_test_credentials
@@ -32,6 +31,7 @@ from tests.support.metrics import free_port, scrape, value
 from tests.support.polling import seconds_until
 from tests.support.processes import server_process, worker_pids
 from tests.support.rpcs import DAY, ts
+from tests.support.sqlite_server import create_database, lock_held_elsewhere, serving
 
 FAMILY_ONLY = "family_content_filter"  # a feature of the family plan only
 

@@ -9,6 +9,12 @@
   channels_to_each_worker).
 - metrics: a free port and the Prometheus endpoint's samples (free_port, scrape, value).
 - polling: the one `eventually()` (and `seconds_until`, which measures the wait).
+- cli: the `entitlements` command as a child (run_cli, serve, Served, dev tokens).
+- faulty: an in-process server over a fault-injecting store (faulty_server, code_of).
+- sqlite_server: an in-process server on an existing SQLite file with its Client, and a
+  write lock held elsewhere.
+- tls: certificates made on the spot and a server over (mutual) TLS.
+- rpcs: requests and reads through `harness` (ts, event, entitled, details_of).
 - clocks: MovingClock, a clock a test moves for the server (start_server(clock=...))
   instead of sleeping.
 """
