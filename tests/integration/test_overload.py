@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import sys
 import threading
 import time
@@ -189,3 +190,23 @@ def test_without_the_bound_the_same_calls_run_together(tmp_path: Path) -> None:
         for f in futures:
             f.result()
         assert peak == 6
+
+
+def test_a_connection_that_never_speaks_http2_is_closed_after_the_handshake_timeout(
+    tmp_path: Path,
+) -> None:
+    """An idle socket is closed after handshake_timeout_seconds (grpc's default held
+    such sockets, and their memory, for 120 s)."""
+    with faulty_server(tmp_path, handshake_timeout_seconds=0.5) as server:
+        with socket.create_connection(("127.0.0.1", server.running.port), timeout=10) as idle:
+            started = time.monotonic()
+            closed = False
+            try:
+                while idle.recv(1024):  # the server's own preface (SETTINGS) comes first
+                    pass
+                closed = True
+            except ConnectionResetError:
+                closed = True
+            waited = time.monotonic() - started
+        assert closed
+        assert 0.3 < waited < 5
