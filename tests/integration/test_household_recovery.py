@@ -27,9 +27,8 @@ from service.grpc_api.server import RunningServer, start_server
 from storage.faults import FaultInjectingRepository
 from storage.repository import AccountMutation, Applied, IdempotencyKey
 from storage.sqlite import SqliteRepository
-from tests.integration.test_household_rpcs import FAMILY_ONLY, PREMIUM, add, remove
 from tests.support.harness import ADMIN_TOKEN, NOW, SERVICE_TOKEN, Harness, write_test_credentials
-from tests.support.rpcs import DAY, entitled, event
+from tests.support.rpcs import DAY, FAMILY_ONLY, PREMIUM, add, entitled, event, remove
 
 # Which writes fail: (user id, idempotency key kind) -> fail?
 WriteFilter = Callable[[str, str], bool]

@@ -12,12 +12,19 @@ from entitlements.v1 import entitlement_service_pb2 as es
 from entitlements.v1 import subscription_event_service_pb2 as ev
 from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from tests.support.harness import HARNESS_BACKENDS, NOW, Harness
-from tests.support.rpcs import DAY, details_of, entitled, event, ts
+from tests.support.rpcs import (
+    DAY,
+    FAMILY_ONLY,
+    PREMIUM,
+    add,
+    details_of,
+    entitled,
+    event,
+    remove,
+    ts,
+)
 
 pytestmark = pytest.mark.parametrize("harness", HARNESS_BACKENDS, indirect=True)
-
-FAMILY_ONLY = "family_content_filter"
-PREMIUM = "ad_free_playback"
 
 
 @pytest.fixture(scope="module")
@@ -31,25 +38,6 @@ def subscribe(writes: ev_grpc.SubscriptionEventServiceStub, user_id: str, plan: 
               NOW - DAY, NOW + 29 * DAY, plan=plan),
         timeout=10,
     )  # fmt: skip
-
-
-def add(
-    writes: ev_grpc.SubscriptionEventServiceStub,
-    request_id: str,
-    manager: str,
-    household_id: str,
-    member: str,
-) -> ev.AddHouseholdMemberResponse:
-    response: ev.AddHouseholdMemberResponse = writes.AddHouseholdMember(
-        ev.AddHouseholdMemberRequest(
-            request_id=request_id,
-            manager_user_id=manager,
-            household_id=household_id,
-            member_user_id=member,
-        ),
-        timeout=10,
-    )
-    return response
 
 
 def precondition_reason(error: grpc.RpcError) -> str:
@@ -205,25 +193,6 @@ def household_of(
     )
     household_id: str = created.household_id
     return household_id
-
-
-def remove(
-    writes: ev_grpc.SubscriptionEventServiceStub,
-    request_id: str,
-    manager: str,
-    household_id: str,
-    member: str,
-) -> ev.RemoveHouseholdMemberResponse:
-    response: ev.RemoveHouseholdMemberResponse = writes.RemoveHouseholdMember(
-        ev.RemoveHouseholdMemberRequest(
-            request_id=request_id,
-            manager_user_id=manager,
-            household_id=household_id,
-            member_user_id=member,
-        ),
-        timeout=10,
-    )
-    return response
 
 
 @pytest.mark.parametrize(

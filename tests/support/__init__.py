@@ -14,7 +14,8 @@
 - sqlite_server: an in-process server on an existing SQLite file with its Client, and a
   write lock held elsewhere.
 - tls: certificates made on the spot and a server over (mutual) TLS.
-- rpcs: requests and reads through `harness` (ts, event, entitled, details_of).
+- rpcs: requests and reads through `harness` (ts, event, entitled, details_of, household
+  add and remove).
 - clocks: MovingClock, a clock a test moves for the server (start_server(clock=...))
   instead of sleeping.
 """

@@ -12,6 +12,7 @@ from grpc_status import rpc_status
 
 from entitlements.v1 import common_pb2, entitlement_service_pb2
 from entitlements.v1 import subscription_event_service_pb2 as ev
+from entitlements.v1 import subscription_event_service_pb2_grpc as ev_grpc
 from tests.support.harness import Harness
 
 DAY = timedelta(days=1)
@@ -73,3 +74,45 @@ def details_of(error: grpc.RpcError) -> list[object]:
                 detail.Unpack(message)
                 out.append(message)
     return out
+
+
+FAMILY_ONLY = "family_content_filter"
+PREMIUM = "ad_free_playback"
+
+
+def add(
+    writes: ev_grpc.SubscriptionEventServiceStub,
+    request_id: str,
+    manager: str,
+    household_id: str,
+    member: str,
+) -> ev.AddHouseholdMemberResponse:
+    response: ev.AddHouseholdMemberResponse = writes.AddHouseholdMember(
+        ev.AddHouseholdMemberRequest(
+            request_id=request_id,
+            manager_user_id=manager,
+            household_id=household_id,
+            member_user_id=member,
+        ),
+        timeout=10,
+    )
+    return response
+
+
+def remove(
+    writes: ev_grpc.SubscriptionEventServiceStub,
+    request_id: str,
+    manager: str,
+    household_id: str,
+    member: str,
+) -> ev.RemoveHouseholdMemberResponse:
+    response: ev.RemoveHouseholdMemberResponse = writes.RemoveHouseholdMember(
+        ev.RemoveHouseholdMemberRequest(
+            request_id=request_id,
+            manager_user_id=manager,
+            household_id=household_id,
+            member_user_id=member,
+        ),
+        timeout=10,
+    )
+    return response
