@@ -169,6 +169,12 @@ class Settings:
     # The signing secret of the Stripe webhook endpoint (whsec_...). Unset: Stripe
     # notifications are refused.
     stripe_webhook_secret: str = ""
+    # A Stripe API key (a restricted key reading charges and invoices) to fetch the invoice
+    # of a refund or dispute whose event names it only by id. Unset: such events are dead
+    # letters (missing_data).
+    stripe_api_key: str = ""
+    # Base URL of the Stripe API; unset: Stripe's. Tests point it at a local stand-in.
+    stripe_api_url: str = ""
     # Google Play RTDN: the Pub/Sub subscription to pull
     # (projects/P/subscriptions/S); unset: no Play subscriber. Honours PUBSUB_EMULATOR_HOST.
     play_subscription: str = ""

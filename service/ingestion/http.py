@@ -36,6 +36,7 @@ from service.domain.stripe_mapping import map_stripe
 from service.ingestion import app_store, stripe_webhook
 from service.ingestion.app_store import AppStoreVerifier
 from service.ingestion.errors import NotVerifiable, VerificationUnavailable
+from service.ingestion.stripe_api import StripeApi, StripeApiUnavailable, expand_refund
 from service.ingestion.stripe_webhook import StripeVerifier
 from service.usecases.ingestion import IngestionService, IngestResult, Mapper, Verdict
 
@@ -57,8 +58,10 @@ class NotificationIngress:
         stripe_verifier: StripeVerifier | None = None,
         ready: Callable[[], bool] = lambda: True,
         on_refusal: Refusal | None = None,
+        stripe_api: StripeApi | None = None,
     ) -> None:
         self.ingestion = ingestion
+        self._stripe_api = stripe_api
         self._app_store = app_store_verifier
         self._stripe = stripe_verifier
         self._ready = ready
@@ -171,6 +174,14 @@ class NotificationIngress:
             )
         except NotVerifiable as error:
             return self._refuse(source, error)
+        if self._stripe_api is not None:
+            # A refund or dispute naming its charge or invoice only by id: fetched.
+            try:
+                event = await asyncio.get_running_loop().run_in_executor(
+                    None, expand_refund, event, self._stripe_api
+                )
+            except StripeApiUnavailable as error:
+                return _retry(f"Stripe API: {error}")
         sent_at = from_seconds(event.get("created"))
         return await self._ingest(source, event_id, event, map_stripe, sent_at)
 

@@ -31,6 +31,7 @@ from service.ingestion.play import (
     PlayNotifications,
     PlaySubscriber,
 )
+from service.ingestion.stripe_api import LibraryStripeApi
 from service.ingestion.stripe_webhook import StripeVerifier
 from service.usecases.ingestion import IngestionObserver, IngestionService, Verdict
 from storage.dead_letters import DeadLetterStore
@@ -162,12 +163,18 @@ def build_ingress(
         from service.ingestion.metrics import ingestion_metrics
 
         on_refusal = ingestion_metrics().refused_one
+    stripe_api = (
+        LibraryStripeApi(settings.stripe_api_key, settings.stripe_api_url)
+        if settings.stripe_api_key
+        else None
+    )
     return NotificationIngress(
         ingestion,
         app_store_verifier=apple,
         stripe_verifier=stripe,
         ready=ready,
         on_refusal=on_refusal,
+        stripe_api=stripe_api,
     )
 
 
