@@ -22,7 +22,7 @@ from service.config import Settings
 from service.grpc_api.auth import Role, credentials_yaml
 from service.grpc_api.server import start_server
 from storage.sqlite import SqliteRepository
-from tests.test_stubs_package import OFFLINE_SIGNS, ROOT, run
+from tests.support.packaging import OFFLINE_SIGNS, ROOT, run
 
 CLIENT_PROJECT = ROOT / "clients" / "python" / "client"
 SERVICE_TOKEN = "client-package-service-token-0123456789"

@@ -27,32 +27,16 @@ from service.grpc_api.auth import Role, credentials_yaml
 from service.grpc_api.server import start_server
 from storage.sqlite import SqliteRepository
 from tests.state_writes import seed_demo_users
+from tests.support.packaging import OFFLINE_SIGNS, ROOT, run
 
-ROOT = Path(__file__).resolve().parent.parent
 STUBS_PROJECT = ROOT / "clients" / "python"
 MYPY = Path(sys.executable).parent / "mypy"
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SERVICE_TOKEN = "stubs-test-service-token-0123456789"
 ADMIN_TOKEN = "stubs-test-admin-token-0123456789"
 API_DOC = ROOT / "docs" / "API.md"
-# pip's words for "the index cannot be reached", as opposed to a broken package.
-OFFLINE_SIGNS = ("NewConnectionError", "Could not find a version", "No matching distribution")
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def run(*command: str | Path, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    # Nothing of the main environment leaks into the fresh one (PYTHONPATH, a venv's PATH).
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH",)}
-    env.pop("VIRTUAL_ENV", None)
-    return subprocess.run(
-        [str(part) for part in command],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@
 - tls: certificates made on the spot and a server over (mutual) TLS.
 - rpcs: requests and reads through `harness` (ts, event, entitled, details_of, household
   add and remove).
+- catalog: the example catalog as a mutable document and its parse problems.
+- packaging: the repository root and commands run in a fresh venv (package tests).
 - clocks: MovingClock, a clock a test moves for the server (start_server(clock=...))
   instead of sleeping.
 """

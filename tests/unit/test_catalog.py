@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.catalog import EXAMPLE_CATALOG, CatalogError, load_catalog, parse_catalog
+from service.catalog import CatalogError, load_catalog, parse_catalog
 from service.domain import rules
 from service.domain.account import HouseholdRole
 from service.domain.catalog import FeatureKind, OfferKind
@@ -31,34 +31,16 @@ from service.domain.rules import (
     Rule,
     VerifiedStudent,
 )
+from tests.support.catalog import (
+    EXAMPLE_RAW,
+    EXAMPLE_TEXT,
+    Doc,
+    assert_problem,
+    problems_of,
+    raw_copy,
+)
 
-Doc = dict[str, Any]
-
-EXAMPLE_TEXT = EXAMPLE_CATALOG.read_text(encoding="utf-8")
-EXAMPLE_RAW: Doc = yaml.safe_load(EXAMPLE_TEXT)
 FIRST_FEATURE: str = EXAMPLE_RAW["features"][0]["id"]
-
-
-def raw_copy() -> Doc:
-    """A fresh, mutable copy of the parsed example document."""
-    doc: Doc = copy.deepcopy(EXAMPLE_RAW)
-    return doc
-
-
-def problems_of(doc: Any) -> list[str]:
-    with pytest.raises(CatalogError) as info:
-        parse_catalog(doc)
-    problems = info.value.problems
-    assert problems, "CatalogError without problems"
-    assert all(p in str(info.value) for p in problems)
-    return problems
-
-
-def assert_problem(problems: list[str], where: str, *fragments: str) -> None:
-    """Some problem starts with `where` (the path of the bad entry) and contains every
-    fragment."""
-    matching = [p for p in problems if p.startswith(where + ":") and all(f in p for f in fragments)]
-    assert matching, f"no problem at {where!r} with {fragments!r} in:\n" + "\n".join(problems)
 
 
 def offer_index(doc: Doc, offer_id: str) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from service.catalog import parse_catalog
-from tests.unit.test_catalog import assert_problem, problems_of, raw_copy
+from tests.support.catalog import assert_problem, problems_of, raw_copy
 
 
 def plan_index(doc: dict[str, Any], plan_id: str) -> int:
