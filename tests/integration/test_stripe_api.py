@@ -29,6 +29,7 @@ from service.ingestion.runner import start_ingress
 from storage.sqlite import SqliteRepository
 from tests.integration.test_ingestion import FEATURE, PLAN
 from tests.store_signing import STRIPE_SECRET, stripe_signed, stripe_subscription_event
+from tests.support.cli import run_cli
 from tests.support.harness import SERVICE_TOKEN, write_test_credentials
 from tests.support.metrics import free_port
 
@@ -114,6 +115,7 @@ def invoice(
     }
 
 
+@pytest.mark.subprocess
 def test_a_refund_and_a_dispute_naming_their_invoice_by_id_are_fetched_and_recorded(
     stand_in: StripeStandIn, tmp_path: Path
 ) -> None:
@@ -202,6 +204,18 @@ def test_a_refund_and_a_dispute_naming_their_invoice_by_id_are_fetched_and_recor
             {**stand_in.charges["ch_refund"], "id": "ch_lost", "invoice": "in_missing"},
         )  # fmt: skip
         assert post(lost)[1]["verdict"] == "dead_letter"
+        # Once Stripe has it (here: the stand-in learns it), the replay fetches it.
+        stand_in.invoices["in_missing"] = invoice("in_missing", "sub_refund", user, period_end)
+        env = {
+            "ENTITLEMENTS_STRIPE_API_KEY": API_KEY,
+            "ENTITLEMENTS_STRIPE_API_URL": stand_in.url,
+        }
+        replayed = run_cli(
+            "replay-dead-letters", "evt_refund_lost", "--storage", settings.storage_url,
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert "evt_refund_lost: recorded" in replayed.stdout, replayed.stdout
+        assert not granted(user)
     finally:
         channel.close()
         ingress.stop()
