@@ -17,7 +17,7 @@ from service.domain.events import EventType, SubscriptionEvent, apply_event, eve
 from storage.repository import AccountRepository, Mutation
 from storage.sqlite import SqliteRepository
 from tests.contract.builders import RECORDED, at, key, redeem
-from tests.unit.test_lifecycle_oracle import build_life, oracle, redelivered
+from tests.support.lifecycle import build_life, oracle, redelivered
 
 CATALOG = load_catalog()
 

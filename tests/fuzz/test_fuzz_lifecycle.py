@@ -9,7 +9,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_lifecycle_oracle import LIVES_PER_EXAMPLE, build_life, check, redelivered
+from tests.support.lifecycle import LIVES_PER_EXAMPLE, build_life, check, redelivered
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 

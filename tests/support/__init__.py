@@ -18,6 +18,8 @@
   add and remove).
 - catalog: the example catalog as a mutable document and its parse problems.
 - packaging: the repository root and commands run in a fresh venv (package tests).
+- lifecycle: the subscription lifecycle oracle and its generated lives (unit, contract
+  and fuzz suites).
 - clocks: MovingClock, a clock a test moves for the server (start_server(clock=...))
   instead of sleeping.
 """
