@@ -108,6 +108,8 @@ chaos: setup bench-h2load
 #                 staleness, memory, the server's cost of change streams (~2.5 minutes)
 #   bench-overload  the overload drill of issue 21 (docs/PERFORMANCE.md, "Overload"): saturation,
 #                 then 2x and 3x open loop for 15 s each with a 0.5 s-deadline probe (~1.5 minutes)
+#   bench-overload-smoke  its CI smoke (~30 s): 1x and 3x, 4 s each; exits 1 when the server
+#                 does not survive, sheds at 1x, or does not recover (loose bounds)
 #   bench-h2load  installs h2load (Debian package nghttp2-client), the load tool's C loader
 #   bench-capacity  the capacity plan's tables (docs/CAPACITY.md), from the model and simulator
 BENCH_RESULTS ?= benchmarks/results
@@ -161,6 +163,10 @@ bench-client: setup bench-h2load
 
 bench-overload: setup bench-h2load
 	$(BIN)/python -m benchmarks.overload --out $(BENCH_RESULTS) $(BENCH_OVERLOAD_ARGS)
+
+.PHONY: bench-overload-smoke
+bench-overload-smoke: setup bench-h2load
+	$(BIN)/python -m benchmarks.overload --smoke --out $(BENCH_RESULTS)/overload-smoke
 
 .PHONY: bench-freshness
 BENCH_FRESHNESS_ARGS ?=

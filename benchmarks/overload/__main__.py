@@ -261,6 +261,34 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The CI smoke's loose bounds (`--smoke`): what a shared 2-core machine always meets, so
+# that a failure means the server broke under overload, not that the machine was busy.
+SMOKE_MIN_PROBE_AT_1X = 0.9  # probe calls answered within their deadline at 1x
+SMOKE_MAX_RECOVERY_S = 5.0  # from the end of the 3x load to normal latency
+SMOKE_MAX_RSS_GROWTH = 1.5  # the workers' memory after the load over before it
+
+
+def smoke_failures(report: dict[str, Any], server_alive: bool) -> list[str]:
+    """Why the smoke failed (empty: it passed): the server stayed up and serving, nothing
+    was shed at 1x, and after the overload it recovered and gave its memory back."""
+    failures = [] if server_alive else ["the server did not survive the overload"]
+    first, *overloaded = report["phases"]
+    if first["probe_within_deadline"] < SMOKE_MIN_PROBE_AT_1X:
+        failures.append(f"1x: probe answered within deadline {first['probe_within_deadline']:.0%}")
+    if first["shed"]["queue_delay"] or first["shed"]["in_flight"]:
+        failures.append(f"1x: calls shed {first['shed']}")
+    for phase in overloaded:
+        recovery = phase["recovery_s"]
+        if recovery is None or recovery > SMOKE_MAX_RECOVERY_S:
+            failures.append(f"{phase['name']}: recovery {recovery} s")
+        if phase["rss_mb_after"] > SMOKE_MAX_RSS_GROWTH * phase["rss_mb_before"]:
+            failures.append(
+                f"{phase['name']}: RSS {phase['rss_mb_before']:.0f} -> "
+                f"{phase['rss_mb_after']:.0f} MB"
+            )
+    return failures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overload")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -276,7 +304,14 @@ def main() -> None:
         metavar="ENTITLEMENTS_X=V",
         help="a server setting (repeatable): ENTITLEMENTS_MAX_STREAMS_PER_CONNECTION=4",
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI's short drill (1x and 3x, 4 s each) with loose bounds: exit 1 past them",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.saturation_seconds, args.factors = 4.0, 3.0, "3"
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-overload-") as scratch:
         folder = Path(scratch)
@@ -317,6 +352,7 @@ def main() -> None:
                         args.seconds, args.after, per_connection * 40,
                     )
                 )  # fmt: skip
+            server_alive = server.process.poll() is None
         finally:
             server.stop()
     load = Path("/proc/loadavg").read_text().split()[:3]
@@ -331,6 +367,13 @@ def main() -> None:
     text = markdown(report)
     (args.out / "overload.md").write_text(text)
     print(text)
+    if args.smoke:
+        failures = smoke_failures(report, server_alive)
+        for failure in failures:
+            print(f"SMOKE FAILED: {failure}")
+        if failures:
+            raise SystemExit(1)
+        print("smoke passed: the server survived 3x overload, recovered and gave memory back")
 
 
 if __name__ == "__main__":
