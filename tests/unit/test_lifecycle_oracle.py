@@ -1,5 +1,5 @@
 """The specification of a subscription's lifecycle: a reference model written from the
-rules of the fold (service/domain/events.py docstring, docs/subscription-fold.md) without
+rules of the fold (service/domain/events/__init__.py docstring, docs/SUBSCRIPTION_FOLD.md) without
 calling the production code, and generated realistic lives (trials and their refunds,
 renewals, failures with grace, account hold, pauses, plan changes, cancel and uncancel,
 period extensions, refunds and reversals in any order, revocations) delivered in
