@@ -148,7 +148,7 @@ class FeedReader:
 def _reader_main(settings: Settings, socket_path: str, report: Connection) -> None:
     """Runs in a forked child, with the stop signals still blocked (inherited)."""
     if settings.metrics_port:
-        from service.grpc_api.metrics import close_inherited_endpoint
+        from service.grpc_api.metrics_process import close_inherited_endpoint
 
         close_inherited_endpoint()  # the supervisor's metrics port
     stop_when_parent_dies()

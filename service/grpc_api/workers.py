@@ -109,7 +109,7 @@ def serve(settings: Settings, announce: Announce) -> int:
         if settings.metrics_port:
             # Before any worker forks and any metric exists: every process writes its
             # values to `folder`, and this one serves their sum.
-            from service.grpc_api import metrics
+            from service.grpc_api import metrics_process as metrics
 
             folder = metrics.prepare_multiprocess()
             try:
@@ -131,7 +131,7 @@ def serve(settings: Settings, announce: Announce) -> int:
         if endpoint is not None:
             endpoint.close()
         if folder is not None:
-            from service.grpc_api.metrics import cleanup_multiprocess
+            from service.grpc_api.metrics_process import cleanup_multiprocess
 
             cleanup_multiprocess(folder)
 
@@ -168,7 +168,7 @@ def _worker_main(
     if claim is not None:
         claim.close()  # the parent's hold on the port; this worker's listener joins it
     if settings.metrics_port:
-        from service.grpc_api.metrics import close_inherited_endpoint
+        from service.grpc_api.metrics_process import close_inherited_endpoint
 
         close_inherited_endpoint()  # the supervisor's metrics port
     stop_when_parent_dies()
@@ -443,7 +443,7 @@ class Supervisor:
     def _worker_gone(self, process: ForkProcess) -> None:
         """A worker process exited: its live gauges leave the metrics' sums."""
         if self._settings.metrics_port and process.pid is not None:
-            from service.grpc_api.metrics import mark_worker_dead
+            from service.grpc_api.metrics_process import mark_worker_dead
 
             mark_worker_dead(process.pid)
 
