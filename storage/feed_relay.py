@@ -19,8 +19,9 @@ feeds: the cache, watch streams, callers' change streams) is the same whichever 
   read failed, or none succeeded for `lost_after_seconds`, reads fail (StoreUnavailable
   in the worker), and the worker's follower treats the feed as lost after its own grace.
 
-The wire format is one JSON object per line each way (a handful of local connections;
-measured cheaper than the store read it replaces by orders of magnitude, docs/CACHING.md).
+The wire format is one JSON object per line each way (a handful of local connections): an
+empty read through the relay measured p50 120 us, p99 190 us, against 1.8 ms p50 for a
+Spanner feed poll on the emulator (docs/SPANNER.md), and it costs the store nothing.
 """
 
 from __future__ import annotations
