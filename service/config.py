@@ -75,7 +75,7 @@ class Settings:
     # Admission by queueing delay (service/grpc_api/overload.py, CoDel): while the event
     # loop's lag has stayed above this target (ms) for a whole interval (ms), calls are
     # refused RESOURCE_EXHAUSTED at once. 0: never shed on delay (still measured).
-    overload_target_ms: float = 5.0
+    overload_target_ms: float = 25.0
     overload_interval_ms: float = 100.0
     # HTTP/2 streams (calls) one connection may have open at once (grpc.max_concurrent_streams);
     # 0: grpc's default, no limit. Off by default: under a burst, grpc-core refuses streams

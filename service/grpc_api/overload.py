@@ -11,9 +11,13 @@ does not expose when a call arrived: the time spent in grpc-core before the loop
 not in it), and a lower bound.
 
 The decision follows CoDel (Nichols and Jacobson): a worker is overloaded once the lag has
-stayed above `target_seconds` (5 ms) for a whole `interval_seconds` (100 ms), not on one late
-wake-up (a garbage collection, a burst); it stops being overloaded at the first probe back
-under the target. While overloaded the RPC guard refuses calls RESOURCE_EXHAUSTED before any
+stayed above `target_seconds` (25 ms) for a whole `interval_seconds` (100 ms), seen by samples
+at least an interval apart, not on one late wake-up (a garbage collection, a burst, the
+process descheduled for a moment); it stops being overloaded at the first probe back under
+the target. The target is CoDel's 5 ms times five: Python hands the GIL between threads every
+5 ms (`sys.getswitchinterval()`), so a store client's thread busy in Python (Spanner's is)
+delays the loop by that much at any load; measured in CI, a 5 ms target shed a lone write on
+the Spanner emulator. While overloaded the RPC guard refuses calls RESOURCE_EXHAUSTED before any
 other work (reason "queue_delay"). The guard reads one attribute per call: no await and no
 allocation on the hot path.
 
@@ -31,8 +35,9 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-# CoDel's defaults: a queueing delay above 5 ms for 100 ms means a standing queue.
-DEFAULT_TARGET_SECONDS = 0.005
+# CoDel's interval, and its 5 ms target times five (the GIL's switch interval is 5 ms: see
+# the module docstring): a delay above 25 ms for 100 ms means a standing queue.
+DEFAULT_TARGET_SECONDS = 0.025
 DEFAULT_INTERVAL_SECONDS = 0.1
 # How often the probe asks to wake (a sample of the lag each time, when the loop is idle).
 DEFAULT_PROBE_SECONDS = 0.01
@@ -83,9 +88,9 @@ class QueueDelayMonitor:
                 log.info("queueing delay back under %g ms: admitting", self.target_seconds * 1e3)
             return
         if self._above_since is None:
-            # The sample says the delay was above target since it was due: CoDel's clock
-            # starts when the late wake-up was expected, not when it came.
-            self._above_since = now - lag
+            # CoDel's clock starts at this late sample: one late wake-up, however late,
+            # is not a standing queue until a sample an interval later is late too.
+            self._above_since = now
         if not self.overloaded and now - self._above_since >= self.interval_seconds:
             self.overloaded = True
             self.episodes += 1

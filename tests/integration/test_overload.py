@@ -93,8 +93,8 @@ def test_a_burst_is_answered_or_counted_and_the_worker_recovers(tmp_path: Path) 
 
 
 def test_a_worker_whose_loop_is_late_sheds_counts_and_recovers(tmp_path: Path) -> None:
-    """A CPU-bound worker: a thread of the server's process burns CPU in 20 ms slices of
-    the GIL (as a store client's own threads can), so the event loop wakes late. Calls are
+    """A CPU-bound worker: a thread of the server's process burns CPU in 60 ms slices of
+    the GIL (well past the 25 ms target), so the event loop wakes late. Calls are
     refused RESOURCE_EXHAUSTED at once, each counted, while the lag stays above target,
     and admitted again soon after it ends. Before issue 21 none was refused."""
     with faulty_server(tmp_path) as server:
@@ -111,7 +111,7 @@ def test_a_worker_whose_loop_is_late_sheds_counts_and_recovers(tmp_path: Path) -
                 sum(i * i for i in range(20_000))
 
         interval = sys.getswitchinterval()
-        sys.setswitchinterval(0.02)
+        sys.setswitchinterval(0.06)
         burner = threading.Thread(target=burn)
         codes: collections.Counter[str] = collections.Counter()
         try:
