@@ -59,9 +59,8 @@ from benchmarks.load.h2load_process import (
     invoke_all,
     process_cpu_seconds,
 )
-from benchmarks.load.h2load_result import H2loadResult, merge
+from benchmarks.load.h2load_result import H2loadResult, latency_figures, merge
 from benchmarks.load.h2load_target import NotOk, Target, check_all, check_ok, grpc_frame
-from benchmarks.load.stats import percentile
 
 # The API of the h2load tool: its runs (here), their targets and the answer check
 # (h2load_target.py), their results (h2load_result.py), reading h2load's output
@@ -295,9 +294,6 @@ def _result(
     data_bytes = None if None in received else sum(r or 0 for r in received)
     expected_bytes, short = _short_answers(expected, summaries, data_bytes)
 
-    def ms(p: float) -> float:
-        return percentile(durations, p) / 1000.0
-
     if plan.duration_s is not None:  # each process ran for the duration: their rates add up
         rps = sum(summary.rps for summary in summaries)
     else:
@@ -320,13 +316,7 @@ def _result(
         errored=sum(summary.errored for summary in summaries),
         timeout=sum(summary.timeout for summary in summaries),
         elapsed_s=elapsed,
-        samples=len(durations),
-        p50_ms=ms(50.0),
-        p90_ms=ms(90.0),
-        p99_ms=ms(99.0),
-        p999_ms=ms(99.9),
-        max_ms=durations[-1] / 1000.0 if durations else math.nan,
-        mean_ms=sum(durations) / len(durations) / 1000.0 if durations else math.nan,
+        **latency_figures(durations),
         non_200=sum(part.non_200 for part in parts),
         request_time=summaries[0].request_time if len(summaries) == 1 else None,
         data_bytes=data_bytes,

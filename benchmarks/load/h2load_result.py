@@ -76,6 +76,23 @@ class H2loadResult:
         return self.failed + self.errored + self.timeout + self.non_200 + self.short_answers
 
 
+def latency_figures(durations: list[int]) -> dict[str, Any]:
+    """The latency fields of an H2loadResult from its sorted per-request durations (us)."""
+
+    def ms(p: float) -> float:
+        return percentile(durations, p) / 1000.0
+
+    return {
+        "samples": len(durations),
+        "p50_ms": ms(50.0),
+        "p90_ms": ms(90.0),
+        "p99_ms": ms(99.0),
+        "p999_ms": ms(99.9),
+        "max_ms": durations[-1] / 1000.0 if durations else math.nan,
+        "mean_ms": sum(durations) / len(durations) / 1000.0 if durations else math.nan,
+    }
+
+
 def merge(results: Sequence[H2loadResult]) -> H2loadResult:
     """Runs of one target (e.g. slices interleaved with other servers' runs) as one: the
     requests and times add up (rps = requests done / time run), latency percentiles come
@@ -97,9 +114,6 @@ def merge(results: Sequence[H2loadResult]) -> H2loadResult:
     data = [r.data_bytes for r in results]
     expected = [r.expected_data_bytes for r in results]
 
-    def ms(p: float) -> float:
-        return percentile(durations, p) / 1000.0
-
     return dataclasses.replace(
         first,
         requests=None if first.requests is None else sum(r.requests or 0 for r in results),
@@ -111,13 +125,7 @@ def merge(results: Sequence[H2loadResult]) -> H2loadResult:
         errored=sum(r.errored for r in results),
         timeout=sum(r.timeout for r in results),
         elapsed_s=elapsed,
-        samples=len(durations),
-        p50_ms=ms(50.0),
-        p90_ms=ms(90.0),
-        p99_ms=ms(99.0),
-        p999_ms=ms(99.9),
-        max_ms=durations[-1] / 1000.0 if durations else math.nan,
-        mean_ms=sum(durations) / len(durations) / 1000.0 if durations else math.nan,
+        **latency_figures(durations),
         non_200=sum(r.non_200 for r in results),
         request_time=None,
         data_bytes=None if None in data else sum(d or 0 for d in data),
