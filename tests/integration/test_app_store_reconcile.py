@@ -6,13 +6,10 @@ is missing, once."""
 
 from __future__ import annotations
 
-import json
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from storage.sqlite import SqliteRepository
 from tests.store_signing import BUNDLE_ID, AppleChain, millis
 from tests.support.cli import run_cli
+from tests.support.stand_ins import json_get_stand_in
 
 PLAN = "premium_individual"
 DAY = timedelta(days=1)
@@ -69,30 +67,9 @@ class StatusApi:
 @pytest.fixture
 def status_api() -> Iterator[StatusApi]:
     api = StatusApi(ec.generate_private_key(ec.SECP256R1()))
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            status, body = api.answer(self.path, self.headers.get("Authorization", ""))
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    api.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with json_get_stand_in(api.answer) as url:
+        api.url = url
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def signed_purchase(

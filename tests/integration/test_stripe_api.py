@@ -6,14 +6,12 @@ the effect read back through GetEntitlement."""
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from tests.store_signing import STRIPE_SECRET, stripe_signed, stripe_subscriptio
 from tests.support.cli import run_cli
 from tests.support.harness import SERVICE_TOKEN, write_test_credentials
 from tests.support.metrics import free_port
+from tests.support.stand_ins import json_get_stand_in
 
 API_KEY = "rk_test_refunds_reader"
 DAY = timedelta(days=1)
@@ -69,30 +68,9 @@ class StripeStandIn:
 @pytest.fixture
 def stand_in() -> Iterator[StripeStandIn]:
     api = StripeStandIn()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            status, body = api.answer(self.path, self.headers.get("Authorization", ""))
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    api.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with json_get_stand_in(api.answer) as url:
+        api.url = url
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def invoice(
