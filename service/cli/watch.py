@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -36,40 +39,72 @@ def watch(args: argparse.Namespace) -> int:
     deadline = None if args.seconds is None else time.monotonic() + args.seconds
     watched = _Watched(last_token=args.resume_token)
     try:
-        while True:
-            request = build(
-                lambda: entitlement_service_pb2.WatchEntitlementsRequest(
-                    user_id=args.user_id,
-                    feature_ids=args.feature_ids,
-                    resume_token=watched.last_token or first_token,
-                )
-            )
-            before = watched.received
-            try:
-                if _stream(args, request, deadline, watched):
-                    return 0
-            except grpc.RpcError as error:
-                code = error.code() if isinstance(error, grpc.Call) else None
-                if deadline is not None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
-                    return 0  # --seconds passed: the end asked for
-                if code is grpc.StatusCode.UNAVAILABLE and watched.received > before:
-                    # The connection reached its maximum age, or the server is shutting
-                    # down: resume from the last message (another server process may
-                    # answer); a resume that fails before a message is reported.
-                    print(f"note: {error.details()}; resuming", file=sys.stderr)
-                    continue
-                report_rpc_error(args, error)
-                _resume_hint(args, watched.last_token, "the stream ended")
-                return 1
+        with _noting_interrupts(watched):
+            return _follow(args, first_token, deadline, watched)
     except KeyboardInterrupt:
         _resume_hint(args, watched.last_token, "stopped")
         return 0
+
+
+@contextmanager
+def _noting_interrupts(watched: _Watched) -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is noted: when it lands while grpc
+    waits on the stream, grpc may cancel the call and raise RpcError(CANCELLED) instead,
+    which is the same stop. A SIGINT that is ignored (a background job) stays ignored."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def interrupted(signum: int, frame: object) -> None:
+        watched.interrupted = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _follow(
+    args: argparse.Namespace, first_token: str, deadline: float | None, watched: _Watched
+) -> int:
+    """Streams, resuming after a failure that came after messages, until the end asked for."""
+    while True:
+        request = build(
+            lambda: entitlement_service_pb2.WatchEntitlementsRequest(
+                user_id=args.user_id,
+                feature_ids=args.feature_ids,
+                resume_token=watched.last_token or first_token,
+            )
+        )
+        before = watched.received
+        try:
+            if _stream(args, request, deadline, watched):
+                return 0
+        except grpc.RpcError as error:
+            if watched.interrupted:  # Ctrl-C, surfacing as a cancelled call
+                raise KeyboardInterrupt from None
+            code = error.code() if isinstance(error, grpc.Call) else None
+            if deadline is not None and code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                return 0  # --seconds passed: the end asked for
+            if code is grpc.StatusCode.UNAVAILABLE and watched.received > before:
+                # The connection reached its maximum age, or the server is shutting
+                # down: resume from the last message (another server process may
+                # answer); a resume that fails before a message is reported.
+                print(f"note: {error.details()}; resuming", file=sys.stderr)
+                continue
+            report_rpc_error(args, error)
+            _resume_hint(args, watched.last_token, "the stream ended")
+            return 1
 
 
 @dataclass
 class _Watched:
     last_token: str  # the last message's consistency token ("" before the first)
     received: int = 0
+    # Ctrl-C came (see _noting_interrupts).
+    interrupted: bool = False
 
 
 def _stream(
